@@ -1,0 +1,56 @@
+# Every target bootstraps what it needs: a virtual environment in .venv and, when run as
+# root, the system packages (mosquitto, PortAudio, PulseAudio, the ALSA pulse plugin).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SYSTEM_PACKAGES := mosquitto mosquitto-clients libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins
+CONFIG ?= firmware_config/default.yaml
+
+.PHONY: help setup system-deps venv run demo test export-tflite bench clean
+
+help:
+	@echo "make demo           set up, then calibrate and run a node on a virtual microphone and a local broker"
+	@echo "make test           set up, then run the test suite"
+	@echo "make run            run a node with $(CONFIG) (calibrate it first: python -m calibration record ...)"
+	@echo "make export-tflite  train the default embedder and write models/asd_default.{tflite,json}"
+	@echo "make bench          latency, real-time factor, node memory and model sizes -> reports/bench.md"
+	@echo "make setup          only the set-up (system packages when root, .venv with .[dev])"
+
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@missing=""; \
+	for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		echo "installing system packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "missing system packages:$$missing"; \
+		echo "install them with: sudo apt-get install$$missing"; exit 1; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# The node's own environment would be: pip install '.[edge]' (no TensorFlow).
+run: setup
+	$(PY) -m edge run --config $(CONFIG)
+
+demo: setup
+	$(PY) -m demo
+
+test: setup
+	$(PY) -m pytest -q
+
+export-tflite: setup
+	$(PY) -m trainer train-asd --config trainer/configs/asd_default.yaml --out models --keras-out build/asd_default.keras
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build reports var

@@ -1,0 +1,113 @@
+"""``python -m calibration record --config node.yaml --minutes 10`` (or ``--from FILES``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _mic_stream(cfg, seconds: float, bar):
+    from edge.audio import MicrophoneSource
+
+    src = MicrophoneSource(cfg.audio.device, cfg.audio.sample_rate, cfg.audio.block_seconds,
+                           max(cfg.audio.ring_seconds, 5.0))
+    src.start()
+    print(f"recording {seconds:g} s of normal operation from {src.device_name!r}",
+          file=sys.stderr, flush=True)
+    need = int(seconds * cfg.audio.sample_rate)
+    got = 0
+    try:
+        for block in src.blocks():
+            block = block[: need - got]
+            got += len(block)
+            yield block
+            if got >= need:
+                break
+    finally:
+        src.close()
+        if src.overflows or src.ring.overruns:
+            print(f"warning: {src.overflows} input overflow(s), {src.ring.overruns} samples "
+                  "lost while recording", file=sys.stderr)
+
+
+def cmd_record(args) -> int:
+    from tqdm import tqdm
+
+    from calibration.calibrate import collect_windows, fit_calibration, plot_score_histogram
+    from edge.audio import AudioFileError, FileSource, NoInputDeviceError
+    from edge.model import ModelError, load_bundle
+    from firmware_config.schema import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        embedder = load_bundle(cfg.resolve(cfg.asd.model), num_threads=cfg.asd.num_threads)
+    except ModelError as exc:
+        print(f"error: asd.model: {exc}", file=sys.stderr)
+        return 1
+    sr = cfg.audio.sample_rate
+    try:
+        if args.files:
+            sources = [FileSource([f], sr, cfg.audio.block_seconds) for f in args.files]
+            total = sum(len(s._signals[0]) for s in sources) / sr
+            streams = [s.blocks() for s in sources]
+        else:
+            total = args.seconds if args.seconds is not None else args.minutes * 60.0
+            if total < 2 * cfg.asd.window_seconds:
+                print(f"error: record at least {2 * cfg.asd.window_seconds:g} s "
+                      "(two analysis windows)", file=sys.stderr)
+                return 2
+            streams = None
+        bar = tqdm(total=round(total, 1), unit="s", desc="calibrating",
+                   disable=args.quiet, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
+        if streams is None:
+            streams = [_mic_stream(cfg, total, bar)]
+        windows = collect_windows(streams, embedder, cfg.asd.window_seconds, cfg.asd.hop_seconds,
+                                  progress=lambda n: bar.update(n / sr))
+        bar.close()
+        cal = fit_calibration(windows, embedder, cfg.asd.n_clusters, cfg.asd.threshold.method,
+                              dict(cfg.asd.threshold.params), cfg.asd.window_seconds,
+                              cfg.asd.hop_seconds)
+    except (AudioFileError, NoInputDeviceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else cfg.resolve(cfg.asd.calibration)
+    cal.save(out)
+    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
+    plot_score_histogram(cal, plot, f"{cfg.topic_root}: calibration {cal.calibration_id}")
+    print(json.dumps({"calibration": str(out), "calibration_id": cal.calibration_id,
+                      "decision_threshold": round(cal.decision_threshold, 6),
+                      "threshold_method": cal.threshold_method, "windows": len(windows),
+                      "skipped_silent": windows.skipped_silent, "memory_size": len(cal.memory),
+                      "histogram": str(plot)}, indent=2))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m calibration",
+                                description="Calibrate a node on site from normal operation.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("record", help="record normal operation (or use recordings) and write "
+                                      "the calibration artifact and a score histogram")
+    r.add_argument("--config", required=True, help="node config YAML")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--minutes", type=float, default=10.0,
+                   help="minutes to record from the configured input (default 10)")
+    g.add_argument("--seconds", type=float, help="seconds to record (instead of --minutes)")
+    g.add_argument("--from", dest="files", nargs="+", metavar="FILE",
+                   help="use these WAV/FLAC recordings of normal operation instead of recording")
+    r.add_argument("--out", help="artifact path (default: the config's asd.calibration)")
+    r.add_argument("--plot", help="histogram PNG (default: next to the artifact)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return {"record": cmd_record}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""On-site calibration: normal recordings -> backend memory + decision threshold.
+
+Thesis Section 5.3.1 (backend) and Sections 2.11 / 4.2 (threshold estimators). The
+calibration recordings play the role of the target domain: every normal window embedding
+is kept, plus k-means centers of them (SPEC "Backend"). The decision threshold is
+estimated from normal scores only. A window's own embedding is in the memory, so its
+score would trivially be 0; the scores the threshold is fit on are therefore *held out*:
+each window is scored against the memory built from the windows that do not overlap it
+in time (overlapping windows share audio and would be near-duplicates).
+"""
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from edge.backend import Calibration, l2_normalize, min_cosine_distance
+from edge.fileio import atomic_write_bytes
+from edge.pipeline import Windower, level_dbfs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CalibrationWindows", "collect_windows", "kmeans_centers", "held_out_scores",
+           "fit_calibration", "plot_score_histogram", "SILENCE_DBFS"]
+
+SILENCE_DBFS = -70.0  # windows quieter than this are not learned as "normal operation"
+
+
+@dataclass
+class CalibrationWindows:
+    """Embeddings of the calibration windows and where they came from.
+
+    Attributes
+    ----------
+    embeddings : np.ndarray, shape (n, D), float32, L2-normalised
+    stream : np.ndarray, shape (n,), int
+        Index of the recording (stream) each window came from.
+    start, end : np.ndarray, shape (n,), int
+        Window span in samples within its stream.
+    skipped_silent : int
+        Windows dropped because their level was below :data:`SILENCE_DBFS`.
+    """
+
+    embeddings: np.ndarray
+    stream: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    skipped_silent: int = 0
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+
+def collect_windows(streams: Iterable[Iterable[np.ndarray]], embedder, window_seconds: float,
+                    hop_seconds: float, progress=None) -> CalibrationWindows:
+    """Embed sliding windows of one or more block streams.
+
+    Parameters
+    ----------
+    streams : iterable of iterables of np.ndarray
+        Each stream yields 16 kHz float32 blocks (a microphone capture, or one file).
+    embedder : edge.model.AsdEmbedder
+    window_seconds, hop_seconds : float
+    progress : callable(n_samples) or None
+        Called with the number of samples consumed, for progress bars.
+
+    Raises
+    ------
+    ValueError
+        If ``window_seconds`` differs from the model's clip length.
+    """
+    sr = embedder.frontend.sample_rate
+    if abs(window_seconds - embedder.frontend.clip_seconds) > 1e-6:
+        raise ValueError(f"asd.window_seconds is {window_seconds} s but the model "
+                         f"{embedder.model_id} takes {embedder.frontend.clip_seconds} s clips")
+    embs, sid, starts, ends, silent = [], [], [], [], 0
+    for s, blocks in enumerate(streams):
+        win = Windower(int(round(window_seconds * sr)), int(round(hop_seconds * sr)))
+        for block in blocks:
+            if progress:
+                progress(len(block))
+            for start, w in win.push(block):
+                if level_dbfs(w) < SILENCE_DBFS:
+                    silent += 1
+                    continue
+                embs.append(embedder.embed(w))
+                sid.append(s)
+                starts.append(start)
+                ends.append(start + len(w))
+    d = embedder.embedding_dim
+    return CalibrationWindows(np.array(embs, np.float32).reshape(-1, d), np.array(sid, int),
+                              np.array(starts, int), np.array(ends, int), silent)
+
+
+def kmeans_centers(embeddings: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+    """L2-normalised k-means centers (scikit-learn), at most one per embedding.
+
+    Returns
+    -------
+    np.ndarray, shape (min(n_clusters, n), D), float32
+    """
+    from sklearn.cluster import KMeans
+
+    k = min(n_clusters, len(embeddings))
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(embeddings)
+    return l2_normalize(km.cluster_centers_)
+
+
+def held_out_scores(w: CalibrationWindows) -> np.ndarray:
+    """Anomaly score of each window against the windows that do not overlap it.
+
+    Returns
+    -------
+    np.ndarray, shape (n,), float32
+
+    Raises
+    ------
+    ValueError
+        If some window has no non-overlapping partner (recording too short).
+    """
+    n = len(w)
+    overlap = ((w.stream[:, None] == w.stream[None, :])
+               & (w.start[:, None] < w.end[None, :]) & (w.start[None, :] < w.end[:, None]))
+    sims = w.embeddings @ w.embeddings.T
+    sims[overlap] = -np.inf
+    if n == 0 or np.any(np.all(overlap, axis=1)):
+        raise ValueError("calibration needs at least two non-overlapping windows of normal "
+                         "operation: record for longer (at least twice asd.window_seconds)")
+    return np.clip(1.0 - sims.max(axis=1), 0.0, 2.0).astype(np.float32)
+
+
+def fit_calibration(w: CalibrationWindows, embedder, n_clusters: int, threshold_method: str,
+                    threshold_params: dict | None = None, window_seconds: float = 10.0,
+                    hop_seconds: float = 2.0, seed: int = 0) -> Calibration:
+    """Build the memory and estimate the decision threshold from normal scores only."""
+    from calibration.thresholds import make_threshold_estimator
+
+    if len(w) < 2:
+        raise ValueError(f"only {len(w)} usable calibration window(s) "
+                         f"({w.skipped_silent} silent ones skipped): record for longer")
+    scores = held_out_scores(w)
+    est = make_threshold_estimator(threshold_method, **(threshold_params or {})).fit(scores)
+    centers = kmeans_centers(w.embeddings, n_clusters, seed)
+    memory = np.concatenate([centers, w.embeddings])
+    return Calibration(memory=memory, n_centers=len(centers),
+                       decision_threshold=float(est.threshold_), threshold_method=threshold_method,
+                       normal_scores=scores, model_id=embedder.model_id,
+                       model_sha256=embedder.sha256, window_seconds=window_seconds,
+                       hop_seconds=hop_seconds,
+                       extra={"n_windows": len(w), "skipped_silent": w.skipped_silent,
+                              "threshold_params": threshold_params or {}})
+
+
+def plot_score_histogram(cal: Calibration, path: str | Path, title: str = "",
+                         test_scores: dict[str, Sequence[float]] | None = None) -> Path:
+    """Save a PNG histogram of the held-out normal scores with the decision threshold.
+
+    ``test_scores`` optionally overlays other groups (e.g. ``{"anomalous": [...]}``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    groups = {"calibration (normal, held out)": cal.normal_scores}
+    groups.update(test_scores or {})
+    allv = np.concatenate([np.asarray(v, float) for v in groups.values()] + [[cal.decision_threshold]])
+    bins = np.linspace(0, max(allv.max() * 1.1, 1e-3), 40)
+    for name, v in groups.items():
+        ax.hist(v, bins=bins, alpha=0.6, label=f"{name} (n={len(v)})")
+    ax.axvline(cal.decision_threshold, color="k", ls="--",
+               label=f"decision_threshold {cal.decision_threshold:.4f} ({cal.threshold_method})")
+    ax.set_xlabel("anomaly_score (min cosine distance)")
+    ax.set_ylabel("windows")
+    ax.set_title(title or f"Calibration {cal.calibration_id}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

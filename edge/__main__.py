@@ -1,0 +1,57 @@
+"""``python -m edge run --config node.yaml``: the node, forever."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+
+def cmd_run(args) -> int:
+    from edge.audio import AudioFileError, NoInputDeviceError
+    from edge.backend import CalibrationError
+    from edge.model import ModelError
+    from firmware_config.schema import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.replay:
+        cfg = cfg.model_copy(update={"audio": cfg.audio.model_copy(update={"files": args.replay})})
+        object.__setattr__(cfg, "_base_dir", __import__("pathlib").Path.cwd())
+    logging.basicConfig(level=getattr(logging, args.log_level or cfg.logging.level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from edge.node import Node
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        node = Node(cfg)
+        node.run(stop)
+    except (ModelError, CalibrationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (NoInputDeviceError, AudioFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edge", description="Run a sensor node.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="capture, score and publish until stopped (Ctrl-C/SIGTERM)")
+    r.add_argument("--config", required=True, help="node config YAML")
+    r.add_argument("--replay", nargs="+", metavar="FILE",
+                   help="score these recordings instead of the microphone, then exit")
+    r.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = p.parse_args(argv)
+    return {"run": cmd_run}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Audio input: reading files and capturing from a microphone.
+
+Both sources deliver 16 kHz mono float32 blocks in [-1, 1] to the same downstream code,
+so replaying a recording exercises exactly the path a live microphone does.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AudioFileError", "NoInputDeviceError", "load_audio", "RingBuffer",
+           "MicrophoneSource", "FileSource"]
+
+
+class AudioFileError(ValueError):
+    """An audio file is missing, unreadable or not audio; the message names the file."""
+
+
+class NoInputDeviceError(RuntimeError):
+    """No usable input device; the message says how to get one (``make demo``)."""
+
+
+def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+    """Read a WAV/FLAC/OGG file as mono float32 at ``sample_rate``.
+
+    Multi-channel files are averaged to mono; other sampling rates are resampled with a
+    polyphase filter (:func:`scipy.signal.resample_poly`).
+
+    Parameters
+    ----------
+    path : str or Path
+    sample_rate : int
+        Target rate in Hz.
+
+    Returns
+    -------
+    np.ndarray, shape (n_samples,), float32, values in [-1, 1]
+
+    Raises
+    ------
+    AudioFileError
+        If the file does not exist or cannot be decoded (the message names the file).
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioFileError(f"audio file not found: {path}")
+    try:
+        y, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError variants
+        raise AudioFileError(f"cannot read audio file {path}: {exc}") from exc
+    y = y.mean(axis=1)
+    if sr != sample_rate:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(sr, sample_rate)
+        y = resample_poly(y, sample_rate // g, sr // g).astype(np.float32)
+    return y
+
+
+class RingBuffer:
+    """Fixed-capacity single-producer/single-consumer sample FIFO.
+
+    The audio callback writes, the processing thread reads. When the reader falls more
+    than ``capacity`` samples behind, the oldest samples are overwritten and counted in
+    :attr:`overruns` (samples lost).
+
+    Parameters
+    ----------
+    capacity : int
+        In samples.
+    """
+
+    def __init__(self, capacity: int):
+        self._buf = np.zeros(capacity, dtype=np.float32)
+        self._cap = capacity
+        self._write = 0  # total samples ever written
+        self._read = 0  # total samples ever read
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self.overruns = 0
+
+    def write(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float32).ravel()
+        with self._cond:
+            n = len(x)
+            if n > self._cap:
+                x = x[-self._cap:]
+                self.overruns += n - self._cap
+                self._write += n - self._cap
+                n = self._cap
+            start = self._write % self._cap
+            first = min(n, self._cap - start)
+            self._buf[start:start + first] = x[:first]
+            self._buf[: n - first] = x[first:]
+            self._write += n
+            behind = self._write - self._read
+            if behind > self._cap:
+                self.overruns += behind - self._cap
+                self._read = self._write - self._cap
+            self._cond.notify_all()
+
+    def read(self, n: int, timeout: float | None = None) -> np.ndarray | None:
+        """Block until ``n`` samples are available and return them (or None on timeout)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._write - self._read >= n, timeout):
+                return None
+            start = self._read % self._cap
+            idx = (start + np.arange(n)) % self._cap
+            out = self._buf[idx].copy()
+            self._read += n
+            return out
+
+    @property
+    def available(self) -> int:
+        with self._lock:
+            return self._write - self._read
+
+
+def _resolve_device(device: str | int | None, sample_rate: int):
+    import sounddevice as sd
+
+    try:
+        devices = sd.query_devices()
+    except Exception as exc:
+        raise NoInputDeviceError(f"cannot list audio devices ({exc}); "
+                                 "try `make demo`, which provides a virtual microphone") from exc
+    inputs = [(i, d) for i, d in enumerate(devices) if d["max_input_channels"] > 0]
+    if not inputs:
+        raise NoInputDeviceError(
+            "no audio input device found. Connect a microphone, or run `make demo`, which "
+            "starts a PulseAudio virtual microphone (needs pulseaudio and libasound2-plugins)")
+    if device is None:
+        try:
+            idx = sd.default.device[0]
+            if idx is not None and idx >= 0 and devices[idx]["max_input_channels"] > 0:
+                return idx, devices[idx]["name"]
+        except Exception:
+            pass
+        return inputs[0][0], inputs[0][1]["name"]
+    if isinstance(device, int) or (isinstance(device, str) and device.isdigit()):
+        idx = int(device)
+        for i, d in inputs:
+            if i == idx:
+                return i, d["name"]
+        raise NoInputDeviceError(f"audio.device: input device index {idx} does not exist; "
+                                 f"inputs are {[(i, d['name']) for i, d in inputs]}")
+    exact = [(i, d) for i, d in inputs if d["name"] == device]
+    partial = [(i, d) for i, d in inputs if device.lower() in d["name"].lower()]
+    match = exact or partial
+    if not match:
+        raise NoInputDeviceError(f"audio.device: no input device matches {device!r}; "
+                                 f"inputs are {[d['name'] for _, d in inputs]}")
+    return match[0][0], match[0][1]["name"]
+
+
+class MicrophoneSource:
+    """Capture 16 kHz mono float32 audio with PortAudio (sounddevice) into a ring buffer.
+
+    Parameters
+    ----------
+    device : str, int or None
+        Input device name (exact or substring) or index; None for the default input.
+    sample_rate : int
+        In Hz.
+    block_seconds : float
+        Callback block length in seconds.
+    ring_seconds : float
+        Ring buffer capacity in seconds.
+
+    Attributes
+    ----------
+    device_name : str
+    overflows : int
+        Number of callbacks that reported a PortAudio input overflow.
+
+    Raises
+    ------
+    NoInputDeviceError
+        If no matching input device exists or the stream cannot be opened.
+    """
+
+    def __init__(self, device=None, sample_rate: int = 16000, block_seconds: float = 0.1,
+                 ring_seconds: float = 60.0):
+        self.sample_rate = sample_rate
+        self.blocksize = int(round(block_seconds * sample_rate))
+        self.ring = RingBuffer(int(ring_seconds * sample_rate))
+        self.overflows = 0
+        self._device = device
+        self._stream = None
+        self.device_name = None
+
+    def _callback(self, indata, frames, time_info, status):
+        if status and status.input_overflow:
+            self.overflows += 1
+        self.ring.write(indata[:, 0])
+
+    def start(self) -> "MicrophoneSource":
+        import sounddevice as sd
+
+        idx, name = _resolve_device(self._device, self.sample_rate)
+        try:
+            self._stream = sd.InputStream(device=idx, channels=1, samplerate=self.sample_rate,
+                                          dtype="float32", blocksize=self.blocksize,
+                                          callback=self._callback)
+            self._stream.start()
+        except Exception as exc:
+            raise NoInputDeviceError(f"cannot open input device {name!r} at "
+                                     f"{self.sample_rate} Hz mono: {exc}") from exc
+        self.device_name = name
+        log.info("capturing from %r at %d Hz", name, self.sample_rate)
+        return self
+
+    def blocks(self, stop: threading.Event | None = None) -> Iterator[np.ndarray]:
+        """Yield blocks of ``blocksize`` samples until ``stop`` is set."""
+        while stop is None or not stop.is_set():
+            b = self.ring.read(self.blocksize, timeout=0.5)
+            if b is not None:
+                yield b
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FileSource:
+    """Replay WAV/FLAC files as if they were captured, block by block.
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        Played one after another.
+    sample_rate : int
+    block_seconds : float
+    realtime : bool
+        If True, sleep so that blocks arrive at the rate a microphone would deliver them.
+
+    Raises
+    ------
+    AudioFileError
+        On the first unreadable file (checked up front, before anything is yielded).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], sample_rate: int = 16000,
+                 block_seconds: float = 0.1, realtime: bool = False):
+        self.sample_rate = sample_rate
+        self.blocksize = int(round(block_seconds * sample_rate))
+        self.realtime = realtime
+        self.paths = [Path(p) for p in paths]
+        self._signals = [load_audio(p, sample_rate) for p in self.paths]
+        self.overflows = 0
+        self.device_name = "file:" + ",".join(p.name for p in self.paths)
+
+    def start(self) -> "FileSource":
+        return self
+
+    def blocks(self, stop: threading.Event | None = None) -> Iterator[np.ndarray]:
+        t0 = time.monotonic()
+        sent = 0
+        y = np.concatenate(self._signals) if self._signals else np.zeros(0, np.float32)
+        for i in range(0, len(y), self.blocksize):
+            if stop is not None and stop.is_set():
+                return
+            if self.realtime:
+                delay = t0 + sent / self.sample_rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            b = y[i:i + self.blocksize]
+            sent += len(b)
+            yield b
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,155 @@
+"""Anomaly scoring backend: cosine distance to a memory of normal embeddings.
+
+Thesis Section 5.3.1 (line 1500ff): embeddings are L2-normalised; the source domain is
+represented by k-means centers of normal embeddings, the target domain (here: the
+on-site calibration recordings) by every normal embedding; the anomaly score is the
+minimum cosine distance over all of them. On-site calibration is domain adaptation by the
+backend: the embedder is not retrained on the node.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.fileio import atomic_write_bytes
+
+__all__ = ["CalibrationError", "l2_normalize", "min_cosine_distance", "Calibration",
+           "CALIBRATION_SCHEMA"]
+
+CALIBRATION_SCHEMA = 1
+
+
+class CalibrationError(RuntimeError):
+    """A calibration artifact is missing, corrupt, or made for another model."""
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm; shape (n, D) float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def min_cosine_distance(embeddings: np.ndarray, memory: np.ndarray) -> np.ndarray:
+    """Minimum cosine distance of each embedding to a memory.
+
+    Parameters
+    ----------
+    embeddings : np.ndarray, shape (n, D) or (D,)
+    memory : np.ndarray, shape (m, D), rows L2-normalised
+
+    Returns
+    -------
+    np.ndarray, shape (n,) or scalar, float32, in [0, 2]
+        ``1 - max_j cos(e, memory_j)``: the anomaly score.
+    """
+    e = l2_normalize(np.atleast_2d(embeddings))
+    d = 1.0 - (e @ memory.T).max(axis=1)
+    d = np.clip(d, 0.0, 2.0).astype(np.float32)
+    return d if np.ndim(embeddings) == 2 else d[0]
+
+
+@dataclass
+class Calibration:
+    """The on-site calibration: backend memory and decision threshold.
+
+    Attributes
+    ----------
+    memory : np.ndarray, shape (m, D), float32
+        L2-normalised k-means centers followed by every calibration embedding.
+    n_centers : int
+        How many of the first rows of ``memory`` are k-means centers.
+    decision_threshold : float
+        A window is anomalous when its ``anomaly_score`` exceeds this.
+    threshold_method : str
+        Estimator that produced the threshold (e.g. ``"mst-iqr"``).
+    normal_scores : np.ndarray, shape (n,), float32
+        Held-out anomaly scores of the calibration windows the threshold was fit on.
+    model_id, model_sha256 : str
+        The embedder the memory was computed with; the node refuses other models.
+    window_seconds, hop_seconds : float
+    created : str
+        UTC ISO-8601.
+    calibration_id : str
+        Content hash prefix, reported in every event.
+    """
+
+    memory: np.ndarray
+    n_centers: int
+    decision_threshold: float
+    threshold_method: str
+    normal_scores: np.ndarray
+    model_id: str
+    model_sha256: str
+    window_seconds: float
+    hop_seconds: float
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc)
+                         .isoformat(timespec="seconds"))
+    extra: dict[str, Any] = field(default_factory=dict)
+    calibration_id: str = ""
+
+    def __post_init__(self):
+        self.memory = l2_normalize(self.memory)
+        self.normal_scores = np.asarray(self.normal_scores, np.float32)
+        if not self.calibration_id:
+            h = hashlib.sha256(self.memory.tobytes())
+            h.update(f"{self.decision_threshold:.9g}{self.model_sha256}{self.created}".encode())
+            self.calibration_id = "cal-" + h.hexdigest()[:12]
+
+    def score_samples(self, embeddings: np.ndarray) -> np.ndarray:
+        """Anomaly scores (min cosine distance to the memory) of (n, D) embeddings."""
+        return min_cosine_distance(np.atleast_2d(embeddings), self.memory)
+
+    def _meta(self) -> dict[str, Any]:
+        return {"schema": CALIBRATION_SCHEMA, "calibration_id": self.calibration_id,
+                "n_centers": self.n_centers, "decision_threshold": self.decision_threshold,
+                "threshold_method": self.threshold_method, "model_id": self.model_id,
+                "model_sha256": self.model_sha256, "window_seconds": self.window_seconds,
+                "hop_seconds": self.hop_seconds, "created": self.created, "extra": self.extra}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the artifact (``.npz``) atomically."""
+        buf = io.BytesIO()
+        np.savez(buf, memory=self.memory, normal_scores=self.normal_scores,
+                 meta=np.frombuffer(json.dumps(self._meta()).encode(), dtype=np.uint8))
+        return atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path, model_sha256: str | None = None) -> "Calibration":
+        """Read an artifact; with ``model_sha256``, also check it was made for that model.
+
+        Raises
+        ------
+        CalibrationError
+            Missing, unreadable or inconsistent file, or another model's calibration.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise CalibrationError(
+                f"calibration not found: {path}. Record normal operation first: "
+                "python -m calibration record --config <node.yaml> --minutes 10")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                memory, scores = z["memory"], z["normal_scores"]
+        except Exception as exc:
+            raise CalibrationError(f"calibration {path} is corrupt or not a calibration "
+                                   f"artifact: {exc}") from exc
+        if meta.get("schema") != CALIBRATION_SCHEMA:
+            raise CalibrationError(f"calibration {path}: unsupported schema {meta.get('schema')}")
+        if memory.ndim != 2 or not np.all(np.isfinite(memory)) or len(memory) == 0:
+            raise CalibrationError(f"calibration {path}: memory is empty or not finite")
+        if model_sha256 is not None and meta["model_sha256"] != model_sha256:
+            raise CalibrationError(
+                f"calibration {path} was made with model {meta['model_id']}, not the configured "
+                "model; recalibrate with `python -m calibration record`")
+        kw = {k: meta[k] for k in ("n_centers", "decision_threshold", "threshold_method",
+                                   "model_id", "model_sha256", "window_seconds", "hop_seconds",
+                                   "created", "extra", "calibration_id")}
+        return cls(memory=memory, normal_scores=scores, **kw)

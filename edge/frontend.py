@@ -1,0 +1,250 @@
+"""The one feature frontend, shared by the trainer and the node.
+
+Feature extraction runs in NumPy so that training and serving can never disagree, and
+because FFT/STFT cannot be int8-quantized inside a TFLite graph. The TFLite embedders
+therefore take features, not waveforms.
+
+ASD frontend (thesis Section 5.3.1, Tables 14 and 15, ``001_bc66ac417165e5b3.txt``
+line 1460ff):
+
+* 16 kHz mono clips, padded or cut to a fixed length (10 s by default);
+* (a) magnitude spectrogram, Hann window 1024, hop 512, no mel filterbank, no
+  logarithm, with temporal mean normalisation (TMN): each frequency bin's temporal
+  mean is subtracted;
+* (b) magnitude of the DFT of the whole clip (the "spectrum"), optionally limited to a
+  frequency band.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "AsdFrontendParams",
+    "fix_length",
+    "frame_signal",
+    "magnitude_spectrogram",
+    "temporal_mean_normalisation",
+    "magnitude_spectrum",
+    "asd_features",
+]
+
+
+@dataclass(frozen=True)
+class AsdFrontendParams:
+    """Parameters of the ASD frontend; stored in every model bundle's metadata.
+
+    Parameters
+    ----------
+    sample_rate : int
+        Sampling rate in Hz (16000).
+    clip_seconds : float
+        Length in seconds every clip is padded or cut to (10.0). The node's analysis
+        window must have this length.
+    n_fft : int
+        STFT window length in samples (Hann window, 1024).
+    hop_length : int
+        STFT hop in samples (512).
+    spectrum_fmin, spectrum_fmax : float or None
+        Frequency band in Hz kept from the whole-clip DFT magnitude. ``None`` keeps
+        everything from 0 Hz up to (excluding) the Nyquist bin, which for a 10 s clip
+        gives the 80000 bins of Table 14.
+    """
+
+    sample_rate: int = 16000
+    clip_seconds: float = 10.0
+    n_fft: int = 1024
+    hop_length: int = 512
+    spectrum_fmin: float | None = None
+    spectrum_fmax: float | None = None
+
+    @property
+    def clip_samples(self) -> int:
+        """Clip length in samples."""
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    @property
+    def n_frames(self) -> int:
+        """Number of STFT frames per clip (no centring/padding: 311 for 10 s)."""
+        return 1 + (self.clip_samples - self.n_fft) // self.hop_length
+
+    @property
+    def n_bins(self) -> int:
+        """Number of STFT frequency bins (``n_fft // 2 + 1``)."""
+        return self.n_fft // 2 + 1
+
+    @property
+    def spectrum_slice(self) -> slice:
+        """Slice of the whole-clip rFFT bins kept as the spectrum feature."""
+        n = self.clip_samples
+        hz_per_bin = self.sample_rate / n
+        lo = 0 if self.spectrum_fmin is None else int(np.ceil(self.spectrum_fmin / hz_per_bin))
+        hi = n // 2 if self.spectrum_fmax is None else int(np.floor(self.spectrum_fmax / hz_per_bin))
+        hi = min(hi, n // 2)
+        if not 0 <= lo < hi:
+            raise ValueError(
+                f"spectrum band [{self.spectrum_fmin}, {self.spectrum_fmax}] Hz is empty for "
+                f"a {self.clip_seconds} s clip at {self.sample_rate} Hz"
+            )
+        return slice(lo, hi)
+
+    @property
+    def spectrum_bins(self) -> int:
+        """Length of the spectrum feature."""
+        s = self.spectrum_slice
+        return s.stop - s.start
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AsdFrontendParams":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ASD frontend parameter(s): {sorted(unknown)}")
+        return cls(**d)
+
+
+def fix_length(y: np.ndarray, n_samples: int) -> np.ndarray:
+    """Pad with zeros or cut a 1-D signal to exactly ``n_samples`` samples.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n,)
+        Signal.
+    n_samples : int
+        Target length in samples.
+
+    Returns
+    -------
+    np.ndarray, shape (n_samples,), same dtype as ``y``
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"expected a mono 1-D signal, got shape {y.shape}")
+    if len(y) >= n_samples:
+        return y[:n_samples]
+    return np.pad(y, (0, n_samples - len(y)))
+
+
+def frame_signal(y: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:
+    """Split a signal into overlapping frames without copying (no centring, no padding).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (..., n)
+        Signal(s).
+    frame_length, hop_length : int
+        In samples.
+
+    Returns
+    -------
+    np.ndarray, shape (..., n_frames, frame_length)
+        A read-only strided view; ``n_frames = 1 + (n - frame_length) // hop_length``.
+
+    Raises
+    ------
+    ValueError
+        If the signal is shorter than one frame.
+    """
+    n = y.shape[-1]
+    if n < frame_length:
+        raise ValueError(f"signal of {n} samples is shorter than one frame ({frame_length})")
+    windows = np.lib.stride_tricks.sliding_window_view(y, frame_length, axis=-1)
+    return windows[..., ::hop_length, :]
+
+
+def magnitude_spectrogram(y: np.ndarray, n_fft: int = 1024, hop_length: int = 512) -> np.ndarray:
+    """Magnitude STFT with a periodic Hann window, frames not centred.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (..., n_samples), float
+        Waveform(s) in [-1, 1].
+    n_fft, hop_length : int
+        Window and hop in samples.
+
+    Returns
+    -------
+    np.ndarray, shape (..., n_frames, n_fft // 2 + 1), float32
+        ``|X[t, f]|``; frame ``t`` covers samples ``[t * hop, t * hop + n_fft)``.
+        Equal to ``abs(scipy.signal.stft(y, window='hann', nperseg=n_fft,
+        noverlap=n_fft - hop, boundary=None, padded=False, scaling=...))`` up to the
+        scaling (SciPy divides by the window sum) and the axis order.
+    """
+    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)  # periodic Hann
+    frames = frame_signal(np.asarray(y, dtype=np.float32), n_fft, hop_length)
+    return np.abs(np.fft.rfft(frames * window, axis=-1)).astype(np.float32)
+
+
+def temporal_mean_normalisation(spec: np.ndarray) -> np.ndarray:
+    """Subtract each frequency bin's temporal mean (TMN, thesis Section 5.3.1).
+
+    Parameters
+    ----------
+    spec : np.ndarray, shape (..., n_frames, n_bins)
+
+    Returns
+    -------
+    np.ndarray, same shape and dtype
+    """
+    return spec - spec.mean(axis=-2, keepdims=True)
+
+
+def magnitude_spectrum(y: np.ndarray, band: slice | None = None) -> np.ndarray:
+    """Magnitude of the DFT of the whole clip (thesis Table 14's input).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (..., n_samples)
+    band : slice, optional
+        rFFT bins to keep (see :attr:`AsdFrontendParams.spectrum_slice`). Default:
+        all bins below Nyquist, ``n_samples // 2`` of them.
+
+    Returns
+    -------
+    np.ndarray, shape (..., n_kept_bins), float32
+    """
+    y = np.asarray(y, dtype=np.float32)
+    if band is None:
+        band = slice(0, y.shape[-1] // 2)
+    return np.abs(np.fft.rfft(y, axis=-1)[..., band]).astype(np.float32)
+
+
+def asd_features(
+    y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both ASD model inputs for one clip or a batch of clips.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,) or (batch, n_samples), float
+        16 kHz mono waveform(s) in [-1, 1]. A 1-D signal is padded or cut to
+        ``params.clip_samples``; a 2-D batch must already have that length.
+    params : AsdFrontendParams
+
+    Returns
+    -------
+    spectrogram : np.ndarray, shape ([batch,] n_frames, n_bins), float32
+        TMN-normalised magnitude spectrogram (311 x 513 for 10 s).
+    spectrum : np.ndarray, shape ([batch,] spectrum_bins), float32
+        Whole-clip DFT magnitude (80000 bins for 10 s).
+
+    Raises
+    ------
+    ValueError
+        If a batch has the wrong clip length or the input is not 1-D/2-D.
+    """
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim == 1:
+        y = fix_length(y, params.clip_samples)
+    elif y.ndim != 2 or y.shape[1] != params.clip_samples:
+        raise ValueError(
+            f"expected shape (n,) or (batch, {params.clip_samples}), got {y.shape}"
+        )
+    spec = temporal_mean_normalisation(magnitude_spectrogram(y, params.n_fft, params.hop_length))
+    return spec, magnitude_spectrum(y, params.spectrum_slice)

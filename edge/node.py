@@ -1,0 +1,171 @@
+"""The node: capture -> frontend -> int8 embedder -> anomaly score -> decision -> MQTT."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from edge.backend import Calibration
+from edge.model import ModelError, load_bundle
+from edge.mqtt import PAYLOAD_SCHEMA, MqttPublisher, utc_now
+from edge.pipeline import Windower, level_dbfs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Node"]
+
+
+def _iso(t: float) -> str:
+    return (dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"))
+
+
+class Node:
+    """One node's runtime.
+
+    Parameters
+    ----------
+    cfg : firmware_config.schema.NodeConfig
+    source : audio source, optional
+        Anything with ``start()``, ``blocks(stop)``, ``close()``, ``device_name``,
+        ``overflows``; default: the config's files if any, else the microphone.
+
+    Raises
+    ------
+    ModelError
+        Missing model, or a model that does not match its metadata or the config.
+    CalibrationError
+        Missing calibration, or one made for another model.
+    """
+
+    def __init__(self, cfg, source=None):
+        self.cfg = cfg
+        a = cfg.asd
+        self.embedder = load_bundle(cfg.resolve(a.model), num_threads=a.num_threads)
+        fe = self.embedder.frontend
+        if abs(fe.clip_seconds - a.window_seconds) > 1e-6:
+            raise ModelError(f"asd.window_seconds is {a.window_seconds} s but the model "
+                             f"{self.embedder.model_id} takes {fe.clip_seconds} s clips")
+        if fe.sample_rate != cfg.audio.sample_rate:
+            raise ModelError(f"audio.sample_rate {cfg.audio.sample_rate} Hz differs from the "
+                             f"model's {fe.sample_rate} Hz")
+        self.calibration = Calibration.load(cfg.resolve(a.calibration), self.embedder.sha256)
+        if source is None:
+            from edge.audio import FileSource, MicrophoneSource
+
+            if cfg.audio.files:
+                source = FileSource([cfg.resolve(f) for f in cfg.audio.files],
+                                    cfg.audio.sample_rate, cfg.audio.block_seconds,
+                                    cfg.audio.realtime)
+            else:
+                source = MicrophoneSource(cfg.audio.device, cfg.audio.sample_rate,
+                                          cfg.audio.block_seconds, cfg.audio.ring_seconds)
+        self.source = source
+        self.publisher = MqttPublisher(cfg, self.state)
+        self.started = time.time()
+        self.seq = 0
+        self.windows = 0
+        self.anomalies = 0
+        self._level = -120.0
+        self._peak = -120.0
+        self._cpu0 = (time.monotonic(), time.process_time())
+
+    # -- payloads ------------------------------------------------------------------------
+    def _base(self) -> dict[str, Any]:
+        return {"schema": PAYLOAD_SCHEMA, "node": self.cfg.node.id, "site": self.cfg.node.site,
+                "ts": utc_now()}
+
+    def state(self) -> dict[str, Any]:
+        cal = self.calibration
+        s = self._base()
+        s.update(
+            status="online",
+            uptime_s=round(time.time() - self.started, 1),
+            config_sha256=self.cfg.sha256,
+            models={"asd": {"model_id": self.embedder.model_id, "sha256": self.embedder.sha256}},
+            calibration={"calibration_id": cal.calibration_id,
+                         "decision_threshold": cal.decision_threshold,
+                         "threshold_method": cal.threshold_method, "created": cal.created},
+            audio={"device": getattr(self.source, "device_name", None),
+                   "overflows": getattr(self.source, "overflows", 0),
+                   "samples_lost": getattr(getattr(self.source, "ring", None), "overruns", 0)},
+            events_dropped=self.publisher.events_dropped,
+        )
+        return s
+
+    def heartbeat(self) -> dict[str, Any]:
+        now, cpu = time.monotonic(), time.process_time()
+        wall0, cpu0 = self._cpu0
+        self._cpu0 = (now, cpu)
+        hb = self._base()
+        hb.update(uptime_s=round(time.time() - self.started, 1),
+                  level_dbfs=round(self._level, 1), peak_dbfs=round(self._peak, 1),
+                  cpu_percent=round(100.0 * (cpu - cpu0) / max(now - wall0, 1e-6), 1),
+                  queue_depth=self.publisher.queue_depth,
+                  events_dropped=self.publisher.events_dropped,
+                  windows=self.windows, anomalies=self.anomalies,
+                  overflows=getattr(self.source, "overflows", 0))
+        return hb
+
+    def score_window(self, window: np.ndarray) -> tuple[float, bool]:
+        """Anomaly score of one window and the decision ``score > decision_threshold``."""
+        emb = self.embedder.embed(window)
+        score = float(self.calibration.score_samples(emb[None])[0])
+        return score, score > self.calibration.decision_threshold
+
+    def anomaly_event(self, score: float, anomalous: bool, t_start: float, t_end: float) -> dict:
+        self.seq += 1
+        ev = self._base()
+        ev.update(seq=self.seq, anomaly_score=round(score, 6),
+                  threshold=round(self.calibration.decision_threshold, 6),
+                  decision="anomalous" if anomalous else "normal", anomalous=anomalous,
+                  window={"start": _iso(t_start), "end": _iso(t_end),
+                          "seconds": self.cfg.asd.window_seconds},
+                  model_id=self.embedder.model_id,
+                  calibration_id=self.calibration.calibration_id)
+        return ev
+
+    # -- main loop -----------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Run until ``stop`` is set or the source ends (file replay)."""
+        stop = stop or threading.Event()
+        cfg = self.cfg
+        sr = cfg.audio.sample_rate
+        win = Windower(int(round(cfg.asd.window_seconds * sr)), int(round(cfg.asd.hop_seconds * sr)))
+        self.publisher.start()
+        self.source.start()
+        log.info("node %s running: model %s, calibration %s, threshold %.5f (%s)",
+                 cfg.topic_root, self.embedder.model_id, self.calibration.calibration_id,
+                 self.calibration.decision_threshold, self.calibration.threshold_method)
+        t0 = None
+        next_hb = time.monotonic()
+        recent = np.zeros(0, np.float32)
+        try:
+            for block in self.source.blocks(stop):
+                if t0 is None:
+                    t0 = time.time() - len(block) / sr
+                recent = np.concatenate([recent, block])[-sr:]
+                self._level = level_dbfs(recent)
+                self._peak = 20 * np.log10(max(float(np.abs(recent).max(initial=0.0)), 1e-6))
+                for start, w in win.push(block):
+                    score, anomalous = self.score_window(w)
+                    self.windows += 1
+                    self.anomalies += int(anomalous)
+                    t_start = t0 + start / sr
+                    ev = self.anomaly_event(score, anomalous, t_start, t_start + len(w) / sr)
+                    log.info("window %d score %.5f threshold %.5f -> %s", self.windows, score,
+                             self.calibration.decision_threshold, ev["decision"])
+                    if anomalous or cfg.asd.report == "all":
+                        self.publisher.publish_event("anomaly", ev)
+                if time.monotonic() >= next_hb:
+                    self.publisher.publish_heartbeat(self.heartbeat())
+                    self.publisher.publish_state()
+                    next_hb = time.monotonic() + cfg.mqtt.heartbeat_seconds
+        finally:
+            self.source.close()
+            self.publisher.stop()

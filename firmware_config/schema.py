@@ -1,0 +1,202 @@
+"""The one node configuration schema, validated before anything runs.
+
+Unknown keys, wrong types and out-of-range values are rejected with the dotted path of
+the field (``asd.hop_seconds: ...``). Relative paths in the file are resolved against the
+folder of the config file.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["ConfigError", "NodeConfig", "load_config", "parse_config", "format_errors"]
+
+_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ConfigError(ValueError):
+    """An invalid or unreadable node configuration; ``errors`` lists ``(path, message)``."""
+
+    def __init__(self, source: str, errors: list[tuple[str, str]]):
+        self.source = source
+        self.errors = errors
+        lines = "\n".join(f"  {p}: {m}" for p, m in errors)
+        super().__init__(f"invalid configuration {source}:\n{lines}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NodeSection(_Section):
+    id: str = Field("node-01", pattern=_NAME, description="node id, part of every topic")
+    site: str = Field("default", pattern=_NAME, description="site name, part of every topic")
+
+
+class MqttSection(_Section):
+    host: str = Field("localhost", min_length=1)
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = Field("hark", pattern=r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64})*$")
+    client_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    keepalive: int = Field(30, ge=5, le=3600, description="seconds")
+    qos: Literal[0, 1, 2] = 1
+    heartbeat_seconds: float = Field(30.0, gt=0, le=3600)
+    reconnect_min_seconds: float = Field(1.0, gt=0, le=60)
+    reconnect_max_seconds: float = Field(60.0, gt=0, le=3600)
+    max_queued_events: int = Field(10000, ge=1, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _backoff(self):
+        if self.reconnect_max_seconds < self.reconnect_min_seconds:
+            raise ValueError("reconnect_max_seconds must be >= reconnect_min_seconds")
+        return self
+
+
+class AudioSection(_Section):
+    device: Union[int, str, None] = Field(None, description="input device name or index")
+    sample_rate: Literal[16000] = 16000
+    block_seconds: float = Field(0.1, gt=0, le=1.0)
+    ring_seconds: float = Field(60.0, ge=1, le=3600)
+    files: list[str] = Field(default_factory=list,
+                             description="replay these WAV/FLAC files instead of capturing")
+    realtime: bool = Field(False, description="replay files at real-time speed")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be a device name or a non-negative index")
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("must not be empty (use null for the default input)")
+        return v
+
+
+class ThresholdSection(_Section):
+    method: str = Field("mst-iqr", description="decision threshold estimator")
+    params: dict[str, Union[float, int]] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v):
+        from calibration.thresholds import THRESHOLD_METHODS
+
+        if v not in THRESHOLD_METHODS:
+            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(THRESHOLD_METHODS)}")
+        return v
+
+
+class AsdSection(_Section):
+    enabled: bool = True
+    model: str = Field("models/asd_default.tflite", min_length=1)
+    calibration: str = Field("var/asd_calibration.npz", min_length=1)
+    window_seconds: float = Field(10.0, gt=0, le=60)
+    hop_seconds: float = Field(2.0, gt=0, le=60)
+    report: Literal["all", "anomalous"] = "all"
+    n_clusters: int = Field(16, ge=1, le=256, description="k-means clusters of the memory")
+    num_threads: int = Field(1, ge=1, le=16)
+    threshold: ThresholdSection = Field(default_factory=ThresholdSection)
+
+    @model_validator(mode="after")
+    def _hop(self):
+        if self.hop_seconds > self.window_seconds:
+            raise ValueError("hop_seconds must not exceed window_seconds")
+        return self
+
+
+class LoggingSection(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class NodeConfig(_Section):
+    """A node's configuration (``firmware_config/default.yaml`` shows every key)."""
+
+    schema_version: Literal[1] = Field(1, alias="schema")
+    node: NodeSection = Field(default_factory=NodeSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    audio: AudioSection = Field(default_factory=AudioSection)
+    asd: AsdSection = Field(default_factory=AsdSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+    # Set by load_config; not part of the schema.
+    _base_dir: Path = Path(".")
+    _sha256: str = ""
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the config file's bytes (empty for configs built in code)."""
+        return self._sha256
+
+    def resolve(self, p: str | Path) -> Path:
+        """Resolve a path from the config relative to the config file's folder."""
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p).resolve()
+
+    @property
+    def topic_root(self) -> str:
+        return f"{self.mqtt.prefix}/{self.node.site}/{self.node.id}"
+
+
+def format_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-after"))
+        loc = loc.replace("schema_version", "schema") or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        out.append((loc, msg))
+    return out
+
+
+def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = None,
+                 raw: bytes = b"") -> NodeConfig:
+    """Validate a parsed YAML/JSON document.
+
+    Raises
+    ------
+    ConfigError
+        Listing every bad field with its dotted path.
+    """
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(source, [("(top level)", f"expected a mapping, got {type(doc).__name__}")])
+    try:
+        cfg = NodeConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(source, format_errors(exc)) from None
+    object.__setattr__(cfg, "_base_dir", (base_dir or Path.cwd()).resolve())
+    object.__setattr__(cfg, "_sha256", hashlib.sha256(raw).hexdigest() if raw else "")
+    return cfg
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate a node config file.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, not YAML, or invalid (the message names the field).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), [("(file)", f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        doc = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [("(file)", f"not valid YAML: {exc}")]) from None
+    return parse_config(doc, str(path), path.resolve().parent, raw)

@@ -1,0 +1,44 @@
+"""Shared fixtures: where the real data is, the shipped model, small real clip subsets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_root() -> Path:
+    """``$HARK_DATA`` or ``../shared/data`` next to the project."""
+    env = os.environ.get("HARK_DATA")
+    return Path(env) if env else (ROOT.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = data_root()
+    if not (d / "asd").is_dir():
+        pytest.fail(f"real test data not found at {d}: set HARK_DATA to the shared data folder")
+    return d
+
+
+@pytest.fixture(scope="session")
+def mimii(data_dir) -> dict[str, list[Path]]:
+    base = data_dir / "asd" / "mimii_fan_id00"
+    return {"normal": sorted((base / "normal").glob("*.wav")),
+            "abnormal": sorted((base / "abnormal").glob("*.wav"))}
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    p = ROOT / "models" / "asd_default.tflite"
+    assert p.is_file(), "the default model bundle is missing: run `make export-tflite`"
+    return p
+
+
+@pytest.fixture(scope="session")
+def embedder(default_model):
+    from edge.model import load_bundle
+
+    return load_bundle(default_model)

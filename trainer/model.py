@@ -1,0 +1,111 @@
+"""The ASD embedder: spectrum branch + spectrogram branch (thesis Tables 14 and 15).
+
+No bias terms anywhere, no bounded activations, BatchNorm + ReLU after every
+convolutional and dense layer except the embedding layers (thesis Section 5.3.1), so the
+network cannot learn the trivial constant solution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import keras
+from keras import layers
+
+from edge.frontend import AsdFrontendParams
+
+__all__ = ["AsdModelParams", "build_asd_embedder"]
+
+
+@dataclass(frozen=True)
+class AsdModelParams:
+    """Architecture hyperparameters.
+
+    Parameters
+    ----------
+    embedding_dim : int
+        Per-branch embedding size (128 in the thesis); the model outputs
+        ``2 * embedding_dim`` (both branches concatenated).
+    resnet_widths : tuple of int
+        Channels of the four residual stages (16, 32, 64, 128 in Table 15).
+    spectrum_filters : int
+        Channels of the spectrum branch's 1-D convolutions (128 in Table 14).
+    spectrum_dense_layers : int
+        Hidden dense layers of the spectrum branch (4 in Table 14).
+    """
+
+    embedding_dim: int = 128
+    resnet_widths: tuple[int, ...] = (16, 32, 64, 128)
+    spectrum_filters: int = 128
+    spectrum_dense_layers: int = 4
+
+
+def _bn_relu(x):
+    return layers.ReLU()(layers.BatchNormalization()(x))
+
+
+def _residual_block(x, filters: int):
+    shortcut = x
+    if x.shape[-1] != filters:
+        shortcut = layers.BatchNormalization()(
+            layers.Conv2D(filters, 1, use_bias=False)(x))
+    y = _bn_relu(layers.Conv2D(filters, 3, padding="same", use_bias=False)(x))
+    y = layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(y))
+    return layers.ReLU()(layers.Add()([shortcut, y]))
+
+
+def build_asd_embedder(frontend: AsdFrontendParams = AsdFrontendParams(),
+                       params: AsdModelParams = AsdModelParams()) -> keras.Model:
+    """Build the two-branch embedding model.
+
+    Spectrogram branch (Table 15): 7x7 convolution with stride 2, 3x3 max pooling with
+    stride 2, four stages of two residual blocks (the stages after the first start with a
+    2x2 max pooling), max pooling over all remaining time steps, flatten, linear
+    embedding layer. For a 10 s clip the stage outputs are 77x128x16, 39x64x32,
+    20x32x64 and 10x16x128, as in the table.
+
+    Spectrum branch (Table 14): three strided 1-D convolutions (kernels 256, 64, 16;
+    strides 64, 32, 4, chosen so that an 80000-bin input gives the table's 1250, 40 and
+    10 steps), flatten, ``spectrum_dense_layers`` dense layers, linear embedding layer.
+
+    Parameters
+    ----------
+    frontend : AsdFrontendParams
+        Fixes the input shapes.
+    params : AsdModelParams
+
+    Returns
+    -------
+    keras.Model
+        Inputs ``spectrogram`` (batch, n_frames, n_bins) float32 and ``spectrum``
+        (batch, spectrum_bins) float32; output (batch, 2 * embedding_dim) float32,
+        not normalised (the backend L2-normalises).
+    """
+    spec_in = keras.Input((frontend.n_frames, frontend.n_bins), name="spectrogram")
+    dft_in = keras.Input((frontend.spectrum_bins,), name="spectrum")
+
+    # Spectrogram branch.
+    x = layers.Reshape((frontend.n_frames, frontend.n_bins, 1))(spec_in)
+    x = _bn_relu(layers.Conv2D(params.resnet_widths[0], 7, strides=2, padding="same",
+                               use_bias=False)(x))
+    x = layers.MaxPooling2D(3, strides=2)(x)
+    for i, w in enumerate(params.resnet_widths):
+        if i > 0:
+            x = layers.MaxPooling2D(2, padding="same")(x)
+        x = _residual_block(x, w)
+        x = _residual_block(x, w)
+    x = layers.MaxPooling2D((x.shape[1], 1))(x)
+    x = layers.Flatten()(x)
+    emb_spec = layers.Dense(params.embedding_dim, use_bias=False, name="spectrogram_embedding")(x)
+
+    # Spectrum branch.
+    y = layers.Reshape((frontend.spectrum_bins, 1))(dft_in)
+    for kernel, stride in ((256, 64), (64, 32), (16, 4)):
+        y = _bn_relu(layers.Conv1D(params.spectrum_filters, kernel, strides=stride,
+                                   padding="same", use_bias=False)(y))
+    y = layers.Flatten()(y)
+    for _ in range(params.spectrum_dense_layers):
+        y = _bn_relu(layers.Dense(params.embedding_dim, use_bias=False)(y))
+    emb_dft = layers.Dense(params.embedding_dim, use_bias=False, name="spectrum_embedding")(y)
+
+    out = layers.Concatenate(name="embedding")([emb_spec, emb_dft])
+    return keras.Model([spec_in, dft_in], out, name="asd_embedder")
