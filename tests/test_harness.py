@@ -289,9 +289,12 @@ def test_virtual_mic_capture_in_process(vm, excerpt):
 
 @needs_audio
 def test_virtual_mic_plays_sequence_and_can_be_cut_short(vm, excerpt, tmp_path):
-    wav, _ = excerpt
+    sf = pytest.importorskip("soundfile")
+    wav, ref = excerpt
+    flac = tmp_path / "fan_2s.flac"
+    sf.write(flac, ref, SR)
     t0 = time.monotonic()
-    vm.play([wav, wav])
+    vm.play([wav, flac])  # WAV then FLAC, back to back
     assert 3.8 < time.monotonic() - t0 < 6.0
     player = vm.play([wav, wav, wav], wait=False)
     _STARTED_PIDS.add(player.pid)

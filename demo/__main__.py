@@ -1,0 +1,197 @@
+"""``make demo``: a node calibrates on, then monitors, real fan sounds from a virtual microphone.
+
+1. start mosquitto on a free loopback port and a PulseAudio null-sink virtual microphone;
+2. ``python -m calibration record`` captures 60 s of real normal fan sound played into it;
+3. ``python -m edge run`` starts; 20 s of held-out normal and then 20 s of anomalous fan
+   sound are played;
+4. every MQTT message the node publishes is printed to stdout as one JSON line; a summary
+   goes to stderr. Everything started is stopped again; exit status 0 on success.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from demo.harness import MosquittoBroker, MqttCollector, VirtualMicrophone, require_tools
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIPS = Path(__file__).resolve().parent / "clips"
+
+
+def say(msg: str) -> None:
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def write_node_config(path: Path, broker, vm, workdir: Path, hop: float) -> Path:
+    doc = yaml.safe_load((ROOT / "firmware_config" / "default.yaml").read_text())
+    doc["node"]["id"] = "demo-node"
+    doc["mqtt"].update(host=broker.host, port=broker.port, heartbeat_seconds=5,
+                       reconnect_min_seconds=1, reconnect_max_seconds=5)
+    doc["audio"]["device"] = vm.device_name
+    doc["asd"].update(model=str(ROOT / "models" / "asd_default.tflite"),
+                      calibration=str(workdir / "asd_calibration.npz"), hop_seconds=hop)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+class Printer(threading.Thread):
+    """Print each new MQTT message as one JSON line."""
+
+    def __init__(self, collector: MqttCollector):
+        super().__init__(daemon=True)
+        self.collector = collector
+        self.done = threading.Event()
+        self.seen = 0
+
+    def flush(self) -> None:
+        msgs = self.collector.messages()
+        for m in msgs[self.seen:]:
+            try:
+                payload = json.loads(m.payload)
+            except ValueError:
+                payload = m.payload.decode(errors="replace")
+            print(json.dumps({"topic": m.topic, "retained": m.retain, "payload": payload}),
+                  flush=True)
+        self.seen = len(msgs)
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            self.flush()
+        self.flush()
+
+
+def _wait_ready(proc: subprocess.Popen, marker: str, timeout: float) -> list[str]:
+    """Read the child's stderr until a line contains ``marker``; keep draining afterwards."""
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump():
+        for line in proc.stderr:
+            lines.append(line)
+            if marker in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(timeout) or proc.poll() not in (None, 0):
+        raise RuntimeError(f"{proc.args[2]} did not get ready:\n{''.join(lines)[-3000:]}")
+    return lines
+
+
+def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
+    missing = require_tools()
+    if missing:
+        say("missing system packages: " + " ".join(missing))
+        say("install them with: sudo apt-get install " + " ".join(missing) + "  (or run as root: make demo)")
+        return 1
+    cal_clips = sorted(CLIPS.glob("*_calibration_*.flac"))
+    normal_clips = sorted(CLIPS.glob("*_test_normal_*.flac"))
+    anomaly_clips = sorted(CLIPS.glob("*_test_anomaly_*.flac"))
+    py = sys.executable
+    node = None
+    with tempfile.TemporaryDirectory(prefix="hark-demo-") as tmp, \
+            MosquittoBroker() as broker, VirtualMicrophone() as vm:
+        work = Path(tmp)
+        cfg = write_node_config(work / "node.yaml", broker, vm, work, hop)
+        env = {**os.environ, **vm.env, "PYTHONUNBUFFERED": "1"}
+        say(f"mosquitto on {broker.host}:{broker.port}; virtual microphone {vm.device_name!r}")
+        collector = MqttCollector(broker.host, broker.port, "hark/#").start()
+        printer = Printer(collector)
+        printer.start()
+        try:
+            # 1. Calibration through the same audio path the node uses.
+            say(f"calibrating: recording {calibration_seconds:.0f} s of normal fan sound "
+                f"({len(cal_clips)} real MIMII clips) from the virtual microphone")
+            rec = subprocess.Popen([py, "-m", "calibration", "record", "--config", str(cfg),
+                                    "--seconds", str(calibration_seconds), "--quiet"],
+                                   cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+            _wait_ready(rec, "recording", 60)
+            vm.play(cal_clips, wait=True)
+            out, _ = rec.communicate(timeout=120)
+            if rec.returncode != 0:
+                say(f"calibration failed (exit {rec.returncode})")
+                return 1
+            summary = json.loads(out)
+            say(f"calibrated: {summary['windows']} windows, decision_threshold "
+                f"{summary['decision_threshold']:.5f} ({summary['threshold_method']}), "
+                f"histogram {summary['histogram']}")
+
+            # 2. The node.
+            node = subprocess.Popen([py, "-m", "edge", "run", "--config", str(cfg)], cwd=ROOT,
+                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True)
+            _wait_ready(node, "running", 60)
+            collector.wait_for(lambda m: m.topic.endswith("/status") and m.payload == b"online",
+                               timeout=30)
+            say("node online; playing 20 s of held-out normal sound, then 20 s of anomalous sound")
+            t_normal = time.time()
+            vm.play(normal_clips, wait=True)
+            t_anomaly = time.time()
+            vm.play(anomaly_clips, wait=True)
+            t_end = time.time()
+            time.sleep(0.5)
+            node.send_signal(signal.SIGINT)
+            node.wait(timeout=30)
+            collector.wait_for(lambda m: m.topic.endswith("/status") and m.payload == b"offline",
+                               timeout=10)
+            time.sleep(0.3)
+        finally:
+            printer.done.set()
+            printer.join(timeout=5)
+            if node is not None and node.poll() is None:
+                node.kill()
+                node.wait()
+            collector.stop()
+
+        # 3. Summary by phase (windows fully inside one phase).
+        events = [m.json() for m in collector.messages("hark/+/+/event/anomaly")]
+        phases = {"normal": [], "anomalous": []}
+        for ev in events:
+            start = _parse_ts(ev["window"]["start"])
+            end = _parse_ts(ev["window"]["end"])
+            if start >= t_normal - 0.5 and end <= t_anomaly + 0.5:
+                phases["normal"].append(ev)
+            elif start >= t_anomaly - 0.5 and end <= t_end + 0.5:
+                phases["anomalous"].append(ev)
+        for name, evs in phases.items():
+            if evs:
+                scores = [e["anomaly_score"] for e in evs]
+                flagged = sum(e["anomalous"] for e in evs)
+                say(f"{name:>9} sound: {len(evs)} windows, mean anomaly_score "
+                    f"{sum(scores) / len(scores):.5f}, {flagged} flagged anomalous")
+        say(f"{len(events)} anomaly events, {printer.seen} MQTT messages in total; "
+            "mosquitto and the virtual microphone stopped")
+        if node.returncode != 0:
+            say(f"node exited with {node.returncode}")
+            return 1
+    return 0
+
+
+def _parse_ts(s: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--calibration-seconds", type=float, default=60.0,
+                   help="seconds of normal sound to calibrate on (default 60)")
+    p.add_argument("--hop", type=float, default=2.0, help="analysis hop in seconds (default 2)")
+    args = p.parse_args(argv)
+    return run_demo(args.calibration_seconds, args.hop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
