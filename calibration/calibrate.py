@@ -113,24 +113,27 @@ def kmeans_centers(embeddings: np.ndarray, n_clusters: int, seed: int = 0) -> np
 def held_out_scores(w: CalibrationWindows) -> np.ndarray:
     """Anomaly score of each window against the windows that do not overlap it.
 
+    Windows that overlap every other window (the middle of a short recording) have no
+    held-out partner and get no score.
+
     Returns
     -------
-    np.ndarray, shape (n,), float32
+    np.ndarray, shape (n_scored,), float32, n_scored <= n
 
     Raises
     ------
     ValueError
-        If some window has no non-overlapping partner (recording too short).
+        If fewer than two windows can be scored (recording too short).
     """
-    n = len(w)
     overlap = ((w.stream[:, None] == w.stream[None, :])
                & (w.start[:, None] < w.end[None, :]) & (w.start[None, :] < w.end[:, None]))
     sims = w.embeddings @ w.embeddings.T
     sims[overlap] = -np.inf
-    if n == 0 or np.any(np.all(overlap, axis=1)):
+    scored = ~np.all(overlap, axis=1)
+    if scored.sum() < 2:
         raise ValueError("calibration needs at least two non-overlapping windows of normal "
                          "operation: record for longer (at least twice asd.window_seconds)")
-    return np.clip(1.0 - sims.max(axis=1), 0.0, 2.0).astype(np.float32)
+    return np.clip(1.0 - sims[scored].max(axis=1), 0.0, 2.0).astype(np.float32)
 
 
 def fit_calibration(w: CalibrationWindows, embedder, n_clusters: int, threshold_method: str,
@@ -177,6 +180,9 @@ def plot_score_histogram(cal: Calibration, path: str | Path, title: str = "",
                label=f"decision_threshold {cal.decision_threshold:.4f} ({cal.threshold_method})")
     ax.set_xlabel("anomaly_score (min cosine distance)")
     ax.set_ylabel("windows")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title or f"Calibration {cal.calibration_id}")
     ax.legend(fontsize=8)
     fig.tight_layout()

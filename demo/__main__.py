@@ -5,7 +5,8 @@
 3. ``python -m edge run`` starts; 20 s of held-out normal and then 20 s of anomalous fan
    sound are played;
 4. every MQTT message the node publishes is printed to stdout as one JSON line; a summary
-   goes to stderr. Everything started is stopped again; exit status 0 on success.
+   goes to stderr. Everything started is stopped again; exit status 0 on success. The
+   node config, the calibration artifact and its score histogram stay in ``var/demo/``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -99,9 +99,9 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
     anomaly_clips = sorted(CLIPS.glob("*_test_anomaly_*.flac"))
     py = sys.executable
     node = None
-    with tempfile.TemporaryDirectory(prefix="hark-demo-") as tmp, \
-            MosquittoBroker() as broker, VirtualMicrophone() as vm:
-        work = Path(tmp)
+    work = ROOT / "var" / "demo"  # kept afterwards: node.yaml, calibration, histogram PNG
+    work.mkdir(parents=True, exist_ok=True)
+    with MosquittoBroker() as broker, VirtualMicrophone() as vm:
         cfg = write_node_config(work / "node.yaml", broker, vm, work, hop)
         env = {**os.environ, **vm.env, "PYTHONUNBUFFERED": "1"}
         say(f"mosquitto on {broker.host}:{broker.port}; virtual microphone {vm.device_name!r}")

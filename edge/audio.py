@@ -154,13 +154,15 @@ def _resolve_device(device: str | int | None, sample_rate: int):
             if i == idx:
                 return i, d["name"]
         raise NoInputDeviceError(f"audio.device: input device index {idx} does not exist; "
-                                 f"inputs are {[(i, d['name']) for i, d in inputs]}")
+                                 f"inputs are {[(i, d['name']) for i, d in inputs]} "
+                                 "(`make demo` shows a node on a virtual microphone)")
     exact = [(i, d) for i, d in inputs if d["name"] == device]
     partial = [(i, d) for i, d in inputs if device.lower() in d["name"].lower()]
     match = exact or partial
     if not match:
         raise NoInputDeviceError(f"audio.device: no input device matches {device!r}; "
-                                 f"inputs are {[d['name'] for _, d in inputs]}")
+                                 f"inputs are {[d['name'] for _, d in inputs]} "
+                                 "(`make demo` shows a node on a virtual microphone)")
     return match[0][0], match[0][1]["name"]
 
 

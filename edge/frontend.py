@@ -12,7 +12,16 @@ line 1460ff):
   logarithm, with temporal mean normalisation (TMN): each frequency bin's temporal
   mean is subtracted;
 * (b) magnitude of the DFT of the whole clip (the "spectrum"), optionally limited to a
-  frequency band.
+  frequency band; raw as in Table 14 by default, or ``log(1 + |X|)``-compressed.
+
+On int8: the raw DFT magnitude spans orders of magnitude, and a full-integer model
+quantizes its input to 256 levels over the range seen in the representative data, so
+small bins become zero. Measured on real clips (default recipe, seeds 0 and 1): the DFT
+branch's int8-vs-float embedding cosine was 0.97 and 0.87 (min) with the raw input and
+0.999 with ``log1p``, but ``log1p`` lost the level information that made MIMII fan
+anomalies detectable (AUC 0.59 / 0.43 vs 0.975 / 0.63). The paper's raw input stays the
+default; ``spectrum_compression="log1p"`` is there for models where int8 fidelity of
+that branch matters more.
 """
 from __future__ import annotations
 
@@ -52,6 +61,8 @@ class AsdFrontendParams:
         Frequency band in Hz kept from the whole-clip DFT magnitude. ``None`` keeps
         everything from 0 Hz up to (excluding) the Nyquist bin, which for a 10 s clip
         gives the 80000 bins of Table 14.
+    spectrum_compression : {"log1p", "none"}
+        Applied to the DFT magnitude (see the module docstring for why).
     """
 
     sample_rate: int = 16000
@@ -60,6 +71,12 @@ class AsdFrontendParams:
     hop_length: int = 512
     spectrum_fmin: float | None = None
     spectrum_fmax: float | None = None
+    spectrum_compression: str = "none"
+
+    def __post_init__(self):
+        if self.spectrum_compression not in ("log1p", "none"):
+            raise ValueError(f"spectrum_compression must be 'log1p' or 'none', "
+                             f"got {self.spectrum_compression!r}")
 
     @property
     def clip_samples(self) -> int:
@@ -102,10 +119,13 @@ class AsdFrontendParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AsdFrontendParams":
+        """Parameters from bundle metadata; every field must be present (no silent defaults,
+        so a model is never fed features it was not trained on)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown ASD frontend parameter(s): {sorted(unknown)}")
+        unknown, missing = set(d) - known, known - set(d)
+        if unknown or missing:
+            raise ValueError(f"ASD frontend parameters: unknown {sorted(unknown)}, "
+                             f"missing {sorted(missing)}")
         return cls(**d)
 
 
@@ -232,7 +252,8 @@ def asd_features(
     spectrogram : np.ndarray, shape ([batch,] n_frames, n_bins), float32
         TMN-normalised magnitude spectrogram (311 x 513 for 10 s).
     spectrum : np.ndarray, shape ([batch,] spectrum_bins), float32
-        Whole-clip DFT magnitude (80000 bins for 10 s).
+        Whole-clip DFT magnitude (80000 bins for 10 s), ``log1p``-compressed unless
+        ``params.spectrum_compression == "none"``.
 
     Raises
     ------
@@ -247,4 +268,7 @@ def asd_features(
             f"expected shape (n,) or (batch, {params.clip_samples}), got {y.shape}"
         )
     spec = temporal_mean_normalisation(magnitude_spectrogram(y, params.n_fft, params.hop_length))
-    return spec, magnitude_spectrum(y, params.spectrum_slice)
+    dft = magnitude_spectrum(y, params.spectrum_slice)
+    if params.spectrum_compression == "log1p":
+        dft = np.log1p(dft, out=dft)
+    return spec, dft

@@ -43,9 +43,10 @@ def load_interpreter_class():
         return Interpreter
     except ImportError:
         pass
-    try:
-        import tensorflow as tf  # noqa: only when no TFLite runtime is installed
-        return tf.lite.Interpreter
+    try:  # last resort on a workstation; a node has ai-edge-litert and never gets here
+        import importlib
+
+        return importlib.import_module("tensorflow").lite.Interpreter
     except ImportError as exc:
         raise ModelError("no TFLite runtime: install ai-edge-litert "
                          "(pip install 'hark[edge]')") from exc
@@ -109,7 +110,10 @@ class AsdEmbedder:
         self.metadata = meta
         self.model_id = meta["model_id"]
         self.sha256 = meta["tflite_sha256"]
-        self.frontend = AsdFrontendParams.from_dict(meta["frontend"])
+        try:
+            self.frontend = AsdFrontendParams.from_dict(meta["frontend"])
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"model metadata {path.with_suffix('.json')}: {exc}") from exc
         self.embedding_dim = int(meta["embedding_dim"])
         Interpreter = load_interpreter_class()
         try:

@@ -176,9 +176,9 @@ class MqttPublisher:
         return not self._outbox
 
     def stop(self, flush_timeout: float = 5.0) -> None:
-        """Deliver what can be delivered, publish ``offline`` (retained), disconnect."""
-        if self.connected:
-            self.flush(flush_timeout)
+        """Deliver queued events (waiting up to ``flush_timeout`` s, also for a reconnect),
+        publish ``offline`` (retained), disconnect."""
+        self.flush(flush_timeout)
         self._stop.set()
         with self._cv:
             self._cv.notify_all()

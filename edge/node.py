@@ -168,4 +168,6 @@ class Node:
                     next_hb = time.monotonic() + cfg.mqtt.heartbeat_seconds
         finally:
             self.source.close()
-            self.publisher.stop()
+            # A finite replay waits longer for the broker than a node being stopped.
+            finite = not hasattr(self.source, "ring")
+            self.publisher.stop(flush_timeout=30.0 if finite and not stop.is_set() else 5.0)

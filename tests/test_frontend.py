@@ -38,13 +38,15 @@ def test_tmn_and_shapes(clip):
 
 def test_spectrum_matches_numpy_fft_and_band(clip):
     p = AsdFrontendParams()
-    _, dft = asd_features(clip, p)
+    _, dft = asd_features(clip, p)  # default: raw magnitude, as in thesis Table 14
     ref = np.abs(np.fft.fft(clip[: p.clip_samples].astype(np.float64)))[:80000]
     np.testing.assert_allclose(dft, ref, rtol=1e-3, atol=1e-3 * ref.max())
-    band = AsdFrontendParams(spectrum_fmin=100, spectrum_fmax=4000)
+    _, dft_log = asd_features(clip, AsdFrontendParams(spectrum_compression="log1p"))
+    np.testing.assert_allclose(dft_log, np.log1p(ref), rtol=1e-3, atol=1e-4)
+    band = AsdFrontendParams(spectrum_fmin=100, spectrum_fmax=4000, spectrum_compression="log1p")
     _, dft_band = asd_features(clip, band)
     assert dft_band.shape == (3900 * 10,)  # 0.1 Hz per bin for 10 s
-    np.testing.assert_allclose(dft_band, dft[1000:40000], rtol=1e-5)
+    np.testing.assert_allclose(dft_band, dft_log[1000:40000], rtol=1e-5)
 
 
 def test_padding_and_bad_shapes():
@@ -53,5 +55,7 @@ def test_padding_and_bad_shapes():
     assert spec.shape == (311, 513)
     with pytest.raises(ValueError, match="expected shape"):
         asd_features(np.zeros((2, 5), np.float32), p)
+    with pytest.raises(ValueError, match="spectrum_compression"):
+        AsdFrontendParams(spectrum_compression="sqrt")
     with pytest.raises(ValueError, match="empty"):
         AsdFrontendParams(spectrum_fmin=5000, spectrum_fmax=100).spectrum_slice

@@ -123,7 +123,7 @@ class TrainingSet:
             if not found:
                 raise FileNotFoundError(f"source {s.path!r} (files={s.files!r}) matched no clip")
             items += found
-        fe = AsdFrontendParams.from_dict(cfg.frontend) if cfg.frontend else AsdFrontendParams()
+        fe = AsdFrontendParams(**cfg.frontend)
         return cls(items, fe, progress)
 
     def __len__(self) -> int:
@@ -169,11 +169,10 @@ class TrainingSet:
     def features(self, indices=None, rng: np.random.Generator | None = None):
         """Unmixed features of the first 10 s (or a random crop when ``rng`` is given)."""
         indices = range(len(self)) if indices is None else indices
-        wav = np.stack([self.waveforms[i][: self.frontend.clip_samples]
+        wav = np.stack([np.pad(self.waveforms[i][: self.frontend.clip_samples],
+                               (0, max(0, self.frontend.clip_samples - len(self.waveforms[i]))))
                         if rng is None else self.crop(i, rng) for i in indices])
-        if wav.shape[1] < self.frontend.clip_samples:
-            wav = np.pad(wav, ((0, 0), (0, self.frontend.clip_samples - wav.shape[1])))
-        return asd_features(wav, self.frontend)
+        return asd_features(wav.astype(np.float32), self.frontend)
 
 
 def train_asd(cfg: TrainConfig, data: TrainingSet, progress: bool = True):

@@ -1,0 +1,251 @@
+"""End to end: real clips -> virtual microphone -> node -> real mosquitto -> events.
+
+No mocks: a private mosquitto, a private PulseAudio null-sink microphone, the node and
+the calibration tool as subprocesses, exactly as an installer would run them.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from demo.harness import MosquittoBroker, MqttCollector, VirtualMicrophone, free_port, require_tools
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIPS = ROOT / "demo" / "clips"
+CAL_CLIPS = sorted(CLIPS.glob("*_calibration_*.flac"))
+NORMAL = sorted(CLIPS.glob("*_test_normal_*.flac"))
+ANOMALY = sorted(CLIPS.glob("*_test_anomaly_*.flac"))
+
+pytestmark = [pytest.mark.e2e]
+
+EVENT_FIELDS = {"schema", "node", "site", "ts", "seq", "anomaly_score", "threshold", "decision",
+                "anomalous", "window", "model_id", "calibration_id"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools():
+    missing = require_tools()
+    if missing:
+        pytest.fail("end-to-end tests need: " + ", ".join(missing) + " (make setup installs them)")
+
+
+def node_config(tmp: Path, port: int, calibration: Path, **asd) -> Path:
+    doc = yaml.safe_load((ROOT / "firmware_config" / "default.yaml").read_text())
+    doc["node"]["id"] = "test-node"
+    doc["mqtt"].update(host="127.0.0.1", port=port, heartbeat_seconds=1,
+                       reconnect_min_seconds=1, reconnect_max_seconds=2)
+    doc["audio"]["device"] = "pulse"
+    doc["asd"].update(model=str(ROOT / "models" / "asd_default.tflite"),
+                      calibration=str(calibration), **asd)
+    path = tmp / f"node-{port}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def calibration_file(tmp_path_factory) -> Path:
+    """Calibrate once from the real normal demo clips with the CLI (file input)."""
+    tmp = tmp_path_factory.mktemp("cal")
+    cal = tmp / "asd_calibration.npz"
+    cfg = node_config(tmp, 1883, cal)
+    r = subprocess.run([sys.executable, "-m", "calibration", "record", "--config", str(cfg),
+                        "--from", *map(str, CAL_CLIPS), "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["windows"] == len(CAL_CLIPS)
+    assert Path(out["histogram"]).stat().st_size > 1000
+    return cal
+
+
+class NodeProcess:
+    """``python -m edge run`` as a subprocess with its stderr collected."""
+
+    def __init__(self, cfg: Path, env: dict | None = None, args=()):
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg),
+                                      *args], cwd=ROOT, env={**os.environ, **(env or {}),
+                                                             "PYTHONUNBUFFERED": "1"},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=self._pump, daemon=True)
+        self._t.start()
+
+    def _pump(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"node log never said {text!r}:\n{self.log()[-3000:]}")
+
+    def stop(self, sig=signal.SIGINT, timeout=30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._t.join(timeout=5)
+
+
+def _ts(s: str) -> float:
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def test_microphone_to_mqtt(tmp_path, calibration_file, embedder):
+    """Real normal then anomalous fan sound through the virtual mic; check every event."""
+    with MosquittoBroker() as broker, VirtualMicrophone() as vm, \
+            MqttCollector(broker.host, broker.port, "hark/#") as col:
+        cfg = node_config(tmp_path, broker.port, calibration_file, hop_seconds=1.0)
+        node = NodeProcess(cfg, vm.env)
+        try:
+            node.wait_log("running", 60)
+            col.wait_for(lambda m: m.topic == "hark/default/test-node/status"
+                         and m.payload == b"online", timeout=30)
+            t0 = time.time()
+            vm.play(NORMAL[:1] + ANOMALY[:1], wait=True)
+            t_end = time.time()
+            time.sleep(1.0)
+        finally:
+            rc = node.stop()
+        assert rc == 0, node.log()[-3000:]
+        col.wait_for(lambda m: m.topic.endswith("/status") and m.payload == b"offline", timeout=10)
+
+        # A subscriber that arrives later still learns status and state (retained).
+        with MqttCollector(broker.host, broker.port, "hark/default/test-node/+") as late:
+            retained = late.wait_for(lambda m: m.retain, count=2, timeout=10)
+        kinds = {m.topic.rsplit("/", 1)[1]: m for m in retained}
+        assert kinds["status"].payload == b"offline"
+        state = json.loads(kinds["state"].payload)
+        assert state["models"]["asd"]["sha256"] == embedder.sha256
+
+    events = [m.json() for m in col.messages("hark/default/test-node/event/anomaly")]
+    assert len(events) >= 5, col.summary()
+    cal_id = events[0]["calibration_id"]
+    for ev in events:
+        assert EVENT_FIELDS <= set(ev), ev
+        assert ev["schema"] == 1 and ev["node"] == "test-node"
+        assert ev["model_id"] == embedder.model_id
+        assert ev["calibration_id"] == cal_id
+        assert ev["anomalous"] == (ev["anomaly_score"] > ev["threshold"])
+        assert ev["decision"] == ("anomalous" if ev["anomalous"] else "normal")
+        assert _ts(ev["window"]["end"]) - _ts(ev["window"]["start"]) == pytest.approx(10, abs=0.01)
+        assert 0.0 <= ev["anomaly_score"] <= 2.0
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    heartbeats = [m.json() for m in col.messages("hark/default/test-node/heartbeat")]
+    assert heartbeats and heartbeats[-1]["level_dbfs"] > -60  # it heard the fan
+
+    # Windows entirely inside one phase: anomalous sound scores higher than normal sound.
+    t_switch = t0 + 10.0
+    normal = [e for e in events if _ts(e["window"]["end"]) <= t_switch + 0.5]
+    anomal = [e for e in events if _ts(e["window"]["start"]) >= t_switch - 0.5
+              and _ts(e["window"]["end"]) <= t_end + 0.5]
+    assert normal and anomal, [(e["window"], e["anomaly_score"]) for e in events]
+    mean = lambda evs: sum(e["anomaly_score"] for e in evs) / len(evs)  # noqa: E731
+    print(f"normal windows {len(normal)} mean {mean(normal):.5f}; "
+          f"anomalous windows {len(anomal)} mean {mean(anomal):.5f}")
+    assert mean(anomal) > mean(normal)
+    assert any(e["anomalous"] for e in anomal)
+
+
+def test_last_will_on_sigkill(tmp_path, calibration_file):
+    """A node that dies without a goodbye is reported offline by the broker (Last Will)."""
+    with MosquittoBroker() as broker, VirtualMicrophone() as vm, \
+            MqttCollector(broker.host, broker.port, "hark/#") as col:
+        node = NodeProcess(node_config(tmp_path, broker.port, calibration_file), vm.env)
+        try:
+            col.wait_for(lambda m: m.topic.endswith("/status") and m.payload == b"online",
+                         timeout=60)
+        finally:
+            node.stop(signal.SIGKILL)
+        msg = col.wait_for(lambda m: m.topic.endswith("/status") and m.payload == b"offline",
+                           timeout=10)
+        assert msg[0].topic == "hark/default/test-node/status"
+
+
+def test_broker_unreachable_events_kept_until_it_comes(tmp_path, calibration_file):
+    """Broker down at start: the node keeps running, logs its retries, and delivers every
+    event in order once the broker is up."""
+    port = free_port()
+    cfg = node_config(tmp_path, port, calibration_file)
+    node = NodeProcess(cfg, args=["--replay", *map(str, NORMAL + ANOMALY)])
+    try:
+        node.wait_log("unreachable", 30)
+        node.wait_log("window 16", 60)  # all 16 windows scored while the broker is down
+        assert node.proc.poll() is None
+        with MosquittoBroker(port=port) as broker, \
+                MqttCollector(broker.host, broker.port, "hark/#") as col:
+            col.wait_for(topic_filter="hark/+/+/event/anomaly", count=16, timeout=30)
+            assert node.proc.wait(timeout=30) == 0
+        events = [m.json() for m in col.messages("hark/+/+/event/anomaly")]
+        assert [e["seq"] for e in events] == list(range(1, 17))
+        assert "retrying" in node.log()
+    finally:
+        node.stop()
+
+
+def _run_node(cfg: Path, *args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge", "run", "--config", str(cfg), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_bad_model_calibration_audio_and_device(tmp_path, calibration_file):
+    # Missing model.
+    cfg = node_config(tmp_path, 1883, calibration_file)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["asd"]["model"] = str(tmp_path / "nope.tflite")
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(doc))
+    r = _run_node(tmp_path / "a.yaml")
+    assert r.returncode == 1 and "model file not found" in r.stderr, r.stderr
+
+    # A model that does not match its metadata (corrupted byte).
+    bad = bytearray((ROOT / "models" / "asd_default.tflite").read_bytes())
+    bad[len(bad) // 2] ^= 0xFF
+    (tmp_path / "m.tflite").write_bytes(bytes(bad))
+    (tmp_path / "m.json").write_text((ROOT / "models" / "asd_default.json").read_text())
+    doc["asd"]["model"] = str(tmp_path / "m.tflite")
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(doc))
+    r = _run_node(tmp_path / "b.yaml")
+    assert r.returncode == 1 and "does not match its metadata" in r.stderr, r.stderr
+
+    # A window length the model was not trained for.
+    r = _run_node(node_config(tmp_path, 1884, calibration_file, window_seconds=5.0, hop_seconds=1.0))
+    assert r.returncode == 1 and "asd.window_seconds" in r.stderr, r.stderr
+
+    # No calibration yet: says how to make one.
+    r = _run_node(node_config(tmp_path, 1885, tmp_path / "missing.npz"))
+    assert r.returncode == 1 and "python -m calibration record" in r.stderr, r.stderr
+
+    # Unreadable audio file: named in the error.
+    junk = tmp_path / "junk.wav"
+    junk.write_text("this is not audio")
+    r = _run_node(node_config(tmp_path, 1886, calibration_file), "--replay", str(junk))
+    assert r.returncode == 1 and "junk.wav" in r.stderr, r.stderr
+
+    # No such input device: clear error pointing to the demo.
+    doc = yaml.safe_load(node_config(tmp_path, 1887, calibration_file).read_text())
+    doc["audio"]["device"] = "no-such-microphone"
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(doc))
+    r = _run_node(tmp_path / "d.yaml")
+    assert r.returncode == 1 and "make demo" in r.stderr, r.stderr
