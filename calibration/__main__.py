@@ -38,13 +38,9 @@ def cmd_record(args) -> int:
     from calibration.calibrate import collect_windows, fit_calibration, plot_score_histogram
     from edge.audio import AudioFileError, FileSource, NoInputDeviceError
     from edge.model import ModelError, load_bundle
-    from firmware_config.schema import ConfigError, load_config
+    from firmware_config.schema import load_config_or_exit
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config_or_exit(args.config)
     try:
         embedder = load_bundle(cfg.resolve(cfg.asd.model), num_threads=cfg.asd.num_threads)
     except ModelError as exc:

@@ -227,7 +227,32 @@ def _terminate(proc: subprocess.Popen | None, timeout: float = 5.0, group: bool 
 # --------------------------------------------------------------------------
 
 
-class MosquittoBroker:
+class _TempDirService:
+    """Context-manager plumbing for a process that lives in its own temporary directory:
+    ``start()`` on enter, ``stop()`` and removal of the directory (``self._tmp``) on exit,
+    also when ``start()`` fails half-way."""
+
+    _tmp: "tempfile.TemporaryDirectory | None" = None
+
+    def close(self) -> None:
+        """Stop the process and remove its temporary directory."""
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class MosquittoBroker(_TempDirService):
     """A private ``mosquitto`` broker on 127.0.0.1, as a context manager.
 
     The broker listens on ``127.0.0.1:<port>`` only, accepts anonymous
@@ -391,22 +416,6 @@ class MosquittoBroker:
         """Return the broker log so far (useful in assertion messages)."""
         return _tail(self.log_path, 1 << 20) if self.log_path else ""
 
-    def close(self) -> None:
-        """Stop the broker and remove its temporary directory."""
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> "MosquittoBroker":
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -448,7 +457,7 @@ def _missing_audio_packages() -> list[str]:
     return missing
 
 
-class VirtualMicrophone:
+class VirtualMicrophone(_TempDirService):
     """A private PulseAudio daemon whose null sink acts as a microphone.
 
     On :meth:`start` this runs, in a fresh temporary directory::
@@ -860,22 +869,6 @@ class VirtualMicrophone:
             self.proc = None
         self.restore_env()
 
-    def close(self) -> None:
-        """Stop everything and remove the temporary directory."""
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> "VirtualMicrophone":
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -6,22 +6,19 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 
 def cmd_run(args) -> int:
     from edge.audio import AudioFileError, NoInputDeviceError
     from edge.backend import CalibrationError
     from edge.model import ModelError
-    from firmware_config.schema import ConfigError, load_config
+    from firmware_config.schema import load_config_or_exit
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.replay:
-        cfg = cfg.model_copy(update={"audio": cfg.audio.model_copy(update={"files": args.replay})})
-        object.__setattr__(cfg, "_base_dir", __import__("pathlib").Path.cwd())
+    cfg = load_config_or_exit(args.config)
+    if args.replay:  # relative to where the command was typed, unlike the config's paths
+        files = [str(Path(f).resolve()) for f in args.replay]
+        cfg = cfg.model_copy(update={"audio": cfg.audio.model_copy(update={"files": files})})
     logging.basicConfig(level=getattr(logging, args.log_level or cfg.logging.level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from edge.node import Node

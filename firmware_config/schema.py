@@ -13,7 +13,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["ConfigError", "NodeConfig", "load_config", "parse_config", "format_errors"]
+__all__ = ["ConfigError", "NodeConfig", "load_config", "load_config_or_exit", "parse_config",
+           "format_errors"]
 
 _NAME = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -200,3 +201,14 @@ def load_config(path: str | Path) -> NodeConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [("(file)", f"not valid YAML: {exc}")]) from None
     return parse_config(doc, str(path), path.resolve().parent, raw)
+
+
+def load_config_or_exit(path: str | Path) -> NodeConfig:
+    """For command-line tools: the validated config, or the error on stderr and exit status 2."""
+    import sys
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
