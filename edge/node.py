@@ -40,7 +40,10 @@ class Node:
     ModelError
         Missing model, or a model that does not match its metadata or the config.
     CalibrationError
-        Missing calibration, or one made for another model.
+        A calibration made for another model, or a missing one when
+        ``asd.auto_calibration_seconds`` is 0. With a positive value a node without a
+        calibration first learns normal operation for that long (through the same
+        windows it will score), writes the artifact atomically and then starts scoring.
     """
 
     def __init__(self, cfg, source=None):
@@ -54,7 +57,14 @@ class Node:
         if fe.sample_rate != cfg.audio.sample_rate:
             raise ModelError(f"audio.sample_rate {cfg.audio.sample_rate} Hz differs from the "
                              f"model's {fe.sample_rate} Hz")
-        self.calibration = Calibration.load(cfg.resolve(a.calibration), self.embedder.sha256)
+        cal_path = cfg.resolve(a.calibration)
+        if cal_path.exists() or a.auto_calibration_seconds == 0:
+            self.calibration = Calibration.load(cal_path, self.embedder.sha256)
+        else:
+            self.calibration = None
+            log.warning("no calibration at %s: learning normal operation for the first %g s "
+                        "(keep the machine running normally)", cal_path,
+                        a.auto_calibration_seconds)
         if source is None:
             from edge.audio import FileSource, MicrophoneSource
 
@@ -84,13 +94,13 @@ class Node:
         cal = self.calibration
         s = self._base()
         s.update(
-            status="online",
+            status="online" if cal is not None else "calibrating",
             uptime_s=round(time.time() - self.started, 1),
             config_sha256=self.cfg.sha256,
             models={"asd": {"model_id": self.embedder.model_id, "sha256": self.embedder.sha256}},
-            calibration={"calibration_id": cal.calibration_id,
-                         "decision_threshold": cal.decision_threshold,
-                         "threshold_method": cal.threshold_method, "created": cal.created},
+            calibration=None if cal is None else {
+                "calibration_id": cal.calibration_id, "decision_threshold": cal.decision_threshold,
+                "threshold_method": cal.threshold_method, "created": cal.created},
             audio={"device": getattr(self.source, "device_name", None),
                    "overflows": getattr(self.source, "overflows", 0),
                    "samples_lost": getattr(getattr(self.source, "ring", None), "overruns", 0)},
@@ -130,6 +140,38 @@ class Node:
                   calibration_id=self.calibration.calibration_id)
         return ev
 
+    # -- on-site auto-calibration ---------------------------------------------------------
+    def _learn(self, start: int, window: np.ndarray) -> None:
+        """Collect one normal window; fit and save the calibration once enough are in."""
+        from calibration.calibrate import CalibrationWindows, fit_calibration, SILENCE_DBFS
+
+        a = self.cfg.asd
+        if level_dbfs(window) >= SILENCE_DBFS:
+            self._learned.append((start, self.embedder.embed(window)))
+        learned_s = (start - self._learn_from) / self.cfg.audio.sample_rate + a.window_seconds
+        if learned_s < a.auto_calibration_seconds:
+            return
+        starts = np.array([s for s, _ in self._learned], int)
+        w = CalibrationWindows(np.array([e for _, e in self._learned], np.float32).reshape(
+            -1, self.embedder.embedding_dim), np.zeros(len(starts), int), starts,
+            starts + len(window))
+        try:
+            cal = fit_calibration(w, self.embedder, a.n_clusters, a.threshold.method,
+                                  dict(a.threshold.params), a.window_seconds, a.hop_seconds)
+        except ValueError as exc:
+            log.error("auto-calibration failed (%s); learning for another %g s", exc,
+                      a.auto_calibration_seconds)
+            self._learned = []
+            self._learn_from = start + len(window)
+            return
+        cal.save(self.cfg.resolve(a.calibration))
+        self.calibration = cal
+        self._learned = []
+        log.info("calibrated on %d windows: %s, decision_threshold %.5f (%s), saved to %s",
+                 len(w), cal.calibration_id, cal.decision_threshold, cal.threshold_method,
+                 self.cfg.resolve(a.calibration))
+        self.publisher.publish_state()
+
     # -- main loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> None:
         """Run until ``stop`` is set or the source ends (file replay)."""
@@ -139,9 +181,13 @@ class Node:
         win = Windower(int(round(cfg.asd.window_seconds * sr)), int(round(cfg.asd.hop_seconds * sr)))
         self.publisher.start()
         self.source.start()
-        log.info("node %s running: model %s, calibration %s, threshold %.5f (%s)",
-                 cfg.topic_root, self.embedder.model_id, self.calibration.calibration_id,
-                 self.calibration.decision_threshold, self.calibration.threshold_method)
+        cal = self.calibration
+        log.info("node %s running: model %s, calibration %s", cfg.topic_root,
+                 self.embedder.model_id, "none yet (learning)" if cal is None else
+                 f"{cal.calibration_id}, threshold {cal.decision_threshold:.5f} "
+                 f"({cal.threshold_method})")
+        self._learned: list = []  # (start sample, embedding) while auto-calibrating
+        self._learn_from = 0
         t0 = None
         next_hb = time.monotonic()
         recent = np.zeros(0, np.float32)
@@ -153,6 +199,9 @@ class Node:
                 self._level = level_dbfs(recent)
                 self._peak = 20 * np.log10(max(float(np.abs(recent).max(initial=0.0)), 1e-6))
                 for start, w in win.push(block):
+                    if self.calibration is None:
+                        self._learn(start, w)
+                        continue
                     score, anomalous = self.score_window(w)
                     self.windows += 1
                     self.anomalies += int(anomalous)

@@ -98,6 +98,9 @@ class AsdSection(_Section):
     hop_seconds: float = Field(2.0, gt=0, le=60)
     report: Literal["all", "anomalous"] = "all"
     n_clusters: int = Field(16, ge=1, le=256, description="k-means clusters of the memory")
+    auto_calibration_seconds: float = Field(
+        600.0, ge=0, le=86400,
+        description="without a calibration, learn normal operation this long first (0: refuse)")
     num_threads: int = Field(1, ge=1, le=16)
     threshold: ThresholdSection = Field(default_factory=ThresholdSection)
 
@@ -105,6 +108,9 @@ class AsdSection(_Section):
     def _hop(self):
         if self.hop_seconds > self.window_seconds:
             raise ValueError("hop_seconds must not exceed window_seconds")
+        if 0 < self.auto_calibration_seconds < 2 * self.window_seconds:
+            raise ValueError("auto_calibration_seconds must be 0 or at least twice "
+                             "window_seconds")
         return self
 
 

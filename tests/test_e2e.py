@@ -233,8 +233,8 @@ def test_bad_model_calibration_audio_and_device(tmp_path, calibration_file):
     r = _run_node(node_config(tmp_path, 1884, calibration_file, window_seconds=5.0, hop_seconds=1.0))
     assert r.returncode == 1 and "asd.window_seconds" in r.stderr, r.stderr
 
-    # No calibration yet: says how to make one.
-    r = _run_node(node_config(tmp_path, 1885, tmp_path / "missing.npz"))
+    # No calibration yet and auto-calibration off: says how to make one.
+    r = _run_node(node_config(tmp_path, 1885, tmp_path / "missing.npz", auto_calibration_seconds=0))
     assert r.returncode == 1 and "python -m calibration record" in r.stderr, r.stderr
 
     # Unreadable audio file: named in the error.
@@ -249,3 +249,27 @@ def test_bad_model_calibration_audio_and_device(tmp_path, calibration_file):
     (tmp_path / "d.yaml").write_text(yaml.safe_dump(doc))
     r = _run_node(tmp_path / "d.yaml")
     assert r.returncode == 1 and "make demo" in r.stderr, r.stderr
+
+
+def test_node_calibrates_itself_on_first_start(tmp_path, embedder):
+    """No calibration: the node learns the first 60 s (real normal fan sound), writes the
+    artifact, then scores what follows (normal, then anomalous)."""
+    from edge.backend import Calibration
+
+    cal = tmp_path / "auto.npz"
+    with MosquittoBroker() as broker, MqttCollector(broker.host, broker.port, "hark/#") as col:
+        cfg = node_config(tmp_path, broker.port, cal, auto_calibration_seconds=60.0)
+        node = NodeProcess(cfg, args=["--replay", *map(str, CAL_CLIPS + NORMAL + ANOMALY)])
+        assert node.proc.wait(timeout=120) == 0, node.log()[-3000:]
+        node.stop()
+    assert "learning normal operation for the first 60 s" in node.log()
+    saved = Calibration.load(cal, embedder.sha256)
+    assert saved.extra["n_windows"] == 26  # windows starting at 0, 2, ..., 50 s
+    events = [m.json() for m in col.messages("hark/+/+/event/anomaly")]
+    assert len(events) == 20  # windows starting at 52, 54, ..., 90 s (the stream is 100 s)
+    assert {e["calibration_id"] for e in events} == {saved.calibration_id}
+    states = [m.json() for m in col.messages("hark/+/+/state")]
+    assert states[0]["status"] == "calibrating" and states[-1]["status"] == "online"
+    first, last = events[:3], events[-3:]  # 52-66 s: normal audio; 88-100 s: anomalous
+    mean = lambda evs: sum(e["anomaly_score"] for e in evs) / len(evs)  # noqa: E731
+    assert mean(last) > mean(first)
