@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-def _mic_stream(cfg, seconds: float, bar):
+def _mic_stream(cfg, seconds: float):
     from edge.audio import MicrophoneSource
 
     src = MicrophoneSource(cfg.audio.device, cfg.audio.sample_rate, cfg.audio.block_seconds,
@@ -50,7 +50,7 @@ def cmd_record(args) -> int:
     try:
         if args.files:
             sources = [FileSource([f], sr, cfg.audio.block_seconds) for f in args.files]
-            total = sum(len(s._signals[0]) for s in sources) / sr
+            total = sum(s.duration_seconds for s in sources)
             streams = [s.blocks() for s in sources]
         else:
             total = args.seconds if args.seconds is not None else args.minutes * 60.0
@@ -62,7 +62,7 @@ def cmd_record(args) -> int:
         bar = tqdm(total=round(total, 1), unit="s", desc="calibrating",
                    disable=args.quiet, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
         if streams is None:
-            streams = [_mic_stream(cfg, total, bar)]
+            streams = [_mic_stream(cfg, total)]
         windows = collect_windows(streams, embedder, cfg.asd.window_seconds, cfg.asd.hop_seconds,
                                   progress=lambda n: bar.update(n / sr))
         bar.close()

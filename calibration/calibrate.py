@@ -24,7 +24,7 @@ from edge.pipeline import Windower, level_dbfs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CalibrationWindows", "collect_windows", "kmeans_centers", "held_out_scores",
+__all__ = ["CalibrationWindows", "WindowCollector", "collect_windows", "kmeans_centers", "held_out_scores",
            "fit_calibration", "plot_score_histogram", "SILENCE_DBFS"]
 
 SILENCE_DBFS = -70.0  # windows quieter than this are not learned as "normal operation"
@@ -55,6 +55,39 @@ class CalibrationWindows:
         return len(self.embeddings)
 
 
+class WindowCollector:
+    """Accumulates calibration windows: the one place that decides which windows of normal
+    operation are learned (not silent) and how they are embedded.
+
+    Used by :func:`collect_windows` (``python -m calibration record``) and by the node's
+    auto-calibration.
+
+    Parameters
+    ----------
+    embedder : edge.model.AsdEmbedder
+    """
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+        self._embs: list[np.ndarray] = []
+        self._spans: list[tuple[int, int, int]] = []
+        self.skipped_silent = 0
+
+    def add(self, stream: int, start: int, window: np.ndarray) -> None:
+        """Embed one window (``start`` in samples within ``stream``) unless it is silent."""
+        if level_dbfs(window) < SILENCE_DBFS:
+            self.skipped_silent += 1
+            return
+        self._embs.append(self.embedder.embed(window))
+        self._spans.append((stream, start, start + len(window)))
+
+    def result(self) -> CalibrationWindows:
+        spans = np.array(self._spans, int).reshape(-1, 3)
+        embs = np.array(self._embs, np.float32).reshape(-1, self.embedder.embedding_dim)
+        return CalibrationWindows(embs, spans[:, 0], spans[:, 1], spans[:, 2],
+                                  self.skipped_silent)
+
+
 def collect_windows(streams: Iterable[Iterable[np.ndarray]], embedder, window_seconds: float,
                     hop_seconds: float, progress=None) -> CalibrationWindows:
     """Embed sliding windows of one or more block streams.
@@ -77,23 +110,15 @@ def collect_windows(streams: Iterable[Iterable[np.ndarray]], embedder, window_se
     if abs(window_seconds - embedder.frontend.clip_seconds) > 1e-6:
         raise ValueError(f"asd.window_seconds is {window_seconds} s but the model "
                          f"{embedder.model_id} takes {embedder.frontend.clip_seconds} s clips")
-    embs, sid, starts, ends, silent = [], [], [], [], 0
+    collector = WindowCollector(embedder)
     for s, blocks in enumerate(streams):
         win = Windower(int(round(window_seconds * sr)), int(round(hop_seconds * sr)))
         for block in blocks:
             if progress:
                 progress(len(block))
             for start, w in win.push(block):
-                if level_dbfs(w) < SILENCE_DBFS:
-                    silent += 1
-                    continue
-                embs.append(embedder.embed(w))
-                sid.append(s)
-                starts.append(start)
-                ends.append(start + len(w))
-    d = embedder.embedding_dim
-    return CalibrationWindows(np.array(embs, np.float32).reshape(-1, d), np.array(sid, int),
-                              np.array(starts, int), np.array(ends, int), silent)
+                collector.add(s, start, w)
+    return collector.result()
 
 
 def kmeans_centers(embeddings: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:

@@ -185,12 +185,16 @@ class MicrophoneSource:
     device_name : str
     overflows : int
         Number of callbacks that reported a PortAudio input overflow.
+    finite : bool
+        False: a microphone never runs out.
 
     Raises
     ------
     NoInputDeviceError
         If no matching input device exists or the stream cannot be opened.
     """
+
+    finite = False
 
     def __init__(self, device=None, sample_rate: int = 16000, block_seconds: float = 0.1,
                  ring_seconds: float = 60.0):
@@ -255,11 +259,20 @@ class FileSource:
     realtime : bool
         If True, sleep so that blocks arrive at the rate a microphone would deliver them.
 
+    Attributes
+    ----------
+    finite : bool
+        True: the replay ends.
+    duration_seconds : float
+        Total length of all files.
+
     Raises
     ------
     AudioFileError
         On the first unreadable file (checked up front, before anything is yielded).
     """
+
+    finite = True
 
     def __init__(self, paths: Sequence[str | Path], sample_rate: int = 16000,
                  block_seconds: float = 0.1, realtime: bool = False):
@@ -270,6 +283,7 @@ class FileSource:
         self._signals = [load_audio(p, sample_rate) for p in self.paths]
         self.overflows = 0
         self.device_name = "file:" + ",".join(p.name for p in self.paths)
+        self.duration_seconds = sum(len(y) for y in self._signals) / sample_rate
 
     def start(self) -> "FileSource":
         return self

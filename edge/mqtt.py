@@ -159,7 +159,10 @@ class MqttPublisher:
             while not info.is_published() and time.monotonic() < deadline:
                 if not self._connected.is_set() and not self._stop.is_set():
                     break
-                info.wait_for_publish(timeout=0.2) if info.rc == mqtt.MQTT_ERR_SUCCESS else time.sleep(0.2)
+                if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                    info.wait_for_publish(timeout=0.2)
+                else:
+                    time.sleep(0.2)
             if info.is_published():
                 with self._cv:
                     if self._outbox and self._outbox[0] == (topic, payload):

@@ -143,30 +143,27 @@ class Node:
     # -- on-site auto-calibration ---------------------------------------------------------
     def _learn(self, start: int, window: np.ndarray) -> None:
         """Collect one normal window; fit and save the calibration once enough are in."""
-        from calibration.calibrate import CalibrationWindows, fit_calibration, SILENCE_DBFS
+        from calibration.calibrate import WindowCollector, fit_calibration
 
         a = self.cfg.asd
-        if level_dbfs(window) >= SILENCE_DBFS:
-            self._learned.append((start, self.embedder.embed(window)))
+        if self._learned is None:
+            self._learned = WindowCollector(self.embedder)
+        self._learned.add(0, start, window)
         learned_s = (start - self._learn_from) / self.cfg.audio.sample_rate + a.window_seconds
         if learned_s < a.auto_calibration_seconds:
             return
-        starts = np.array([s for s, _ in self._learned], int)
-        w = CalibrationWindows(np.array([e for _, e in self._learned], np.float32).reshape(
-            -1, self.embedder.embedding_dim), np.zeros(len(starts), int), starts,
-            starts + len(window))
+        w = self._learned.result()
+        self._learned = None
         try:
             cal = fit_calibration(w, self.embedder, a.n_clusters, a.threshold.method,
                                   dict(a.threshold.params), a.window_seconds, a.hop_seconds)
         except ValueError as exc:
             log.error("auto-calibration failed (%s); learning for another %g s", exc,
                       a.auto_calibration_seconds)
-            self._learned = []
             self._learn_from = start + len(window)
             return
         cal.save(self.cfg.resolve(a.calibration))
         self.calibration = cal
-        self._learned = []
         log.info("calibrated on %d windows: %s, decision_threshold %.5f (%s), saved to %s",
                  len(w), cal.calibration_id, cal.decision_threshold, cal.threshold_method,
                  self.cfg.resolve(a.calibration))
@@ -186,7 +183,7 @@ class Node:
                  self.embedder.model_id, "none yet (learning)" if cal is None else
                  f"{cal.calibration_id}, threshold {cal.decision_threshold:.5f} "
                  f"({cal.threshold_method})")
-        self._learned: list = []  # (start sample, embedding) while auto-calibrating
+        self._learned = None  # a WindowCollector while auto-calibrating
         self._learn_from = 0
         t0 = None
         next_hb = time.monotonic()
@@ -217,6 +214,6 @@ class Node:
                     next_hb = time.monotonic() + cfg.mqtt.heartbeat_seconds
         finally:
             self.source.close()
-            # A finite replay waits longer for the broker than a node being stopped.
-            finite = not hasattr(self.source, "ring")
-            self.publisher.stop(flush_timeout=30.0 if finite and not stop.is_set() else 5.0)
+            # A replay that ran to its end waits longer for the broker than a stopped node.
+            finished = getattr(self.source, "finite", False) and not stop.is_set()
+            self.publisher.stop(flush_timeout=30.0 if finished else 5.0)
