@@ -1,0 +1,548 @@
+"""Few-shot keyword spotting: streaming detection and post-processing.
+
+Thesis section 6.3.6 "DTW backend" (``../shared/papers/001_bc66ac417165e5b3.txt``, line
+2176ff) and SPEC "KWS embedder": every enrolled shot of a keyword is its own template (no
+DBA averaging); the cosine-distance cost between the templates and the stream is
+accumulated by sub-sequence DTW with the step sizes (1, 1), (1, 2), (2, 1)
+(:mod:`edge.dtw`); the cost of the best warping path ending at a stream frame, normalised by
+its length, is the matching cost; a keyword is detected where it falls below the keyword's
+threshold, with onset and offset at the start and end of the warping path; overlapping
+detections are shortened so that they do not overlap, and detections shorter than half the
+duration of their shot are removed.
+
+Post-processing, exactly (``W`` keywords, ``K`` templates):
+
+1. Per keyword and frame the *candidate* is the keyword's template with the lowest matching
+   cost (ties: the template given first), with its path start and cost.
+2. A *run* is a maximal stretch of consecutive frames where the candidate cost is below
+   the keyword's threshold (strictly). It ends at the first frame whose cost is not below
+   the threshold, or at :meth:`KeywordSpotter.flush`. Each run yields one raw detection at
+   its frame of minimum cost (the first one on ties): onset = that path's start frame,
+   offset = that frame + 1 (exclusive).
+3. Overlaps, across keywords and within one: raw detections are taken in order of
+   increasing cost (ties: onset, offset, keyword order, template order); each keeps what is
+   left of its interval after removing the intervals already kept; if that leaves several
+   pieces, the longest one (the earliest on ties).
+4. A detection shorter than half its template (``2 * frames < M``) is dropped; a dropped
+   detection shortens nothing.
+5. Streaming finality: detections are emitted once nothing still to come can change them.
+   Overlapping raw detections form connected groups; a group is resolved (steps 3-4) and
+   emitted, in onset order, when every member ends at or before the earliest frame where a
+   future raw detection could start: ``min(next frame - (2 M_max - 2), onset of the best
+   path of every open run)``, a path over ``M`` template frames spanning at most
+   ``2 M - 1`` stream frames. Hence pushing a stream in any chunking and then flushing
+   gives the same detections as :func:`detect_keywords` on the whole of it, and the
+   latency of a detection is about ``2 M_max`` frames after its run closes.
+
+Frame ``j`` starts at ``j * frame_seconds`` (one embedding every 16 ms on the node, i.e.
+``frame_seconds = 0.016``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numba
+import numpy as np
+
+from edge.dtw import StreamingSubsequenceDTW, cosine_cost_columns
+
+__all__ = ["Template", "Detection", "KeywordSpotter", "detect_keywords"]
+
+_GROUP = 4  # frames per cost-kernel block (see edge.dtw.cosine_cost_columns)
+
+
+@dataclass(frozen=True, eq=False)
+class Template:
+    """One enrolled shot of a keyword; each shot is its own DTW template.
+
+    Parameters
+    ----------
+    keyword : str
+        Name of the keyword (non-empty).
+    features : np.ndarray [shape=(M, D)]
+        Frame embeddings of the shot (``M >= 1`` frames, ``D`` dims), stored as float32.
+
+    Raises
+    ------
+    ValueError
+        If the keyword is empty, or the features are not a non-empty 2-D finite array.
+
+    Notes
+    -----
+    Compared and hashed by identity (``eq=False``): ``==`` on a NumPy array field would
+    not give a bool.
+    """
+
+    keyword: str
+    features: np.ndarray
+
+    def __post_init__(self):
+        if not isinstance(self.keyword, str) or not self.keyword:
+            raise ValueError(f"template keyword must be a non-empty string, got "
+                             f"{self.keyword!r}")
+        f = np.asarray(self.features)
+        if f.ndim != 2 or f.shape[0] == 0 or f.shape[1] == 0:
+            raise ValueError(f"template {self.keyword!r}: features must be a non-empty 2-D "
+                             f"array (frames, D), got shape {f.shape}")
+        f = np.ascontiguousarray(f, dtype=np.float32)
+        if not np.all(np.isfinite(f)):
+            raise ValueError(f"template {self.keyword!r}: features contain NaN or inf")
+        object.__setattr__(self, "features", f)
+
+    @property
+    def n_frames(self) -> int:
+        """``M``, the template length in frames."""
+        return int(self.features.shape[0])
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A detected keyword.
+
+    Attributes
+    ----------
+    keyword : str
+    onset_s, offset_s : float
+        Start and end in seconds from the first frame of the stream
+        (``onset_frame * frame_seconds``, ``offset_frame * frame_seconds``).
+    cost : float
+        Path-length normalised DTW cost of the detection (the event's score; lower is a
+        better match).
+    threshold : float
+        The keyword's decision threshold (``cost < threshold``).
+    onset_frame : int
+        First frame of the (possibly shortened) warping path.
+    offset_frame : int
+        One past its last frame (exclusive).
+    template_index : int
+        Index, in the spotter's template sequence, of the shot that matched.
+    """
+
+    keyword: str
+    onset_s: float
+    offset_s: float
+    cost: float
+    threshold: float
+    onset_frame: int
+    offset_frame: int
+    template_index: int
+
+    @property
+    def duration_s(self) -> float:
+        """``offset_s - onset_s``."""
+        return self.offset_s - self.onset_s
+
+    @property
+    def n_frames(self) -> int:
+        """``offset_frame - onset_frame``."""
+        return self.offset_frame - self.onset_frame
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of all fields plus ``duration_s``."""
+        return {"keyword": self.keyword, "onset_s": float(self.onset_s),
+                "offset_s": float(self.offset_s), "duration_s": float(self.duration_s),
+                "cost": float(self.cost), "threshold": float(self.threshold),
+                "onset_frame": int(self.onset_frame), "offset_frame": int(self.offset_frame),
+                "template_index": int(self.template_index)}
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """A run's detection before overlap resolution (frames; offset exclusive)."""
+
+    keyword: int
+    onset: int
+    offset: int
+    cost: float
+    template: int
+
+
+@numba.njit(cache=True, boundscheck=False)
+def _track_runs(mc, st, tmpl_kw, thr, j0, in_run, best_cost, best_start, best_end,
+                best_tmpl, cand, out_kw, out_on, out_off, out_cost, out_tmpl):  # pragma: no cover
+    # Steps 1 and 2 of the module docstring for n frames (j0 .. j0+n-1). mc, st: (n, K)
+    # matching costs and path starts per template; tmpl_kw: (K,) keyword of each template;
+    # thr: (W,); run state per keyword: in_run, best_cost, best_start, best_end (frame),
+    # best_tmpl. Writes the candidate cost of every keyword and frame into cand (n, W) and
+    # the raw detections of the runs that closed into out_* (capacity n * W); returns their
+    # number.
+    n, K = mc.shape
+    W = thr.shape[0]
+    cc = np.empty(W, np.float64)
+    cs = np.empty(W, np.int64)
+    ct = np.empty(W, np.int64)
+    count = 0
+    for t in range(n):
+        j = j0 + t
+        for w in range(W):
+            cc[w] = np.inf
+            cs[w] = -1
+            ct[w] = -1
+        for k in range(K):
+            w = tmpl_kw[k]
+            v = mc[t, k]
+            if v < cc[w]:
+                cc[w] = v
+                cs[w] = st[t, k]
+                ct[w] = k
+        for w in range(W):
+            v = cc[w]
+            cand[t, w] = v
+            if v < thr[w]:
+                if not in_run[w] or v < best_cost[w]:
+                    in_run[w] = True
+                    best_cost[w] = v
+                    best_start[w] = cs[w]
+                    best_end[w] = j
+                    best_tmpl[w] = ct[w]
+            elif in_run[w]:
+                in_run[w] = False
+                out_kw[count] = w
+                out_on[count] = best_start[w]
+                out_off[count] = best_end[w] + 1
+                out_cost[count] = best_cost[w]
+                out_tmpl[count] = best_tmpl[w]
+                count += 1
+    return count
+
+
+def _subtract(pieces: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
+    """Remove ``[a, b)`` from every half-open interval in ``pieces``."""
+    out = []
+    for lo, hi in pieces:
+        if b <= lo or a >= hi:
+            out.append((lo, hi))
+            continue
+        if lo < a:
+            out.append((lo, a))
+        if b < hi:
+            out.append((b, hi))
+    return out
+
+
+class KeywordSpotter:
+    """Streaming few-shot keyword spotter (thesis 6.3.6); see the module docstring.
+
+    The templates are L2-normalised once and stacked into one ``(sum M, D)`` float32
+    matrix; each new frame costs one column of the stacked cosine cost matrix
+    (:func:`edge.dtw.cosine_cost_columns`), one column of the accumulated DTW cost per
+    template (:class:`edge.dtw.StreamingSubsequenceDTW`) and a pass of the run tracking, all
+    in Numba. Frames are processed in blocks of four (a pushed frame waits for at most three
+    more, or for :meth:`flush`), which is negligible next to the finality delay.
+
+    Parameters
+    ----------
+    templates : iterable of Template
+        The enrolled shots, at least one; all with the same ``D``.
+    thresholds : mapping str -> float
+        Decision threshold per keyword (normalised DTW cost; a detection needs
+        ``cost < threshold``). Keys for keywords without a template are ignored.
+    frame_seconds : float
+        Duration of one frame in seconds (hop of the embedding stream).
+    record_trace : bool
+        Keep the per-frame candidate cost of every keyword (see :attr:`trace`).
+
+    Raises
+    ------
+    ValueError
+        No template; templates of different ``D``; a keyword without a threshold (the
+        message names it); a non-finite threshold; ``frame_seconds <= 0``.
+
+    Examples
+    --------
+    >>> spotter = KeywordSpotter(templates, {"stop": 0.25}, frame_seconds=0.016)  # doctest: +SKIP
+    >>> for block in embedding_blocks:                                          # doctest: +SKIP
+    ...     for det in spotter.push(block):
+    ...         publish(det.to_dict())
+    >>> final = spotter.flush()                                                 # doctest: +SKIP
+    """
+
+    def __init__(self, templates: Iterable[Template], thresholds: Mapping[str, float],
+                 frame_seconds: float, record_trace: bool = False):
+        self.templates: tuple[Template, ...] = tuple(templates)
+        if not self.templates:
+            raise ValueError("need at least one template")
+        for t in self.templates:
+            if not isinstance(t, Template):
+                raise ValueError(f"templates must be Template objects, got {type(t).__name__}")
+        dims = sorted({t.features.shape[1] for t in self.templates})
+        if len(dims) != 1:
+            raise ValueError(f"all templates must have the same feature dimension, got {dims}")
+        self.dim = dims[0]
+        frame_seconds = float(frame_seconds)
+        if not (np.isfinite(frame_seconds) and frame_seconds > 0):
+            raise ValueError(f"frame_seconds must be > 0, got {frame_seconds!r}")
+        self.frame_seconds = frame_seconds
+        self.keywords: tuple[str, ...] = tuple(dict.fromkeys(t.keyword for t in self.templates))
+        thr = []
+        for kw in self.keywords:
+            if kw not in thresholds:
+                raise ValueError(f"no threshold for keyword {kw!r}")
+            v = float(thresholds[kw])
+            if not np.isfinite(v):
+                raise ValueError(f"threshold for keyword {kw!r} must be finite, got {v!r}")
+            thr.append(v)
+        self.thresholds = dict(zip(self.keywords, thr))
+        self._thr = np.asarray(thr, np.float64)
+        kw_index = {kw: i for i, kw in enumerate(self.keywords)}
+        self._tmpl_kw = np.array([kw_index[t.keyword] for t in self.templates], np.int64)
+        self._tmpl_len = np.array([t.n_frames for t in self.templates], np.int64)
+        stacked = np.concatenate([t.features for t in self.templates])
+        self._Q = np.ascontiguousarray(_unit_rows(stacked))
+        self._dtw = StreamingSubsequenceDTW(self._tmpl_len)
+        #: the longest path spans 2 M_max - 1 frames
+        self.max_span_frames = int(2 * self._tmpl_len.max() - 1)
+        self.record_trace = bool(record_trace)
+        self.reset()
+
+    # ----------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the stream (pending detections included); the next frame is frame 0."""
+        W = len(self.keywords)
+        self._dtw.reset()
+        self._in_run = np.zeros(W, np.bool_)
+        self._best_cost = np.full(W, np.inf)
+        self._best_start = np.zeros(W, np.int64)
+        self._best_end = np.zeros(W, np.int64)
+        self._best_tmpl = np.zeros(W, np.int64)
+        self._buf = np.zeros((0, self.dim), np.float32)
+        self._pending: list[_Raw] = []
+        self._trace: list[np.ndarray] = []
+        self._frames_seen = 0
+        self._flushed = False
+
+    @property
+    def frames_seen(self) -> int:
+        """Frames pushed since construction or :meth:`reset`."""
+        return self._frames_seen
+
+    @property
+    def frames_processed(self) -> int:
+        """Frames that went through the DTW (``frames_seen`` minus at most 3 buffered)."""
+        return self._dtw.frames_seen
+
+    @property
+    def trace(self) -> dict[str, np.ndarray]:
+        """Per-frame candidate cost (minimum matching cost over the keyword's templates).
+
+        Returns
+        -------
+        dict str -> np.ndarray [shape=(frames_processed,), dtype=float64]
+            ``inf`` where no path ends yet. Only with ``record_trace=True``.
+
+        Raises
+        ------
+        RuntimeError
+            If the spotter was built without ``record_trace``.
+        """
+        if not self.record_trace:
+            raise RuntimeError("construct the KeywordSpotter with record_trace=True")
+        cand = (np.concatenate(self._trace) if self._trace
+                else np.zeros((0, len(self.keywords))))
+        return {kw: cand[:, i].copy() for i, kw in enumerate(self.keywords)}
+
+    # ----------------------------------------------------------------------------------
+
+    def push(self, frames: np.ndarray) -> list[Detection]:
+        """Feed new frames; returns the detections that became final, in onset order.
+
+        Parameters
+        ----------
+        frames : np.ndarray [shape=(n, D)] (or (D,) for one frame)
+            Frame embeddings of the stream, oldest first; any real dtype (float32 inside).
+
+        Returns
+        -------
+        list of Detection
+
+        Raises
+        ------
+        ValueError
+            If the shape does not match ``D`` or a value is NaN or infinite (nothing is
+            consumed then).
+        RuntimeError
+            After :meth:`flush`, until :meth:`reset`.
+        """
+        if self._flushed:
+            raise RuntimeError("the stream was flushed; call reset() to start a new one")
+        f = np.asarray(frames)
+        if f.ndim == 1:
+            f = f[None, :]
+        if f.ndim != 2 or f.shape[1] != self.dim:
+            raise ValueError(f"frames must have shape (n, {self.dim}), got {np.shape(frames)}")
+        unit = _unit_rows(f)  # raises on NaN/inf before anything is consumed
+        self._frames_seen += f.shape[0]
+        buf = np.concatenate([self._buf, unit]) if len(self._buf) else unit
+        n = (buf.shape[0] // _GROUP) * _GROUP
+        self._buf = buf[n:]
+        if n:
+            self._process(buf[:n], n)
+        return self._finalise(final=False)
+
+    def flush(self) -> list[Detection]:
+        """End of stream: process buffered frames, close open runs, emit everything left.
+
+        This ends the stream: call :meth:`reset` before pushing another one (the trace is
+        kept until then).
+
+        Returns
+        -------
+        list of Detection
+            In onset order.
+        """
+        self._flushed = True
+        n = self._buf.shape[0]
+        if n:
+            block = np.zeros((_GROUP, self.dim), np.float32)
+            block[:n] = self._buf
+            self._buf = self._buf[:0]
+            self._process(block, n)
+        for w in np.flatnonzero(self._in_run):
+            self._pending.append(_Raw(int(w), int(self._best_start[w]),
+                                      int(self._best_end[w]) + 1, float(self._best_cost[w]),
+                                      int(self._best_tmpl[w])))
+        self._in_run[:] = False
+        return self._finalise(final=True)
+
+    # ----------------------------------------------------------------------------------
+
+    def _process(self, block: np.ndarray, n: int) -> None:
+        """Cost columns, DTW and run tracking for ``block[:n]`` (block: multiple of 4 rows)."""
+        costs = cosine_cost_columns(block, self._Q)[:n]
+        j0 = self._dtw.frames_seen
+        mc, st = self._dtw._update_unchecked(costs)  # costs are in [0, 2] by construction
+        W = len(self.keywords)
+        cand = np.empty((n, W), np.float64)
+        cap = n * W
+        out_kw = np.empty(cap, np.int64)
+        out_on = np.empty(cap, np.int64)
+        out_off = np.empty(cap, np.int64)
+        out_cost = np.empty(cap, np.float64)
+        out_tmpl = np.empty(cap, np.int64)
+        count = _track_runs(mc, st, self._tmpl_kw, self._thr, j0, self._in_run,
+                            self._best_cost, self._best_start, self._best_end,
+                            self._best_tmpl, cand, out_kw, out_on, out_off, out_cost, out_tmpl)
+        for i in range(count):
+            self._pending.append(_Raw(int(out_kw[i]), int(out_on[i]), int(out_off[i]),
+                                      float(out_cost[i]), int(out_tmpl[i])))
+        if self.record_trace:
+            self._trace.append(cand)
+
+    def _horizon(self) -> float:
+        """Earliest frame where a raw detection still to come could start."""
+        h = self._dtw.frames_seen - (self.max_span_frames - 1)
+        if self._in_run.any():
+            h = min(h, int(self._best_start[self._in_run].min()))
+        return h
+
+    def _finalise(self, final: bool) -> list[Detection]:
+        if not self._pending:
+            return []
+        horizon = np.inf if final else self._horizon()
+        raws = sorted(self._pending, key=lambda r: (r.onset, r.offset, r.keyword, r.template))
+        # connected groups of overlapping intervals: sorted by onset, a raw detection joins
+        # the current group when it starts before the group's end
+        groups: list[list[_Raw]] = []
+        end = None
+        for r in raws:
+            if end is not None and r.onset < end:
+                groups[-1].append(r)
+                end = max(end, r.offset)
+            else:
+                groups.append([r])
+                end = r.offset
+        out: list[Detection] = []
+        keep: list[_Raw] = []
+        for g in groups:
+            if max(r.offset for r in g) <= horizon:
+                out.extend(self._resolve(g))
+            else:
+                keep.extend(g)
+        self._pending = keep
+        out.sort(key=lambda d: (d.onset_frame, d.offset_frame, self.keywords.index(d.keyword)))
+        return out
+
+    def _resolve(self, group: Sequence[_Raw]) -> list[Detection]:
+        """Steps 3 and 4 of the module docstring for one group of overlapping detections."""
+        kept: list[tuple[int, int]] = []
+        out = []
+        for r in sorted(group, key=lambda r: (r.cost, r.onset, r.offset, r.keyword, r.template)):
+            pieces = [(r.onset, r.offset)]
+            for a, b in kept:
+                pieces = _subtract(pieces, a, b)
+            if not pieces:
+                continue
+            on, off = max(pieces, key=lambda p: (p[1] - p[0], -p[0]))
+            if 2 * (off - on) < self._tmpl_len[r.template]:
+                continue
+            kept.append((on, off))
+            kw = self.keywords[r.keyword]
+            out.append(Detection(keyword=kw, onset_s=on * self.frame_seconds,
+                                 offset_s=off * self.frame_seconds, cost=r.cost,
+                                 threshold=self.thresholds[kw], onset_frame=on,
+                                 offset_frame=off, template_index=r.template))
+        return out
+
+
+@numba.njit(cache=True, boundscheck=False)
+def _unit_rows_kernel(x, out):  # pragma: no cover - compiled
+    # x, out: (n, D) float32. Returns the first row holding NaN or inf, -1 if none.
+    n, D = x.shape
+    for i in range(n):
+        ss = 0.0
+        for d in range(D):
+            v = np.float64(x[i, d])
+            ss += v * v
+        if not np.isfinite(ss):
+            return i
+        scale = 1.0 / np.sqrt(ss) if ss > 0.0 else 0.0
+        for d in range(D):
+            out[i, d] = np.float32(x[i, d] * scale)
+    return -1
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, float32; zero rows stay zero (cost 1 to everything).
+
+    One Numba pass (NumPy's einsum/divide cost ~10 us per call, too much per pushed frame
+    block on a node).
+
+    Raises
+    ------
+    ValueError
+        If a value is NaN or infinite (also float64 values beyond the float32 range).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    bad = _unit_rows_kernel(x, out) if x.size else -1
+    if bad >= 0:
+        raise ValueError(f"frame {bad} of the block contains NaN or infinite values")
+    return out
+
+
+def detect_keywords(frames: np.ndarray, templates: Iterable[Template],
+                    thresholds: Mapping[str, float], frame_seconds: float) -> list[Detection]:
+    """Detect keywords in a whole stream: :meth:`KeywordSpotter.push` then ``flush``.
+
+    Parameters
+    ----------
+    frames : np.ndarray [shape=(N, D)]
+        Frame embeddings of the stream.
+    templates : iterable of Template
+    thresholds : mapping str -> float
+    frame_seconds : float
+
+    Returns
+    -------
+    list of Detection
+        In onset order; the same as any chunked streaming run over ``frames``.
+
+    Raises
+    ------
+    ValueError
+        As :class:`KeywordSpotter` and :meth:`KeywordSpotter.push`.
+    """
+    spotter = KeywordSpotter(templates, thresholds, frame_seconds)
+    return spotter.push(frames) + spotter.flush()

@@ -1,0 +1,297 @@
+"""Keyword detection and post-processing (edge/kws.py, thesis 6.3.6)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edge.dtw import cosine_cost_matrix, subsequence_dtw
+from edge.kws import Detection, KeywordSpotter, Template, detect_keywords
+
+FS = 0.016  # seconds per frame on the node
+
+
+def unit(x):
+    x = np.asarray(x, np.float64)
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def warp(t, rng):
+    """A time-warped copy: a random speaking rate (frames repeated or skipped)."""
+    rate = rng.uniform(0.7, 1.4)
+    idx = np.floor(np.arange(0, len(t), rate)).astype(int)
+    return t[idx]
+
+
+def push_chunked(spotter, frames, rng, max_chunk=9):
+    out, s = [], 0
+    while s < len(frames):
+        n = int(rng.integers(1, max_chunk + 1))
+        out += spotter.push(frames[s:s + n])
+        s += n
+    return out + spotter.flush()
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """400 random unit frames (D=32) with warped, noisy copies of keyword shots inserted."""
+    rng = np.random.default_rng(7)
+    D = 32
+    stream = unit(rng.standard_normal((400, D)))
+    # two keywords, three shots each: shots of a keyword are noisy versions of one "word"
+    words = {"stop": unit(rng.standard_normal((20, D))), "go": unit(rng.standard_normal((14, D)))}
+    templates = []
+    for kw, w in words.items():
+        for _ in range(3):
+            shot = warp(w, rng)
+            templates.append(Template(kw, unit(shot + 0.05 * rng.standard_normal(shot.shape))))
+    truth = []
+    for kw, pos in (("stop", 30), ("go", 95), ("stop", 170), ("go", 240), ("go", 262),
+                    ("stop", 330)):
+        occ = warp(words[kw], rng)
+        occ = unit(occ + 0.05 * rng.standard_normal(occ.shape))
+        stream[pos:pos + len(occ)] = occ
+        truth.append((kw, pos, pos + len(occ)))
+    return stream, templates, truth
+
+
+THRESHOLDS = {"stop": 0.35, "go": 0.35}
+
+
+def test_inserted_keywords_are_found_with_onset_and_offset(scene):
+    stream, templates, truth = scene
+    dets = detect_keywords(stream, templates, THRESHOLDS, FS)
+    assert len(dets) == len(truth), [(d.keyword, d.onset_frame, d.offset_frame) for d in dets]
+    for d, (kw, on, off) in zip(dets, truth):
+        assert d.keyword == kw
+        assert abs(d.onset_frame - on) <= 2 and abs(d.offset_frame - off) <= 2, (d, on, off)
+        assert d.cost < d.threshold == THRESHOLDS[kw]
+        assert d.onset_s == pytest.approx(d.onset_frame * FS)
+        assert d.offset_s == pytest.approx(d.offset_frame * FS)
+        assert templates[d.template_index].keyword == kw
+    # onset order, no overlap
+    assert all(a.offset_frame <= b.onset_frame for a, b in zip(dets, dets[1:]))
+
+
+def test_no_detection_without_keyword(scene):
+    stream, templates, _ = scene
+    rng = np.random.default_rng(11)
+    background = unit(rng.standard_normal(stream.shape))
+    assert detect_keywords(background, templates, THRESHOLDS, FS) == []
+    # and the background is far from the threshold, not just above it
+    sp = KeywordSpotter(templates, THRESHOLDS, FS, record_trace=True)
+    sp.push(background)
+    sp.flush()
+    assert min(np.min(v) for v in sp.trace.values()) > 0.6
+
+
+def test_chunking_does_not_change_detections(scene):
+    stream, templates, _ = scene
+    # a loose threshold gives many, overlapping raw detections: the hard case
+    for thresholds in (THRESHOLDS, {"stop": 0.8, "go": 0.85}):
+        batch = detect_keywords(stream, templates, thresholds, FS)
+        assert batch
+        for seed in range(4):
+            rng = np.random.default_rng(seed)
+            sp = KeywordSpotter(templates, thresholds, FS)
+            assert push_chunked(sp, stream, rng, max_chunk=[1, 3, 9, 40][seed]) == batch
+            assert sp.frames_seen == len(stream)
+
+
+def test_detections_are_emitted_while_streaming_in_onset_order(scene):
+    stream, templates, truth = scene
+    sp = KeywordSpotter(templates, THRESHOLDS, FS)
+    m_max = max(t.n_frames for t in templates)
+    emitted_at = []
+    for j in range(0, len(stream), 4):
+        for d in sp.push(stream[j:j + 4]):
+            emitted_at.append((d, sp.frames_seen))
+    rest = sp.flush()
+    assert rest == []  # the last keyword ends long before the stream does
+    dets = [d for d, _ in emitted_at]
+    assert dets == detect_keywords(stream, templates, THRESHOLDS, FS)
+    for d, seen in emitted_at:
+        # final no later than ~2 M_max frames after the path ended (plus the run's end and
+        # the 4-frame blocks), never before the path ended
+        assert d.offset_frame <= seen <= d.offset_frame + 2 * m_max + 12
+
+
+def test_trace_equals_batch_dtw(scene):
+    stream, templates, _ = scene
+    sp = KeywordSpotter(templates, THRESHOLDS, FS, record_trace=True)
+    sp.push(stream[:123])
+    sp.push(stream[123:])
+    sp.flush()
+    trace = sp.trace
+    assert set(trace) == {"stop", "go"}
+    for kw in trace:
+        assert trace[kw].shape == (len(stream),)
+        costs = [subsequence_dtw(cosine_cost_matrix(t.features, stream)).matching_cost
+                 for t in templates if t.keyword == kw]
+        expected = np.min(costs, axis=0)
+        assert np.array_equal(np.isinf(trace[kw]), np.isinf(expected))
+        fin = np.isfinite(expected)
+        np.testing.assert_allclose(trace[kw][fin], expected[fin], atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# post-processing on hand-made streams: one-hot frames, so costs are exactly known
+# --------------------------------------------------------------------------------------
+
+D_HOT = 64
+
+
+def hot(indices):
+    """One-hot frames e_i (templates use dims < 40; the background dims >= 40)."""
+    return np.eye(D_HOT, dtype=np.float32)[list(indices)]
+
+
+def hand_stream(n, pieces, seed=0):
+    """Background frames orthogonal to every template, with one-hot pieces inserted."""
+    rng = np.random.default_rng(seed)
+    s = np.zeros((n, D_HOT), np.float32)
+    s[:, 40:] = rng.standard_normal((n, D_HOT - 40))
+    s = unit(s)
+    for start, idx in pieces:
+        s[start:start + len(idx)] = hot(idx)
+    return s
+
+
+def noisy(frames, eps, seed=1):
+    """Same frames with a small component outside the one-hot dims: cost ~ eps^2 / 2."""
+    rng = np.random.default_rng(seed)
+    f = frames.copy()
+    f[:, 40:] += eps * rng.standard_normal((len(f), D_HOT - 40)) / np.sqrt(D_HOT - 40)
+    return unit(f)
+
+
+def spot(templates, thresholds, stream):
+    batch = detect_keywords(stream, templates, thresholds, FS)
+    sp = KeywordSpotter(templates, thresholds, FS)
+    assert push_chunked(sp, stream, np.random.default_rng(3), 5) == batch
+    return [(d.keyword, d.onset_frame, d.offset_frame) for d in batch], batch
+
+
+def test_overlap_lower_cost_keeps_interval_other_is_shortened():
+    # "a" (exact, cost 0) at [10, 20); "b" (noisy, cost > 0) at [15, 30): overlap [15, 20)
+    stream = hand_stream(60, [(10, range(0, 20))])
+    a = Template("a", hot(range(0, 10)))
+    b = Template("b", noisy(hot(range(5, 20)), 0.3))
+    got, dets = spot([a, b], {"a": 0.3, "b": 0.3}, stream)
+    assert got == [("a", 10, 20), ("b", 20, 30)]
+    assert dets[0].cost == pytest.approx(0.0, abs=1e-6) and dets[1].cost > 1e-3
+    # swap the costs: now "b" keeps [15, 30) and "a" is cut to [10, 15) = 5 frames,
+    # exactly half of its 10-frame template: kept ("shorter than half" drops)
+    a2 = Template("a", noisy(hot(range(0, 10)), 0.3))
+    b2 = Template("b", hot(range(5, 20)))
+    got, _ = spot([a2, b2], {"a": 0.3, "b": 0.3}, stream)
+    assert got == [("a", 10, 15), ("b", 15, 30)]
+
+
+def test_shortened_below_half_template_is_dropped():
+    # "b" (10 frames, noisy) at [14, 24), "a" (exact) at [10, 20): "b" keeps [20, 24),
+    # 4 frames < 10 / 2: dropped
+    stream = hand_stream(60, [(10, range(0, 20))])
+    a = Template("a", hot(range(0, 10)))
+    b = Template("b", noisy(hot(range(4, 14)), 0.3))
+    got, _ = spot([a, b], {"a": 0.3, "b": 0.3}, stream)
+    assert got == [("a", 10, 20)]
+    # without "a", "b" is reported in full
+    got, _ = spot([b], {"b": 0.3}, stream)
+    assert got == [("b", 14, 24)]
+
+
+def test_split_keeps_the_longer_part():
+    # "b" (20 frames, noisy) at [10, 30); "a" (exact) inside it at [16, 20):
+    # "b" would be split into [10, 16) and [20, 30): the longer part is kept
+    stream = hand_stream(60, [(10, range(0, 20))])
+    a = Template("a", hot(range(6, 10)))
+    b = Template("b", noisy(hot(range(0, 20)), 0.3))
+    got, _ = spot([a, b], {"a": 0.3, "b": 0.3}, stream)
+    assert got == [("a", 16, 20), ("b", 20, 30)]
+
+
+def test_best_shot_wins_and_separate_occurrences_give_separate_detections():
+    # two shots of one keyword: the exact one gives the frame's candidate
+    shots = [Template("k", noisy(hot(range(0, 12)), 0.4, seed=5)), Template("k", hot(range(0, 12)))]
+    stream = hand_stream(80, [(10, range(0, 12)), (40, range(0, 12))])
+    got, dets = spot(shots, {"k": 0.3}, stream)
+    assert got == [("k", 10, 22), ("k", 40, 52)]
+    assert [d.template_index for d in dets] == [1, 1]
+    assert [d.cost for d in dets] == [0.0, 0.0]
+
+
+def test_overlap_within_one_keyword():
+    # shot 1 = e0..e9 matches [10, 20) exactly; shot 2 = e5..e9 e20..e24 matches [15, 25)
+    # exactly. Every other path ends on an orthogonal frame (cost >= 1 / 10), so with a
+    # threshold of 0.09 there are two runs (frames 19 and 24) whose paths overlap in
+    # [15, 20). Equal costs (0): the earlier onset wins, the other keeps [20, 25), half of
+    # its 10 frames: kept.
+    stream = hand_stream(60, [(10, range(0, 10)), (20, range(20, 25))])
+    shots = [Template("k", hot(range(0, 10))),
+             Template("k", hot([5, 6, 7, 8, 9, 20, 21, 22, 23, 24]))]
+    got, dets = spot(shots, {"k": 0.09}, stream)
+    assert got == [("k", 10, 20), ("k", 20, 25)]
+    assert [d.template_index for d in dets] == [0, 1]
+
+
+# --------------------------------------------------------------------------------------
+# API
+# --------------------------------------------------------------------------------------
+
+
+def test_detection_record():
+    d = Detection("stop", 1.6, 2.08, 0.12, 0.3, 100, 130, 2)
+    assert d.duration_s == pytest.approx(0.48) and d.n_frames == 30
+    js = json.loads(json.dumps(d.to_dict()))
+    assert js == {"keyword": "stop", "onset_s": 1.6, "offset_s": 2.08,
+                  "duration_s": pytest.approx(0.48), "cost": 0.12, "threshold": 0.3,
+                  "onset_frame": 100, "offset_frame": 130, "template_index": 2}
+
+
+def test_errors():
+    t = Template("stop", np.ones((5, 8)))
+    assert t.features.dtype == np.float32 and t.n_frames == 5
+    with pytest.raises(ValueError, match="'go'"):
+        KeywordSpotter([t, Template("go", np.ones((4, 8)))], {"stop": 0.3}, FS)
+    with pytest.raises(ValueError, match="dimension"):
+        KeywordSpotter([t, Template("go", np.ones((4, 9)))], {"stop": 0.3, "go": 0.3}, FS)
+    with pytest.raises(ValueError, match="at least one"):
+        KeywordSpotter([], {}, FS)
+    with pytest.raises(ValueError, match="finite"):
+        KeywordSpotter([t], {"stop": float("nan")}, FS)
+    with pytest.raises(ValueError, match="frame_seconds"):
+        KeywordSpotter([t], {"stop": 0.3}, 0.0)
+    with pytest.raises(ValueError):
+        Template("", np.ones((5, 8)))
+    with pytest.raises(ValueError):
+        Template("x", np.ones(5))
+    with pytest.raises(ValueError):
+        Template("x", np.full((2, 3), np.nan))
+    sp = KeywordSpotter([t], {"stop": 0.3, "unused": 0.1}, FS)
+    with pytest.raises(ValueError, match=r"\(n, 8\)"):
+        sp.push(np.ones((3, 7)))
+    with pytest.raises(ValueError, match="NaN"):
+        sp.push(np.full((3, 8), np.nan))
+    assert sp.frames_seen == 0
+    sp.push(np.ones(8))  # one frame as a 1-D array
+    assert sp.frames_seen == 1
+    with pytest.raises(RuntimeError, match="record_trace"):
+        sp.trace
+    sp.flush()
+    with pytest.raises(RuntimeError, match="reset"):
+        sp.push(np.ones((1, 8)))
+    sp.reset()
+    assert sp.frames_seen == 0 and sp.push(np.ones((2, 8))) == []
+    with pytest.raises(ValueError, match="frames must have shape"):
+        detect_keywords(np.ones((10, 9)), [t], {"stop": 0.3}, FS)
+
+
+def test_edge_modules_do_not_import_tensorflow():
+    code = ("import sys, edge.dtw, edge.kws; "
+            "sys.exit(1 if any(m.split('.')[0] == 'tensorflow' for m in sys.modules) else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
