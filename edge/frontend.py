@@ -22,6 +22,17 @@ branch's int8-vs-float embedding cosine was 0.97 and 0.87 (min) with the raw inp
 anomalies detectable (AUC 0.59 / 0.43 vs 0.975 / 0.63). The paper's raw input stays the
 default; ``spectrum_compression="log1p"`` is there for models where int8 fidelity of
 that branch matters more.
+
+KWS frontend (thesis Section 6.3.4, line 2097ff): 16 kHz, high-pass at 50 Hz, log-Mel
+spectrogram with 64 bands, Hann window 1024, hop 256 (one frame per 16 ms), segments of
+T = 16 frames (0.25 s). The node computes the log-Mel frames of the stream once and
+slices segments out of them (:class:`KwsStreamFrontend` gives exactly the frames of
+:func:`kws_logmel` on the whole recording), so training and streaming inference share
+every step. Peak normalisation (the thesis divides each recording by its maximum) is done
+per segment in the log domain, because a stream has no known maximum: each segment's
+log-Mel values are shifted so that its loudest bin is at 0 dB, with a floor
+(:attr:`KwsFrontendParams.floor_db`) so that near-silence is not amplified to full scale,
+and clipped ``top_db`` below. See :func:`kws_segments`.
 """
 from __future__ import annotations
 
@@ -39,6 +50,12 @@ __all__ = [
     "temporal_mean_normalisation",
     "magnitude_spectrum",
     "asd_features",
+    "KwsFrontendParams",
+    "mel_filterbank",
+    "highpass_sos",
+    "kws_logmel",
+    "kws_segments",
+    "KwsStreamFrontend",
 ]
 
 
@@ -272,3 +289,259 @@ def asd_features(
     if params.spectrum_compression == "log1p":
         dft = np.log1p(dft, out=dft)
     return spec, dft
+
+
+# --------------------------------------------------------------------------- KWS
+
+
+@dataclass(frozen=True)
+class KwsFrontendParams:
+    """Parameters of the KWS frontend; stored in every KWS model bundle's metadata.
+
+    Parameters
+    ----------
+    sample_rate : int
+        Hz (16000).
+    n_fft, hop_length : int
+        STFT Hann window and hop in samples (1024, 256: one frame per 16 ms). Frames are
+        centred: frame ``j`` is centred on sample ``j * hop_length``.
+    n_mels : int
+        Mel bands (64), Slaney mel scale, triangles of peak 1, ``fmin`` to ``fmax`` Hz.
+    fmin, fmax : float
+        Band edges of the mel filterbank in Hz.
+    highpass_hz : float
+        Cut-off of the 2nd-order Butterworth high-pass applied to the waveform (50 Hz).
+    segment_frames : int
+        Frames per segment, ``T`` of Table 30 (16 frames = 0.25 s).
+    floor_db : float
+        Loudest level a segment is normalised from: segments whose loudest bin is below
+        this (dB re a full-scale sine) are shifted as if it were this loud (-60).
+    top_db : float
+        Dynamic range kept below a segment's loudest bin (80 dB).
+    """
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 64
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    highpass_hz: float = 50.0
+    segment_frames: int = 16
+    floor_db: float = -60.0
+    top_db: float = 80.0
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds between frames (0.016)."""
+        return self.hop_length / self.sample_rate
+
+    @property
+    def pad_frames(self) -> int:
+        """Silent frames padded at each end of a recording so that segment centres align
+        with every frame (thesis 6.3.4: half a segment): ``segment_frames // 2``."""
+        return self.segment_frames // 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "KwsFrontendParams":
+        """Parameters from bundle metadata; every field must be present."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown, missing = set(d) - known, known - set(d)
+        if unknown or missing:
+            raise ValueError(f"KWS frontend parameters: unknown {sorted(unknown)}, "
+                             f"missing {sorted(missing)}")
+        return cls(**d)
+
+
+def _hz_to_mel(f):
+    """Slaney mel scale (linear below 1 kHz, logarithmic above), as librosa's default."""
+    f = np.asarray(f, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    logstep = np.log(6.4) / 27.0
+    mel = f / f_sp
+    return np.where(f >= min_log_hz, min_log_hz / f_sp + np.log(np.maximum(f, 1e-9) / min_log_hz) / logstep, mel)
+
+
+def _mel_to_hz(m):
+    m = np.asarray(m, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Triangular mel filterbank (Slaney scale, peak 1, no area normalisation).
+
+    Equal to ``librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin,
+    fmax=fmax, htk=False, norm=None)`` (tested).
+
+    Returns
+    -------
+    np.ndarray, shape (n_mels, n_fft // 2 + 1), float32
+    """
+    fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    return np.maximum(0, np.minimum(lower, upper)).astype(np.float32)
+
+
+def highpass_sos(params: KwsFrontendParams) -> np.ndarray:
+    """Second-order sections of the 2nd-order Butterworth high-pass at ``highpass_hz``."""
+    from scipy.signal import butter
+
+    return butter(2, params.highpass_hz, btype="highpass", fs=params.sample_rate, output="sos")
+
+
+class _LogMel:
+    """Window, filterbank and scaling for :func:`kws_logmel`, built once per params."""
+
+    def __init__(self, params: KwsFrontendParams):
+        self.params = params
+        self.window = np.hanning(params.n_fft + 1)[:-1].astype(np.float32)
+        self.fbank = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels,
+                                    params.fmin, params.fmax)
+        # A full-scale sine reads 0 dB in its bin: |X| = sum(window) / 2.
+        self.scale = (2.0 / self.window.sum()) ** 2
+
+    def frames_to_db(self, frames: np.ndarray) -> np.ndarray:
+        power = np.abs(np.fft.rfft(frames * self.window, axis=-1)) ** 2 * self.scale
+        mel = power.astype(np.float32) @ self.fbank.T
+        return (10.0 * np.log10(np.maximum(mel, 1e-10))).astype(np.float32)
+
+
+_LOGMEL_CACHE: dict[KwsFrontendParams, _LogMel] = {}
+
+
+def _logmel(params: KwsFrontendParams) -> _LogMel:
+    if params not in _LOGMEL_CACHE:
+        _LOGMEL_CACHE[params] = _LogMel(params)
+    return _LOGMEL_CACHE[params]
+
+
+def kws_logmel(y: np.ndarray, params: KwsFrontendParams = KwsFrontendParams()) -> np.ndarray:
+    """Log-Mel frames of a whole recording (thesis 6.3.4).
+
+    High-pass filter (zero initial state), zero-pad ``n_fft // 2`` samples at both ends
+    (centred frames), Hann-windowed power STFT scaled so that a full-scale sine reads
+    0 dB, mel filterbank, ``10 log10``.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,), float
+        16 kHz mono waveform in [-1, 1].
+    params : KwsFrontendParams
+
+    Returns
+    -------
+    np.ndarray, shape (1 + n_samples // hop_length, n_mels), float32
+        Frame ``j`` is centred on sample ``j * hop_length``; values in dB (>= -100).
+
+    Raises
+    ------
+    ValueError
+        If ``y`` is not 1-D.
+    """
+    from scipy.signal import sosfilt
+
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim != 1:
+        raise ValueError(f"expected a mono 1-D signal, got shape {y.shape}")
+    y = sosfilt(highpass_sos(params), y).astype(np.float32)
+    half = params.n_fft // 2
+    padded = np.pad(y, (half, half))
+    frames = frame_signal(padded, params.n_fft, params.hop_length)
+    return _logmel(params).frames_to_db(frames)
+
+
+def kws_segments(logmel: np.ndarray, starts, params: KwsFrontendParams = KwsFrontendParams()) -> np.ndarray:
+    """Cut normalised model inputs out of log-Mel frames.
+
+    Each segment is ``segment_frames`` consecutive frames; frames before 0 or past the
+    end read as silence (-100 dB). Per-segment peak normalisation: the segment is
+    shifted so that its loudest bin is at 0 dB (or by ``-floor_db`` if it is quieter
+    than ``floor_db``) and clipped ``top_db`` below that.
+
+    Parameters
+    ----------
+    logmel : np.ndarray, shape (n_frames, n_mels), float32
+        From :func:`kws_logmel` or :class:`KwsStreamFrontend`.
+    starts : array-like of int, shape (n_segments,)
+        First frame of each segment (may be negative).
+
+    Returns
+    -------
+    np.ndarray, shape (n_segments, segment_frames, n_mels), float32, values in [-top_db, 0]
+        (or below 0 when the segment is quieter than ``floor_db``).
+    """
+    T = params.segment_frames
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+    if len(starts) == 0:
+        return np.zeros((0, T, logmel.shape[1]), np.float32)
+    lo, hi = min(0, int(starts.min())), max(len(logmel), int(starts.max()) + T)
+    padded = np.full((hi - lo, logmel.shape[1]), -100.0, np.float32)
+    padded[-lo:-lo + len(logmel)] = logmel
+    idx = (starts - lo)[:, None] + np.arange(T)[None, :]
+    seg = padded[idx]
+    ref = np.maximum(seg.max(axis=(1, 2), keepdims=True), params.floor_db)
+    return np.maximum(seg - ref, -params.top_db).astype(np.float32)
+
+
+class KwsStreamFrontend:
+    """Streaming log-Mel: feed audio blocks, get each frame as soon as its window is full.
+
+    The concatenated output of :meth:`push` followed by :meth:`flush` equals
+    :func:`kws_logmel` of the concatenated input (the high-pass keeps its state across
+    blocks); frames are emitted ``n_fft // 2`` samples (32 ms) after their centre.
+
+    Parameters
+    ----------
+    params : KwsFrontendParams
+    """
+
+    def __init__(self, params: KwsFrontendParams = KwsFrontendParams()):
+        from scipy.signal import sosfilt_zi
+
+        self.params = params
+        self._sos = highpass_sos(params)
+        self._zi = sosfilt_zi(self._sos) * 0.0
+        self._buf = np.zeros(params.n_fft // 2, np.float32)  # left centring pad
+        self._lm = _logmel(params)
+        self.frames_emitted = 0
+        self.samples_seen = 0
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """Add samples; returns the newly complete frames, shape (k, n_mels), float32."""
+        from scipy.signal import sosfilt
+
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        self.samples_seen += len(block)
+        filtered, self._zi = sosfilt(self._sos, block, zi=self._zi)
+        self._buf = np.concatenate([self._buf, filtered.astype(np.float32)])
+        return self._drain()
+
+    def flush(self) -> np.ndarray:
+        """End of stream: pad the right centring zeros and return the remaining frames."""
+        p = self.params
+        self._buf = np.concatenate([self._buf, np.zeros(p.n_fft // 2, np.float32)])
+        total = 1 + self.samples_seen // p.hop_length
+        out = self._drain(limit=total - self.frames_emitted)
+        self._buf = self._buf[:0]
+        return out
+
+    def _drain(self, limit: int | None = None) -> np.ndarray:
+        p = self.params
+        if len(self._buf) < p.n_fft:
+            return np.zeros((0, p.n_mels), np.float32)
+        frames = frame_signal(self._buf, p.n_fft, p.hop_length)
+        if limit is not None:
+            frames = frames[:max(limit, 0)]
+        out = self._lm.frames_to_db(frames) if len(frames) else np.zeros((0, p.n_mels), np.float32)
+        self.frames_emitted += len(out)
+        self._buf = self._buf[len(out) * p.hop_length:]
+        return out

@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from edge.fileio import sha256_file
-from edge.frontend import AsdFrontendParams, asd_features
+from edge.frontend import (AsdFrontendParams, KwsFrontendParams, KwsStreamFrontend, asd_features,
+                           kws_logmel, kws_segments)
 
-__all__ = ["ModelError", "BUNDLE_SCHEMA", "load_interpreter_class", "AsdEmbedder", "load_bundle"]
+__all__ = ["ModelError", "BUNDLE_SCHEMA", "load_interpreter_class", "AsdEmbedder", "KwsEmbedder",
+           "KwsStreamEmbedder", "load_bundle"]
 
 BUNDLE_SCHEMA = 1
 
@@ -183,8 +185,245 @@ class AsdEmbedder:
         return self.embed_features(spec, dft)
 
 
-def load_bundle(tflite_path: str | Path, task: str = "asd", num_threads: int = 1):
-    """Load a model bundle for ``task`` (only ``"asd"`` so far)."""
-    if task != "asd":
-        raise ModelError(f"unknown model task {task!r}")
-    return AsdEmbedder(tflite_path, num_threads=num_threads)
+def _dequantize(out: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] != np.float32:
+        scale, zero = detail["quantization"]
+        out = (out.astype(np.float32) - zero) * scale
+    return out.astype(np.float32)
+
+
+class KwsEmbedder:
+    """An int8 (or float) TFLite TACos embedder with its frontend (thesis 6.3.4).
+
+    The model maps one log-Mel segment (``T`` x ``n_mels``) to ``T`` embeddings. For a
+    recording or a stream, segments start every ``segment_hop`` frames (the thesis uses one
+    frame, 16 ms; the node's default is set in its config), with half a segment of silence
+    padded at both ends, and every frame's embedding is the mean of the (L2-normalised)
+    embeddings that all segments covering it give it (thesis Figure 28), L2-normalised again.
+
+    Parameters
+    ----------
+    tflite_path : str or Path
+        ``.tflite`` with its ``.json`` metadata (``task: "kws"``).
+    num_threads : int
+    segment_hop : int, optional
+        Frames between segment starts; default: the bundle's ``segment_hop`` metadata.
+
+    Attributes
+    ----------
+    metadata : dict
+    frontend : KwsFrontendParams
+    model_id, sha256 : str
+    embedding_dim : int
+    frame_seconds : float
+        Seconds per embedding frame (0.016).
+
+    Raises
+    ------
+    ModelError
+        Missing/corrupt files, wrong task, or tensor shapes that disagree with the metadata.
+    """
+
+    def __init__(self, tflite_path: str | Path, num_threads: int = 1, segment_hop: int | None = None):
+        path = Path(tflite_path)
+        meta = _read_metadata(path)
+        if meta["task"] != "kws":
+            raise ModelError(f"{path} is a {meta['task']!r} model, expected a 'kws' model")
+        self.path, self.metadata = path, meta
+        self.model_id, self.sha256 = meta["model_id"], meta["tflite_sha256"]
+        try:
+            self.frontend = KwsFrontendParams.from_dict(meta["frontend"])
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"model metadata {path.with_suffix('.json')}: {exc}") from exc
+        self.embedding_dim = int(meta["embedding_dim"])
+        self.segment_hop = int(segment_hop or meta.get("segment_hop", 1))
+        if not 1 <= self.segment_hop <= self.frontend.segment_frames:
+            raise ModelError(f"segment_hop must be 1..{self.frontend.segment_frames} frames, "
+                             f"got {self.segment_hop}")
+        self.frame_seconds = self.frontend.frame_seconds
+        Interpreter = load_interpreter_class()
+        try:
+            self._interp = Interpreter(model_path=str(path), num_threads=num_threads)
+            self._interp.allocate_tensors()
+        except Exception as exc:
+            raise ModelError(f"cannot load TFLite model {path}: {exc}") from exc
+        self._input = self._interp.get_input_details()[0]
+        self._output = self._interp.get_output_details()[0]
+        T, F = self.frontend.segment_frames, self.frontend.n_mels
+        if tuple(self._input["shape"][1:]) != (T, F):
+            raise ModelError(f"{path}: input has shape {tuple(self._input['shape'][1:])}, the "
+                             f"metadata's frontend gives {(T, F)}")
+        if tuple(self._output["shape"][1:]) != (T, self.embedding_dim):
+            raise ModelError(f"{path}: output has shape {tuple(self._output['shape'][1:])}, "
+                             f"expected {(T, self.embedding_dim)}")
+
+    def embed_segments(self, segments: np.ndarray) -> np.ndarray:
+        """Embed normalised segments (from :func:`edge.frontend.kws_segments`).
+
+        Parameters
+        ----------
+        segments : np.ndarray, shape (n, T, n_mels), float32
+
+        Returns
+        -------
+        np.ndarray, shape (n, T, embedding_dim), float32, not normalised
+        """
+        out = np.empty((len(segments), self.frontend.segment_frames, self.embedding_dim), np.float32)
+        for i, seg in enumerate(segments):
+            self._interp.set_tensor(self._input["index"], AsdEmbedder._quantize(seg[None], self._input))
+            self._interp.invoke()
+            out[i] = _dequantize(self._interp.get_tensor(self._output["index"])[0], self._output)
+        return out
+
+    def segment_starts(self, n_frames: int) -> np.ndarray:
+        """First frames of the segments covering ``n_frames`` frames (from ``-pad``)."""
+        T, pad, hop = self.frontend.segment_frames, self.frontend.pad_frames, self.segment_hop
+        k = int(np.ceil(max(n_frames + 2 * pad - T, 0) / hop))
+        return -pad + hop * np.arange(k + 1)
+
+    def embed_logmel(self, logmel: np.ndarray) -> np.ndarray:
+        """Frame embeddings of a whole recording's log-Mel frames (thesis Figure 28).
+
+        Parameters
+        ----------
+        logmel : np.ndarray, shape (n_frames, n_mels), float32
+
+        Returns
+        -------
+        np.ndarray, shape (n_frames, embedding_dim), float32, rows L2-normalised
+        """
+        stream = KwsStreamEmbedder(self)
+        out = [stream.push_logmel(logmel), stream.flush()]
+        return np.concatenate(out)
+
+    def embed_wave(self, y: np.ndarray) -> np.ndarray:
+        """Frame embeddings of a 16 kHz mono recording, one per 16 ms frame.
+
+        Returns
+        -------
+        np.ndarray, shape (1 + len(y) // hop_length, embedding_dim), float32, L2-normalised
+        """
+        return self.embed_logmel(kws_logmel(y, self.frontend))
+
+    def stream(self) -> "KwsStreamEmbedder":
+        """A streaming embedder fed with audio blocks (see :class:`KwsStreamEmbedder`)."""
+        return KwsStreamEmbedder(self)
+
+
+class KwsStreamEmbedder:
+    """Streaming TACos embeddings: audio (or log-Mel frames) in, final frame embeddings out.
+
+    Frame ``j``'s embedding is final once every segment covering it has been embedded,
+    i.e. after frame ``j + T - 1`` has arrived (plus the STFT's 32 ms lookahead): about
+    0.29 s latency. :meth:`push` followed by :meth:`flush` gives exactly
+    :meth:`KwsEmbedder.embed_logmel` of the whole stream, however it is chunked.
+
+    Parameters
+    ----------
+    embedder : KwsEmbedder
+    """
+
+    def __init__(self, embedder: KwsEmbedder):
+        self.embedder = embedder
+        p = embedder.frontend
+        self._frontend = KwsStreamFrontend(p)
+        self._T, self._pad, self._hop = p.segment_frames, p.pad_frames, embedder.segment_hop
+        self._logmel = np.zeros((0, p.n_mels), np.float32)  # frames from self._base on
+        self._base = 0                   # absolute index of self._logmel[0]
+        self._next_start = -self._pad    # next segment's first frame
+        self._sum = np.zeros((0, embedder.embedding_dim), np.float32)  # from self._done on
+        self._count = np.zeros(0, np.float32)
+        self._done = 0                   # frames already emitted
+        self.frames_seen = 0
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """Add audio samples (16 kHz mono float); returns final frame embeddings (k, D)."""
+        return self.push_logmel(self._frontend.push(block))
+
+    def push_logmel(self, frames: np.ndarray) -> np.ndarray:
+        """Add log-Mel frames; returns final frame embeddings, shape (k, D), float32."""
+        self._logmel = np.concatenate([self._logmel, frames.astype(np.float32)])
+        self.frames_seen += len(frames)
+        starts = []
+        while self._next_start + self._T <= self.frames_seen:
+            starts.append(self._next_start)
+            self._next_start += self._hop
+        self._embed(starts)
+        # frames before the next segment's start get no more contributions
+        return self._emit(min(self._next_start, self.frames_seen))
+
+    def flush(self) -> np.ndarray:
+        """End of stream: the remaining segments (right edge padded with silence)."""
+        if self._frontend.samples_seen:
+            tail = self._frontend.flush()
+            self._logmel = np.concatenate([self._logmel, tail])
+            self.frames_seen += len(tail)
+        n = self.frames_seen
+        last = int(self.embedder.segment_starts(n)[-1])
+        starts = list(range(self._next_start, last + 1, self._hop))
+        self._next_start = last + self._hop
+        self._embed(starts)
+        return self._emit(n)
+
+    def _embed(self, starts) -> None:
+        if not starts:
+            return
+        p = self.embedder.frontend
+        starts = np.asarray(starts)
+        rel = starts - self._base
+        segs = kws_segments(self._logmel, rel, p)
+        emb = self.embedder.embed_segments(segs)
+        emb /= np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+        need = int(starts.max()) + self._T - self._done
+        if need > len(self._sum):
+            grow = need - len(self._sum)
+            self._sum = np.concatenate([self._sum, np.zeros((grow, self._sum.shape[1]), np.float32)])
+            self._count = np.concatenate([self._count, np.zeros(grow, np.float32)])
+        for s, e in zip(starts, emb):
+            lo = max(int(s), self._done)
+            off = lo - int(s)
+            self._sum[lo - self._done: int(s) + self._T - self._done] += e[off:]
+            self._count[lo - self._done: int(s) + self._T - self._done] += 1
+
+    def _emit(self, upto: int) -> np.ndarray:
+        k = max(0, upto - self._done)
+        if k == 0:
+            return np.zeros((0, self.embedder.embedding_dim), np.float32)
+        out = self._sum[:k] / np.maximum(self._count[:k, None], 1)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        self._sum, self._count = self._sum[k:], self._count[k:]
+        self._done += k
+        # keep only the log-Mel frames future segments still need
+        keep_from = max(self._next_start, 0) - self._base
+        if keep_from > 0:
+            self._logmel = self._logmel[keep_from:]
+            self._base += keep_from
+        return out.astype(np.float32)
+
+
+def load_bundle(tflite_path: str | Path, task: str | None = None, num_threads: int = 1, **kwargs):
+    """Load a model bundle: an :class:`AsdEmbedder` or a :class:`KwsEmbedder`.
+
+    Parameters
+    ----------
+    tflite_path : str or Path
+    task : {"asd", "kws"}, optional
+        Expected task; default: whatever the metadata says.
+    num_threads : int
+    **kwargs
+        Passed to the embedder (``segment_hop`` for KWS).
+
+    Raises
+    ------
+    ModelError
+        Missing or corrupt bundle, or a bundle for another task.
+    """
+    path = Path(tflite_path)
+    meta_task = _read_metadata(path)["task"]
+    if task is not None and meta_task != task:
+        raise ModelError(f"{path} is a {meta_task!r} model, expected a {task!r} model")
+    if meta_task == "asd":
+        return AsdEmbedder(path, num_threads=num_threads)
+    if meta_task == "kws":
+        return KwsEmbedder(path, num_threads=num_threads, **kwargs)
+    raise ModelError(f"{path}: unknown model task {meta_task!r}")

@@ -30,15 +30,16 @@ def convert_float(model) -> bytes:
         return _converter(model, d).convert()
 
 
-def convert_int8(model, representative: Iterable[tuple[np.ndarray, np.ndarray]]) -> bytes:
+def convert_int8(model, representative: Iterable) -> bytes:
     """Full-integer int8 TFLite flatbuffer with int8 inputs and output.
 
     Parameters
     ----------
     model : keras.Model
-        Two inputs (spectrogram, spectrum), one embedding output.
-    representative : iterable of (spectrogram, spectrum)
-        Unbatched float32 features of real clips, used to calibrate activation ranges.
+        The embedder (any number of named inputs, one embedding output).
+    representative : iterable of dict or tuple
+        Unbatched float32 features of real data, used to calibrate activation ranges:
+        dicts ``{input_name: array}``, or tuples in the order of ``model.inputs``.
 
     Returns
     -------
@@ -51,11 +52,13 @@ def convert_int8(model, representative: Iterable[tuple[np.ndarray, np.ndarray]])
     reps = list(representative)
     if not reps:
         raise ValueError("representative dataset is empty")
+    names = [t.name.split(":")[0] for t in model.inputs]
 
     def gen():
-        for spec, dft in reps:
-            yield {"spectrogram": spec[None].astype(np.float32),
-                   "spectrum": dft[None].astype(np.float32)}
+        for item in reps:
+            if not isinstance(item, dict):
+                item = dict(zip(names, item if isinstance(item, (tuple, list)) else (item,)))
+            yield {k: np.asarray(v, np.float32)[None] for k, v in item.items()}
 
     with tempfile.TemporaryDirectory() as d:
         conv = _converter(model, d)

@@ -13,7 +13,7 @@ from keras import layers
 
 from edge.frontend import AsdFrontendParams
 
-__all__ = ["AsdModelParams", "build_asd_embedder"]
+__all__ = ["AsdModelParams", "build_asd_embedder", "KwsModelParams", "build_kws_embedder"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +109,59 @@ def build_asd_embedder(frontend: AsdFrontendParams = AsdFrontendParams(),
 
     out = layers.Concatenate(name="embedding")([emb_spec, emb_dft])
     return keras.Model([spec_in, dft_in], out, name="asd_embedder")
+
+
+@dataclass(frozen=True)
+class KwsModelParams:
+    """TACos embedder hyperparameters (thesis Table 30).
+
+    Parameters
+    ----------
+    embedding_dim : int
+        ``D`` (128).
+    resnet_widths : tuple of int
+        Channels of the four residual stages (16, 32, 64, 128).
+    dropout : float
+        After each residual stage (0.2).
+    """
+
+    embedding_dim: int = 128
+    resnet_widths: tuple[int, ...] = (16, 32, 64, 128)
+    dropout: float = 0.2
+
+
+def build_kws_embedder(frontend, params: KwsModelParams = KwsModelParams()) -> keras.Model:
+    """Build the temporal ResNet of thesis Table 30 (line 2103).
+
+    Four stages of two residual blocks (two 3x3 convolutions each); stages 2-4 halve the
+    mel axis only (1x2 max pooling), so the ``T`` time steps are kept; dropout after every
+    stage; 1x8 max pooling over the remaining mel bins; a linear (bias-free) dense layer
+    per time step. The input is the normalised log-Mel segment in dB (``[-top_db, 0]``),
+    rescaled to about ``[-1, 1]`` inside the model.
+
+    Parameters
+    ----------
+    frontend : edge.frontend.KwsFrontendParams
+    params : KwsModelParams
+
+    Returns
+    -------
+    keras.Model
+        Input ``segment`` (batch, T, n_mels) float32; output (batch, T, embedding_dim)
+        float32, not normalised. For the defaults: 16x64 in, stage outputs 16x64x16,
+        16x32x32, 16x16x64, 16x8x128, and 16x128 out, as in Table 30.
+    """
+    T, F = frontend.segment_frames, frontend.n_mels
+    inp = keras.Input((T, F), name="segment")
+    x = layers.Reshape((T, F, 1))(inp)
+    x = layers.Rescaling(2.0 / frontend.top_db, offset=1.0)(x)
+    for i, w in enumerate(params.resnet_widths):
+        if i > 0:
+            x = layers.MaxPooling2D((1, 2))(x)
+        x = _residual_block(x, w)
+        x = _residual_block(x, w)
+        x = layers.Dropout(params.dropout)(x)
+    x = layers.MaxPooling2D((1, x.shape[2]))(x)
+    x = layers.Reshape((T, params.resnet_widths[-1]))(x)
+    out = layers.Dense(params.embedding_dim, use_bias=False, name="embedding")(x)
+    return keras.Model(inp, out, name="tacos_embedder")

@@ -1,0 +1,124 @@
+"""Energy-based voice activity detection for keyword shots and evaluation utterances.
+
+Enrollment trims each spoken shot to the speech it contains, and the evaluation places
+trimmed utterances into test streams so that their onsets and offsets are exact. Both use
+:func:`speech_interval`, so a template and the ground truth it is scored against are cut
+the same way.
+
+The detector works on the high-passed waveform (the KWS frontend's 50 Hz high-pass):
+frame levels in dBFS over 20 ms frames with a 10 ms hop; a frame is active when it is
+louder than ``max(noise floor + snr_db, peak - range_db)``, where the noise floor is the
+10th percentile of frame levels; runs of active frames shorter than ``min_run_seconds``
+are ignored (clicks), and the interval from the first to the last remaining active frame,
+widened by ``margin_seconds``, is the speech.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SpeechInterval", "speech_interval", "level_stats"]
+
+
+@dataclass(frozen=True)
+class SpeechInterval:
+    """Speech found in a recording.
+
+    Attributes
+    ----------
+    start_s, end_s : float
+        Seconds from the start of the recording.
+    peak_dbfs : float
+        Peak sample level of the whole recording, dBFS.
+    """
+
+    start_s: float
+    end_s: float
+    peak_dbfs: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    def slice(self, sample_rate: int) -> slice:
+        """Sample slice of the interval."""
+        return slice(int(round(self.start_s * sample_rate)), int(round(self.end_s * sample_rate)))
+
+
+def level_stats(y: np.ndarray) -> tuple[float, float]:
+    """Peak level in dBFS and fraction of clipped samples (``|x| >= 0.999``).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,), float in [-1, 1]
+    """
+    y = np.asarray(y, dtype=np.float32)
+    if len(y) == 0:
+        return -np.inf, 0.0
+    peak = float(np.max(np.abs(y)))
+    return (20 * np.log10(peak) if peak > 0 else -np.inf), float(np.mean(np.abs(y) >= 0.999))
+
+
+def speech_interval(y: np.ndarray, sample_rate: int = 16000, *, snr_db: float = 12.0,
+                    range_db: float = 35.0, silence_dbfs: float = -50.0,
+                    min_run_seconds: float = 0.04, margin_seconds: float = 0.05) -> SpeechInterval | None:
+    """Find the speech in a short recording (one word or phrase).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,), float
+        Mono waveform in [-1, 1].
+    sample_rate : int
+        Hz.
+    snr_db : float
+        Active frames are at least this many dB above the noise floor.
+    range_db : float
+        ... and at most this many dB below the loudest frame.
+    silence_dbfs : float
+        A recording whose loudest 20 ms frame is below this level (RMS, dBFS) has no speech.
+    min_run_seconds : float
+        Shorter bursts of activity are ignored.
+    margin_seconds : float
+        Added before and after the active frames (clamped to the recording).
+
+    Returns
+    -------
+    SpeechInterval or None
+        ``None`` when the recording is silent or has no run of activity.
+
+    Raises
+    ------
+    ValueError
+        If ``y`` is not 1-D.
+    """
+    from scipy.signal import sosfilt
+
+    from edge.frontend import KwsFrontendParams, highpass_sos
+
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim != 1:
+        raise ValueError(f"expected a mono 1-D signal, got shape {y.shape}")
+    peak_dbfs, _ = level_stats(y)
+    frame, hop = int(0.02 * sample_rate), int(0.01 * sample_rate)
+    if len(y) < frame:
+        return None
+    params = KwsFrontendParams(sample_rate=sample_rate)
+    x = sosfilt(highpass_sos(params), y)
+    frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
+    level = 10 * np.log10(np.maximum(np.mean(frames ** 2, axis=1), 1e-12)) + 3.01  # sine -> 0 dBFS
+    if level.max() < silence_dbfs:
+        return None
+    threshold = max(np.percentile(level, 10) + snr_db, level.max() - range_db)
+    active = level > threshold
+    # drop short bursts
+    min_run = max(1, int(round(min_run_seconds / 0.01)))
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
+    starts, ends = edges[::2], edges[1::2]
+    keep = (ends - starts) >= min_run
+    if not keep.any():
+        return None
+    first, last = starts[keep][0], ends[keep][-1] - 1
+    start_s = max(0.0, first * hop / sample_rate - margin_seconds)
+    end_s = min(len(y) / sample_rate, (last * hop + frame) / sample_rate + margin_seconds)
+    return SpeechInterval(start_s, end_s, peak_dbfs)
