@@ -8,9 +8,10 @@ the same way.
 The detector works on the high-passed waveform (the KWS frontend's 50 Hz high-pass):
 frame levels in dBFS over 20 ms frames with a 10 ms hop; a frame is active when it is
 louder than ``max(noise floor + snr_db, peak - range_db)``, where the noise floor is the
-10th percentile of frame levels; runs of active frames shorter than ``min_run_seconds``
-are ignored (clicks), and the interval from the first to the last remaining active frame,
-widened by ``margin_seconds``, is the speech.
+10th percentile of frame levels (frames of digital silence excluded); runs of active frames shorter than ``min_run_seconds``
+are ignored (clicks); runs closer than ``max_gap_seconds`` are joined (the stops inside a
+word), and of the joined segments the one with the most energy, widened by
+``margin_seconds``, is the speech (a breath or a click further away is not).
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def level_stats(y: np.ndarray) -> tuple[float, float]:
 
 def speech_interval(y: np.ndarray, sample_rate: int = 16000, *, snr_db: float = 12.0,
                     range_db: float = 35.0, silence_dbfs: float = -50.0,
-                    min_run_seconds: float = 0.04, margin_seconds: float = 0.05) -> SpeechInterval | None:
+                    min_run_seconds: float = 0.04, max_gap_seconds: float = 0.3,
+                    margin_seconds: float = 0.05) -> SpeechInterval | None:
     """Find the speech in a short recording (one word or phrase).
 
     Parameters
@@ -79,6 +81,8 @@ def speech_interval(y: np.ndarray, sample_rate: int = 16000, *, snr_db: float = 
         A recording whose loudest 20 ms frame is below this level (RMS, dBFS) has no speech.
     min_run_seconds : float
         Shorter bursts of activity are ignored.
+    max_gap_seconds : float
+        Bursts separated by less than this belong to the same utterance.
     margin_seconds : float
         Added before and after the active frames (clamped to the recording).
 
@@ -109,7 +113,9 @@ def speech_interval(y: np.ndarray, sample_rate: int = 16000, *, snr_db: float = 
     level = 10 * np.log10(np.maximum(np.mean(frames ** 2, axis=1), 1e-12)) + 3.01  # sine -> 0 dBFS
     if level.max() < silence_dbfs:
         return None
-    threshold = max(np.percentile(level, 10) + snr_db, level.max() - range_db)
+    live = level[level > -100.0]  # digital silence (zero padding) is not the noise floor
+    floor = np.percentile(live, 10) if len(live) else -120.0
+    threshold = max(floor + snr_db, level.max() - range_db)
     active = level > threshold
     # drop short bursts
     min_run = max(1, int(round(min_run_seconds / 0.01)))
@@ -118,7 +124,17 @@ def speech_interval(y: np.ndarray, sample_rate: int = 16000, *, snr_db: float = 
     keep = (ends - starts) >= min_run
     if not keep.any():
         return None
-    first, last = starts[keep][0], ends[keep][-1] - 1
+    starts, ends = starts[keep], ends[keep]
+    max_gap = int(round(max_gap_seconds / 0.01))
+    groups = [[starts[0], ends[0]]]
+    for a, b in zip(starts[1:], ends[1:]):
+        if a - groups[-1][1] <= max_gap:
+            groups[-1][1] = b
+        else:
+            groups.append([a, b])
+    power = 10 ** (level / 10)
+    first, last = max(groups, key=lambda g: power[g[0]:g[1]].sum())
+    last -= 1
     start_s = max(0.0, first * hop / sample_rate - margin_seconds)
     end_s = min(len(y) / sample_rate, (last * hop + frame) / sample_rate + margin_seconds)
     return SpeechInterval(start_s, end_s, peak_dbfs)

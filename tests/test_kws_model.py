@@ -77,7 +77,7 @@ def test_segments_are_peak_normalised():
 def test_vad_finds_the_word(words):
     for y in words["stop"] + words["yes"]:
         iv = speech_interval(y)
-        assert iv is not None and 0.15 < iv.duration_s <= 1.0
+        assert iv is not None and 0.1 < iv.duration_s <= 1.0  # some words are cut by the clip end
         inside = np.mean(y[iv.slice(16000)] ** 2)
         outside = np.concatenate([y[:iv.slice(16000).start], y[iv.slice(16000).stop:]])
         if len(outside) > 800:
@@ -195,3 +195,22 @@ def test_train_kws_cli_tiny_run(tmp_path, data_dir):
 
     e = load_bundle(tmp_path / "tiny.tflite")
     assert e.embed_wave(np.zeros(8000, np.float32)).shape == (32, 128)
+
+
+def test_vad_ignores_far_clicks_and_zero_padding(words):
+    """A word, a breath 0.6 s later, a click, and digital silence (zero padding) at the end:
+    the interval is the word's, not first-to-last activity."""
+    y = words["stop"][0]
+    iv = speech_interval(y)
+    word = y[iv.slice(16000)]
+    rng = np.random.default_rng(1)
+    noise = 0.0005 * rng.standard_normal(int(2.5 * 16000)).astype(np.float32)
+    clip = noise.copy()
+    clip[8000:8000 + len(word)] += word
+    click = 8000 + len(word) + int(0.6 * 16000)
+    clip[click:click + 2400] += 0.02 * rng.standard_normal(2400).astype(np.float32)  # breath
+    clip[click + 8000:click + 8080] += 0.3 * rng.standard_normal(80).astype(np.float32)  # click
+    clip = np.concatenate([clip, np.zeros(16000, np.float32)])
+    found = speech_interval(clip)
+    assert abs(found.start_s - 0.5) < 0.1
+    assert abs(found.end_s - (0.5 + len(word) / 16000)) < 0.1
