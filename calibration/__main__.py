@@ -1,4 +1,10 @@
-"""``python -m calibration record --config node.yaml --minutes 10`` (or ``--from FILES``)."""
+"""On-site calibration commands.
+
+* ``python -m calibration record --config node.yaml --minutes 10`` (or ``--from FILES``):
+  learn normal machine operation (anomaly detection);
+* ``python -m calibration enroll --config node.yaml --keyword stop --shots 5`` (or
+  ``--from FILES``): enroll a keyword from a few spoken shots.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +12,8 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+import numpy as np
 
 
 def _mic_stream(cfg, seconds: float):
@@ -42,7 +50,7 @@ def cmd_record(args) -> int:
 
     cfg = load_config_or_exit(args.config)
     try:
-        embedder = load_bundle(cfg.resolve(cfg.asd.model), num_threads=cfg.asd.num_threads)
+        embedder = load_bundle(cfg.resolve(cfg.asd.model), task="asd", num_threads=cfg.asd.num_threads)
     except ModelError as exc:
         print(f"error: asd.model: {exc}", file=sys.stderr)
         return 1
@@ -84,6 +92,87 @@ def cmd_record(args) -> int:
     return 0
 
 
+def _record_shots(cfg, keyword: str, shots: int, seconds: float):
+    """Prompt for and record ``shots`` utterances from the configured input."""
+    from edge.audio import MicrophoneSource
+
+    src = MicrophoneSource(cfg.audio.device, cfg.audio.sample_rate, cfg.audio.block_seconds,
+                           max(cfg.audio.ring_seconds, 5.0))
+    src.start()
+    need = int(seconds * cfg.audio.sample_rate)
+    out = []
+    try:
+        blocks = src.blocks()
+        for i in range(shots):
+            print(f"say {keyword!r} now ({i + 1}/{shots}, {seconds:g} s) ...", file=sys.stderr,
+                  flush=True)
+            got = []
+            n = 0
+            for block in blocks:
+                got.append(block)
+                n += len(block)
+                if n >= need:
+                    break
+            out.append(np.concatenate(got)[:need] if got else np.zeros(0, np.float32))
+    finally:
+        src.close()
+    return out
+
+
+def cmd_enroll(args) -> int:
+    from calibration.enroll import (EnrolledKeywords, EnrollmentError, ShotError, enroll_keyword)
+    from edge.audio import AudioFileError, NoInputDeviceError, load_audio
+    from edge.model import ModelError, load_bundle
+    from firmware_config.schema import load_config_or_exit
+
+    cfg = load_config_or_exit(args.config)
+    k = cfg.kws
+    keyword = args.keyword.strip()
+    if not keyword or not all(c.isalnum() or c in "-_ " for c in keyword):
+        print(f"error: --keyword {args.keyword!r}: use letters, digits, '-', '_' or spaces",
+              file=sys.stderr)
+        return 2
+    try:
+        embedder = load_bundle(cfg.resolve(k.model), task="kws", num_threads=k.num_threads,
+                               segment_hop=k.segment_hop)
+    except ModelError as exc:
+        print(f"error: kws.model: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else cfg.resolve(k.keywords)
+    sr = cfg.audio.sample_rate
+    try:
+        existing = EnrolledKeywords.load(out) if out.exists() else None
+        if args.files:
+            if args.shots and len(args.files) != args.shots:
+                print(f"error: --shots {args.shots} but {len(args.files)} files given",
+                      file=sys.stderr)
+                return 2
+            waves = [load_audio(f, sr) for f in args.files]
+            names = [Path(f).name for f in args.files]
+        else:
+            waves = _record_shots(cfg, keyword, args.shots or 5, args.shot_seconds)
+            names = [f"shot {i + 1}" for i in range(len(waves))]
+        negatives = [load_audio(f, sr) for f in (args.negatives or [])]
+        enrolled = enroll_keyword(embedder, keyword, waves, existing=existing, negatives=negatives,
+                                  false_alarms_per_hour=k.false_alarms_per_hour,
+                                  fallback_threshold=k.fallback_threshold,
+                                  min_seconds=k.min_shot_seconds, max_seconds=k.max_shot_seconds,
+                                  shot_names=names)
+    except ShotError as exc:
+        print(f"error: {exc}\nnothing was stored; enroll {keyword!r} again", file=sys.stderr)
+        return 1
+    except (EnrollmentError, AudioFileError, NoInputDeviceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    enrolled.save(out)
+    print(json.dumps({"keywords": str(out), "enrollment_id": enrolled.enrollment_id,
+                      "model_id": enrolled.model_id,
+                      "enrolled": {kw: {"threshold": round(enrolled.thresholds[kw], 4),
+                                        **enrolled.details[kw]}
+                                   for kw in sorted(enrolled.templates)}}, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration",
                                 description="Calibrate a node on site from normal operation.")
@@ -100,9 +189,22 @@ def main(argv=None) -> int:
     r.add_argument("--out", help="artifact path (default: the config's asd.calibration)")
     r.add_argument("--plot", help="histogram PNG (default: next to the artifact)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    e = sub.add_parser("enroll", help="enroll a keyword from a few spoken shots (microphone or "
+                                      "recordings) and set its detection threshold")
+    e.add_argument("--config", required=True, help="node config YAML")
+    e.add_argument("--keyword", required=True, help="name of the keyword, e.g. stop")
+    e.add_argument("--shots", type=int, help="shots to record (default 5), or the number of --from files")
+    e.add_argument("--from", dest="files", nargs="+", metavar="FILE",
+                   help="one recording per shot instead of the microphone")
+    e.add_argument("--shot-seconds", dest="shot_seconds", type=float, default=2.5,
+                   help="recording time per shot from the microphone (default %(default)s)")
+    e.add_argument("--negatives", nargs="+", metavar="FILE",
+                   help="extra recordings without the keyword (site background, other speech) "
+                        "for the threshold")
+    e.add_argument("--out", help="keywords file (default: the config's kws.keywords)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return {"record": cmd_record}[args.cmd](args)
+    return {"record": cmd_record, "enroll": cmd_enroll}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""``make demo``: a node calibrates on, then monitors, real fan sounds from a virtual microphone.
+"""``make demo``: a node calibrates on, then monitors, real fan sounds and speech from a virtual microphone.
 
 1. start mosquitto on a free loopback port and a PulseAudio null-sink virtual microphone;
 2. ``python -m calibration record`` captures 60 s of real normal fan sound played into it;
+   ``python -m calibration enroll`` enrolls the keywords "stop" and "left" from 5 real
+   shots each (one speaker);
 3. ``python -m edge run`` starts; 20 s of held-out normal and then 20 s of anomalous fan
-   sound are played;
+   sound are played, then 22 s of speech by other speakers over background noise with
+   3 x "stop", 3 x "left" and 6 other words;
 4. every MQTT message the node publishes is printed to stdout as one JSON line; a summary
    goes to stderr. Everything started is stopped again; exit status 0 on success. The
    node config, the calibration artifact and its score histogram stay in ``var/demo/``.
@@ -26,6 +29,7 @@ from demo.harness import MosquittoBroker, MqttCollector, VirtualMicrophone, requ
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = Path(__file__).resolve().parent / "clips"
+KEYWORDS = ("stop", "left")
 
 
 def say(msg: str) -> None:
@@ -40,6 +44,8 @@ def write_node_config(path: Path, broker, vm, workdir: Path, hop: float) -> Path
     doc["audio"]["device"] = vm.device_name
     doc["asd"].update(model=str(ROOT / "models" / "asd_default.tflite"),
                       calibration=str(workdir / "asd_calibration.npz"), hop_seconds=hop)
+    doc["kws"].update(model=str(ROOT / "models" / "kws_default.tflite"),
+                      keywords=str(workdir / "kws_keywords.npz"))
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -127,6 +133,21 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
                 f"{summary['decision_threshold']:.5f} ({summary['threshold_method']}), "
                 f"histogram {summary['histogram']}")
 
+            # Keywords: enroll from real shots (files, as an installer could too).
+            kw_file = work / "kws_keywords.npz"
+            kw_file.unlink(missing_ok=True)
+            for kw in KEYWORDS:
+                shots = sorted((CLIPS / "kws").glob(f"{kw}_shot_*.flac"))
+                r = subprocess.run([py, "-m", "calibration", "enroll", "--config", str(cfg),
+                                    "--keyword", kw, "--from", *map(str, shots)], cwd=ROOT,
+                                   env=env, capture_output=True, text=True, timeout=300)
+                if r.returncode != 0:
+                    say(f"enrolling {kw!r} failed (exit {r.returncode}): {r.stderr[-500:]}")
+                    return 1
+                info = json.loads(r.stdout)["enrolled"][kw]
+                say(f"enrolled {kw!r} from {len(shots)} shots: threshold {info['threshold']:.3f} "
+                    f"({info['threshold_source']}, {info['negative_events']} negative events)")
+
             # 2. The node.
             node = subprocess.Popen([py, "-m", "edge", "run", "--config", str(cfg)], cwd=ROOT,
                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -140,7 +161,10 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
             t_anomaly = time.time()
             vm.play(anomaly_clips, wait=True)
             t_end = time.time()
-            time.sleep(0.5)
+            say("playing 22 s of speech over background noise: 3 x 'stop', 3 x 'left', 6 other words")
+            t_speech = time.time()
+            vm.play([CLIPS / "kws" / "stream.flac"], wait=True)
+            time.sleep(1.0)
             node.send_signal(signal.SIGINT)
             node.wait(timeout=30)
             collector.wait_for(lambda m: m.topic.endswith("/status") and m.payload == b"offline",
@@ -170,6 +194,18 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
                 flagged = sum(e["anomalous"] for e in evs)
                 say(f"{name:>9} sound: {len(evs)} windows, mean anomaly_score "
                     f"{sum(scores) / len(scores):.5f}, {flagged} flagged anomalous")
+        truth = json.loads((CLIPS / "kws" / "stream.json").read_text())["keywords"]
+        kw_events = [m.json() for m in collector.messages("hark/+/+/event/keyword")]
+        matched = 0
+        for t in truth:
+            hit = [e for e in kw_events if e["keyword"] == t["keyword"]
+                   and abs(_parse_ts(e["onset"]) - t_speech - t["onset"]) <= 0.5]
+            matched += bool(hit)
+            say(f"  {t['keyword']:>5} at {t['onset']:5.2f}-{t['offset']:5.2f} s: " + (
+                f"detected {_parse_ts(hit[0]['onset']) - t_speech:5.2f}-"
+                f"{_parse_ts(hit[0]['offset']) - t_speech:5.2f} s, score {hit[0]['score']:.3f}"
+                if hit else "missed"))
+        say(f"keywords: {matched}/{len(truth)} detected, {len(kw_events)} keyword events")
         say(f"{len(events)} anomaly events, {printer.seen} MQTT messages in total; "
             "mosquitto and the virtual microphone stopped")
         if node.returncode != 0:

@@ -1,4 +1,9 @@
-"""The node: capture -> frontend -> int8 embedder -> anomaly score -> decision -> MQTT."""
+"""The node: capture -> frontends -> int8 embedders -> anomaly score / keyword DTW -> MQTT.
+
+Two listeners share one audio stream: anomaly detection on overlapping windows (asd) and
+keyword spotting on a frame stream (kws: streaming TACos embeddings and streaming
+sub-sequence DTW, thesis 6.3).
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -17,12 +22,76 @@ from edge.pipeline import Windower, level_dbfs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Node"]
+__all__ = ["Node", "KeywordListener"]
 
 
 def _iso(t: float) -> str:
     return (dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"))
+
+
+class KeywordListener:
+    """Streaming keyword spotting: audio blocks in, keyword detections out.
+
+    Parameters
+    ----------
+    cfg : firmware_config.schema.NodeConfig
+        Uses the ``kws`` section.
+
+    Attributes
+    ----------
+    embedder : edge.model.KwsEmbedder
+    enrolled : calibration.enroll.EnrolledKeywords or None
+        ``None`` until keywords are enrolled (the listener is then idle).
+
+    Raises
+    ------
+    ModelError
+        Missing/corrupt model, or keywords enrolled with another model.
+    calibration.enroll.EnrollmentError
+        A corrupt keywords file.
+    """
+
+    def __init__(self, cfg):
+        from calibration.enroll import EnrolledKeywords
+
+        k = cfg.kws
+        self.embedder = load_bundle(cfg.resolve(k.model), task="kws", num_threads=k.num_threads,
+                                    segment_hop=k.segment_hop)
+        path = cfg.resolve(k.keywords)
+        self.enrolled = None
+        self.spotter = None
+        if not path.exists():
+            log.warning("no keywords enrolled at %s: keyword spotting is idle (enroll with "
+                        "`python -m calibration enroll --config ... --keyword NAME --shots 5`)",
+                        path)
+            return
+        enrolled = EnrolledKeywords.load(path)
+        if enrolled.model_id != self.embedder.model_id:
+            raise ModelError(f"keywords in {path} were enrolled with model {enrolled.model_id}, "
+                             f"but kws.model is {self.embedder.model_id}; enroll them again")
+        from edge.kws import KeywordSpotter
+
+        self.enrolled = enrolled
+        self.stream = self.embedder.stream()
+        self.spotter = KeywordSpotter(enrolled.spotter_templates(), enrolled.thresholds,
+                                      self.embedder.frame_seconds)
+
+    @property
+    def active(self) -> bool:
+        return self.spotter is not None
+
+    def push(self, block: np.ndarray) -> list:
+        """Feed audio; returns final :class:`edge.kws.Detection` objects (stream seconds)."""
+        if not self.active:
+            return []
+        return self.spotter.push(self.stream.push(block))
+
+    def flush(self) -> list:
+        """End of a finite stream: the remaining detections."""
+        if not self.active:
+            return []
+        return self.spotter.push(self.stream.flush()) + self.spotter.flush()
 
 
 class Node:
@@ -49,22 +118,12 @@ class Node:
     def __init__(self, cfg, source=None):
         self.cfg = cfg
         a = cfg.asd
-        self.embedder = load_bundle(cfg.resolve(a.model), num_threads=a.num_threads)
-        fe = self.embedder.frontend
-        if abs(fe.clip_seconds - a.window_seconds) > 1e-6:
-            raise ModelError(f"asd.window_seconds is {a.window_seconds} s but the model "
-                             f"{self.embedder.model_id} takes {fe.clip_seconds} s clips")
-        if fe.sample_rate != cfg.audio.sample_rate:
-            raise ModelError(f"audio.sample_rate {cfg.audio.sample_rate} Hz differs from the "
-                             f"model's {fe.sample_rate} Hz")
-        cal_path = cfg.resolve(a.calibration)
-        if cal_path.exists() or a.auto_calibration_seconds == 0:
-            self.calibration = Calibration.load(cal_path, self.embedder.sha256)
-        else:
-            self.calibration = None
-            log.warning("no calibration at %s: learning normal operation for the first %g s "
-                        "(keep the machine running normally)", cal_path,
-                        a.auto_calibration_seconds)
+        self.keywords = KeywordListener(cfg) if cfg.kws.enabled else None
+        self.keyword_events = 0
+        self.embedder = None
+        self.calibration = None
+        if a.enabled:
+            self._init_asd(cfg)
         if source is None:
             from edge.audio import FileSource, MicrophoneSource
 
@@ -85,6 +144,25 @@ class Node:
         self._peak = -120.0
         self._cpu0 = (time.monotonic(), time.process_time())
 
+    def _init_asd(self, cfg) -> None:
+        a = cfg.asd
+        self.embedder = load_bundle(cfg.resolve(a.model), task="asd", num_threads=a.num_threads)
+        fe = self.embedder.frontend
+        if abs(fe.clip_seconds - a.window_seconds) > 1e-6:
+            raise ModelError(f"asd.window_seconds is {a.window_seconds} s but the model "
+                             f"{self.embedder.model_id} takes {fe.clip_seconds} s clips")
+        if fe.sample_rate != cfg.audio.sample_rate:
+            raise ModelError(f"audio.sample_rate {cfg.audio.sample_rate} Hz differs from the "
+                             f"model's {fe.sample_rate} Hz")
+        cal_path = cfg.resolve(a.calibration)
+        if cal_path.exists() or a.auto_calibration_seconds == 0:
+            self.calibration = Calibration.load(cal_path, self.embedder.sha256)
+        else:
+            self.calibration = None
+            log.warning("no calibration at %s: learning normal operation for the first %g s "
+                        "(keep the machine running normally)", cal_path,
+                        a.auto_calibration_seconds)
+
     # -- payloads ------------------------------------------------------------------------
     def _base(self) -> dict[str, Any]:
         return {"schema": PAYLOAD_SCHEMA, "node": self.cfg.node.id, "site": self.cfg.node.site,
@@ -93,11 +171,20 @@ class Node:
     def state(self) -> dict[str, Any]:
         cal = self.calibration
         s = self._base()
+        models = {}
+        if self.embedder is not None:
+            models["asd"] = {"model_id": self.embedder.model_id, "sha256": self.embedder.sha256}
+        kw = self.keywords
+        if kw is not None:
+            models["kws"] = {"model_id": kw.embedder.model_id, "sha256": kw.embedder.sha256}
         s.update(
-            status="online" if cal is not None else "calibrating",
+            status="calibrating" if self.embedder is not None and cal is None else "online",
             uptime_s=round(time.time() - self.started, 1),
             config_sha256=self.cfg.sha256,
-            models={"asd": {"model_id": self.embedder.model_id, "sha256": self.embedder.sha256}},
+            models=models,
+            keywords=None if kw is None or kw.enrolled is None else {
+                "enrollment_id": kw.enrolled.enrollment_id,
+                "thresholds": {k: round(v, 4) for k, v in kw.enrolled.thresholds.items()}},
             calibration=None if cal is None else {
                 "calibration_id": cal.calibration_id, "decision_threshold": cal.decision_threshold,
                 "threshold_method": cal.threshold_method, "created": cal.created},
@@ -119,6 +206,7 @@ class Node:
                   queue_depth=self.publisher.queue_depth,
                   events_dropped=self.publisher.events_dropped,
                   windows=self.windows, anomalies=self.anomalies,
+                  keyword_events=self.keyword_events,
                   overflows=getattr(self.source, "overflows", 0))
         return hb
 
@@ -139,6 +227,26 @@ class Node:
                   model_id=self.embedder.model_id,
                   calibration_id=self.calibration.calibration_id)
         return ev
+
+    def keyword_event(self, det, t0: float) -> dict:
+        """Payload of ``event/keyword`` for one detection (times from the stream start t0)."""
+        self.seq += 1
+        ev = self._base()
+        ev.update(seq=self.seq, keyword=det.keyword, onset=_iso(t0 + det.onset_s),
+                  offset=_iso(t0 + det.offset_s), onset_s=round(det.onset_s, 3),
+                  offset_s=round(det.offset_s, 3), score=round(float(det.cost), 5),
+                  threshold=round(float(det.threshold), 5),
+                  model_id=self.keywords.embedder.model_id,
+                  enrollment_id=self.keywords.enrolled.enrollment_id)
+        return ev
+
+    def _publish_keywords(self, detections, t0: float) -> None:
+        for det in detections:
+            self.keyword_events += 1
+            ev = self.keyword_event(det, t0)
+            log.info("keyword %r %.2f-%.2f s cost %.4f threshold %.4f", det.keyword, det.onset_s,
+                     det.offset_s, det.cost, det.threshold)
+            self.publisher.publish_event("keyword", ev)
 
     # -- on-site auto-calibration ---------------------------------------------------------
     def _learn(self, start: int, window: np.ndarray) -> None:
@@ -179,10 +287,16 @@ class Node:
         self.publisher.start()
         self.source.start()
         cal = self.calibration
-        log.info("node %s running: model %s, calibration %s", cfg.topic_root,
-                 self.embedder.model_id, "none yet (learning)" if cal is None else
-                 f"{cal.calibration_id}, threshold {cal.decision_threshold:.5f} "
-                 f"({cal.threshold_method})")
+        if self.embedder is not None:
+            log.info("node %s: anomaly model %s, calibration %s", cfg.topic_root,
+                     self.embedder.model_id, "none yet (learning)" if cal is None else
+                     f"{cal.calibration_id}, threshold {cal.decision_threshold:.5f} "
+                     f"({cal.threshold_method})")
+        kw = self.keywords
+        if kw is not None and kw.active:
+            log.info("node %s: keyword model %s, keywords %s", cfg.topic_root,
+                     kw.embedder.model_id, ", ".join(f"{k} ({v:.3f})" for k, v in
+                                                     sorted(kw.enrolled.thresholds.items())))
         self._learned = None  # a WindowCollector while auto-calibrating
         self._learn_from = 0
         t0 = None
@@ -195,7 +309,9 @@ class Node:
                 recent = np.concatenate([recent, block])[-sr:]
                 self._level = level_dbfs(recent)
                 self._peak = 20 * np.log10(max(float(np.abs(recent).max(initial=0.0)), 1e-6))
-                for start, w in win.push(block):
+                if kw is not None:
+                    self._publish_keywords(kw.push(block), t0)
+                for start, w in (win.push(block) if self.embedder is not None else ()):
                     if self.calibration is None:
                         self._learn(start, w)
                         continue
@@ -212,6 +328,8 @@ class Node:
                     self.publisher.publish_heartbeat(self.heartbeat())
                     self.publisher.publish_state()
                     next_hb = time.monotonic() + cfg.mqtt.heartbeat_seconds
+            if kw is not None and not stop.is_set() and t0 is not None:
+                self._publish_keywords(kw.flush(), t0)
         finally:
             self.source.close()
             # A replay that ran to its end waits longer for the broker than a stopped node.

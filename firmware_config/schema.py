@@ -114,6 +114,28 @@ class AsdSection(_Section):
         return self
 
 
+class KwsSection(_Section):
+    enabled: bool = Field(True, description="spot enrolled keywords (idle until some are enrolled)")
+    model: str = Field("models/kws_default.tflite", min_length=1)
+    keywords: str = Field("var/kws_keywords.npz", min_length=1,
+                          description="enrolled templates and thresholds (calibration enroll)")
+    segment_hop: int = Field(4, ge=1, le=16, description="frames (16 ms) between segments")
+    false_alarms_per_hour: float = Field(1.0, gt=0, le=3600,
+                                         description="per-keyword threshold target at enrollment")
+    fallback_threshold: Optional[float] = Field(
+        None, gt=0, lt=2, description="global DTW cost threshold when a keyword has too few "
+        "negatives to fit its own (default: the model bundle's)")
+    min_shot_seconds: float = Field(0.2, gt=0, le=5)
+    max_shot_seconds: float = Field(2.0, gt=0, le=10)
+    num_threads: int = Field(1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _shots(self):
+        if self.max_shot_seconds <= self.min_shot_seconds:
+            raise ValueError("max_shot_seconds must exceed min_shot_seconds")
+        return self
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -126,6 +148,7 @@ class NodeConfig(_Section):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     audio: AudioSection = Field(default_factory=AudioSection)
     asd: AsdSection = Field(default_factory=AsdSection)
+    kws: KwsSection = Field(default_factory=KwsSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)

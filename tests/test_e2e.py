@@ -47,6 +47,8 @@ def node_config(tmp: Path, port: int, calibration: Path, **asd) -> Path:
     doc["audio"]["device"] = "pulse"
     doc["asd"].update(model=str(ROOT / "models" / "asd_default.tflite"),
                       calibration=str(calibration), **asd)
+    doc["kws"].update(model=str(ROOT / "models" / "kws_default.tflite"),
+                      keywords=str(tmp / "no_keywords.npz"))
     path = tmp / f"node-{port}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -1,0 +1,352 @@
+"""Keyword enrollment: shots in, templates and per-keyword decision thresholds out.
+
+An installer says each keyword a few times (``--shots 5``). Every shot is trimmed to its
+speech with :func:`edge.vad.speech_interval` and rejected with a clear message when it is
+silent, clipped, too short or too long; nothing is stored unless every shot passes. Each
+accepted shot is embedded with the KWS model (one embedding per 16 ms frame) and kept as
+its own template (thesis 6.3.6: DBA averaging was worse).
+
+Decision thresholds (thesis 6.3.6 tunes one on validation data; a node has none): for each
+keyword, the enrolled templates are run over *negative* audio (background and speech
+without the keyword: the shipped set in ``calibration/negatives/``, recordings passed with
+``--negatives``, and the other keywords' shots). Every local minimum of the keyword's
+matching-cost trace, at least one template length apart, is a potential false alarm. A
+gamma distribution fitted to these costs (SciPy) gives the threshold whose expected number
+of false alarms per hour is the configured rate:
+``P(cost < threshold) = rate / (negative events per hour)``. With fewer than
+:data:`MIN_NEGATIVE_EVENTS` events, or when the fit fails, the keyword gets the global
+fallback threshold (config ``kws.fallback_threshold``, else the model bundle's
+``decision_threshold``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.vad import level_stats, speech_interval
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ShotError", "EnrollmentError", "EnrolledKeywords", "prepare_shot",
+           "negative_event_costs", "fa_rate_threshold", "enroll_keyword",
+           "shipped_negatives", "MIN_NEGATIVE_EVENTS", "DEFAULT_FALLBACK_THRESHOLD"]
+
+MIN_NEGATIVE_EVENTS = 30
+DEFAULT_FALLBACK_THRESHOLD = 0.25
+CLIPPED_FRACTION = 0.001
+SILENT_DBFS = -45.0
+NEGATIVES_DIR = Path(__file__).resolve().parent / "negatives"
+
+
+class ShotError(ValueError):
+    """A keyword shot is unusable (silent, clipped, too short or too long)."""
+
+
+class EnrollmentError(RuntimeError):
+    """The enrolled-keywords file is missing, corrupt, or belongs to another model."""
+
+
+def prepare_shot(y: np.ndarray, sample_rate: int, *, min_seconds: float, max_seconds: float,
+                 name: str = "shot") -> np.ndarray:
+    """Check one spoken shot and trim it to its speech.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,), float32 in [-1, 1]
+    sample_rate : int
+        Hz.
+    min_seconds, max_seconds : float
+        Allowed duration of the trimmed speech.
+    name : str
+        How the shot is called in error messages (e.g. the file name).
+
+    Returns
+    -------
+    np.ndarray, float32: the trimmed speech.
+
+    Raises
+    ------
+    ShotError
+        Silent (peak below -45 dBFS or no speech found), clipped (more than 0.1 % of the
+        samples at full scale), or speech shorter/longer than allowed.
+    """
+    peak_dbfs, clipped = level_stats(y)
+    if not np.isfinite(peak_dbfs) or peak_dbfs < SILENT_DBFS:
+        raise ShotError(f"{name}: silent (peak {peak_dbfs:.0f} dBFS, need at least "
+                        f"{SILENT_DBFS:.0f} dBFS); speak louder or closer to the microphone")
+    if clipped > CLIPPED_FRACTION:
+        raise ShotError(f"{name}: clipped ({100 * clipped:.1f} % of samples at full scale); "
+                        "speak softer or lower the input gain")
+    iv = speech_interval(y, sample_rate)
+    if iv is None:
+        raise ShotError(f"{name}: no speech found; say the keyword clearly after the prompt")
+    if iv.duration_s < min_seconds:
+        raise ShotError(f"{name}: speech lasts {iv.duration_s:.2f} s, shorter than "
+                        f"kws.min_shot_seconds = {min_seconds} s")
+    if iv.duration_s > max_seconds:
+        raise ShotError(f"{name}: speech lasts {iv.duration_s:.2f} s, longer than "
+                        f"kws.max_shot_seconds = {max_seconds} s; say only the keyword")
+    return np.asarray(y[iv.slice(sample_rate)], np.float32)
+
+
+@dataclass
+class EnrolledKeywords:
+    """Templates and thresholds of the enrolled keywords: what the node's spotter needs.
+
+    Attributes
+    ----------
+    model_id : str
+        The KWS bundle the templates were embedded with (they are useless with another).
+    segment_hop : int
+        Frames between segments used when embedding the templates.
+    templates : dict of str -> list of np.ndarray
+        Per keyword, one (M, D) float32 frame-embedding matrix per shot.
+    thresholds : dict of str -> float
+        Normalised DTW cost below which a match is a detection.
+    details : dict of str -> dict
+        Per keyword: threshold source (``"fa-rate"`` or ``"fallback"``), negative events,
+        negative hours, shot durations.
+    """
+
+    model_id: str
+    segment_hop: int
+    templates: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    created: str = ""
+    enrollment_id: str = ""
+
+    def spotter_templates(self):
+        """Templates for :class:`edge.kws.KeywordSpotter`, keyword by keyword."""
+        from edge.kws import Template
+
+        return [Template(k, t) for k in sorted(self.templates) for t in self.templates[k]]
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temporary file, fsync, rename) as ``.npz``."""
+        from edge.fileio import atomic_write_bytes
+
+        self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.enrollment_id = uuid.uuid4().hex[:12]
+        arrays = {}
+        index = []
+        for k in sorted(self.templates):
+            for i, t in enumerate(self.templates[k]):
+                name = f"t{len(index)}"
+                arrays[name] = np.asarray(t, np.float32)
+                index.append([k, name])
+        meta = {"schema": 1, "model_id": self.model_id, "segment_hop": self.segment_hop,
+                "thresholds": self.thresholds, "details": self.details, "index": index,
+                "created": self.created, "enrollment_id": self.enrollment_id}
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
+        return atomic_write_bytes(Path(path), buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EnrolledKeywords":
+        """Read a file written by :meth:`save`.
+
+        Raises
+        ------
+        EnrollmentError
+            Missing, unreadable or inconsistent file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise EnrollmentError(f"no enrolled keywords at {path} (run `python -m calibration "
+                                  "enroll --config ... --keyword NAME --shots 5`)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                templates: dict = {}
+                for k, name in meta["index"]:
+                    templates.setdefault(k, []).append(z[name].astype(np.float32))
+        except Exception as exc:  # zip, json, key errors: all mean "corrupt"
+            raise EnrollmentError(f"enrolled keywords file {path} is unreadable: {exc}") from exc
+        missing = set(templates) - set(meta["thresholds"])
+        if missing:
+            raise EnrollmentError(f"{path}: no threshold for {sorted(missing)}")
+        return cls(meta["model_id"], int(meta["segment_hop"]), templates,
+                   {k: float(v) for k, v in meta["thresholds"].items()}, meta.get("details", {}),
+                   meta.get("created", ""), meta.get("enrollment_id", ""))
+
+
+def shipped_negatives(exclude_word: str | None = None, sample_rate: int = 16000):
+    """The negative recordings shipped in ``calibration/negatives/`` (see its README).
+
+    Files are named ``<word>_<n>.flac`` (speech) or ``noise_<n>.flac``; files of
+    ``exclude_word`` are left out.
+    """
+    from edge.audio import load_audio
+
+    out = []
+    for p in sorted(NEGATIVES_DIR.glob("*.flac")):
+        if exclude_word and p.name.split("_")[0].lower() == exclude_word.lower():
+            continue
+        out.append(load_audio(p, sample_rate))
+    return out
+
+
+def _concat_with_gaps(waves, sample_rate: int, gap_seconds: float = 0.5) -> np.ndarray:
+    gap = np.zeros(int(gap_seconds * sample_rate), np.float32)
+    parts = []
+    for w in waves:
+        parts += [np.asarray(w, np.float32), gap]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def negative_event_costs(embedder, templates: list, negative_waves) -> tuple[np.ndarray, float]:
+    """Matching costs of the local minima of the templates' cost trace over negative audio.
+
+    Parameters
+    ----------
+    embedder : edge.model.KwsEmbedder
+    templates : list of np.ndarray, each (M, D)
+        The shots of one keyword.
+    negative_waves : list of np.ndarray
+        16 kHz recordings without the keyword (joined with 0.5 s of silence).
+
+    Returns
+    -------
+    costs : np.ndarray, shape (n_events,), float64
+        One cost per local minimum, minima at least the mean template length apart.
+    hours : float
+        Duration of the negative audio.
+    """
+    from edge.kws import KeywordSpotter, Template
+
+    sr = embedder.frontend.sample_rate
+    stream = _concat_with_gaps(negative_waves, sr)
+    if len(stream) == 0:
+        return np.zeros(0), 0.0
+    frames = embedder.embed_wave(stream)
+    spotter = KeywordSpotter([Template("k", t) for t in templates], {"k": 0.0},
+                             embedder.frame_seconds, record_trace=True)
+    spotter.push(frames)
+    spotter.flush()
+    trace = np.asarray(spotter.trace["k"], np.float64)
+    width = max(1, int(np.mean([len(t) for t in templates])))
+    costs = []
+    order = np.argsort(trace)
+    taken = np.zeros(len(trace), bool)
+    for j in order:  # greedy non-maximum suppression on the minima
+        if not np.isfinite(trace[j]):
+            break
+        if taken[max(0, j - width):j + width + 1].any():
+            continue
+        taken[j] = True
+        costs.append(trace[j])
+    return np.asarray(costs), len(stream) / sr / 3600.0
+
+
+def fa_rate_threshold(costs: np.ndarray, hours: float, false_alarms_per_hour: float) -> float | None:
+    """Threshold whose expected false-alarm rate on negative audio is the target.
+
+    A gamma distribution (``scipy.stats.gamma``, location fixed at 0) is fitted to the
+    negative event costs; the threshold is its quantile ``rate / events_per_hour``, and
+    never above the lowest observed negative cost when that many false alarms would
+    already exceed the target.
+
+    Returns
+    -------
+    float or None
+        ``None`` with fewer than :data:`MIN_NEGATIVE_EVENTS` events or a failed fit.
+    """
+    from scipy import stats
+
+    costs = np.asarray(costs, np.float64)
+    costs = costs[np.isfinite(costs) & (costs > 0)]
+    if len(costs) < MIN_NEGATIVE_EVENTS or hours <= 0:
+        return None
+    q = min(false_alarms_per_hour / (len(costs) / hours), 1.0)
+    try:
+        a, loc, scale = stats.gamma.fit(costs, floc=0.0)
+        thr = float(stats.gamma.ppf(q, a, loc=loc, scale=scale))
+    except Exception:  # scipy raises various errors on degenerate data
+        return None
+    if not np.isfinite(thr) or thr <= 0:
+        return None
+    allowed = int(np.floor(false_alarms_per_hour * hours))  # false alarms the audio may show
+    sorted_costs = np.sort(costs)
+    if allowed < len(sorted_costs):
+        thr = min(thr, float(sorted_costs[allowed]))
+    return thr
+
+
+def enroll_keyword(embedder, keyword: str, shot_waves, *, existing: EnrolledKeywords | None = None,
+                   negatives=(), false_alarms_per_hour: float = 1.0,
+                   fallback_threshold: float | None = None, min_seconds: float = 0.2,
+                   max_seconds: float = 2.0, shot_names=None) -> EnrolledKeywords:
+    """Enroll (or re-enroll) one keyword and recompute every keyword's threshold.
+
+    Parameters
+    ----------
+    embedder : edge.model.KwsEmbedder
+    keyword : str
+    shot_waves : list of np.ndarray
+        16 kHz recordings, one shot each (trimmed here).
+    existing : EnrolledKeywords, optional
+        Keywords enrolled before; they must come from the same model.
+    negatives : list of np.ndarray
+        Extra negative recordings (background, other speech) for the thresholds.
+    false_alarms_per_hour, fallback_threshold, min_seconds, max_seconds
+        From the node config's ``kws`` section.
+
+    Returns
+    -------
+    EnrolledKeywords (not yet saved).
+
+    Raises
+    ------
+    ShotError
+        A shot is unusable (nothing is changed).
+    EnrollmentError
+        ``existing`` belongs to another model.
+    """
+    sr = embedder.frontend.sample_rate
+    names = list(shot_names or [f"shot {i + 1}" for i in range(len(shot_waves))])
+    if not shot_waves:
+        raise ShotError("no shots given")
+    trimmed = [prepare_shot(y, sr, min_seconds=min_seconds, max_seconds=max_seconds, name=n)
+               for y, n in zip(shot_waves, names)]
+    if existing is not None and existing.model_id != embedder.model_id:
+        raise EnrollmentError(f"the enrolled keywords were embedded with model "
+                              f"{existing.model_id}, not {embedder.model_id}; re-enroll them all "
+                              "(delete the keywords file)")
+    enrolled = EnrolledKeywords(embedder.model_id, embedder.segment_hop)
+    if existing is not None:
+        enrolled.templates = {k: v for k, v in existing.templates.items() if k != keyword}
+        enrolled.details = {k: v for k, v in existing.details.items() if k != keyword}
+    enrolled.templates[keyword] = [embedder.embed_wave(y) for y in trimmed]
+    enrolled.details[keyword] = {"shots": len(trimmed),
+                                 "shot_seconds": [round(len(y) / sr, 3) for y in trimmed],
+                                 "_waves": trimmed}
+    fallback = fallback_threshold or float(embedder.metadata.get("decision_threshold",
+                                                                 DEFAULT_FALLBACK_THRESHOLD))
+    for k in sorted(enrolled.templates):
+        negs = shipped_negatives(exclude_word=k, sample_rate=sr) + list(negatives)
+        # the other keywords' shots are negatives too (when their audio is at hand)
+        for other, d in enrolled.details.items():
+            if other != k and "_waves" in d:
+                negs += d["_waves"]
+        costs, hours = negative_event_costs(embedder, enrolled.templates[k], negs)
+        thr = fa_rate_threshold(costs, hours, false_alarms_per_hour)
+        source = "fa-rate"
+        if thr is None:
+            thr, source = fallback, "fallback"
+        enrolled.thresholds[k] = float(thr)
+        enrolled.details[k].update(threshold_source=source, negative_events=int(len(costs)),
+                                   negative_seconds=round(hours * 3600, 1),
+                                   false_alarms_per_hour=false_alarms_per_hour)
+        log.info("keyword %r: threshold %.4f (%s, %d negative events in %.0f s)", k, thr, source,
+                 len(costs), hours * 3600)
+    for d in enrolled.details.values():
+        d.pop("_waves", None)
+    return enrolled

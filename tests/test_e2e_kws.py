@@ -1,0 +1,137 @@
+"""Keyword spotting end to end: enroll from real shots with the CLI, speak a real stream into
+the virtual microphone, receive ``event/keyword`` messages from a real mosquitto.
+
+The stream (``demo/clips/kws/stream.flac``) holds 3 x "stop" and 3 x "left" by speakers
+never enrolled, and 6 other words, over real background noise at 15 dB SNR; its JSON gives
+the exact onsets and offsets. "stop" and "left" are words the default embedder never
+heard in training.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from demo.harness import MosquittoBroker, MqttCollector, VirtualMicrophone, require_tools
+from test_e2e import NodeProcess, _ts
+
+ROOT = Path(__file__).resolve().parent.parent
+KWS_CLIPS = ROOT / "demo" / "clips" / "kws"
+TRUTH = json.loads((KWS_CLIPS / "stream.json").read_text())["keywords"]
+KEYWORD_FIELDS = {"schema", "node", "site", "ts", "seq", "keyword", "onset", "offset", "score",
+                  "threshold", "model_id", "enrollment_id"}
+
+
+# The demo stream has 6 keywords in 22 s; a threshold for 1 false alarm per hour (the
+# default) is stricter than a few shots of an unseen word can meet here, so the test enrolls
+# for FALSE_ALARMS_PER_HOUR (the evaluation reports recall at 1 per hour).
+FALSE_ALARMS_PER_HOUR = 100.0
+
+
+def kws_config(tmp: Path, port: int, keywords: Path, device="pulse") -> Path:
+    doc = yaml.safe_load((ROOT / "firmware_config" / "default.yaml").read_text())
+    doc["node"]["id"] = "kws-node"
+    doc["mqtt"].update(host="127.0.0.1", port=port, heartbeat_seconds=1)
+    doc["audio"]["device"] = device
+    doc["asd"]["enabled"] = False
+    doc["kws"].update(model=str(ROOT / "models" / "kws_default.tflite"), keywords=str(keywords),
+                      false_alarms_per_hour=FALSE_ALARMS_PER_HOUR)
+    path = tmp / f"kws-{port}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def enroll(cfg: Path, keyword: str, files) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "calibration", "enroll", "--config", str(cfg),
+                           "--keyword", keyword, "--from", *map(str, files)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def keywords_file(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("kws")
+    kw = tmp / "keywords.npz"
+    cfg = kws_config(tmp, 1883, kw)
+    for word in ("stop", "left"):
+        r = enroll(cfg, word, sorted(KWS_CLIPS.glob(f"{word}_shot_*.flac")))
+        assert r.returncode == 0, r.stderr
+        info = json.loads(r.stdout)["enrolled"]
+        assert info[word]["shots"] == 5
+        assert 0 < info[word]["threshold"] < 1
+    assert set(json.loads(r.stdout)["enrolled"]) == {"stop", "left"}
+    return kw
+
+
+@pytest.mark.e2e
+def test_keywords_from_microphone_to_mqtt(tmp_path, keywords_file):
+    missing = require_tools()
+    if missing:
+        pytest.fail("end-to-end tests need: " + ", ".join(missing))
+    with MosquittoBroker() as broker, VirtualMicrophone() as vm, \
+            MqttCollector(broker.host, broker.port, "hark/#") as col:
+        node = NodeProcess(kws_config(tmp_path, broker.port, keywords_file), vm.env)
+        try:
+            node.wait_log("keyword model", 60)
+            col.wait_for(lambda m: m.topic.endswith("/status") and m.payload == b"online",
+                         timeout=30)
+            time.sleep(1.0)
+            t_play = time.time()
+            vm.play([KWS_CLIPS / "stream.flac"], wait=True)
+            time.sleep(1.5)
+        finally:
+            rc = node.stop()
+        assert rc == 0, node.log()[-3000:]
+    events = [m.json() for m in col.messages("hark/default/kws-node/event/keyword")]
+    assert events, node.log()[-3000:]
+    for ev in events:
+        assert KEYWORD_FIELDS <= set(ev), ev
+        assert ev["score"] < ev["threshold"]
+    report = []
+    found = 0
+    for t in TRUTH:
+        cands = [e for e in events if e["keyword"] == t["keyword"]]
+        errs = [(abs(_ts(e["onset"]) - t_play - t["onset"]), abs(_ts(e["offset"]) - t_play - t["offset"]))
+                for e in cands]
+        best = min(errs, key=max, default=None)
+        report.append((t["keyword"], t["onset"], best))
+        found += best is not None and max(best) <= 0.25
+    print("truth vs detections (onset error, offset error):", report)
+    print("events:", [(e["keyword"], round(_ts(e["onset"]) - t_play, 2),
+                       round(_ts(e["offset"]) - t_play, 2), e["score"]) for e in events])
+    # Every enrolled keyword spoken by an unseen speaker is found with onset and offset
+    # within 0.25 s, allowing one miss of six; at most one false alarm.
+    assert found >= len(TRUTH) - 1, report
+    assert len(events) <= found + 1, events
+
+
+def test_enroll_rejects_bad_shots(tmp_path):
+    kw = tmp_path / "keywords.npz"
+    cfg = kws_config(tmp_path, 1883, kw)
+    good = sorted(KWS_CLIPS.glob("stop_shot_*.flac"))
+    y, sr = sf.read(good[0], dtype="float32")
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(sr, np.float32), sr)
+    clipped = tmp_path / "clipped.wav"
+    sf.write(clipped, np.clip(y * 50, -1, 1), sr)
+    short = tmp_path / "short.wav"
+    z = np.zeros(sr, np.float32)
+    z[8000:8000 + 800] = 0.5 * np.sin(np.arange(800) / 3)
+    sf.write(short, z, sr)
+    for bad, why in ((silent, "silent"), (clipped, "clipped"), (short, "shorter than")):
+        r = enroll(cfg, "stop", good[:4] + [bad])
+        assert r.returncode == 1, r.stderr
+        assert bad.name in r.stderr and why in r.stderr, r.stderr
+        assert "nothing was stored" in r.stderr
+        assert not kw.exists()
+    # An existing enrollment is kept untouched when a new one fails.
+    assert enroll(cfg, "stop", good).returncode == 0
+    before = kw.read_bytes()
+    r = enroll(cfg, "left", good[:4] + [silent])
+    assert r.returncode == 1 and kw.read_bytes() == before
