@@ -52,7 +52,8 @@ __all__ = [
     "asd_features",
     "KwsFrontendParams",
     "mel_filterbank",
-    "highpass_sos",
+    "highpass_coefficients",
+    "highpass",
     "kws_logmel",
     "kws_segments",
     "KwsStreamFrontend",
@@ -391,11 +392,68 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
     return np.maximum(0, np.minimum(lower, upper)).astype(np.float32)
 
 
-def highpass_sos(params: KwsFrontendParams) -> np.ndarray:
-    """Second-order sections of the 2nd-order Butterworth high-pass at ``highpass_hz``."""
-    from scipy.signal import butter
+def highpass_coefficients(params: KwsFrontendParams) -> tuple[np.ndarray, np.ndarray]:
+    """The 2nd-order Butterworth high-pass at ``highpass_hz`` as one biquad.
 
-    return butter(2, params.highpass_hz, btype="highpass", fs=params.sample_rate, output="sos")
+    Bilinear transform with pre-warping (Q = 1/sqrt(2)), the same filter as
+    ``scipy.signal.butter(2, highpass_hz, "highpass", fs=sample_rate)`` (tested); written out
+    so that the node does not load ``scipy.signal`` (about 70 MB of resident memory).
+
+    Returns
+    -------
+    b, a : np.ndarray, shape (3,), float64, normalised so that ``a[0] == 1``
+    """
+    w0 = 2 * np.pi * params.highpass_hz / params.sample_rate
+    alpha = np.sin(w0) / (2 * np.sqrt(0.5))
+    c = np.cos(w0)
+    b = np.array([(1 + c) / 2, -(1 + c), (1 + c) / 2])
+    a = np.array([1 + alpha, -2 * c, 1 - alpha])
+    return b / a[0], a / a[0]
+
+
+_BIQUAD = None
+
+
+def _biquad_kernel():
+    """Numba kernel (compiled on first use): transposed direct form II, state in ``z``."""
+    global _BIQUAD
+    if _BIQUAD is None:
+        from numba import njit
+
+        @njit(cache=True, nogil=True)
+        def biquad(x, b, a, z):
+            y = np.empty(x.shape[0], np.float64)
+            z1, z2 = z[0], z[1]
+            for i in range(x.shape[0]):
+                xi = np.float64(x[i])
+                yi = b[0] * xi + z1
+                z1 = b[1] * xi - a[1] * yi + z2
+                z2 = b[2] * xi - a[2] * yi
+                y[i] = yi
+            z[0], z[1] = z1, z2
+            return y
+
+        _BIQUAD = biquad
+    return _BIQUAD
+
+
+def highpass(y: np.ndarray, params: KwsFrontendParams = KwsFrontendParams(),
+             state: np.ndarray | None = None) -> np.ndarray:
+    """Apply the KWS high-pass (:func:`highpass_coefficients`) to a block of samples.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,), float
+    state : np.ndarray, shape (2,), float64, optional
+        Filter state carried between blocks (updated in place); ``None``: start at rest.
+
+    Returns
+    -------
+    np.ndarray, shape (n_samples,), float32
+    """
+    b, a = highpass_coefficients(params)
+    z = np.zeros(2) if state is None else state
+    return _biquad_kernel()(np.ascontiguousarray(y, dtype=np.float32), b, a, z).astype(np.float32)
 
 
 class _LogMel:
@@ -447,12 +505,10 @@ def kws_logmel(y: np.ndarray, params: KwsFrontendParams = KwsFrontendParams()) -
     ValueError
         If ``y`` is not 1-D.
     """
-    from scipy.signal import sosfilt
-
     y = np.asarray(y, dtype=np.float32)
     if y.ndim != 1:
         raise ValueError(f"expected a mono 1-D signal, got shape {y.shape}")
-    y = sosfilt(highpass_sos(params), y).astype(np.float32)
+    y = highpass(y, params)
     half = params.n_fft // 2
     padded = np.pad(y, (half, half))
     frames = frame_signal(padded, params.n_fft, params.hop_length)
@@ -505,11 +561,8 @@ class KwsStreamFrontend:
     """
 
     def __init__(self, params: KwsFrontendParams = KwsFrontendParams()):
-        from scipy.signal import sosfilt_zi
-
         self.params = params
-        self._sos = highpass_sos(params)
-        self._zi = sosfilt_zi(self._sos) * 0.0
+        self._zi = np.zeros(2)  # high-pass state
         self._buf = np.zeros(params.n_fft // 2, np.float32)  # left centring pad
         self._lm = _logmel(params)
         self.frames_emitted = 0
@@ -517,12 +570,10 @@ class KwsStreamFrontend:
 
     def push(self, block: np.ndarray) -> np.ndarray:
         """Add samples; returns the newly complete frames, shape (k, n_mels), float32."""
-        from scipy.signal import sosfilt
-
         block = np.asarray(block, dtype=np.float32).reshape(-1)
         self.samples_seen += len(block)
-        filtered, self._zi = sosfilt(self._sos, block, zi=self._zi)
-        self._buf = np.concatenate([self._buf, filtered.astype(np.float32)])
+        filtered = highpass(block, self.params, self._zi)
+        self._buf = np.concatenate([self._buf, filtered])
         return self._drain()
 
     def flush(self) -> np.ndarray:

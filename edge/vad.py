@@ -96,9 +96,7 @@ def speech_interval(y: np.ndarray, sample_rate: int = 16000, *, snr_db: float = 
     ValueError
         If ``y`` is not 1-D.
     """
-    from scipy.signal import sosfilt
-
-    from edge.frontend import KwsFrontendParams, highpass_sos
+    from edge.frontend import KwsFrontendParams, highpass
 
     y = np.asarray(y, dtype=np.float32)
     if y.ndim != 1:
@@ -108,7 +106,7 @@ def speech_interval(y: np.ndarray, sample_rate: int = 16000, *, snr_db: float = 
     if len(y) < frame:
         return None
     params = KwsFrontendParams(sample_rate=sample_rate)
-    x = sosfilt(highpass_sos(params), y)
+    x = highpass(y, params).astype(np.float64)
     frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
     level = 10 * np.log10(np.maximum(np.mean(frames ** 2, axis=1), 1e-12)) + 3.01  # sine -> 0 dBFS
     if level.max() < silence_dbfs:

@@ -214,3 +214,17 @@ def test_vad_ignores_far_clicks_and_zero_padding(words):
     found = speech_interval(clip)
     assert abs(found.start_s - 0.5) < 0.1
     assert abs(found.end_s - (0.5 + len(word) / 16000)) < 0.1
+
+
+def test_highpass_equals_scipy_butterworth():
+    from scipy.signal import butter, sosfilt
+
+    from edge.frontend import highpass
+
+    p = KwsFrontendParams()
+    y = np.random.default_rng(0).standard_normal(20000).astype(np.float32)
+    ref = sosfilt(butter(2, p.highpass_hz, btype="highpass", fs=p.sample_rate, output="sos"), y)
+    np.testing.assert_allclose(highpass(y, p), ref, atol=1e-5)
+    state = np.zeros(2)  # blockwise with carried state = whole signal
+    blocks = np.concatenate([highpass(y[i:i + 777], p, state) for i in range(0, len(y), 777)])
+    np.testing.assert_allclose(blocks, ref, atol=1e-5)
