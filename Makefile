@@ -12,7 +12,7 @@ help:
 	@echo "make demo           set up, then calibrate and run a node on a virtual microphone and a local broker"
 	@echo "make test           set up, then run the test suite"
 	@echo "make run            run a node with $(CONFIG) (calibrate it first: python -m calibration record ...)"
-	@echo "make export-tflite  train the default embedder and write models/asd_default.{tflite,json}"
+	@echo "make export-tflite  train both embedders: models/asd_default.* and models/kws_default.* (about 45 min)"
 	@echo "make bench          latency, real-time factor, node memory and model sizes -> reports/bench.md"
 	@echo "make setup          only the set-up (system packages when root, .venv with .[dev])"
 
@@ -48,6 +48,8 @@ test: setup
 
 export-tflite: setup
 	$(PY) -m trainer train-asd --config trainer/configs/asd_default.yaml --out models --keras-out build/asd_default.keras
+	$(PY) -m trainer train-kws --config trainer/configs/kws_default.yaml --out models --keras-out build/kws_default.keras
+	$(PY) -m trainer evaluate-kws --model models/kws_default.tflite --set-model-threshold --out reports/kws_eval
 
 bench: setup
 	$(PY) -m bench

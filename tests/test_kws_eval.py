@@ -284,3 +284,8 @@ def test_evaluate_kws_cli_tacos_and_mfcc_tiny(data_dir, kws_model, tmp_path, cap
     assert tacos["info"]["model_id"].startswith("kws_default")
     assert "TACos minus MFCC-DTW test F1" in (out / "report.md").read_text()
     assert (out / "trace_tacos.png").read_bytes()[:4] == b"\x89PNG"
+    # The node's own per-keyword thresholds (enrollment procedure) are scored too.
+    nt = rep["node_thresholds"]
+    assert set(nt["thresholds"]) == {"alexa", "computer"}
+    assert all(0 < t < 2 for t in nt["thresholds"].values())
+    assert nt["test"]["n_ref"] == tacos["test"]["n_ref"] and nt["fa_per_hour"] >= 0

@@ -1217,6 +1217,48 @@ def evaluate(data_dir: str | Path, cfg: EvalConfig, *, systems: Sequence[str] = 
             "test_streams": test, "results": results, "seconds": time.perf_counter() - t0}
 
 
+def node_threshold_check(run: dict[str, Any], model_path: str | Path) -> dict[str, Any]:
+    """The thresholds a node would use, scored on the test streams.
+
+    For every keyword, :func:`calibration.enroll.enroll_keyword`'s procedure (gamma fit of the
+    DTW costs on the shipped negatives and the other keywords' shots, for
+    ``cfg.fa_per_hour``; fallback: the val-tuned global threshold) sets its threshold; the
+    spotter then runs over the test streams with these per-keyword thresholds.
+
+    Returns
+    -------
+    dict: ``thresholds``, ``sources``, ``test`` counts (F1/P/R), ``fa_per_hour`` measured.
+    """
+    from calibration.enroll import fa_rate_threshold, negative_event_costs, shipped_negatives
+    from edge.kws import KeywordSpotter, Template
+    from edge.model import load_bundle
+
+    cfg: EvalConfig = run["cfg"]
+    res = next(r for r in run["results"] if r.system.name == "tacos")
+    emb = load_bundle(Path(model_path), task="kws")
+    shots = run["shots"]
+    templates = {kw: [emb.embed_wave(s.audio) for s in ss] for kw, ss in shots.items()}
+    thresholds, sources = {}, {}
+    for kw in templates:
+        negs = shipped_negatives(exclude_word=kw) + [s.audio for k, ss in shots.items() if k != kw
+                                                     for s in ss]
+        costs, hours = negative_event_costs(emb, templates[kw], negs)
+        thr = fa_rate_threshold(costs, hours, cfg.fa_per_hour)
+        thresholds[kw], sources[kw] = ((thr, "fa-rate") if thr is not None
+                                       else (res.threshold, "fallback (val-tuned global)"))
+    tmpl = [Template(kw, t) for kw, ts in templates.items() for t in ts]
+    dets = []
+    for stream in run["test_streams"]:
+        sp = KeywordSpotter(tmpl, thresholds, emb.frame_seconds)
+        f = emb.embed_wave(stream.audio)
+        dets.append(sp.push(f) + sp.flush())
+    counts, _ = count_events([s.events for s in run["test_streams"]], dets, collar=cfg.collar,
+                             offset_fraction=cfg.offset_fraction, matching=cfg.matching)
+    hours = _hours(run["test_streams"])
+    return {"fa_per_hour_target": cfg.fa_per_hour, "thresholds": thresholds, "sources": sources,
+            "test": counts.to_dict(), "fa_per_hour": counts.n_fp / hours if hours else None}
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -1250,6 +1292,7 @@ def _report_dict(run: dict[str, Any]) -> dict[str, Any]:
         "ground_truth_test": [[{"keyword": e.keyword, "onset_s": e.onset_s, "offset_s": e.offset_s}
                                for e in s.events] for s in test],
         "systems": [r.to_dict() for r in run["results"]],
+        "node_thresholds": run.get("node_thresholds"),
         "runtime_s": run["seconds"],
     })
 
@@ -1291,6 +1334,18 @@ def _report_md(rep: dict[str, Any]) -> str:
           "(lower is faster; `Nx` = N times faster than real time), one process, "
           f"{st['machine']['cpu_count']} CPUs visible; wall-clock timings of this run (noisy on a "
           "shared machine; `make bench` is the benchmark).", ""]
+    nt = rep.get("node_thresholds")
+    if nt:
+        L += [f"## The node's own thresholds (enrollment, target {nt['fa_per_hour_target']:g} FA/h)",
+              "", "Per-keyword thresholds set the way `python -m calibration enroll` sets them "
+              "(gamma fit of DTW costs on the shipped negatives and the other keywords' shots), "
+              "then TACos on the test streams:", "",
+              "| keyword | threshold | source |", "|---|---|---|"]
+        for kw, thr in nt["thresholds"].items():
+            L.append(f"| {kw} | {thr:.4f} | {nt['sources'][kw]} |")
+        L += ["", f"Test F1 {_pct(nt['test']['f1'])} %, precision {_pct(nt['test']['precision'])} %, "
+              f"recall {_pct(nt['test']['recall'])} %, measured false alarms "
+              f"{nt['fa_per_hour']:.1f} per hour.", ""]
     seen = {s["name"]: set(s["info"]["keywords_in_training_vocabulary"]) for s in rep["systems"]
             if "keywords_in_training_vocabulary" in s["info"]}
     L += ["## Per-keyword test F1 (%)", "",
@@ -1479,6 +1534,9 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=str(root / "reports" / "kws_eval"),
                    help="report folder (default: reports/kws_eval/)")
+    p.add_argument("--set-model-threshold", dest="set_model_threshold", action="store_true",
+                   help="write TACos' val-tuned threshold into the model bundle's JSON as "
+                        "decision_threshold (the node's fallback threshold)")
     p.add_argument("--systems", default="tacos,mfcc",
                    help=f"comma-separated systems (available: {', '.join(sorted(SYSTEMS))})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -1493,6 +1551,21 @@ def run_cli(args) -> int:
                      fa_per_hour=args.fa_per_hour, seed=args.seed)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     run = evaluate(data, cfg, systems=systems, model_path=args.model, progress=not args.quiet)
+    if "tacos" in systems:
+        run["node_thresholds"] = node_threshold_check(run, args.model)
+        if args.set_model_threshold:
+            from edge.fileio import atomic_write_json
+
+            res = next(r for r in run["results"] if r.system.name == "tacos")
+            meta_path = Path(args.model).with_suffix(".json")
+            meta = json.loads(meta_path.read_text())
+            meta["decision_threshold"] = round(float(res.threshold), 4)
+            meta["decision_threshold_source"] = (
+                f"evaluate-kws: best F1 on the val streams (keywords {', '.join(cfg.keywords)}, "
+                f"{cfg.shots} shots, SNR {cfg.snr_db} dB, seed {cfg.seed})")
+            atomic_write_json(meta_path, meta)
+            print(f"wrote decision_threshold {meta['decision_threshold']} to {meta_path}",
+                  file=sys.stderr)
     paths = write_report(run, args.out)
     summary = {r.system.name: {"threshold": round(r.threshold, 4), "test_f1": round(r.test.f1, 4),
                                "test_precision": round(r.test.precision, 4),
@@ -1500,6 +1573,13 @@ def run_cli(args) -> int:
                                "miss_rate_at_fa": round(r.miss["miss_rate"], 4),
                                "dtw_rtf": r.dtw_rtf, "feature_rtf": r.feature_rtf}
                for r in run["results"]}
+    if run.get("node_thresholds"):
+        nt = run["node_thresholds"]
+        summary["tacos (node thresholds)"] = {
+            "thresholds": {k: round(v, 4) for k, v in nt["thresholds"].items()},
+            "test_f1": round(nt["test"]["f1"], 4), "test_precision": round(nt["test"]["precision"], 4),
+            "test_recall": round(nt["test"]["recall"], 4),
+            "fa_per_hour": None if nt["fa_per_hour"] is None else round(nt["fa_per_hour"], 2)}
     print(json.dumps({"report": str(paths["md"]), "systems": summary,
                       "runtime_s": round(run["seconds"], 1)}, indent=2))
     return 0
