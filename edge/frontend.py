@@ -60,6 +60,17 @@ __all__ = [
 ]
 
 
+def _params_from_dict(cls, d: dict[str, Any], what: str):
+    """Frontend parameters from bundle metadata; every field must be present (no silent
+    defaults, so a model is never fed features it was not trained on)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown, missing = set(d) - known, known - set(d)
+    if unknown or missing:
+        raise ValueError(f"{what} frontend parameters: unknown {sorted(unknown)}, "
+                         f"missing {sorted(missing)}")
+    return cls(**d)
+
+
 @dataclass(frozen=True)
 class AsdFrontendParams:
     """Parameters of the ASD frontend; stored in every model bundle's metadata.
@@ -139,12 +150,7 @@ class AsdFrontendParams:
     def from_dict(cls, d: dict[str, Any]) -> "AsdFrontendParams":
         """Parameters from bundle metadata; every field must be present (no silent defaults,
         so a model is never fed features it was not trained on)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown, missing = set(d) - known, known - set(d)
-        if unknown or missing:
-            raise ValueError(f"ASD frontend parameters: unknown {sorted(unknown)}, "
-                             f"missing {sorted(missing)}")
-        return cls(**d)
+        return _params_from_dict(cls, d, "ASD")
 
 
 def fix_length(y: np.ndarray, n_samples: int) -> np.ndarray:
@@ -349,12 +355,7 @@ class KwsFrontendParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "KwsFrontendParams":
         """Parameters from bundle metadata; every field must be present."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown, missing = set(d) - known, known - set(d)
-        if unknown or missing:
-            raise ValueError(f"KWS frontend parameters: unknown {sorted(unknown)}, "
-                             f"missing {sorted(missing)}")
-        return cls(**d)
+        return _params_from_dict(cls, d, "KWS")
 
 
 def _hz_to_mel(f):

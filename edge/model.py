@@ -79,6 +79,16 @@ def _read_metadata(tflite_path: Path) -> dict[str, Any]:
     return meta
 
 
+def _make_interpreter(path: Path, num_threads: int):
+    Interpreter = load_interpreter_class()
+    try:
+        interp = Interpreter(model_path=str(path), num_threads=num_threads)
+        interp.allocate_tensors()
+    except Exception as exc:
+        raise ModelError(f"cannot load TFLite model {path}: {exc}") from exc
+    return interp
+
+
 class AsdEmbedder:
     """An int8 (or float) TFLite ASD embedder with its frontend.
 
@@ -117,12 +127,7 @@ class AsdEmbedder:
         except (TypeError, ValueError) as exc:
             raise ModelError(f"model metadata {path.with_suffix('.json')}: {exc}") from exc
         self.embedding_dim = int(meta["embedding_dim"])
-        Interpreter = load_interpreter_class()
-        try:
-            self._interp = Interpreter(model_path=str(path), num_threads=num_threads)
-            self._interp.allocate_tensors()
-        except Exception as exc:
-            raise ModelError(f"cannot load TFLite model {path}: {exc}") from exc
+        self._interp = _make_interpreter(path, num_threads)
         inputs = {d["name"]: d for d in self._interp.get_input_details()}
         self._inputs = {}
         expected = {"spectrogram": (self.frontend.n_frames, self.frontend.n_bins),
@@ -241,12 +246,7 @@ class KwsEmbedder:
             raise ModelError(f"segment_hop must be 1..{self.frontend.segment_frames} frames, "
                              f"got {self.segment_hop}")
         self.frame_seconds = self.frontend.frame_seconds
-        Interpreter = load_interpreter_class()
-        try:
-            self._interp = Interpreter(model_path=str(path), num_threads=num_threads)
-            self._interp.allocate_tensors()
-        except Exception as exc:
-            raise ModelError(f"cannot load TFLite model {path}: {exc}") from exc
+        self._interp = _make_interpreter(path, num_threads)
         self._input = self._interp.get_input_details()[0]
         self._output = self._interp.get_output_details()[0]
         T, F = self.frontend.segment_frames, self.frontend.n_mels
