@@ -288,13 +288,13 @@ class Node:
         self.source.start()
         cal = self.calibration
         if self.embedder is not None:
-            log.info("node %s: anomaly model %s, calibration %s", cfg.topic_root,
+            log.info("node %s running: anomaly model %s, calibration %s", cfg.topic_root,
                      self.embedder.model_id, "none yet (learning)" if cal is None else
                      f"{cal.calibration_id}, threshold {cal.decision_threshold:.5f} "
                      f"({cal.threshold_method})")
         kw = self.keywords
         if kw is not None and kw.active:
-            log.info("node %s: keyword model %s, keywords %s", cfg.topic_root,
+            log.info("node %s running: keyword model %s, keywords %s", cfg.topic_root,
                      kw.embedder.model_id, ", ".join(f"{k} ({v:.3f})" for k, v in
                                                      sorted(kw.enrolled.thresholds.items())))
         self._learned = None  # a WindowCollector while auto-calibrating
