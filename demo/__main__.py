@@ -2,11 +2,11 @@
 
 1. start mosquitto on a free loopback port and a PulseAudio null-sink virtual microphone;
 2. ``python -m calibration record`` captures 60 s of real normal fan sound played into it;
-   ``python -m calibration enroll`` enrolls the keywords "stop" and "left" from 5 real
-   shots each (one speaker);
+   ``python -m calibration enroll`` enrolls the keywords "stop" and "computer" from 5 real
+   shots each, with thresholds for 10 false alarms per hour (node default: 1);
 3. ``python -m edge run`` starts; 20 s of held-out normal and then 20 s of anomalous fan
    sound are played, then 22 s of speech by other speakers over background noise with
-   3 x "stop", 3 x "left" and 6 other words;
+   3 x "stop", 3 x "computer" and 6 other words;
 4. every MQTT message the node publishes is printed to stdout as one JSON line; a summary
    goes to stderr. Everything started is stopped again; exit status 0 on success. The
    node config, the calibration artifact and its score histogram stay in ``var/demo/``.
@@ -29,7 +29,10 @@ from demo.harness import MosquittoBroker, MqttCollector, VirtualMicrophone, requ
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = Path(__file__).resolve().parent / "clips"
-KEYWORDS = ("stop", "left")
+KEYWORDS = ("stop", "computer")
+# Keyword thresholds are set for this false-alarm rate (the node default is 1 per hour, at
+# which these unseen words are found about half as often: see reports/kws_eval and README).
+DEMO_FALSE_ALARMS_PER_HOUR = 10.0
 
 
 def say(msg: str) -> None:
@@ -45,7 +48,8 @@ def write_node_config(path: Path, broker, vm, workdir: Path, hop: float) -> Path
     doc["asd"].update(model=str(ROOT / "models" / "asd_default.tflite"),
                       calibration=str(workdir / "asd_calibration.npz"), hop_seconds=hop)
     doc["kws"].update(model=str(ROOT / "models" / "kws_default.tflite"),
-                      keywords=str(workdir / "kws_keywords.npz"))
+                      keywords=str(workdir / "kws_keywords.npz"),
+                      false_alarms_per_hour=DEMO_FALSE_ALARMS_PER_HOUR)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -146,6 +150,7 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
                     return 1
                 info = json.loads(r.stdout)["enrolled"][kw]
                 say(f"enrolled {kw!r} from {len(shots)} shots: threshold {info['threshold']:.3f} "
+                    f"for {DEMO_FALSE_ALARMS_PER_HOUR:g} false alarms/hour "
                     f"({info['threshold_source']}, {info['negative_events']} negative events)")
 
             # 2. The node.
@@ -161,7 +166,8 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
             t_anomaly = time.time()
             vm.play(anomaly_clips, wait=True)
             t_end = time.time()
-            say("playing 22 s of speech over background noise: 3 x 'stop', 3 x 'left', 6 other words")
+            say("playing 23 s of speech by other speakers over background noise: 3 x 'stop', "
+                "3 x 'computer', 6 other words")
             t_speech = time.time()
             vm.play([CLIPS / "kws" / "stream.flac"], wait=True)
             time.sleep(1.0)
@@ -205,7 +211,8 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
                 f"detected {_parse_ts(hit[0]['onset']) - t_speech:5.2f}-"
                 f"{_parse_ts(hit[0]['offset']) - t_speech:5.2f} s, score {hit[0]['score']:.3f}"
                 if hit else "missed"))
-        say(f"keywords: {matched}/{len(truth)} detected, {len(kw_events)} keyword events")
+        say(f"keywords: {matched}/{len(truth)} detected, {len(kw_events)} keyword events "
+            f"({len(kw_events) - matched} not matching a spoken keyword)")
         say(f"{len(events)} anomaly events, {printer.seen} MQTT messages in total; "
             "mosquitto and the virtual microphone stopped")
         if node.returncode != 0:

@@ -3,11 +3,15 @@
 ``python -m demo.build_kws_clips [--data ../shared/data]``. The clips are committed; this
 script documents how they were made (Speech Commands v0.02, CC BY 4.0):
 
-* ``<keyword>_shot_<n>.flac``: 5 shots of "stop" and of "left" by one training-split
-  speaker each (the enrollment an installer would do);
-* ``stream.flac`` + ``stream.json``: 3 x "stop" and 3 x "left" by test-split speakers
+* ``<keyword>_shot_<n>.flac``: 5 shots of "stop" by one training-split speaker (the
+  enrollment an installer would do) and 5 of "computer" from training-split wake-word
+  recordings (which carry no speaker ids: one file each);
+* ``stream.flac`` + ``stream.json``: 3 x "stop" and 3 x "computer" by test-split speakers
   (never enrolled), 6 other words, with gaps, over real background noise at 15 dB SNR;
   the JSON gives each keyword's exact onset and offset (voice-activity trimmed).
+
+Both are words the default keyword model never heard in training (Speech Commands v0.02,
+CC BY 4.0; Picovoice wake-word benchmark, Apache 2.0).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 OUT = Path(__file__).resolve().parent / "clips" / "kws"
-KEYWORDS = {"stop": "1acc97de", "left": "0cb74144"}
+KEYWORDS = {"stop": "1acc97de", "computer": None}  # keyword -> enrollment speaker
 
 
 def main(argv=None) -> int:
@@ -36,7 +40,7 @@ def main(argv=None) -> int:
     splits = speaker_split(list_words(Path(args.data) / "kws"))
     OUT.mkdir(parents=True, exist_ok=True)
     for kw, spk in KEYWORDS.items():
-        shots = [u for u in splits["train"] if u.word == kw and u.speaker == spk][:5]
+        shots = [u for u in splits["train"] if u.word == kw and spk in (None, u.speaker)][:5]
         for i, u in enumerate(shots, 1):
             sf.write(OUT / f"{kw}_shot_{i}.flac", load_audio(u.path), 16000, format="FLAC")
     test = splits["test"]
