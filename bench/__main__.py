@@ -15,7 +15,7 @@ Measurements, each checked against its target:
    calibrated on the demo calibration clips (``python -m calibration record``), the demo
    keywords are enrolled into the config's ``kws.keywords`` as an installer would
    (``python -m calibration enroll --config CFG --keyword stop --from
-   demo/clips/kws/stop_shot_*.flac``, then ``left``), and ``python -m edge run`` replays the
+   demo/clips/kws/stop_shot_*.flac``, then ``computer``), and ``python -m edge run`` replays the
    demo keyword stream (``demo/clips/kws/stream.flac``) followed by the demo machine test
    clips at real-time speed while its ``VmRSS`` is sampled every 0.5 s from
    ``/proc/<pid>/status``; ``VmHWM`` (the kernel's peak) is read as well (target
@@ -81,7 +81,7 @@ DEFAULT_KWS_MODEL = ROOT / "models" / "kws_default.tflite"
 DEFAULT_CONFIG = ROOT / "firmware_config" / "default.yaml"
 CLIPS_DIR = ROOT / "demo" / "clips"
 KWS_CLIPS_DIR = CLIPS_DIR / "kws"
-KWS_DEMO_KEYWORDS = ("stop", "left")  # enrolled in this order, as the demo does
+KWS_DEMO_KEYWORDS = ("stop", "computer")  # enrolled in this order, as the demo does
 KWS_MATCH_COLLAR_S = 0.25  # onset and offset tolerance when checking detections
 
 RTF_TARGET = 0.02
