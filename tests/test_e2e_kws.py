@@ -9,6 +9,7 @@ embedder never heard in training.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -135,3 +136,45 @@ def test_enroll_rejects_bad_shots(tmp_path):
     before = kw.read_bytes()
     r = enroll(cfg, "computer", good[:4] + [silent])
     assert r.returncode == 1 and kw.read_bytes() == before
+
+
+@pytest.mark.e2e
+def test_enroll_from_the_microphone(tmp_path):
+    """The installer's path: `enroll --shots 3` prompts and records each shot from the
+    (virtual) microphone; real shots are spoken into it, one per recording slot."""
+    missing = require_tools()
+    if missing:
+        pytest.fail("end-to-end tests need: " + ", ".join(missing))
+    from edge.vad import speech_interval
+
+    slot = 2.5  # --shot-seconds
+    sr = 16000
+    words = []
+    for p in sorted(KWS_CLIPS.glob("stop_shot_*.flac"))[:3]:
+        y, _ = sf.read(p, dtype="float32")
+        words.append(y[speech_interval(y).slice(sr)])
+    track = np.zeros(int(3 * slot * sr) + sr, np.float32)
+    for i, w in enumerate(words):  # each word in the middle of its slot
+        start = int((i * slot + 0.8) * sr)
+        track[start:start + len(w)] = w
+    sf.write(tmp_path / "spoken.wav", track, sr)
+    kw = tmp_path / "keywords.npz"
+    with VirtualMicrophone() as vm:
+        cfg = kws_config(tmp_path, 1883, kw, device=vm.device_name)
+        proc = subprocess.Popen([sys.executable, "-m", "calibration", "enroll", "--config",
+                                 str(cfg), "--keyword", "stop", "--shots", "3",
+                                 "--shot-seconds", str(slot)], cwd=ROOT,
+                                env={**os.environ, **vm.env, "PYTHONUNBUFFERED": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = ""
+        while "say 'stop' now (1/3" not in first:
+            line = proc.stderr.readline()
+            assert line, "enroll ended before prompting"
+            first += line
+        vm.play([tmp_path / "spoken.wav"], wait=True)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, first + err
+    assert "(3/3" in err
+    info = json.loads(out)["enrolled"]["stop"]
+    assert info["shots"] == 3
+    assert all(0.3 < s < 1.0 for s in info["shot_seconds"]), info
