@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 def cmd_run(args) -> int:
+    from calibration.enroll import EnrollmentError
     from edge.audio import AudioFileError, NoInputDeviceError
     from edge.backend import CalibrationError
     from edge.model import ModelError
@@ -29,7 +30,7 @@ def cmd_run(args) -> int:
     try:
         node = Node(cfg)
         node.run(stop)
-    except (ModelError, CalibrationError) as exc:
+    except (ModelError, CalibrationError, EnrollmentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (NoInputDeviceError, AudioFileError) as exc:

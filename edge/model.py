@@ -58,7 +58,7 @@ def _read_metadata(tflite_path: Path) -> dict[str, Any]:
     meta_path = tflite_path.with_suffix(".json")
     if not tflite_path.is_file():
         raise ModelError(f"model file not found: {tflite_path} (run `make export-tflite` "
-                         "to build it, or point asd.model at a bundle)")
+                         "to build it, or point asd.model / kws.model at a bundle)")
     if not meta_path.is_file():
         raise ModelError(f"model metadata not found: {meta_path} (every .tflite needs its .json)")
     try:

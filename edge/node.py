@@ -56,8 +56,11 @@ class KeywordListener:
         from calibration.enroll import EnrolledKeywords
 
         k = cfg.kws
-        self.embedder = load_bundle(cfg.resolve(k.model), task="kws", num_threads=k.num_threads,
-                                    segment_hop=k.segment_hop)
+        try:
+            self.embedder = load_bundle(cfg.resolve(k.model), task="kws",
+                                        num_threads=k.num_threads, segment_hop=k.segment_hop)
+        except ModelError as exc:
+            raise ModelError(f"kws.model: {exc}") from None
         path = cfg.resolve(k.keywords)
         self.enrolled = None
         self.spotter = None

@@ -178,3 +178,21 @@ def test_enroll_from_the_microphone(tmp_path):
     info = json.loads(out)["enrolled"]["stop"]
     assert info["shots"] == 3
     assert all(0.3 < s < 1.0 for s in info["shot_seconds"]), info
+
+
+def test_node_rejects_bad_keyword_files(tmp_path):
+    """A corrupt keywords file or a missing keyword model: exit 1 and a message naming it."""
+    bad = tmp_path / "keywords.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    cfg = kws_config(tmp_path, 1883, bad)
+    r = subprocess.run([sys.executable, "-m", "edge", "run", "--config", str(cfg), "--replay",
+                        str(KWS_CLIPS / "stop_shot_1.flac")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and "keywords.npz" in r.stderr and "unreadable" in r.stderr, r.stderr
+    doc = yaml.safe_load(cfg.read_text())
+    doc["kws"]["model"] = str(tmp_path / "none.tflite")
+    cfg.write_text(yaml.safe_dump(doc))
+    r = subprocess.run([sys.executable, "-m", "edge", "run", "--config", str(cfg), "--replay",
+                        str(KWS_CLIPS / "stop_shot_1.flac")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and "kws.model" in r.stderr and "none.tflite" in r.stderr, r.stderr
