@@ -101,6 +101,20 @@ class BenchError(RuntimeError):
     """A prerequisite is missing (model, clips); the message says how to get it."""
 
 
+def _pin_to_one_cpu(cpu: int | None):
+    """Pin this process to one CPU (default: the lowest allowed one).
+
+    Returns ``(cpu, pinned, previous affinity)``; restore with
+    ``os.sched_setaffinity(0, previous)`` when ``pinned``.
+    """
+    pinned = hasattr(os, "sched_setaffinity")
+    old_affinity = os.sched_getaffinity(0) if pinned else None
+    if pinned:
+        cpu = min(old_affinity) if cpu is None else cpu
+        os.sched_setaffinity(0, {cpu})
+    return cpu, pinned, old_affinity
+
+
 def _log(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
@@ -305,11 +319,7 @@ def measure_latency(model: Path, clips: Sequence[Path], runs: int = 30, warmup: 
     from edge.frontend import asd_features
     from edge.model import load_bundle
 
-    pinned = hasattr(os, "sched_setaffinity")
-    old_affinity = os.sched_getaffinity(0) if pinned else None
-    if pinned:
-        cpu = min(old_affinity) if cpu is None else cpu
-        os.sched_setaffinity(0, {cpu})
+    cpu, pinned, old_affinity = _pin_to_one_cpu(cpu)
     try:
         embedder = load_bundle(model, num_threads=1)
         fe = embedder.frontend
@@ -682,11 +692,7 @@ def measure_kws_embedder(kws_model: Path, stream: Path, truth: Path,
         _log(f"KWS embedder: enrolling {', '.join(shots)} at segment_hop {hop}")
         enrollment = enroll_demo_keywords(cfg_path, shots)  # before pinning: not inherited
 
-        pinned = hasattr(os, "sched_setaffinity")
-        old_affinity = os.sched_getaffinity(0) if pinned else None
-        if pinned:
-            cpu = min(old_affinity) if cpu is None else cpu
-            os.sched_setaffinity(0, {cpu})
+        cpu, pinned, old_affinity = _pin_to_one_cpu(cpu)
         try:
             embedders = {h: load_bundle(kws_model, task="kws", num_threads=1, segment_hop=h)
                          for h in dict.fromkeys([hop, *extra_hops])}
@@ -890,11 +896,7 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
                 "x_realtime_best": audio_s / min(runs), "us_per_frame": sec / frames * 1e6,
                 "cpu_median_s": cpu, "x_realtime_cpu": audio_s / cpu}
 
-    pinned = hasattr(os, "sched_setaffinity")
-    old_affinity = os.sched_getaffinity(0) if pinned else None
-    if pinned:
-        cpu = min(old_affinity) if cpu is None else cpu
-        os.sched_setaffinity(0, {cpu})
+    cpu, pinned, old_affinity = _pin_to_one_cpu(cpu)
     try:
         found: list = []
 
