@@ -26,6 +26,7 @@ fallback threshold (config ``kws.fallback_threshold``, else the model bundle's
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import json
 import logging
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ShotError", "EnrollmentError", "EnrolledKeywords", "prepare_shot",
            "negative_event_costs", "fa_rate_threshold", "enroll_keyword",
-           "shipped_negatives", "MIN_NEGATIVE_EVENTS", "DEFAULT_FALLBACK_THRESHOLD"]
+           "shipped_negatives", "keyword_threshold", "MIN_NEGATIVE_EVENTS", "DEFAULT_FALLBACK_THRESHOLD"]
 
 MIN_NEGATIVE_EVENTS = 30
 DEFAULT_FALLBACK_THRESHOLD = 0.25
@@ -183,6 +184,15 @@ class EnrolledKeywords:
                    meta.get("created", ""), meta.get("enrollment_id", ""))
 
 
+@functools.lru_cache(maxsize=2)
+def _shipped_files(sample_rate: int) -> tuple[tuple[str, np.ndarray], ...]:
+    """``(word or "noise", waveform)`` of every file in ``calibration/negatives/``, read once."""
+    from edge.audio import load_audio
+
+    return tuple((p.name.split("_")[0].lower(), load_audio(p, sample_rate))
+                 for p in sorted(NEGATIVES_DIR.glob("*.flac")))
+
+
 def shipped_negatives(exclude_word: str | None = None, sample_rate: int = 16000,
                       snr_db: float | None = 10.0):
     """The negative recordings shipped in ``calibration/negatives/`` (see its README).
@@ -196,14 +206,11 @@ def shipped_negatives(exclude_word: str | None = None, sample_rate: int = 16000,
     -------
     list of np.ndarray, float32 at ``sample_rate``
     """
-    from edge.audio import load_audio
-
     words, noise = [], []
-    for p in sorted(NEGATIVES_DIR.glob("*.flac")):
-        kind = p.name.split("_")[0].lower()
+    for kind, y in _shipped_files(sample_rate):
         if exclude_word and kind == exclude_word.lower():
             continue
-        (noise if kind == "noise" else words).append(load_audio(p, sample_rate))
+        (noise if kind == "noise" else words).append(y)
     out = words + noise
     if snr_db is not None and noise:
         bed = np.concatenate(noise)
@@ -301,6 +308,39 @@ def fa_rate_threshold(costs: np.ndarray, hours: float, false_alarms_per_hour: fl
     return thr
 
 
+def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(), *,
+                      false_alarms_per_hour: float = 1.0, fallback: float = DEFAULT_FALLBACK_THRESHOLD):
+    """One keyword's decision threshold from negative audio (see the module docstring).
+
+    Parameters
+    ----------
+    embedder : edge.model.KwsEmbedder
+    keyword : str
+        Its recordings are left out of the shipped negatives.
+    templates : list of np.ndarray, each (M, D)
+        The keyword's enrolled shots.
+    extra_negatives : list of np.ndarray
+        More 16 kHz recordings without the keyword (site recordings, other keywords' shots).
+    false_alarms_per_hour, fallback : float
+
+    Returns
+    -------
+    threshold : float
+    source : {"fa-rate", "fallback"}
+    n_events : int
+        Negative events (local minima of the cost trace) the fit saw.
+    hours : float
+        Duration of the negative audio.
+    """
+    sr = embedder.frontend.sample_rate
+    negs = shipped_negatives(exclude_word=keyword, sample_rate=sr) + list(extra_negatives)
+    costs, hours = negative_event_costs(embedder, templates, negs)
+    thr = fa_rate_threshold(costs, hours, false_alarms_per_hour)
+    if thr is None:
+        return float(fallback), "fallback", int(len(costs)), hours
+    return float(thr), "fa-rate", int(len(costs)), hours
+
+
 def enroll_keyword(embedder, keyword: str, shot_waves, *, existing: EnrolledKeywords | None = None,
                    negatives=(), false_alarms_per_hour: float = 1.0,
                    fallback_threshold: float | None = None, min_seconds: float = 0.2,
@@ -352,22 +392,20 @@ def enroll_keyword(embedder, keyword: str, shot_waves, *, existing: EnrolledKeyw
     fallback = fallback_threshold or float(embedder.metadata.get("decision_threshold",
                                                                  DEFAULT_FALLBACK_THRESHOLD))
     for k in sorted(enrolled.templates):
-        negs = shipped_negatives(exclude_word=k, sample_rate=sr) + list(negatives)
+        negs = list(negatives)
         # the other keywords' shots are negatives too (when their audio is at hand)
         for other, d in enrolled.details.items():
             if other != k and "_waves" in d:
                 negs += d["_waves"]
-        costs, hours = negative_event_costs(embedder, enrolled.templates[k], negs)
-        thr = fa_rate_threshold(costs, hours, false_alarms_per_hour)
-        source = "fa-rate"
-        if thr is None:
-            thr, source = fallback, "fallback"
-        enrolled.thresholds[k] = float(thr)
-        enrolled.details[k].update(threshold_source=source, negative_events=int(len(costs)),
+        thr, source, n_events, hours = keyword_threshold(
+            embedder, k, enrolled.templates[k], negs,
+            false_alarms_per_hour=false_alarms_per_hour, fallback=fallback)
+        enrolled.thresholds[k] = thr
+        enrolled.details[k].update(threshold_source=source, negative_events=n_events,
                                    negative_seconds=round(hours * 3600, 1),
                                    false_alarms_per_hour=false_alarms_per_hour)
         log.info("keyword %r: threshold %.4f (%s, %d negative events in %.0f s)", k, thr, source,
-                 len(costs), hours * 3600)
+                 n_events, hours * 3600)
     for d in enrolled.details.values():
         d.pop("_waves", None)
     return enrolled

@@ -37,6 +37,7 @@ and clipped ``top_db`` below. See :func:`kws_segments`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,8 @@ __all__ = [
     "kws_logmel",
     "kws_segments",
     "KwsStreamFrontend",
+    "segment_starts",
+    "as_mono",
 ]
 
 
@@ -153,6 +156,20 @@ class AsdFrontendParams:
         return _params_from_dict(cls, d, "ASD")
 
 
+def as_mono(y, dtype=None) -> np.ndarray:
+    """``y`` as a 1-D array (optionally cast to ``dtype``).
+
+    Raises
+    ------
+    ValueError
+        If ``y`` is not 1-D.
+    """
+    y = np.asarray(y, dtype=dtype)
+    if y.ndim != 1:
+        raise ValueError(f"expected a mono 1-D signal, got shape {y.shape}")
+    return y
+
+
 def fix_length(y: np.ndarray, n_samples: int) -> np.ndarray:
     """Pad with zeros or cut a 1-D signal to exactly ``n_samples`` samples.
 
@@ -167,9 +184,7 @@ def fix_length(y: np.ndarray, n_samples: int) -> np.ndarray:
     -------
     np.ndarray, shape (n_samples,), same dtype as ``y``
     """
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"expected a mono 1-D signal, got shape {y.shape}")
+    y = as_mono(y)
     if len(y) >= n_samples:
         return y[:n_samples]
     return np.pad(y, (0, n_samples - len(y)))
@@ -393,6 +408,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
     return np.maximum(0, np.minimum(lower, upper)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
 def highpass_coefficients(params: KwsFrontendParams) -> tuple[np.ndarray, np.ndarray]:
     """The 2nd-order Butterworth high-pass at ``highpass_hz`` as one biquad.
 
@@ -402,7 +418,8 @@ def highpass_coefficients(params: KwsFrontendParams) -> tuple[np.ndarray, np.nda
 
     Returns
     -------
-    b, a : np.ndarray, shape (3,), float64, normalised so that ``a[0] == 1``
+    b, a : np.ndarray, shape (3,), float64, normalised so that ``a[0] == 1`` (cached: do
+        not modify)
     """
     w0 = 2 * np.pi * params.highpass_hz / params.sample_rate
     alpha = np.sin(w0) / (2 * np.sqrt(0.5))
@@ -474,13 +491,9 @@ class _LogMel:
         return (10.0 * np.log10(np.maximum(mel, 1e-10))).astype(np.float32)
 
 
-_LOGMEL_CACHE: dict[KwsFrontendParams, _LogMel] = {}
-
-
+@functools.lru_cache(maxsize=8)
 def _logmel(params: KwsFrontendParams) -> _LogMel:
-    if params not in _LOGMEL_CACHE:
-        _LOGMEL_CACHE[params] = _LogMel(params)
-    return _LOGMEL_CACHE[params]
+    return _LogMel(params)
 
 
 def kws_logmel(y: np.ndarray, params: KwsFrontendParams = KwsFrontendParams()) -> np.ndarray:
@@ -506,14 +519,25 @@ def kws_logmel(y: np.ndarray, params: KwsFrontendParams = KwsFrontendParams()) -
     ValueError
         If ``y`` is not 1-D.
     """
-    y = np.asarray(y, dtype=np.float32)
-    if y.ndim != 1:
-        raise ValueError(f"expected a mono 1-D signal, got shape {y.shape}")
-    y = highpass(y, params)
+    y = highpass(as_mono(y, np.float32), params)
     half = params.n_fft // 2
     padded = np.pad(y, (half, half))
     frames = frame_signal(padded, params.n_fft, params.hop_length)
     return _logmel(params).frames_to_db(frames)
+
+
+def segment_starts(n_frames: int, hop: int, params: KwsFrontendParams = KwsFrontendParams()) -> np.ndarray:
+    """First frames of the segments covering ``n_frames`` frames with half a segment of
+    silence padded at both ends (thesis 6.3.4): ``-pad, -pad + hop, ...`` up to the first
+    segment that reaches the padded end.
+
+    Returns
+    -------
+    np.ndarray, shape (n_segments,), int64 (starts may be negative)
+    """
+    T, pad = params.segment_frames, params.pad_frames
+    k = int(np.ceil(max(n_frames + 2 * pad - T, 0) / hop))
+    return -pad + hop * np.arange(k + 1)
 
 
 def kws_segments(logmel: np.ndarray, starts, params: KwsFrontendParams = KwsFrontendParams()) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 
 from edge.fileio import sha256_file
 from edge.frontend import (AsdFrontendParams, KwsFrontendParams, KwsStreamFrontend, asd_features,
-                           kws_logmel, kws_segments)
+                           kws_logmel, kws_segments, segment_starts)
 
 __all__ = ["ModelError", "BUNDLE_SCHEMA", "load_interpreter_class", "AsdEmbedder", "KwsEmbedder",
            "KwsStreamEmbedder", "load_bundle"]
@@ -89,6 +89,24 @@ def _make_interpreter(path: Path, num_threads: int):
     return interp
 
 
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float input -> the tensor's dtype with its (scale, zero point)."""
+    if detail["dtype"] == np.float32:
+        return x.astype(np.float32)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    q = np.round(x / scale + zero)
+    return np.clip(q, info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize(out: np.ndarray, detail: dict) -> np.ndarray:
+    """A (possibly int8) output tensor as float32."""
+    if detail["dtype"] != np.float32:
+        scale, zero = detail["quantization"]
+        out = (out.astype(np.float32) - zero) * scale
+    return out.astype(np.float32)
+
+
 class AsdEmbedder:
     """An int8 (or float) TFLite ASD embedder with its frontend.
 
@@ -147,15 +165,6 @@ class AsdEmbedder:
             raise ModelError(f"{path}: output has {self._output['shape'][-1]} dimensions, "
                              f"metadata says {self.embedding_dim}")
 
-    @staticmethod
-    def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
-        if detail["dtype"] == np.float32:
-            return x.astype(np.float32)
-        scale, zero = detail["quantization"]
-        info = np.iinfo(detail["dtype"])
-        q = np.round(x / scale + zero)
-        return np.clip(q, info.min, info.max).astype(detail["dtype"])
-
     def embed_features(self, spectrogram: np.ndarray, spectrum: np.ndarray) -> np.ndarray:
         """Embed one clip's features.
 
@@ -170,13 +179,9 @@ class AsdEmbedder:
         """
         for name, x in (("spectrogram", spectrogram), ("spectrum", spectrum)):
             d = self._inputs[name]
-            self._interp.set_tensor(d["index"], self._quantize(x[None], d))
+            self._interp.set_tensor(d["index"], _quantize(x[None], d))
         self._interp.invoke()
-        out = self._interp.get_tensor(self._output["index"])[0]
-        if self._output["dtype"] != np.float32:
-            scale, zero = self._output["quantization"]
-            out = (out.astype(np.float32) - zero) * scale
-        out = out.astype(np.float32)
+        out = _dequantize(self._interp.get_tensor(self._output["index"])[0], self._output)
         return out / max(float(np.linalg.norm(out)), 1e-12)
 
     def embed(self, waveform: np.ndarray) -> np.ndarray:
@@ -188,13 +193,6 @@ class AsdEmbedder:
         """
         spec, dft = asd_features(waveform, self.frontend)
         return self.embed_features(spec, dft)
-
-
-def _dequantize(out: np.ndarray, detail: dict) -> np.ndarray:
-    if detail["dtype"] != np.float32:
-        scale, zero = detail["quantization"]
-        out = (out.astype(np.float32) - zero) * scale
-    return out.astype(np.float32)
 
 
 class KwsEmbedder:
@@ -270,16 +268,14 @@ class KwsEmbedder:
         """
         out = np.empty((len(segments), self.frontend.segment_frames, self.embedding_dim), np.float32)
         for i, seg in enumerate(segments):
-            self._interp.set_tensor(self._input["index"], AsdEmbedder._quantize(seg[None], self._input))
+            self._interp.set_tensor(self._input["index"], _quantize(seg[None], self._input))
             self._interp.invoke()
             out[i] = _dequantize(self._interp.get_tensor(self._output["index"])[0], self._output)
         return out
 
     def segment_starts(self, n_frames: int) -> np.ndarray:
         """First frames of the segments covering ``n_frames`` frames (from ``-pad``)."""
-        T, pad, hop = self.frontend.segment_frames, self.frontend.pad_frames, self.segment_hop
-        k = int(np.ceil(max(n_frames + 2 * pad - T, 0) / hop))
-        return -pad + hop * np.arange(k + 1)
+        return segment_starts(n_frames, self.segment_hop, self.frontend)
 
     def embed_logmel(self, logmel: np.ndarray) -> np.ndarray:
         """Frame embeddings of a whole recording's log-Mel frames (thesis Figure 28).

@@ -96,11 +96,9 @@ def speech_interval(y: np.ndarray, sample_rate: int = 16000, *, snr_db: float = 
     ValueError
         If ``y`` is not 1-D.
     """
-    from edge.frontend import KwsFrontendParams, highpass
+    from edge.frontend import KwsFrontendParams, as_mono, highpass
 
-    y = np.asarray(y, dtype=np.float32)
-    if y.ndim != 1:
-        raise ValueError(f"expected a mono 1-D signal, got shape {y.shape}")
+    y = as_mono(y, np.float32)
     peak_dbfs, _ = level_stats(y)
     frame, hop = int(0.02 * sample_rate), int(0.01 * sample_rate)
     if len(y) < frame:

@@ -73,11 +73,6 @@ def cmd_train_asd(args) -> int:
     return 0
 
 
-def data_dir_default() -> str:
-    """``$HARK_DATA`` or ``../shared/data`` next to the project."""
-    return os.environ.get("HARK_DATA") or str(ROOT.parent / "shared" / "data")
-
-
 def cmd_train_kws(args) -> int:
     from trainer.kws_data import list_words, load_background, speaker_split
     from trainer.kws_train import KwsTrainingSet, export_kws_bundle, load_kws_train_config, train_kws
@@ -141,7 +136,8 @@ def main(argv=None) -> int:
     k = sub.add_parser("train-kws", help="train the TACos keyword embedder and export an int8 bundle")
     k.add_argument("--config", default=str(ROOT / "trainer/configs/kws_default.yaml"),
                    help="training YAML (default: %(default)s)")
-    k.add_argument("--data", default=data_dir_default(),
+    from trainer.kws_data import default_data_dir
+    k.add_argument("--data", default=default_data_dir(),
                    help="shared data folder with kws/ and noise/ (default: $HARK_DATA or %(default)s)")
     k.add_argument("--out", default=str(ROOT / "models"), help="bundle folder (default: models/)")
     k.add_argument("--name", help="bundle name (overrides the config)")

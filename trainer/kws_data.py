@@ -15,12 +15,14 @@ a validation or test speaker.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Utterance", "list_words", "speaker_split", "split_of", "background_files", "load_background", "SPLITS", "NOISE_SPLITS"]
+from trainer.data import AUDIO_SUFFIXES
 
-AUDIO_SUFFIXES = (".wav", ".flac")
+__all__ = ["Utterance", "list_words", "speaker_split", "split_of", "background_files", "load_background", "default_data_dir", "SPLITS", "NOISE_SPLITS"]
+
 SPLITS = {"train": (0, 70), "val": (70, 80), "test": (80, 100)}
 
 
@@ -39,6 +41,12 @@ class Utterance:
     path: Path
     word: str
     speaker: str
+
+
+def default_data_dir() -> str:
+    """``$HARK_DATA``, else ``../shared/data`` next to the project."""
+    return os.environ.get("HARK_DATA") or str(Path(__file__).resolve().parent.parent.parent
+                                              / "shared" / "data")
 
 
 def _audio_files(folder: Path):

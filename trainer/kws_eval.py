@@ -234,18 +234,9 @@ class Clip:
 
 
 def _read_mono(path: str | Path) -> np.ndarray:
-    import soundfile as sf
+    from edge.audio import load_audio
 
-    y, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    y = y.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        from math import gcd
-
-        from scipy.signal import resample_poly
-
-        g = gcd(sr, SAMPLE_RATE)
-        y = resample_poly(y, SAMPLE_RATE // g, sr // g).astype(np.float32)
-    return np.ascontiguousarray(y, dtype=np.float32)
+    return np.ascontiguousarray(load_audio(path, SAMPLE_RATE), dtype=np.float32)
 
 
 def load_clip(utt) -> Clip | None:
@@ -1229,7 +1220,7 @@ def node_threshold_check(run: dict[str, Any], model_path: str | Path) -> dict[st
     -------
     dict: ``thresholds``, ``sources``, ``test`` counts (F1/P/R), ``fa_per_hour`` measured.
     """
-    from calibration.enroll import fa_rate_threshold, negative_event_costs, shipped_negatives
+    from calibration.enroll import keyword_threshold
     from edge.kws import KeywordSpotter, Template
     from edge.model import load_bundle
 
@@ -1240,12 +1231,12 @@ def node_threshold_check(run: dict[str, Any], model_path: str | Path) -> dict[st
     templates = {kw: [emb.embed_wave(s.audio) for s in ss] for kw, ss in shots.items()}
     thresholds, sources = {}, {}
     for kw in templates:
-        negs = shipped_negatives(exclude_word=kw) + [s.audio for k, ss in shots.items() if k != kw
-                                                     for s in ss]
-        costs, hours = negative_event_costs(emb, templates[kw], negs)
-        thr = fa_rate_threshold(costs, hours, cfg.fa_per_hour)
-        thresholds[kw], sources[kw] = ((thr, "fa-rate") if thr is not None
-                                       else (res.threshold, "fallback (val-tuned global)"))
+        others = [s.audio for k, ss in shots.items() if k != kw for s in ss]
+        thr, source, _, _ = keyword_threshold(emb, kw, templates[kw], others,
+                                              false_alarms_per_hour=cfg.fa_per_hour,
+                                              fallback=res.threshold)
+        thresholds[kw] = thr
+        sources[kw] = source if source == "fa-rate" else "fallback (val-tuned global)"
     tmpl = [Template(kw, t) for kw, ts in templates.items() for t in ts]
     dets = []
     for stream in run["test_streams"]:
@@ -1506,9 +1497,9 @@ def write_report(run: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
 
 
 def _default_data_dir() -> Path:
-    env = os.environ.get("HARK_DATA")
-    root = Path(__file__).resolve().parent.parent
-    return Path(env) if env else (root.parent / "shared" / "data")
+    from trainer.kws_data import default_data_dir
+
+    return Path(default_data_dir())
 
 
 def add_cli_arguments(p) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.frontend import KwsFrontendParams, kws_logmel, kws_segments
+from edge.frontend import KwsFrontendParams, kws_logmel, kws_segments, segment_starts
 from edge.vad import speech_interval
 
 log = logging.getLogger(__name__)
@@ -99,20 +99,9 @@ class KwsTrainConfig:
 
 def load_kws_train_config(path: str | Path) -> KwsTrainConfig:
     """Read a YAML recipe; unknown keys are an error naming the key and the file."""
-    import yaml
+    from trainer.train import read_recipe
 
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    known = {f.name for f in dataclasses.fields(KwsTrainConfig)}
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    return KwsTrainConfig(**raw)
-
-
-def _segment_starts(n_frames: int, hop: int, params: KwsFrontendParams) -> np.ndarray:
-    T, pad = params.segment_frames, params.pad_frames
-    k = int(np.ceil(max(n_frames + 2 * pad - T, 0) / hop))
-    return -pad + hop * np.arange(k + 1)
+    return KwsTrainConfig(**read_recipe(path, KwsTrainConfig))
 
 
 def _add_noise_db(speech_db: np.ndarray, noise_db: np.ndarray, snr_db: float) -> np.ndarray:
@@ -160,7 +149,7 @@ class KwsTrainingSet:
         if cfg.reversed_segments:
             self.classes += [f"{w}~reversed" for w in self.vocabulary]
         self.classes.append(NO_SPEECH)
-        self.n_positions = max(len(_segment_starts(len(m), cfg.segment_hop_train, params))
+        self.n_positions = max(len(segment_starts(len(m), cfg.segment_hop_train, params))
                                for _, m in words)
         self.n_words = sum(len(v) for v in self.by_word.values())
 
@@ -242,7 +231,7 @@ class KwsTrainingSet:
             m = items[rng.integers(len(items))]
             if augment and rng.random() < cfg.noise_probability:
                 m = _add_noise_db(m, self._background_crop(len(m), rng), rng.uniform(*cfg.snr_db))
-            segs = kws_segments(m, _segment_starts(len(m), cfg.segment_hop_train, p), p)[:P]
+            segs = kws_segments(m, segment_starts(len(m), cfg.segment_hop_train, p), p)[:P]
             n = len(segs)
             lab = np.zeros((n, K + P), np.float32)
             lab[:, wi] = 1.0
@@ -259,7 +248,7 @@ class KwsTrainingSet:
         for _ in range(n_no):
             length = int(rng.integers(p.segment_frames, 4 * p.segment_frames))
             m = self._background_crop(length, rng)
-            segs = kws_segments(m, _segment_starts(len(m), cfg.segment_hop_train, p), p)[:P]
+            segs = kws_segments(m, segment_starts(len(m), cfg.segment_hop_train, p), p)[:P]
             n = len(segs)
             lab = np.zeros((n, K + P), np.float32)
             lab[:, K - 1] = 1.0

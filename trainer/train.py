@@ -56,6 +56,26 @@ class TrainConfig:
         return (base / ".." / "shared" / "data").resolve()
 
 
+def read_recipe(path: str | Path, recipe_class) -> dict[str, Any]:
+    """The YAML mapping of a training recipe, checked against ``recipe_class``'s fields.
+
+    Raises
+    ------
+    ValueError
+        Unreadable file, invalid YAML, or unknown keys (named, with the known ones).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read training config {path}: {exc}") from exc
+    known = set(recipe_class.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    return raw
+
+
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read and check a training YAML file.
 
@@ -65,14 +85,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
         Naming the offending key when the file has unknown or badly typed keys.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read training config {path}: {exc}") from exc
-    known = set(TrainConfig.__dataclass_fields__)
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    raw = read_recipe(path, TrainConfig)
     if not raw.get("sources"):
         raise ValueError(f"{path}: 'sources' must list at least one data folder")
     srcs = []
