@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from edge.backend import Calibration, l2_normalize, min_cosine_distance
+from edge.backend import Calibration, min_cosine_distance, normalize_members
 from edge.fileio import atomic_write_bytes
 from edge.pipeline import Windower, level_dbfs
 
@@ -121,8 +121,12 @@ def collect_windows(streams: Iterable[Iterable[np.ndarray]], embedder, window_se
     return collector.result()
 
 
-def kmeans_centers(embeddings: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
-    """L2-normalised k-means centers (scikit-learn), at most one per embedding.
+def kmeans_centers(embeddings: np.ndarray, n_clusters: int, seed: int = 0,
+                   n_members: int = 1) -> np.ndarray:
+    """Normalised k-means centers (scikit-learn), at most one per embedding.
+
+    For an ensemble, the centers are found on the concatenated (member-normalised)
+    embeddings and normalised per member (:func:`edge.backend.normalize_members`).
 
     Returns
     -------
@@ -132,10 +136,10 @@ def kmeans_centers(embeddings: np.ndarray, n_clusters: int, seed: int = 0) -> np
 
     k = min(n_clusters, len(embeddings))
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(embeddings)
-    return l2_normalize(km.cluster_centers_)
+    return normalize_members(km.cluster_centers_, n_members)
 
 
-def held_out_scores(w: CalibrationWindows) -> np.ndarray:
+def held_out_scores(w: CalibrationWindows, n_members: int = 1) -> np.ndarray:
     """Anomaly score of each window against the windows that do not overlap it.
 
     Windows that overlap every other window (the middle of a short recording) have no
@@ -152,13 +156,12 @@ def held_out_scores(w: CalibrationWindows) -> np.ndarray:
     """
     overlap = ((w.stream[:, None] == w.stream[None, :])
                & (w.start[:, None] < w.end[None, :]) & (w.start[None, :] < w.end[:, None]))
-    sims = w.embeddings @ w.embeddings.T
-    sims[overlap] = -np.inf
     scored = ~np.all(overlap, axis=1)
     if scored.sum() < 2:
         raise ValueError("calibration needs at least two non-overlapping windows of normal "
                          "operation: record for longer (at least twice asd.window_seconds)")
-    return np.clip(1.0 - sims[scored].max(axis=1), 0.0, 2.0).astype(np.float32)
+    return np.array([min_cosine_distance(w.embeddings[i], w.embeddings[~overlap[i]], n_members)
+                     for i in np.flatnonzero(scored)], np.float32)
 
 
 def fit_calibration(w: CalibrationWindows, embedder, n_clusters: int, threshold_method: str,
@@ -170,15 +173,16 @@ def fit_calibration(w: CalibrationWindows, embedder, n_clusters: int, threshold_
     if len(w) < 2:
         raise ValueError(f"only {len(w)} usable calibration window(s) "
                          f"({w.skipped_silent} silent ones skipped): record for longer")
-    scores = held_out_scores(w)
+    n_members = getattr(embedder, "n_members", 1)
+    scores = held_out_scores(w, n_members)
     est = make_threshold_estimator(threshold_method, **(threshold_params or {})).fit(scores)
-    centers = kmeans_centers(w.embeddings, n_clusters, seed)
+    centers = kmeans_centers(w.embeddings, n_clusters, seed, n_members)
     memory = np.concatenate([centers, w.embeddings])
     return Calibration(memory=memory, n_centers=len(centers),
                        decision_threshold=float(est.threshold_), threshold_method=threshold_method,
                        normal_scores=scores, model_id=embedder.model_id,
                        model_sha256=embedder.sha256, window_seconds=window_seconds,
-                       hop_seconds=hop_seconds,
+                       hop_seconds=hop_seconds, n_members=n_members,
                        extra={"n_windows": len(w), "skipped_silent": w.skipped_silent,
                               "threshold_params": threshold_params or {}})
 

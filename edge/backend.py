@@ -20,7 +20,7 @@ import numpy as np
 
 from edge.fileio import atomic_write_bytes
 
-__all__ = ["CalibrationError", "l2_normalize", "min_cosine_distance", "Calibration",
+__all__ = ["CalibrationError", "l2_normalize", "normalize_members", "min_cosine_distance", "Calibration",
            "CALIBRATION_SCHEMA"]
 
 CALIBRATION_SCHEMA = 1
@@ -36,22 +36,55 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def min_cosine_distance(embeddings: np.ndarray, memory: np.ndarray) -> np.ndarray:
-    """Minimum cosine distance of each embedding to a memory.
+def normalize_members(x: np.ndarray, n_members: int = 1) -> np.ndarray:
+    """L2-normalise each ensemble member's slice of embeddings, then the whole vector.
+
+    Parameters
+    ----------
+    x : np.ndarray, shape (..., D), float
+        ``D`` is split into ``n_members`` equal consecutive slices (one per sub-model).
+    n_members : int
+
+    Returns
+    -------
+    np.ndarray, shape (..., D), float32
+        Every slice has norm ``1 / sqrt(n_members)``, the whole vector norm 1. With one
+        member this is plain L2 normalisation.
+    """
+    x = np.asarray(x, np.float32)
+    parts = x.reshape(*x.shape[:-1], n_members, -1)
+    parts = parts / np.maximum(np.linalg.norm(parts, axis=-1, keepdims=True), 1e-12)
+    return (parts / np.sqrt(n_members)).reshape(x.shape).astype(np.float32)
+
+
+def min_cosine_distance(embeddings: np.ndarray, memory: np.ndarray,
+                        n_members: int = 1) -> np.ndarray:
+    """Minimum cosine distance of each embedding to a memory (the ``anomaly_score``).
+
+    Thesis Section 5.3.1; for an ensemble the scores of the sub-models are summed
+    (thesis Section 5.8, line 1963: "the sum of the anomaly scores belonging to 10
+    individually trained versions").
 
     Parameters
     ----------
     embeddings : np.ndarray, shape (n, D) or (D,)
-    memory : np.ndarray, shape (m, D), rows L2-normalised
+    memory : np.ndarray, shape (m, D)
+    n_members : int
+        Ensemble size: ``D`` splits into this many consecutive member slices, each
+        compared with the same slice of the memory rows.
 
     Returns
     -------
-    np.ndarray, shape (n,) or scalar, float32, in [0, 2]
-        ``1 - max_j cos(e, memory_j)``: the anomaly score.
+    np.ndarray, shape (n,) or scalar, float32, in [0, 2 * n_members]
+        ``sum_k (1 - max_j cos(e_k, memory_jk))`` over members ``k``.
     """
-    e = l2_normalize(np.atleast_2d(embeddings))
-    d = 1.0 - (e @ memory.T).max(axis=1)
-    d = np.clip(d, 0.0, 2.0).astype(np.float32)
+    k = n_members
+    e = normalize_members(np.atleast_2d(embeddings), k)
+    m = normalize_members(memory, k)
+    n, dim = e.shape
+    sims = np.einsum("nkd,mkd->knm", e.reshape(n, k, dim // k), m.reshape(len(m), k, dim // k))
+    d = (1.0 - k * sims.max(axis=2)).sum(axis=0)
+    d = np.clip(d, 0.0, 2.0 * k).astype(np.float32)
     return d if np.ndim(embeddings) == 2 else d[0]
 
 
@@ -63,6 +96,9 @@ class Calibration:
     ----------
     memory : np.ndarray, shape (m, D), float32
         L2-normalised k-means centers followed by every calibration embedding.
+    n_members : int
+        Ensemble size of the embedder (its ``ensemble_members``); scores are summed over
+        the members' embedding slices (:func:`min_cosine_distance`).
     n_centers : int
         How many of the first rows of ``memory`` are k-means centers.
     decision_threshold : float
@@ -93,9 +129,10 @@ class Calibration:
                          .isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)
     calibration_id: str = ""
+    n_members: int = 1
 
     def __post_init__(self):
-        self.memory = l2_normalize(self.memory)
+        self.memory = normalize_members(self.memory, self.n_members)
         self.normal_scores = np.asarray(self.normal_scores, np.float32)
         if not self.calibration_id:
             h = hashlib.sha256(self.memory.tobytes())
@@ -104,14 +141,15 @@ class Calibration:
 
     def score_samples(self, embeddings: np.ndarray) -> np.ndarray:
         """Anomaly scores (min cosine distance to the memory) of (n, D) embeddings."""
-        return min_cosine_distance(np.atleast_2d(embeddings), self.memory)
+        return min_cosine_distance(np.atleast_2d(embeddings), self.memory, self.n_members)
 
     def _meta(self) -> dict[str, Any]:
         return {"schema": CALIBRATION_SCHEMA, "calibration_id": self.calibration_id,
                 "n_centers": self.n_centers, "decision_threshold": self.decision_threshold,
                 "threshold_method": self.threshold_method, "model_id": self.model_id,
                 "model_sha256": self.model_sha256, "window_seconds": self.window_seconds,
-                "hop_seconds": self.hop_seconds, "created": self.created, "extra": self.extra}
+                "hop_seconds": self.hop_seconds, "created": self.created, "extra": self.extra,
+                "n_members": self.n_members}
 
     def save(self, path: str | Path) -> Path:
         """Write the artifact (``.npz``) atomically."""
@@ -152,4 +190,5 @@ class Calibration:
         kw = {k: meta[k] for k in ("n_centers", "decision_threshold", "threshold_method",
                                    "model_id", "model_sha256", "window_seconds", "hop_seconds",
                                    "created", "extra", "calibration_id")}
+        kw["n_members"] = int(meta.get("n_members", 1))
         return cls(memory=memory, normal_scores=scores, **kw)

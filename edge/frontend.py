@@ -95,6 +95,12 @@ class AsdFrontendParams:
         gives the 80000 bins of Table 14.
     spectrum_compression : {"log1p", "none"}
         Applied to the DFT magnitude (see the module docstring for why).
+    extra_n_ffts : tuple of int
+        Multi-resolution spectrograms (Fujimura et al. 2025, ``002_aace9358fd6fb51a.txt``
+        Section III-A1): window lengths of additional TMN-normalised magnitude
+        spectrograms, each with hop ``n_fft // 2`` and its own branch in the model (e.g.
+        ``(256, 4096)``). Empty (default): the thesis' single spectrogram. Bundles written
+        before this field existed load as ``()``.
     """
 
     sample_rate: int = 16000
@@ -104,11 +110,33 @@ class AsdFrontendParams:
     spectrum_fmin: float | None = None
     spectrum_fmax: float | None = None
     spectrum_compression: str = "none"
+    extra_n_ffts: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.spectrum_compression not in ("log1p", "none"):
             raise ValueError(f"spectrum_compression must be 'log1p' or 'none', "
                              f"got {self.spectrum_compression!r}")
+        object.__setattr__(self, "extra_n_ffts", tuple(int(n) for n in self.extra_n_ffts))
+        for n in self.extra_n_ffts:
+            if not 16 <= n <= self.clip_samples or n == self.n_fft:
+                raise ValueError(f"extra_n_ffts: {n} must lie in [16, clip samples] and differ "
+                                 f"from n_fft ({self.n_fft})")
+
+    @property
+    def spectrogram_inputs(self) -> dict[str, tuple[int, int]]:
+        """Spectrogram input names -> (n_fft, hop_length), the main one first."""
+        out = {"spectrogram": (self.n_fft, self.hop_length)}
+        for n in self.extra_n_ffts:
+            out[f"spectrogram_{n}"] = (n, n // 2)
+        return out
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every model input's name -> unbatched shape, in model input order."""
+        shapes = {name: (1 + (self.clip_samples - n) // hop, n // 2 + 1)
+                  for name, (n, hop) in self.spectrogram_inputs.items()}
+        shapes["spectrum"] = (self.spectrum_bins,)
+        return shapes
 
     @property
     def clip_samples(self) -> int:
@@ -152,7 +180,10 @@ class AsdFrontendParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AsdFrontendParams":
         """Parameters from bundle metadata; every field must be present (no silent defaults,
-        so a model is never fed features it was not trained on)."""
+        so a model is never fed features it was not trained on). ``extra_n_ffts`` is the
+        one exception: bundles older than it had a single spectrogram, ``()``."""
+        d = dict(d)
+        d.setdefault("extra_n_ffts", ())
         return _params_from_dict(cls, d, "ASD")
 
 
@@ -274,10 +305,9 @@ def magnitude_spectrum(y: np.ndarray, band: slice | None = None) -> np.ndarray:
     return np.abs(np.fft.rfft(y, axis=-1)[..., band]).astype(np.float32)
 
 
-def asd_features(
-    y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams()
-) -> tuple[np.ndarray, np.ndarray]:
-    """Both ASD model inputs for one clip or a batch of clips.
+def asd_features(y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams()
+                 ) -> dict[str, np.ndarray]:
+    """Every ASD model input for one clip or a batch of clips.
 
     Parameters
     ----------
@@ -288,11 +318,15 @@ def asd_features(
 
     Returns
     -------
-    spectrogram : np.ndarray, shape ([batch,] n_frames, n_bins), float32
-        TMN-normalised magnitude spectrogram (311 x 513 for 10 s).
-    spectrum : np.ndarray, shape ([batch,] spectrum_bins), float32
-        Whole-clip DFT magnitude (80000 bins for 10 s), ``log1p``-compressed unless
-        ``params.spectrum_compression == "none"``.
+    dict of str -> np.ndarray, float32, keys in model input order
+        (:attr:`AsdFrontendParams.input_shapes`):
+
+        * ``"spectrogram"``, shape ([batch,] n_frames, n_bins): TMN-normalised magnitude
+          spectrogram (311 x 513 for 10 s);
+        * ``"spectrogram_<n>"`` for each of ``params.extra_n_ffts``: the same with window
+          ``n`` and hop ``n // 2`` (multi-resolution);
+        * ``"spectrum"``, shape ([batch,] spectrum_bins): whole-clip DFT magnitude (80000
+          bins for 10 s), ``log1p``-compressed if ``params.spectrum_compression == "log1p"``.
 
     Raises
     ------
@@ -306,11 +340,13 @@ def asd_features(
         raise ValueError(
             f"expected shape (n,) or (batch, {params.clip_samples}), got {y.shape}"
         )
-    spec = temporal_mean_normalisation(magnitude_spectrogram(y, params.n_fft, params.hop_length))
+    out = {name: temporal_mean_normalisation(magnitude_spectrogram(y, n_fft, hop))
+           for name, (n_fft, hop) in params.spectrogram_inputs.items()}
     dft = magnitude_spectrum(y, params.spectrum_slice)
     if params.spectrum_compression == "log1p":
         dft = np.log1p(dft, out=dft)
-    return spec, dft
+    out["spectrum"] = dft
+    return out
 
 
 # --------------------------------------------------------------------------- KWS

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.backend import normalize_members
 from edge.fileio import sha256_file
 from edge.frontend import (AsdFrontendParams, KwsFrontendParams, KwsStreamFrontend, asd_features,
                            kws_logmel, kws_segments, segment_starts)
@@ -145,15 +146,25 @@ class AsdEmbedder:
         except (TypeError, ValueError) as exc:
             raise ModelError(f"model metadata {path.with_suffix('.json')}: {exc}") from exc
         self.embedding_dim = int(meta["embedding_dim"])
+        self.n_members = int(meta.get("ensemble_members", 1))
+        if self.n_members < 1 or self.embedding_dim % self.n_members:
+            raise ModelError(f"model metadata {path.with_suffix('.json')}: embedding_dim "
+                             f"{self.embedding_dim} is not divisible into "
+                             f"{self.n_members} ensemble members")
+        expected = self.frontend.input_shapes
+        if list(meta["inputs"]) != list(expected):
+            raise ModelError(f"model metadata {path.with_suffix('.json')}: inputs "
+                             f"{meta['inputs']} do not match its frontend's {list(expected)}")
         self._interp = _make_interpreter(path, num_threads)
         inputs = {d["name"]: d for d in self._interp.get_input_details()}
         self._inputs = {}
-        expected = {"spectrogram": (self.frontend.n_frames, self.frontend.n_bins),
-                    "spectrum": (self.frontend.spectrum_bins,)}
         for name, shape in expected.items():
-            match = [d for n, d in inputs.items() if name in n]
-            if not match:
-                raise ModelError(f"{path}: no input tensor named like {name!r} "
+            # TFLite names inputs like "serving_default_spectrogram:0"; match the suffix
+            # exactly so that "spectrogram" does not also match "spectrogram_256".
+            match = [d for n, d in inputs.items()
+                     if n.split(":")[0] == name or n.split(":")[0].endswith("_" + name)]
+            if len(match) != 1:
+                raise ModelError(f"{path}: no unique input tensor named like {name!r} "
                                  f"(inputs: {sorted(inputs)})")
             d = match[0]
             if tuple(d["shape"][1:]) != shape:
@@ -165,34 +176,34 @@ class AsdEmbedder:
             raise ModelError(f"{path}: output has {self._output['shape'][-1]} dimensions, "
                              f"metadata says {self.embedding_dim}")
 
-    def embed_features(self, spectrogram: np.ndarray, spectrum: np.ndarray) -> np.ndarray:
+    def embed_features(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Embed one clip's features.
 
         Parameters
         ----------
-        spectrogram : np.ndarray, shape (n_frames, n_bins), float32
-        spectrum : np.ndarray, shape (spectrum_bins,), float32
+        features : dict of str -> np.ndarray, float32
+            One clip's inputs from :func:`edge.frontend.asd_features` (unbatched).
 
         Returns
         -------
-        np.ndarray, shape (embedding_dim,), float32, L2-normalised
+        np.ndarray, shape (embedding_dim,), float32
+            Unit L2 norm; for an ensemble of ``n_members`` sub-models every member's
+            slice is normalised on its own first (see :func:`normalize_members`).
         """
-        for name, x in (("spectrogram", spectrogram), ("spectrum", spectrum)):
-            d = self._inputs[name]
-            self._interp.set_tensor(d["index"], _quantize(x[None], d))
+        for name, d in self._inputs.items():
+            self._interp.set_tensor(d["index"], _quantize(features[name][None], d))
         self._interp.invoke()
         out = _dequantize(self._interp.get_tensor(self._output["index"])[0], self._output)
-        return out / max(float(np.linalg.norm(out)), 1e-12)
+        return normalize_members(out, self.n_members)
 
     def embed(self, waveform: np.ndarray) -> np.ndarray:
         """Embed one clip of 16 kHz mono audio (padded/cut to the model's clip length).
 
         Returns
         -------
-        np.ndarray, shape (embedding_dim,), float32, L2-normalised
+        np.ndarray, shape (embedding_dim,), float32, see :meth:`embed_features`
         """
-        spec, dft = asd_features(waveform, self.frontend)
-        return self.embed_features(spec, dft)
+        return self.embed_features(asd_features(waveform, self.frontend))
 
 
 class KwsEmbedder:

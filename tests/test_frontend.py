@@ -25,37 +25,60 @@ def test_spectrogram_matches_scipy_stft(clip):
 
 def test_tmn_and_shapes(clip):
     p = AsdFrontendParams()
-    spec, dft = asd_features(clip, p)
+    f = asd_features(clip, p)
+    spec, dft = f["spectrogram"], f["spectrum"]
+    assert list(f) == ["spectrogram", "spectrum"]
     assert spec.shape == (p.n_frames, p.n_bins) == (311, 513)  # thesis Table 15 input
     assert dft.shape == (80000,)  # thesis Table 14 input
     assert spec.dtype == dft.dtype == np.float32
     np.testing.assert_allclose(spec.mean(axis=0), 0, atol=1e-3 * np.abs(spec).max())
     # TMN removes a stationary tone's constant magnitude; the raw spectrogram keeps it.
     tone = 0.1 * np.sin(2 * np.pi * 1000 * np.arange(p.clip_samples) / 16000)
-    s_tone, _ = asd_features(clip + tone.astype(np.float32), p)
+    s_tone = asd_features(clip + tone.astype(np.float32), p)["spectrogram"]
     np.testing.assert_allclose(s_tone[:, 64], spec[:, 64], atol=0.05 * np.abs(spec).max() + 0.5)
 
 
 def test_spectrum_matches_numpy_fft_and_band(clip):
     p = AsdFrontendParams()
-    _, dft = asd_features(clip, p)  # default: raw magnitude, as in thesis Table 14
+    dft = asd_features(clip, p)["spectrum"]  # default: raw magnitude, as in thesis Table 14
     ref = np.abs(np.fft.fft(clip[: p.clip_samples].astype(np.float64)))[:80000]
     np.testing.assert_allclose(dft, ref, rtol=1e-3, atol=1e-3 * ref.max())
-    _, dft_log = asd_features(clip, AsdFrontendParams(spectrum_compression="log1p"))
+    dft_log = asd_features(clip, AsdFrontendParams(spectrum_compression="log1p"))["spectrum"]
     np.testing.assert_allclose(dft_log, np.log1p(ref), rtol=1e-3, atol=1e-4)
     band = AsdFrontendParams(spectrum_fmin=100, spectrum_fmax=4000, spectrum_compression="log1p")
-    _, dft_band = asd_features(clip, band)
+    dft_band = asd_features(clip, band)["spectrum"]
     assert dft_band.shape == (3900 * 10,)  # 0.1 Hz per bin for 10 s
     np.testing.assert_allclose(dft_band, dft_log[1000:40000], rtol=1e-5)
 
 
 def test_padding_and_bad_shapes():
     p = AsdFrontendParams()
-    spec, dft = asd_features(np.ones(1000, np.float32) * 0.1, p)
-    assert spec.shape == (311, 513)
+    f = asd_features(np.ones(1000, np.float32) * 0.1, p)
+    assert f["spectrogram"].shape == (311, 513)
     with pytest.raises(ValueError, match="expected shape"):
         asd_features(np.zeros((2, 5), np.float32), p)
     with pytest.raises(ValueError, match="spectrum_compression"):
         AsdFrontendParams(spectrum_compression="sqrt")
     with pytest.raises(ValueError, match="empty"):
         AsdFrontendParams(spectrum_fmin=5000, spectrum_fmax=100).spectrum_slice
+
+
+def test_multi_resolution_spectrograms(clip):
+    """extra_n_ffts adds one TMN spectrogram per window length, hop n_fft // 2
+    (multi-resolution, 002_aace9358fd6fb51a.txt III-A1), equal to the main one's code."""
+    p = AsdFrontendParams(extra_n_ffts=(256, 4096))
+    f = asd_features(clip, p)
+    assert list(f) == ["spectrogram", "spectrogram_256", "spectrogram_4096", "spectrum"]
+    assert {k: v.shape for k, v in f.items()} == p.input_shapes
+    assert f["spectrogram_256"].shape == (1 + (160000 - 256) // 128, 129)
+    assert f["spectrogram_4096"].shape == (1 + (160000 - 4096) // 2048, 2049)
+    ref = magnitude_spectrogram(clip[:160000], 4096, 2048)
+    np.testing.assert_allclose(f["spectrogram_4096"], ref - ref.mean(axis=0), rtol=1e-4,
+                               atol=1e-4 * ref.max())
+    np.testing.assert_array_equal(f["spectrogram"], asd_features(clip)["spectrogram"])
+    # Bundles from before the field load as a single resolution; bad values are refused.
+    d = AsdFrontendParams().to_dict()
+    del d["extra_n_ffts"]
+    assert AsdFrontendParams.from_dict(d).extra_n_ffts == ()
+    with pytest.raises(ValueError, match="extra_n_ffts"):
+        AsdFrontendParams(extra_n_ffts=(1024,))

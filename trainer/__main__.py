@@ -17,9 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def cmd_train_asd(args) -> int:
-    from edge.model import AsdEmbedder
-    from trainer.export import convert_float, convert_int8, cosine_similarity_rows, write_bundle
-    from trainer.train import TrainingSet, load_train_config, train_asd
+    from trainer.train import TrainingSet, export_asd_bundle, load_train_config, train_asd
 
     cfg = load_train_config(args.config)
     for key in ("epochs", "steps_per_epoch", "batch_size", "name"):
@@ -27,47 +25,17 @@ def cmd_train_asd(args) -> int:
             setattr(cfg, key, getattr(args, key))
     data = TrainingSet.from_config(cfg, ROOT, progress=not args.quiet)
     print(f"training on {len(data)} normal clips, {len(data.classes)} classes "
-          f"(machine x section x attributes)", file=sys.stderr)
+          f"(machine x section x attributes), loss {cfg.loss}, SSL {cfg.ssl or 'off'}, "
+          f"ensemble of {cfg.ensemble_size}", file=sys.stderr)
     model, history = train_asd(cfg, data, progress=not args.quiet)
-
-    rng = np.random.default_rng(cfg.seed + 1)
-    n_rep = min(cfg.representative_samples, 4 * len(data))
-    idx = rng.integers(0, len(data), n_rep)
-    spec, dft = data.features(idx, rng)
-    tflite = convert_int8(model, ({"spectrogram": s, "spectrum": d} for s, d in zip(spec, dft)))
-    float_bytes = len(convert_float(model))
-    meta = {
-        "task": "asd",
-        "frontend": dataclasses.asdict(data.frontend),
-        "embedding_dim": int(model.output.shape[-1]),
-        "inputs": ["spectrogram", "spectrum"],
-        "classes": data.classes,
-        "training_data_sha256": data.data_hash(),
-        "training_clips": len(data),
-        "training_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "sources"},
-        "training_sources": [dataclasses.asdict(s) for s in cfg.sources],
-        "loss": "subcluster_adacos",
-        "final_loss": history[-1] if history else None,
-        "float_tflite_size_bytes": float_bytes,
-    }
-    path = write_bundle(args.out, cfg.name, tflite, meta)
-
-    # Check the int8 model against the float one on the training clips' first 10 s.
-    emb = AsdEmbedder(path)
-    spec, dft = data.features()
-    ref = model.predict([spec, dft], verbose=0)
-    q = np.stack([emb.embed_features(s, d) for s, d in zip(spec, dft)])
-    cos = cosine_similarity_rows(ref, q)
-    meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text())
-    meta["int8_vs_float_cosine"] = {"min": float(cos.min()), "mean": float(cos.mean())}
-    from edge.fileio import atomic_write_json
-    atomic_write_json(meta_path, meta)
+    path = export_asd_bundle(model, data, cfg, args.out, history)
     if args.keras_out:
         Path(args.keras_out).parent.mkdir(parents=True, exist_ok=True)
         model.save(args.keras_out)
+    meta = json.loads(path.with_suffix(".json").read_text())
     print(json.dumps({"model": str(path), "model_id": meta["model_id"],
-                      "int8_bytes": len(tflite), "float_bytes": float_bytes,
+                      "int8_bytes": meta["size_bytes"],
+                      "float_bytes": meta["float_tflite_size_bytes"],
                       "int8_vs_float_cosine": meta["int8_vs_float_cosine"],
                       "final_loss": meta["final_loss"]}, indent=2))
     return 0
@@ -119,6 +87,13 @@ def cmd_evaluate_kws(args) -> int:
     return run_cli(args)
 
 
+def cmd_evaluate_asd(args) -> int:
+    """ASD evaluation (ours float/int8 vs the DCASE 2023 autoencoder baseline)."""
+    from trainer.asd_eval import run_cli
+
+    return run_cli(args)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer",
                                 description="Train the embedders and export int8 TFLite bundles.")
@@ -152,11 +127,15 @@ def main(argv=None) -> int:
                        "MFCC-DTW) on streams built from real recordings")
     from trainer.kws_eval import add_cli_arguments
     add_cli_arguments(e)
+    a = sub.add_parser("evaluate-asd", help="evaluate anomaly detection the DCASE way (ours, "
+                       "float and int8, vs the DCASE 2023 autoencoder baseline)")
+    from trainer.asd_eval import add_cli_arguments as add_asd_arguments
+    add_asd_arguments(a)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"train-asd": cmd_train_asd, "train-kws": cmd_train_kws,
-                "evaluate-kws": cmd_evaluate_kws}[args.cmd](args)
+                "evaluate-kws": cmd_evaluate_kws, "evaluate-asd": cmd_evaluate_asd}[args.cmd](args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

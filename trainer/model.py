@@ -13,7 +13,7 @@ from keras import layers
 
 from edge.frontend import AsdFrontendParams
 
-__all__ = ["AsdModelParams", "build_asd_embedder", "KwsModelParams", "build_kws_embedder"]
+__all__ = ["AsdModelParams", "build_asd_embedder", "build_ensemble", "KwsModelParams", "build_kws_embedder"]
 
 
 @dataclass(frozen=True)
@@ -53,38 +53,9 @@ def _residual_block(x, filters: int):
     return layers.ReLU()(layers.Add()([shortcut, y]))
 
 
-def build_asd_embedder(frontend: AsdFrontendParams = AsdFrontendParams(),
-                       params: AsdModelParams = AsdModelParams()) -> keras.Model:
-    """Build the two-branch embedding model.
-
-    Spectrogram branch (Table 15): 7x7 convolution with stride 2, 3x3 max pooling with
-    stride 2, four stages of two residual blocks (the stages after the first start with a
-    2x2 max pooling), max pooling over all remaining time steps, flatten, linear
-    embedding layer. For a 10 s clip the stage outputs are 77x128x16, 39x64x32,
-    20x32x64 and 10x16x128, as in the table.
-
-    Spectrum branch (Table 14): three strided 1-D convolutions (kernels 256, 64, 16;
-    strides 64, 32, 4, chosen so that an 80000-bin input gives the table's 1250, 40 and
-    10 steps), flatten, ``spectrum_dense_layers`` dense layers, linear embedding layer.
-
-    Parameters
-    ----------
-    frontend : AsdFrontendParams
-        Fixes the input shapes.
-    params : AsdModelParams
-
-    Returns
-    -------
-    keras.Model
-        Inputs ``spectrogram`` (batch, n_frames, n_bins) float32 and ``spectrum``
-        (batch, spectrum_bins) float32; output (batch, 2 * embedding_dim) float32,
-        not normalised (the backend L2-normalises).
-    """
-    spec_in = keras.Input((frontend.n_frames, frontend.n_bins), name="spectrogram")
-    dft_in = keras.Input((frontend.spectrum_bins,), name="spectrum")
-
-    # Spectrogram branch.
-    x = layers.Reshape((frontend.n_frames, frontend.n_bins, 1))(spec_in)
+def _spectrogram_branch(inp, n_frames: int, n_bins: int, params: AsdModelParams, name: str):
+    """Thesis Table 15 on one spectrogram input; returns the (batch, embedding_dim) output."""
+    x = layers.Reshape((n_frames, n_bins, 1))(inp)
     x = _bn_relu(layers.Conv2D(params.resnet_widths[0], 7, strides=2, padding="same",
                                use_bias=False)(x))
     x = layers.MaxPooling2D(3, strides=2)(x)
@@ -95,20 +66,86 @@ def build_asd_embedder(frontend: AsdFrontendParams = AsdFrontendParams(),
         x = _residual_block(x, w)
     x = layers.MaxPooling2D((x.shape[1], 1))(x)
     x = layers.Flatten()(x)
-    emb_spec = layers.Dense(params.embedding_dim, use_bias=False, name="spectrogram_embedding")(x)
+    return layers.Dense(params.embedding_dim, use_bias=False, name=f"{name}_embedding")(x)
 
-    # Spectrum branch.
-    y = layers.Reshape((frontend.spectrum_bins, 1))(dft_in)
+
+def build_asd_embedder(frontend: AsdFrontendParams = AsdFrontendParams(),
+                       params: AsdModelParams = AsdModelParams(), name: str = "asd_embedder"
+                       ) -> keras.Model:
+    """Build the multi-branch embedding model.
+
+    Spectrogram branch (Table 15): 7x7 convolution with stride 2, 3x3 max pooling with
+    stride 2, four stages of two residual blocks (the stages after the first start with a
+    2x2 max pooling), max pooling over all remaining time steps, flatten, linear
+    embedding layer. For a 10 s clip the stage outputs are 77x128x16, 39x64x32,
+    20x32x64 and 10x16x128, as in the table. With
+    ``frontend.extra_n_ffts`` every further spectrogram resolution gets a branch of its
+    own (multi-resolution, ``002_aace9358fd6fb51a.txt`` Section III-A1).
+
+    Spectrum branch (Table 14): three strided 1-D convolutions (kernels 256, 64, 16;
+    strides 64, 32, 4, chosen so that an 80000-bin input gives the table's 1250, 40 and
+    10 steps), flatten, ``spectrum_dense_layers`` dense layers, linear embedding layer.
+
+    Parameters
+    ----------
+    frontend : AsdFrontendParams
+        Fixes the inputs and their shapes (:attr:`AsdFrontendParams.input_shapes`).
+    params : AsdModelParams
+
+    Returns
+    -------
+    keras.Model
+        One float32 input per entry of ``frontend.input_shapes`` (named as there, batch
+        first); output (batch, n_branches * embedding_dim) float32: the branch embeddings
+        concatenated in input order, the spectrum branch last; not normalised (the
+        backend L2-normalises).
+    """
+    shapes = frontend.input_shapes
+    inputs = {n: keras.Input(shape, name=n) for n, shape in shapes.items()}
+    branches = [_spectrogram_branch(inputs[n], shapes[n][0], shapes[n][1], params, n)
+                for n in frontend.spectrogram_inputs]
+
+    y = layers.Reshape((frontend.spectrum_bins, 1))(inputs["spectrum"])
     for kernel, stride in ((256, 64), (64, 32), (16, 4)):
         y = _bn_relu(layers.Conv1D(params.spectrum_filters, kernel, strides=stride,
                                    padding="same", use_bias=False)(y))
     y = layers.Flatten()(y)
     for _ in range(params.spectrum_dense_layers):
         y = _bn_relu(layers.Dense(params.embedding_dim, use_bias=False)(y))
-    emb_dft = layers.Dense(params.embedding_dim, use_bias=False, name="spectrum_embedding")(y)
+    branches.append(layers.Dense(params.embedding_dim, use_bias=False,
+                                 name="spectrum_embedding")(y))
 
-    out = layers.Concatenate(name="embedding")([emb_spec, emb_dft])
-    return keras.Model([spec_in, dft_in], out, name="asd_embedder")
+    out = layers.Concatenate(name="embedding")(branches)
+    return keras.Model(list(inputs.values()), out, name=name)
+
+
+def build_ensemble(members: list[keras.Model]) -> keras.Model:
+    """One model running several trained embedders on shared inputs.
+
+    The output is the members' outputs concatenated; the backend splits it back into
+    ``len(members)`` slices and sums the members' anomaly scores
+    (:func:`edge.backend.min_cosine_distance`), so the node loads one int8 bundle.
+
+    Parameters
+    ----------
+    members : list of keras.Model
+        Built by :func:`build_asd_embedder` with the same frontend.
+
+    Returns
+    -------
+    keras.Model
+        Inputs as each member; output (batch, sum of member dims) float32.
+    """
+    if len(members) == 1:
+        return members[0]
+    names = [t.name.split(":")[0] for t in members[0].inputs]
+    inputs = {n: keras.Input(tuple(t.shape[1:]), name=n) for n, t in zip(names, members[0].inputs)}
+    outs = []
+    for i, m in enumerate(members):
+        m.name = f"member_{i}"
+        outs.append(m([inputs[n] for n in names]))
+    out = layers.Concatenate(name="embedding")(outs)
+    return keras.Model(list(inputs.values()), out, name="asd_ensemble")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,11 @@
-"""Training the ASD embedder with sub-cluster AdaCos and mixup (thesis Section 5.3.1)."""
+"""Training the ASD embedder (thesis Chapter 5).
+
+Auxiliary classification of machine type x section x attributes (Section 5.3.1) with
+sub-cluster AdaCos (Definition 3.4) or AdaProj (Definition 5.2), mixup (Definition 2.9),
+and optionally a second, self-supervised classification head with trainable centers
+fed by the StatEx variant (Definition 5.5) and FeatEx (Definition 5.6), sequentially
+combined as in Section 5.7.2 (Figure 25); ensembles of independently trained members.
+""" 
 from __future__ import annotations
 
 import fnmatch
@@ -17,7 +24,8 @@ from trainer.data import ClipLabel, list_clips, training_data_hash
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "load_train_config", "TrainingSet", "train_asd"]
+__all__ = ["TrainConfig", "load_train_config", "TrainingSet", "train_asd", "exchange_labels",
+           "temporal_statex", "LOSSES", "SSL_METHODS"]
 
 
 @dataclass
@@ -28,11 +36,37 @@ class DataSource:
     files: str | None = None  # fnmatch pattern on the file name
 
 
+LOSSES = ("subcluster_adacos", "adaproj")
+SSL_METHODS = ("statex", "featex")
+
+
 @dataclass
 class TrainConfig:
     """Training configuration (``trainer/configs/asd_default.yaml``).
 
     ``data_root`` defaults to ``$HARK_DATA`` or ``../shared/data`` next to the project.
+
+    Attributes
+    ----------
+    loss : {"subcluster_adacos", "adaproj"}
+        Loss of the classification task on meta information (non-trainable centers).
+    n_centers : int
+        Sub-clusters per class (sub-cluster AdaCos; 16 in the thesis) or the subspace
+        dimension per class (AdaProj; 32 in Section 5.6.2).
+    ssl : list of {"statex", "featex"}
+        Self-supervised tasks of the second head, applied in this order (thesis Section
+        5.7.2): each triples the number of SSL classes. Empty: no SSL head.
+    ssl_probability : float
+        Probability of applying each SSL augmentation to a sample (0.5 in the thesis).
+    ssl_n_centers : int
+        Centers (or subspace dimension) per SSL class; the SSL head uses ``loss`` with
+        trainable centers.
+    mixup_probability : float or None
+        Per-sample mixup probability. ``None``: 1.0 without SSL, 0.5 with SSL (thesis
+        Section 5.7.2).
+    ensemble_size : int
+        Independently trained members (seeds ``seed``, ``seed + 1``, ...); their anomaly
+        scores are summed (thesis Section 5.8). Exported as one model.
     """
 
     sources: list[DataSource]
@@ -43,11 +77,39 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     n_centers: int = 16
-    mixup_probability: float = 1.0
+    loss: str = "subcluster_adacos"
+    ssl: list[str] = field(default_factory=list)
+    ssl_probability: float = 0.5
+    ssl_n_centers: int = 16
+    mixup_probability: float | None = None
+    ensemble_size: int = 1
     seed: int = 0
     representative_samples: int = 64
     frontend: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        bad = [m for m in self.ssl if m not in SSL_METHODS]
+        if bad or len(set(self.ssl)) != len(self.ssl):
+            raise ValueError(f"ssl must list distinct methods out of {SSL_METHODS}, "
+                             f"got {self.ssl!r}")
+        for name in ("ssl_probability",) + (("mixup_probability",)
+                                             if self.mixup_probability is not None else ()):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {v}")
+        for name in ("ensemble_size", "n_centers", "ssl_n_centers", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def effective_mixup_probability(self) -> float:
+        """1.0 without SSL, 0.5 with (thesis Section 5.7.2), unless set explicitly."""
+        if self.mixup_probability is not None:
+            return float(self.mixup_probability)
+        return 0.5 if self.ssl else 1.0
 
     def resolved_data_root(self, base: Path) -> Path:
         root = self.data_root or os.environ.get("HARK_DATA")
@@ -96,7 +158,12 @@ def load_train_config(path: str | Path) -> TrainConfig:
                              f"files; got {sorted(s)}")
         srcs.append(DataSource(**s))
     raw["sources"] = srcs
-    return TrainConfig(**raw)
+    if "frontend" in raw and "extra_n_ffts" in (raw["frontend"] or {}):
+        raw["frontend"]["extra_n_ffts"] = tuple(raw["frontend"]["extra_n_ffts"])
+    try:
+        return TrainConfig(**raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 class TrainingSet:
@@ -162,7 +229,8 @@ class TrainingSet:
 
         Returns
         -------
-        (spectrogram, spectrum) : float32 arrays, shapes (B, T, F) and (B, S)
+        features : dict of str -> np.ndarray, float32
+            :func:`edge.frontend.asd_features` of the batch, each (B, ...).
         labels : np.ndarray, shape (B, n_classes), float32 soft labels
         """
         n_cls = len(self.classes)
@@ -176,10 +244,10 @@ class TrainingSet:
             perm = rng.permutation(batch_size)
             wav = lam[:, None] * wav + (1 - lam[:, None]) * wav[perm]
             lab = lam[:, None] * lab + (1 - lam[:, None]) * lab[perm]
-        spec, dft = asd_features(wav, self.frontend)
-        return (spec, dft), lab
+        return asd_features(wav, self.frontend), lab
 
-    def features(self, indices=None, rng: np.random.Generator | None = None):
+    def features(self, indices=None, rng: np.random.Generator | None = None
+                 ) -> dict[str, np.ndarray]:
         """Unmixed features of the first 10 s (or a random crop when ``rng`` is given)."""
         indices = range(len(self)) if indices is None else indices
         wav = np.stack([np.pad(self.waveforms[i][: self.frontend.clip_samples],
@@ -188,52 +256,238 @@ class TrainingSet:
         return asd_features(wav.astype(np.float32), self.frontend)
 
 
+def exchange_labels(labels: np.ndarray, partner: np.ndarray, applied: np.ndarray) -> np.ndarray:
+    """SSL labels after an exchange (thesis eqs. 60-62): ``(0, lab/2, lab[partner]/2)``
+    where ``applied``, else ``(lab, 0, 0)``.
+
+    Parameters
+    ----------
+    labels : np.ndarray, shape (B, M), float32
+    partner : np.ndarray, shape (B,), int
+        Index of the sample each one exchanged with.
+    applied : np.ndarray, shape (B,), bool
+
+    Returns
+    -------
+    np.ndarray, shape (B, 3 * M), float32
+    """
+    zero = np.zeros_like(labels)
+    a = applied[:, None]
+    return np.concatenate([np.where(a, zero, labels), np.where(a, 0.5 * labels, zero),
+                           np.where(a, 0.5 * labels[partner], zero)], axis=1).astype(np.float32)
+
+
+def temporal_statex(features: dict[str, np.ndarray], partner: np.ndarray, applied: np.ndarray,
+                    frontend: AsdFrontendParams) -> dict[str, np.ndarray]:
+    """The StatEx variant on the spectrograms (thesis Definitions 5.4/5.5, eq. 59).
+
+    *Temporal* StatEx: every frame's mean and standard deviation over the frequency
+    axis are exchanged, ``x_new = (x1 - mu1) / sigma1 * sigma2 + mu2``; with temporal
+    mean normalisation (TMN) frequency StatEx would be void (thesis, after
+    Definition 5.5). The whole-clip spectrum is left as ``x1``'s.
+
+    Parameters
+    ----------
+    features : dict of str -> np.ndarray
+        A batch from :func:`edge.frontend.asd_features`; spectrograms (B, T, F).
+    partner : np.ndarray, shape (B,), int
+    applied : np.ndarray, shape (B,), bool
+    frontend : AsdFrontendParams
+
+    Returns
+    -------
+    dict, the same keys; spectrogram rows where ``applied`` are exchanged.
+    """
+    out = dict(features)
+    for name in frontend.spectrogram_inputs:
+        x = features[name]
+        mu = x.mean(axis=-1, keepdims=True)
+        sd = x.std(axis=-1, keepdims=True) + 1e-6
+        new = (x - mu) / sd * sd[partner] + mu[partner]
+        out[name] = np.where(applied[:, None, None], new, x).astype(np.float32)
+    return out
+
+
+def _make_loss(kind: str, n_classes: int, n_centers: int, dim: int, seed: int, trainable: bool,
+               name: str):
+    from trainer.losses import AdaProj, SubClusterAdaCos, random_unit_centers
+
+    centers = random_unit_centers(n_classes, n_centers, dim, seed)
+    if kind == "adaproj":
+        return AdaProj(centers, n_classes, n_centers, trainable_centers=trainable, name=name)
+    return SubClusterAdaCos(centers, n_classes, n_centers, trainable_centers=trainable, name=name)
+
+
+def _train_member(cfg: TrainConfig, data: TrainingSet, seed: int, bar, member: int):
+    """Train one embedder; returns (model, per-epoch mean losses)."""
+    import tensorflow as tf
+
+    from trainer.model import AsdModelParams, build_asd_embedder
+
+    tf.keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    mp = AsdModelParams(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in cfg.model.items()})
+    model = build_asd_embedder(data.frontend, mp)
+    names = [t.name.split(":")[0] for t in model.inputs]
+    dim = model.output.shape[-1]
+    n_cls = len(data.classes)
+    loss_fn = _make_loss(cfg.loss, n_cls, cfg.n_centers, dim, seed, False, cfg.loss)
+    ssl_fn = None
+    if cfg.ssl:
+        n_ssl = n_cls * 3 ** len(cfg.ssl)
+        ssl_fn = _make_loss(cfg.loss, n_ssl, cfg.ssl_n_centers, dim, seed + 7919, True,
+                            f"ssl_{cfg.loss}")
+    featex = "featex" in cfg.ssl
+    branch_dim = mp.embedding_dim
+    opt = tf.keras.optimizers.Adam(cfg.learning_rate)
+    variables = model.trainable_variables + (ssl_fn.trainable_variables if ssl_fn else [])
+
+    @tf.function(reduce_retracing=True)
+    def step(inputs, lab, weight, ssl_lab, fx_partner, fx_applied):
+        with tf.GradientTape() as tape:
+            emb = model(inputs, training=True)
+            keep = weight > 0  # StatEx'd inputs are not samples of their class
+            per = loss_fn(tf.boolean_mask(lab, keep), tf.boolean_mask(emb, keep))
+            loss = per
+            if ssl_fn is not None:
+                if featex:  # Definition 5.6: spectrum-branch embedding of the partner
+                    swapped = tf.concat([emb[:, :-branch_dim],
+                                         tf.gather(emb[:, -branch_dim:], fx_partner)], axis=1)
+                    emb_ssl = tf.where(fx_applied[:, None], swapped, emb)
+                else:
+                    emb_ssl = emb
+                loss = per + ssl_fn(ssl_lab, emb_ssl)
+        grads = tape.gradient(loss, variables)
+        opt.apply_gradients(zip(grads, variables))
+        return loss
+
+    steps = cfg.steps_per_epoch or max(1, int(np.ceil(len(data) / cfg.batch_size)))
+    mixup_p = cfg.effective_mixup_probability
+    history = []
+    B = cfg.batch_size
+    for epoch in range(cfg.epochs):
+        losses = []
+        for _ in range(steps):
+            feats, lab = data.batch(B, rng, mixup_p)
+            weight = np.ones(B, np.float32)
+            ssl_lab = lab
+            fx_partner = np.arange(B)
+            fx_applied = np.zeros(B, bool)
+            for method in cfg.ssl:
+                partner = rng.permutation(B)
+                applied = rng.uniform(size=B) < cfg.ssl_probability
+                if method == "statex":
+                    applied[0] = False  # keep at least one sample for the regular task
+                    feats = temporal_statex(feats, partner, applied, data.frontend)
+                    weight = np.where(applied, 0.0, weight).astype(np.float32)
+                else:
+                    fx_partner, fx_applied = partner, applied
+                ssl_lab = exchange_labels(ssl_lab, partner, applied)
+            loss = step({n: feats[n] for n in names}, lab, weight, ssl_lab,
+                        fx_partner.astype(np.int32), fx_applied)
+            losses.append(float(loss))
+            bar.update(1)
+            bar.set_postfix(member=member + 1, epoch=epoch + 1, loss=f"{np.mean(losses):.3f}",
+                            scale=f"{float(loss_fn.scale.numpy()):.1f}")
+        history.append(float(np.mean(losses)))
+        log.info("member %d epoch %d/%d loss %.4f", member + 1, epoch + 1, cfg.epochs,
+                 history[-1])
+    return model, history
+
+
 def train_asd(cfg: TrainConfig, data: TrainingSet, progress: bool = True):
-    """Train the embedder; returns the float Keras model.
+    """Train the embedder (or the ensemble); returns ``(float Keras model, history)``.
 
     The thesis trains for ten epochs over ~1000 clips per section with batch size 64
     and Adam; with the few clips available here an "epoch" is ``steps_per_epoch``
     batches of random crops (default: enough batches to draw every clip once).
+    ``history`` lists each member's per-epoch mean loss (one list per member).
     """
-    import tensorflow as tf
     from tqdm import tqdm
 
-    from trainer.losses import SubClusterAdaCos, random_unit_centers
-    from trainer.model import AsdModelParams, build_asd_embedder
-
-    tf.keras.utils.set_random_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    mp = AsdModelParams(**{k: tuple(v) if isinstance(v, list) else v
-                           for k, v in cfg.model.items()})
-    model = build_asd_embedder(data.frontend, mp)
-    dim = model.output.shape[-1]
-    n_cls = len(data.classes)
-    loss_fn = SubClusterAdaCos(random_unit_centers(n_cls, cfg.n_centers, dim, cfg.seed),
-                               n_cls, cfg.n_centers)
-    opt = tf.keras.optimizers.Adam(cfg.learning_rate)
-
-    @tf.function(reduce_retracing=True)
-    def step(spec, dft, lab):
-        with tf.GradientTape() as tape:
-            emb = model([spec, dft], training=True)
-            loss = tf.reduce_mean(loss_fn(lab, emb))
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+    from trainer.model import build_ensemble
 
     steps = cfg.steps_per_epoch or max(1, int(np.ceil(len(data) / cfg.batch_size)))
-    total = cfg.epochs * steps
-    bar = tqdm(total=total, desc="training", unit="step", disable=not progress)
-    history = []
-    for epoch in range(cfg.epochs):
-        losses = []
-        for _ in range(steps):
-            (spec, dft), lab = data.batch(cfg.batch_size, rng, cfg.mixup_probability)
-            losses.append(float(step(spec, dft, lab)))
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}",
-                            scale=f"{float(loss_fn.scale.numpy()):.1f}")
-        history.append(float(np.mean(losses)))
-        log.info("epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, history[-1])
+    bar = tqdm(total=cfg.ensemble_size * cfg.epochs * steps, desc="training", unit="step",
+               disable=not progress)
+    members, histories = [], []
+    for i in range(cfg.ensemble_size):
+        model, hist = _train_member(cfg, data, cfg.seed + i, bar, i)
+        members.append(model)
+        histories.append(hist)
     bar.close()
-    return model, history
+    return build_ensemble(members), histories
+
+
+def float_embeddings(model, features: dict[str, np.ndarray], n_members: int = 1,
+                     batch_size: int = 8) -> np.ndarray:
+    """The float Keras model's embeddings, normalised as the node's int8 ones.
+
+    Parameters
+    ----------
+    model : keras.Model
+    features : dict of str -> np.ndarray, each (n, ...)
+    n_members : int
+        Ensemble members (:func:`edge.backend.normalize_members`).
+
+    Returns
+    -------
+    np.ndarray, shape (n, D), float32
+    """
+    from edge.backend import normalize_members
+
+    names = [t.name.split(":")[0] for t in model.inputs]
+    out = model.predict({n: features[n] for n in names}, batch_size=batch_size, verbose=0)
+    return normalize_members(out, n_members)
+
+
+def export_asd_bundle(model, data: TrainingSet, cfg: TrainConfig, out_dir, history=None,
+                      extra: dict | None = None) -> Path:
+    """Convert to full-integer int8, write ``<out_dir>/<cfg.name>.{tflite,json}`` and record
+    the int8-vs-float embedding cosine on the training clips in the metadata.
+
+    Returns
+    -------
+    Path of the ``.tflite``.
+    """
+    import dataclasses
+
+    from edge.fileio import atomic_write_json
+    from edge.model import AsdEmbedder
+    from trainer.export import convert_float, convert_int8, cosine_similarity_rows, write_bundle
+
+    rng = np.random.default_rng(cfg.seed + 1)
+    n_rep = min(cfg.representative_samples, 4 * len(data))
+    idx = rng.integers(0, len(data), n_rep)
+    rep = data.features(idx, rng)
+    names = list(rep)
+    tflite = convert_int8(model, ({n: rep[n][i] for n in names} for i in range(n_rep)))
+    float_bytes = len(convert_float(model))
+    meta = {
+        "task": "asd",
+        "frontend": dataclasses.asdict(data.frontend),
+        "embedding_dim": int(model.output.shape[-1]),
+        "inputs": list(data.frontend.input_shapes),
+        "ensemble_members": cfg.ensemble_size,
+        "classes": data.classes,
+        "training_data_sha256": data.data_hash(),
+        "training_clips": len(data),
+        "training_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "sources"},
+        "training_sources": [dataclasses.asdict(s) for s in cfg.sources],
+        "loss": cfg.loss,
+        "ssl": list(cfg.ssl),
+        "final_loss": float(np.mean([h[-1] for h in history])) if history else None,
+        "float_tflite_size_bytes": float_bytes,
+    }
+    meta.update(extra or {})
+    path = write_bundle(out_dir, cfg.name, tflite, meta)
+    emb = AsdEmbedder(path)
+    feats = data.features()
+    ref = float_embeddings(model, feats, cfg.ensemble_size)
+    q = np.stack([emb.embed_features({n: feats[n][i] for n in names}) for i in range(len(data))])
+    cos = cosine_similarity_rows(ref, q)
+    meta = dict(emb.metadata)
+    meta["int8_vs_float_cosine"] = {"min": float(cos.min()), "mean": float(cos.mean())}
+    atomic_write_json(path.with_suffix(".json"), meta)
+    return path
