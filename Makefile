@@ -6,13 +6,14 @@ PY     := $(VENV)/bin/python
 SYSTEM_PACKAGES := mosquitto mosquitto-clients libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins
 CONFIG ?= firmware_config/default.yaml
 
-.PHONY: help setup system-deps venv run demo test export-tflite bench clean
+.PHONY: help setup system-deps venv run demo test export-tflite evaluate-asd bench clean
 
 help:
 	@echo "make demo           set up, then calibrate and run a node on a virtual microphone and a local broker"
 	@echo "make test           set up, then run the test suite"
 	@echo "make run            run a node with $(CONFIG) (calibrate it first: python -m calibration record ...)"
 	@echo "make export-tflite  train both embedders: models/asd_default.* and models/kws_default.* (about 45 min)"
+	@echo "make evaluate-asd   ours (float, int8) vs the DCASE 2023 autoencoder baseline -> reports/asd_eval/"
 	@echo "make bench          latency, real-time factor, node memory and model sizes -> reports/bench.md"
 	@echo "make setup          only the set-up (system packages when root, .venv with .[dev])"
 
@@ -50,6 +51,9 @@ export-tflite: setup
 	$(PY) -m trainer train-asd --config trainer/configs/asd_default.yaml --out models --keras-out build/asd_default.keras
 	$(PY) -m trainer train-kws --config trainer/configs/kws_default.yaml --out models --keras-out build/kws_default.keras
 	$(PY) -m trainer evaluate-kws --model models/kws_default.tflite --set-model-threshold --out reports/kws_eval
+
+evaluate-asd: setup
+	$(PY) -m trainer evaluate-asd
 
 bench: setup
 	$(PY) -m bench
