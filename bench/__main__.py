@@ -328,9 +328,9 @@ def measure_latency(model: Path, clips: Sequence[Path], runs: int = 30, warmup: 
         for i in range(warmup + runs):
             y = waves[i % len(waves)]
             t0 = time.perf_counter()
-            spec, dft = asd_features(y, fe)
+            feats = asd_features(y, fe)
             t1 = time.perf_counter()
-            emb = embedder.embed_features(spec, dft)
+            emb = embedder.embed_features(feats)
             t2 = time.perf_counter()
             if not np.all(np.isfinite(emb)):
                 raise RuntimeError(f"non-finite embedding for {clips[i % len(clips)]}")

@@ -177,3 +177,28 @@ def test_every_option_trains_and_exports_int8(tmp_path, data_dir):
     assert meta["int8_vs_float_cosine"]["mean"] > 0.9
     x = emb.embed(load_audio(data_dir / "asd/mimii_fan_id00/normal/00000009.wav"))
     np.testing.assert_allclose(np.linalg.norm(x.reshape(2, -1), axis=1), 2 ** -0.5, rtol=1e-4)
+
+
+def test_calibration_of_an_ensemble_round_trips(tmp_path):
+    """The node's calibration keeps the ensemble size and scores by summed members."""
+    from types import SimpleNamespace
+
+    from calibration.calibrate import CalibrationWindows, fit_calibration
+    from edge.backend import Calibration
+
+    rng = np.random.default_rng(4)
+    emb = normalize_members(rng.standard_normal((12, 10)), 2)
+    w = CalibrationWindows(emb, np.zeros(12, int), np.arange(12) * 32000,
+                           np.arange(12) * 32000 + 32000)
+    model = SimpleNamespace(model_id="m", sha256="0" * 64, n_members=2)
+    cal = fit_calibration(w, model, n_clusters=4, threshold_method="mst-iqr")
+    assert cal.n_members == 2
+    loaded = Calibration.load(cal.save(tmp_path / "cal.npz"), "0" * 64)
+    assert loaded.n_members == 2 and loaded.calibration_id == cal.calibration_id
+    x = rng.standard_normal((3, 10))
+    mem = loaded.memory
+    expect = (min_cosine_distance(x[:, :5], normalize_members(mem[:, :5]))
+              + min_cosine_distance(x[:, 5:], normalize_members(mem[:, 5:])))
+    np.testing.assert_allclose(loaded.score_samples(x), expect, rtol=1e-5)
+    # Held-out scores: each window against the windows that do not overlap it.
+    assert cal.normal_scores.shape == (12,) and cal.normal_scores.min() > 0

@@ -306,6 +306,7 @@ def _run_ours(cfg, train: list[EvalClip], test: list[EvalClip], out_dir: Path, a
     train_seconds = time.monotonic() - t0
     path = export_asd_bundle(model, data, cfg, out_dir / "models", history,
                              extra={"evaluation": "trainer evaluate-asd"})
+    model.save(path.with_suffix(".keras"))  # the float model that was evaluated
     emb_int8 = AsdEmbedder(path)
     test_waves = _load_waves(test, frontend.sample_rate, progress)
     result: dict[str, dict[str, np.ndarray]] = {"float": {}, "int8": {}}
