@@ -18,6 +18,9 @@ __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "sha256_fi
 def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "wb") -> Path:
     """Write ``path`` atomically; ``writer(fileobj)`` produces the content.
 
+    A replaced file keeps its permission bits; a new one gets ``0o644`` (``mkstemp``
+    alone would leave ``0o600``, unreadable for a report server or another user).
+
     Raises
     ------
     OSError
@@ -27,6 +30,10 @@ def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "w
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        try:
+            os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
+        except OSError:
+            pass
         with os.fdopen(fd, mode) as f:
             writer(f)
             f.flush()

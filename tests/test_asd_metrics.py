@@ -410,5 +410,9 @@ def test_plots_write_png_atomically(tmp_path):
                              "hist")
     assert h.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["hist.png", "roc.png"]
+    assert h.stat().st_mode & 0o777 == 0o644  # readable by a report server, not mkstemp's 0600
+    h.chmod(0o640)  # a replaced file keeps its permissions
+    plot_score_histogram(h, s[y == 0], s[y == 1], {}, "again")
+    assert h.stat().st_mode & 0o777 == 0o640
     with pytest.raises(ValueError):
         plot_score_histogram(tmp_path / "x.png", [], [], {}, "empty")

@@ -165,6 +165,8 @@ def plot_score_histogram(
     if hi > lo:
         span = hi - lo
         edges = np.histogram_bin_edges(both, bins="auto")
+        if edges.size < 31:  # "auto" gives a handful of bins for tens of clips
+            edges = np.linspace(lo, hi, 31)
     else:  # all scores equal: one bin around the value
         span = max(abs(lo), 1.0) * 0.1
         edges = np.array([lo - 0.5 * span, hi + 0.5 * span])

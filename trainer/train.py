@@ -55,7 +55,9 @@ class TrainConfig:
         dimension per class (AdaProj; 32 in Section 5.6.2).
     ssl : list of {"statex", "featex"}
         Self-supervised tasks of the second head, applied in this order (thesis Section
-        5.7.2): each triples the number of SSL classes. Empty: no SSL head.
+        5.7.2): each triples the number of SSL classes. Empty: no SSL head. Inputs
+        changed by StatEx are simulated anomalies, so they are left out of the regular
+        (meta-information) loss; FeatEx changes only the SSL head's embedding.
     ssl_probability : float
         Probability of applying each SSL augmentation to a sample (0.5 in the thesis).
     ssl_n_centers : int
