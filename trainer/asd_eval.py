@@ -20,9 +20,9 @@ Protocol
    domains), the DCASE official score (harmonic mean over all units' AUCs and pAUCs),
    precision/recall/F1 at the decision threshold of every threshold estimator of
    :mod:`calibration.thresholds` fit on the unit's *normal training* scores (held out:
-   each training clip is scored against a backend built without it; the autoencoder's
-   training clips are scored by the trained model itself, as the DCASE baseline fits its
-   threshold), F1-EV and bounded F1-EV (thesis Definitions 4.1 and 4.2). Summaries (the
+   each training clip is scored against a backend built without it, 5-fold; the
+   autoencoder's training clips are scored by the trained model itself, as the DCASE
+   baseline fits its threshold), F1-EV and bounded F1-EV (thesis Definitions 4.1 and 4.2). Summaries (the
    official score among them) cover the units with at least ``--min-test-normal`` normal
    and one anomalous test clip; with fewer, an AUC is 0 or 1 by chance (one normal
    against one anomaly) and a single 0 would zero the harmonic mean. Every DCASE
@@ -198,7 +198,7 @@ def _backend_memory(emb: np.ndarray, domains: np.ndarray, n_clusters: int, n_mem
 
 def unit_backend_scores(train_emb: np.ndarray, train_domains: np.ndarray,
                         test_emb: np.ndarray, n_clusters: int = 16, n_members: int = 1,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                        seed: int = 0, n_folds: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Anomaly scores of one unit's test clips, and held-out scores of its training clips.
 
     Parameters
@@ -212,27 +212,33 @@ def unit_backend_scores(train_emb: np.ndarray, train_domains: np.ndarray,
         k-means clusters for the source domain (16 in the thesis, at most one per clip).
     n_members : int
         Ensemble members (scores summed).
+    n_folds : int
+        Folds of the held-out training scores.
 
     Returns
     -------
     test_scores : np.ndarray, shape (n_test,), float32
     train_scores : np.ndarray, shape (n_train,), float32
-        Each training clip scored against a backend built from the *other* training
-        clips (leave-one-out), so the threshold estimators see scores of unseen normal
-        clips. Empty if there is only one training clip.
+        Every training clip scored against a backend built without it: the clips are
+        split into ``min(n_folds, n_train)`` interleaved folds, and each fold is scored
+        against the backend of the others (leave-one-out for five clips or fewer), so
+        the threshold estimators see scores of unseen normal clips. Empty if there is
+        only one training clip.
     """
     from edge.backend import min_cosine_distance
 
     memory = _backend_memory(train_emb, train_domains, n_clusters, n_members, seed)
     test_scores = min_cosine_distance(test_emb, memory, n_members)
-    train_scores = []
-    if len(train_emb) > 1:
-        for i in range(len(train_emb)):
-            keep = np.arange(len(train_emb)) != i
-            mem = _backend_memory(train_emb[keep], train_domains[keep], n_clusters, n_members,
-                                  seed)
-            train_scores.append(min_cosine_distance(train_emb[i], mem, n_members))
-    return test_scores, np.asarray(train_scores, np.float32)
+    n = len(train_emb)
+    if n < 2:
+        return test_scores, np.zeros(0, np.float32)
+    train_scores = np.zeros(n, np.float32)
+    fold = np.arange(n) % min(n_folds, n)
+    for k in np.unique(fold):
+        keep = fold != k
+        mem = _backend_memory(train_emb[keep], train_domains[keep], n_clusters, n_members, seed)
+        train_scores[~keep] = min_cosine_distance(train_emb[~keep], mem, n_members)
+    return test_scores, train_scores
 
 
 def evaluate_scores(y_true: np.ndarray, domains: np.ndarray, test_scores: np.ndarray,
