@@ -21,7 +21,9 @@ branch's int8-vs-float embedding cosine was 0.97 and 0.87 (min) with the raw inp
 0.999 with ``log1p``, but ``log1p`` lost the level information that made MIMII fan
 anomalies detectable (AUC 0.59 / 0.43 vs 0.975 / 0.63). The paper's raw input stays the
 default; ``spectrum_compression="log1p"`` is there for models where int8 fidelity of
-that branch matters more.
+that branch matters more. ``spectrum_step`` instead puts the raw spectrum on the 256-level
+grid the int8 model sees (97 % of a fan clip's bins fall on its lowest two steps), so the
+float model trained on it and the int8 model on the node get the same values.
 
 KWS frontend (thesis Section 6.3.4, line 2097ff): 16 kHz, high-pass at 50 Hz, log-Mel
 spectrogram with 64 bands, Hann window 1024, hop 256 (one frame per 16 ms), segments of
@@ -51,6 +53,7 @@ __all__ = [
     "temporal_mean_normalisation",
     "magnitude_spectrum",
     "asd_features",
+    "spectrum_step_for",
     "KwsFrontendParams",
     "mel_filterbank",
     "highpass_coefficients",
@@ -95,6 +98,12 @@ class AsdFrontendParams:
         gives the 80000 bins of Table 14.
     spectrum_compression : {"log1p", "none"}
         Applied to the DFT magnitude (see the module docstring for why).
+    spectrum_step : float or None
+        Quantisation step of the spectrum input: ``min(round(|X| / step), 255)``, the
+        256-level grid an int8 model sees anyway, so the float model is trained on the
+        same values the int8 model gets (see the module docstring). ``None``: raw values.
+        A training recipe may say ``auto``: the largest training-clip spectrum value /
+        255 (:func:`spectrum_step_for`).
     extra_n_ffts : tuple of int
         Multi-resolution spectrograms (Fujimura et al. 2025, ``002_aace9358fd6fb51a.txt``
         Section III-A1): window lengths of additional TMN-normalised magnitude
@@ -110,6 +119,7 @@ class AsdFrontendParams:
     spectrum_fmin: float | None = None
     spectrum_fmax: float | None = None
     spectrum_compression: str = "none"
+    spectrum_step: float | None = None
     extra_n_ffts: tuple[int, ...] = ()
 
     def __post_init__(self):
@@ -117,6 +127,10 @@ class AsdFrontendParams:
             raise ValueError(f"spectrum_compression must be 'log1p' or 'none', "
                              f"got {self.spectrum_compression!r}")
         object.__setattr__(self, "extra_n_ffts", tuple(int(n) for n in self.extra_n_ffts))
+        if self.spectrum_step is not None and not (isinstance(self.spectrum_step, (int, float))
+                                                   and self.spectrum_step > 0):
+            raise ValueError(f"spectrum_step must be a positive number or None, got "
+                             f"{self.spectrum_step!r}")
         for n in self.extra_n_ffts:
             if not 16 <= n <= self.clip_samples or n == self.n_fft:
                 raise ValueError(f"extra_n_ffts: {n} must lie in [16, clip samples] and differ "
@@ -181,9 +195,11 @@ class AsdFrontendParams:
     def from_dict(cls, d: dict[str, Any]) -> "AsdFrontendParams":
         """Parameters from bundle metadata; every field must be present (no silent defaults,
         so a model is never fed features it was not trained on). ``extra_n_ffts`` is the
-        one exception: bundles older than it had a single spectrogram, ``()``."""
+        and ``spectrum_step`` are the exceptions: bundles older than them had a single
+        spectrogram, ``()``, and a raw spectrum, ``None``."""
         d = dict(d)
         d.setdefault("extra_n_ffts", ())
+        d.setdefault("spectrum_step", None)
         return _params_from_dict(cls, d, "ASD")
 
 
@@ -345,8 +361,32 @@ def asd_features(y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams()
     dft = magnitude_spectrum(y, params.spectrum_slice)
     if params.spectrum_compression == "log1p":
         dft = np.log1p(dft, out=dft)
+    if params.spectrum_step is not None:
+        dft = np.minimum(np.round(dft / np.float32(params.spectrum_step)), 255.0,
+                         dtype=np.float32)
     out["spectrum"] = dft
     return out
+
+
+SPECTRUM_LEVELS = 255
+
+
+def spectrum_step_for(waveforms, params: AsdFrontendParams) -> float:
+    """``spectrum_step: auto``: the largest spectrum value of the clips / 255.
+
+    Parameters
+    ----------
+    waveforms : iterable of np.ndarray, each (n_samples,)
+        Training clips (their first ``clip_seconds``).
+    params : AsdFrontendParams
+        With ``spectrum_step=None``.
+
+    Returns
+    -------
+    float
+    """
+    peak = max(float(asd_features(w, params)["spectrum"].max()) for w in waveforms)
+    return max(peak, 1e-12) / SPECTRUM_LEVELS
 
 
 # --------------------------------------------------------------------------- KWS

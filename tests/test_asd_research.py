@@ -161,7 +161,7 @@ def test_every_option_trains_and_exports_int8(tmp_path, data_dir):
         "  - {path: asd/dcase2023_dev_samples, split: train, files: 'fan_*'}\n"
         "epochs: 1\nsteps_per_epoch: 2\nbatch_size: 4\nloss: adaproj\nn_centers: 8\n"
         "ssl: [statex, featex]\nssl_n_centers: 4\nensemble_size: 2\n"
-        "frontend: {extra_n_ffts: [4096]}\nmodel: {embedding_dim: 32, resnet_widths: [8, 8, 8, 8],"
+        "frontend: {extra_n_ffts: [4096], spectrum_step: auto}\nmodel: {embedding_dim: 32, resnet_widths: [8, 8, 8, 8],"
         " spectrum_filters: 16, spectrum_dense_layers: 1}\nrepresentative_samples: 8\n")
     r = subprocess.run([sys.executable, "-m", "trainer", "train-asd", "--config", str(recipe),
                         "--out", str(tmp_path), "--quiet"], cwd=ROOT, capture_output=True,
@@ -173,6 +173,7 @@ def test_every_option_trains_and_exports_int8(tmp_path, data_dir):
     assert meta["inputs"] == ["spectrogram", "spectrogram_4096", "spectrum"]
     assert meta["ensemble_members"] == emb.n_members == 2
     assert meta["loss"] == "adaproj" and meta["ssl"] == ["statex", "featex"]
+    assert meta["frontend"]["spectrum_step"] > 0  # "auto" resolved from the training clips
     assert emb.embedding_dim == 2 * 3 * 32  # 2 members x 3 branches x 32
     assert meta["int8_vs_float_cosine"]["mean"] > 0.9
     x = emb.embed(load_audio(data_dir / "asd/mimii_fan_id00/normal/00000009.wav"))

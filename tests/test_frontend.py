@@ -82,3 +82,24 @@ def test_multi_resolution_spectrograms(clip):
     assert AsdFrontendParams.from_dict(d).extra_n_ffts == ()
     with pytest.raises(ValueError, match="extra_n_ffts"):
         AsdFrontendParams(extra_n_ffts=(1024,))
+
+
+def test_spectrum_on_the_int8_grid(clip):
+    """spectrum_step puts the spectrum on 256 levels, the same values an int8 input with
+    scale `step` holds; `auto` makes the loudest training bin level 255."""
+    from edge.frontend import spectrum_step_for
+
+    raw = asd_features(clip)["spectrum"]
+    step = spectrum_step_for([clip], AsdFrontendParams())
+    assert step == pytest.approx(raw.max() / 255)
+    q = asd_features(clip, AsdFrontendParams(spectrum_step=step))["spectrum"]
+    assert q.dtype == np.float32 and q.max() == 255 and q.min() >= 0
+    np.testing.assert_array_equal(q, np.round(q))
+    np.testing.assert_allclose(q * step, raw, atol=0.5 * step + 1e-6 * raw.max())
+    loud = asd_features(4 * clip, AsdFrontendParams(spectrum_step=step))["spectrum"]
+    assert loud.max() == 255  # louder than training: clipped, as the int8 input would be
+    d = AsdFrontendParams().to_dict()
+    del d["spectrum_step"]
+    assert AsdFrontendParams.from_dict(d).spectrum_step is None
+    with pytest.raises(ValueError, match="spectrum_step"):
+        AsdFrontendParams(spectrum_step=0)

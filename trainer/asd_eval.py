@@ -299,12 +299,12 @@ def _run_ours(cfg, train: list[EvalClip], test: list[EvalClip], out_dir: Path, a
               progress: bool) -> dict[str, dict[str, np.ndarray]]:
     """Train our embedder on the training clips, export int8; embeddings of every clip
     in float and int8, keyed ``"float"`` / ``"int8"`` -> {"train": (n, D), "test": (m, D)}."""
-    from edge.frontend import AsdFrontendParams, asd_features
+    from edge.frontend import asd_features
     from edge.model import AsdEmbedder
     from trainer.train import TrainingSet, export_asd_bundle, float_embeddings, train_asd
 
-    frontend = AsdFrontendParams(**cfg.frontend)
-    data = TrainingSet([(c.path, c.label) for c in train], frontend, progress)
+    data = TrainingSet([(c.path, c.label) for c in train], cfg.frontend, progress)
+    frontend = data.frontend
     print(f"ours: {len(data)} training clips, {len(data.classes)} classes, loss {cfg.loss}, "
           f"SSL {cfg.ssl or 'off'}, ensemble of {cfg.ensemble_size}", file=sys.stderr)
     t0 = time.monotonic()

@@ -181,9 +181,23 @@ class TrainingSet:
     paths : list of Path
     """
 
-    def __init__(self, items: list[tuple[Path, ClipLabel]], frontend: AsdFrontendParams,
-                 progress: bool = True):
+    def __init__(self, items: list[tuple[Path, ClipLabel]],
+                 frontend: AsdFrontendParams | dict[str, Any], progress: bool = True):
+        """``frontend`` may be the recipe's ``frontend`` mapping, where ``spectrum_step:
+        auto`` is resolved from these clips (:func:`edge.frontend.spectrum_step_for`)."""
+        import dataclasses
+
         from tqdm import tqdm
+
+        from edge.frontend import spectrum_step_for
+
+        auto = False
+        if isinstance(frontend, dict):
+            frontend = dict(frontend)
+            auto = frontend.get("spectrum_step") == "auto"
+            if auto:
+                frontend.pop("spectrum_step")
+            frontend = AsdFrontendParams(**frontend)
 
         self.paths = [p for p, _ in items]
         self.labels = [lab for _, lab in items]
@@ -193,6 +207,9 @@ class TrainingSet:
         self.frontend = frontend
         self.waveforms = [load_audio(p, frontend.sample_rate)
                           for p in tqdm(self.paths, desc="loading clips", disable=not progress)]
+        if auto:
+            self.frontend = dataclasses.replace(
+                frontend, spectrum_step=spectrum_step_for(self.waveforms, frontend))
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, base: Path, progress: bool = True) -> "TrainingSet":
@@ -205,8 +222,7 @@ class TrainingSet:
             if not found:
                 raise FileNotFoundError(f"source {s.path!r} (files={s.files!r}) matched no clip")
             items += found
-        fe = AsdFrontendParams(**cfg.frontend)
-        return cls(items, fe, progress)
+        return cls(items, cfg.frontend, progress)
 
     def __len__(self) -> int:
         return len(self.paths)
