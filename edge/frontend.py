@@ -465,23 +465,36 @@ def _mel_to_hz(m):
     return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """Triangular mel filterbank (Slaney scale, peak 1, no area normalisation).
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
+                   norm: str | None = None) -> np.ndarray:
+    """Triangular mel filterbank (Slaney scale).
 
     Equal to ``librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin,
-    fmax=fmax, htk=False, norm=None)`` (tested).
+    fmax=fmax, htk=False, norm=norm)`` (tested).
+
+    Parameters
+    ----------
+    norm : {None, "slaney"}
+        ``None``: triangles of peak 1 (the KWS frontend); ``"slaney"``: each triangle
+        scaled by ``2 / (f[m + 2] - f[m])`` (band edges in Hz) to constant area, librosa's
+        default (the DCASE autoencoder baseline).
 
     Returns
     -------
     np.ndarray, shape (n_mels, n_fft // 2 + 1), float32
     """
+    if norm not in (None, "slaney"):
+        raise ValueError(f"norm must be None or 'slaney', got {norm!r}")
     fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
     mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
     fdiff = np.diff(mel_f)
     ramps = mel_f[:, None] - fft_freqs[None, :]
     lower = -ramps[:-2] / fdiff[:-1, None]
     upper = ramps[2:] / fdiff[1:, None]
-    return np.maximum(0, np.minimum(lower, upper)).astype(np.float32)
+    weights = np.maximum(0, np.minimum(lower, upper))
+    if norm == "slaney":
+        weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
+    return weights.astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)

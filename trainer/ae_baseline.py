@@ -47,7 +47,7 @@ from typing import Sequence
 import numpy as np
 
 from calibration.thresholds import NotFittedError
-from edge.frontend import _hz_to_mel, _mel_to_hz, as_mono, magnitude_spectrogram, mel_filterbank
+from edge.frontend import as_mono, magnitude_spectrogram, mel_filterbank
 
 __all__ = ["AeBaselineParams", "logmel_vectors", "slaney_mel_filterbank", "build_autoencoder",
            "AutoencoderBaseline", "NotFittedError"]
@@ -132,19 +132,15 @@ class AeBaselineParams:
 def slaney_mel_filterbank(params: AeBaselineParams = AeBaselineParams()) -> np.ndarray:
     """librosa's default mel filterbank: Slaney scale, 0 Hz to Nyquist, Slaney area norm.
 
-    :func:`edge.frontend.mel_filterbank` (peak 1) times ``2 / (f[m + 2] - f[m])``, where
-    ``f`` are the ``n_mels + 2`` band edges in Hz. Equals
+    :func:`edge.frontend.mel_filterbank` with ``norm="slaney"``. Equals
     ``librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)`` (tested).
 
     Returns
     -------
     np.ndarray, shape (n_mels, n_fft // 2 + 1), float32
     """
-    fmax = params.sample_rate / 2.0
-    fbank = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, 0.0, fmax)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(fmax), params.n_mels + 2))
-    enorm = 2.0 / (edges[2:] - edges[:-2])
-    return (fbank * enorm[:, None]).astype(np.float32)
+    return mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, 0.0,
+                          params.sample_rate / 2.0, norm="slaney")
 
 
 def _check_clip(waveform, params: AeBaselineParams, what: str = "waveform") -> np.ndarray:
