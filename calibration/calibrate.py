@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from edge.backend import Calibration, min_cosine_distance, normalize_members
+from edge.backend import Calibration, normalize_members
 from edge.fileio import atomic_write_bytes
 from edge.pipeline import Windower, level_dbfs
 
@@ -160,8 +160,14 @@ def held_out_scores(w: CalibrationWindows, n_members: int = 1) -> np.ndarray:
     if scored.sum() < 2:
         raise ValueError("calibration needs at least two non-overlapping windows of normal "
                          "operation: record for longer (at least twice asd.window_seconds)")
-    return np.array([min_cosine_distance(w.embeddings[i], w.embeddings[~overlap[i]], n_members)
-                     for i in np.flatnonzero(scored)], np.float32)
+    k = n_members  # per member: 1 - cos to the nearest non-overlapping window, summed
+    parts = normalize_members(w.embeddings, k).reshape(len(w), k, -1)
+    dist = np.zeros(len(w), np.float64)
+    for m in range(k):
+        sims = parts[:, m] @ parts[:, m].T
+        sims[overlap] = -np.inf
+        dist += 1.0 - k * sims.max(axis=1)
+    return np.clip(dist[scored], 0.0, 2.0 * k).astype(np.float32)
 
 
 def fit_calibration(w: CalibrationWindows, embedder, n_clusters: int, threshold_method: str,

@@ -295,7 +295,7 @@ def _load_waves(clips: list[EvalClip], sample_rate: int, progress: bool) -> list
             tqdm(clips, desc="loading clips", unit="clip", disable=not progress)]
 
 
-def _run_ours(cfg, train: list[EvalClip], test: list[EvalClip], out_dir: Path, args,
+def _run_ours(cfg, train: list[EvalClip], test: list[EvalClip], out_dir: Path,
               progress: bool) -> dict[str, dict[str, np.ndarray]]:
     """Train our embedder on the training clips, export int8; embeddings of every clip
     in float and int8, keyed ``"float"`` / ``"int8"`` -> {"train": (n, D), "test": (m, D)}."""
@@ -326,9 +326,7 @@ def _run_ours(cfg, train: list[EvalClip], test: list[EvalClip], out_dir: Path, a
                                           tqdm(feats, desc=f"int8 embeddings ({split})",
                                                disable=not progress)])
     result["_meta"] = {"model": str(path), "train_seconds": train_seconds,
-                       "history": history, "n_members": cfg.ensemble_size,
-                       "model_id": emb_int8.model_id,
-                       "int8_bytes": emb_int8.metadata["size_bytes"],
+                       "n_members": cfg.ensemble_size, "int8_bytes": emb_int8.metadata["size_bytes"],
                        "float_bytes": emb_int8.metadata["float_tflite_size_bytes"]}
     return result
 
@@ -369,7 +367,7 @@ def _fmt(v, pct=True) -> str:
 def _summary(units: dict[str, dict[str, Any]], system: str) -> dict[str, Any]:
     """Official score and mean F1 per estimator over the units in the summary."""
     from calibration.thresholds import THRESHOLD_METHODS
-    from trainer.asd_metrics import official_score_of_sections
+    from trainer.asd_metrics import official_score, official_score_of_sections
 
     res = [u["systems"][system] for u in units.values()
            if system in u["systems"] and u["in_summary"]]
@@ -382,11 +380,8 @@ def _summary(units: dict[str, dict[str, Any]], system: str) -> dict[str, Any]:
         vals = [r[key] for r in res if r.get(key) is not None]
         return float(np.mean(vals)) if vals else None
 
-    from scipy.stats import hmean
-
-    def hmean_of(key):
-        vals = [r[key] for r in res if r.get(key) is not None]
-        return float(hmean(vals)) if vals and min(vals) > 0 else (0.0 if vals else None)
+    def hmean_of(key):  # harmonic mean skipping undefined values, as the official score
+        return official_score(r.get(key) for r in res)
 
     return {"official_score": official_score_of_sections(res),
             "hmean_auc_source": hmean_of("auc_source"), "hmean_auc_target": hmean_of("auc_target"),
@@ -518,7 +513,11 @@ def run_cli(args) -> int:
 
     scores: dict[str, dict[str, np.ndarray]] = {}
     meta: dict[str, Any] = {}
+    source_of: dict[str, str] = {}  # system name -> key of meta
     cos = None
+    index = {unit: (np.array([i for i, c in enumerate(train) if c.unit == unit], int),
+                    np.array([i for i, c in enumerate(test) if c.unit == unit], int))
+             for unit in sorted({c.unit for c in clips})}
     if "ours" in systems:
         cfg = load_train_config(args.config)
         cfg.seed = args.seed
@@ -526,16 +525,16 @@ def run_cli(args) -> int:
         for key in ("epochs", "steps_per_epoch", "batch_size", "ensemble_size"):
             if getattr(args, key) is not None:
                 setattr(cfg, key, getattr(args, key))
-        emb = _run_ours(cfg, train, test, out_dir, args, progress)
+        emb = _run_ours(cfg, train, test, out_dir, progress)
         meta["ours"] = emb.pop("_meta")
         cos = cosine_similarity_rows(emb["float"]["test"], emb["int8"]["test"])
         for kind in ("float", "int8"):
             name = f"ours ({kind})"
-            scores[name] = {"train": np.zeros(len(train), np.float32),
+            source_of[name] = "ours"
+            # NaN: no held-out score (a unit with a single training clip)
+            scores[name] = {"train": np.full(len(train), np.nan, np.float32),
                             "test": np.zeros(len(test), np.float32)}
-            for unit in sorted({c.unit for c in clips}):
-                tr = np.array([i for i, c in enumerate(train) if c.unit == unit], int)
-                te = np.array([i for i, c in enumerate(test) if c.unit == unit], int)
+            for unit, (tr, te) in index.items():
                 if len(tr) == 0 or len(te) == 0:
                     continue
                 doms = np.array([train[i].label.domain for i in tr])
@@ -549,12 +548,11 @@ def run_cli(args) -> int:
         ae = _run_ae(train, test, args, progress)
         meta["ae"] = ae.pop("_meta")
         scores["DCASE 2023 AE baseline"] = ae
+        source_of["DCASE 2023 AE baseline"] = "ae"
 
     units: dict[str, dict[str, Any]] = {}
-    for unit in sorted({c.unit for c in clips}):
-        tr = [i for i, c in enumerate(train) if c.unit == unit]
-        te = [i for i, c in enumerate(test) if c.unit == unit]
-        if not tr or not te:
+    for unit, (tr, te) in index.items():
+        if not len(tr) or not len(te):
             log.warning("unit %s skipped: %d training and %d test clips", unit, len(tr), len(te))
             continue
         y = np.array([int(test[i].label.is_anomaly) for i in te])
@@ -564,8 +562,8 @@ def run_cli(args) -> int:
                                  "in_summary": bool(n_normal >= args.min_test_normal and y.any()),
                                  "systems": {}, "plots": []}
         for name, s in scores.items():
-            tr_scores = s["train"][tr] if len(tr) > 1 or name.startswith("DCASE") else np.array([])
-            r = evaluate_scores(y, doms, s["test"][te], tr_scores)
+            tr_scores = s["train"][tr]
+            r = evaluate_scores(y, doms, s["test"][te], tr_scores[np.isfinite(tr_scores)])
             r["test_scores"] = [float(v) for v in s["test"][te]]
             entry["systems"][name] = r
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", unit)
@@ -590,7 +588,7 @@ def run_cli(args) -> int:
         "split": {c.path.name: c.split for c in clips},
         "skipped_files": [str(p) for p in skipped], "units": units, "systems": {}}
     for name in scores:
-        key = "ae" if name.startswith("DCASE") else "ours"
+        key = source_of[name]
         report["systems"][name] = {"summary": _summary(units, name),
                                    "train_seconds": meta[key]["train_seconds"],
                                    **({"model": meta[key].get("model"),

@@ -160,8 +160,6 @@ def load_train_config(path: str | Path) -> TrainConfig:
                              f"files; got {sorted(s)}")
         srcs.append(DataSource(**s))
     raw["sources"] = srcs
-    if "frontend" in raw and "extra_n_ffts" in (raw["frontend"] or {}):
-        raw["frontend"]["extra_n_ffts"] = tuple(raw["frontend"]["extra_n_ffts"])
     try:
         return TrainConfig(**raw)
     except (TypeError, ValueError) as exc:
@@ -336,7 +334,7 @@ def _make_loss(kind: str, n_classes: int, n_centers: int, dim: int, seed: int, t
     return SubClusterAdaCos(centers, n_classes, n_centers, trainable_centers=trainable, name=name)
 
 
-def _train_member(cfg: TrainConfig, data: TrainingSet, seed: int, bar, member: int):
+def _train_member(cfg: TrainConfig, data: TrainingSet, seed: int, steps: int, bar, member: int):
     """Train one embedder; returns (model, per-epoch mean losses)."""
     import tensorflow as tf
 
@@ -380,7 +378,6 @@ def _train_member(cfg: TrainConfig, data: TrainingSet, seed: int, bar, member: i
         opt.apply_gradients(zip(grads, variables))
         return loss
 
-    steps = cfg.steps_per_epoch or max(1, int(np.ceil(len(data) / cfg.batch_size)))
     mixup_p = cfg.effective_mixup_probability
     history = []
     B = cfg.batch_size
@@ -431,7 +428,7 @@ def train_asd(cfg: TrainConfig, data: TrainingSet, progress: bool = True):
                disable=not progress)
     members, histories = [], []
     for i in range(cfg.ensemble_size):
-        model, hist = _train_member(cfg, data, cfg.seed + i, bar, i)
+        model, hist = _train_member(cfg, data, cfg.seed + i, steps, bar, i)
         members.append(model)
         histories.append(hist)
     bar.close()
