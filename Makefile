@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-SYSTEM_PACKAGES := mosquitto mosquitto-clients libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins
+SYSTEM_PACKAGES := mosquitto mosquitto-clients libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins openssl openssh-client openssh-server
 CONFIG ?= firmware_config/default.yaml
 
 .PHONY: help setup system-deps venv run demo test export-tflite evaluate-asd bench clean
