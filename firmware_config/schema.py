@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["ConfigError", "NodeConfig", "load_config", "load_config_or_exit", "parse_config",
-           "format_errors"]
+           "parse_config_text", "format_errors"]
 
 _NAME = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -38,22 +38,48 @@ class NodeSection(_Section):
     site: str = Field("default", pattern=_NAME, description="site name, part of every topic")
 
 
+class TlsSection(_Section):
+    enabled: bool = Field(False, description="connect with TLS (port 8883 by convention)")
+    ca_file: Optional[str] = Field(None, min_length=1,
+                                   description="CA certificate (PEM); null: the system's CAs")
+    cert_file: Optional[str] = Field(None, min_length=1,
+                                     description="client certificate (PEM), optional")
+    key_file: Optional[str] = Field(None, min_length=1,
+                                    description="client certificate's private key (PEM)")
+
+    @model_validator(mode="after")
+    def _pair(self):
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if not self.enabled and (self.ca_file or self.cert_file):
+            raise ValueError("ca_file/cert_file are set but enabled is false")
+        return self
+
+
 class MqttSection(_Section):
     host: str = Field("localhost", min_length=1)
     port: int = Field(1883, ge=1, le=65535)
     prefix: str = Field("hark", pattern=r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64})*$")
     client_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     keepalive: int = Field(30, ge=5, le=3600, description="seconds")
-    qos: Literal[0, 1, 2] = 1
+    qos: Literal[1, 2] = Field(1, description="QoS of events: 1 (at least once) or 2; a spooled "
+                               "event is deleted only after the broker acknowledged it")
     heartbeat_seconds: float = Field(30.0, gt=0, le=3600)
     reconnect_min_seconds: float = Field(1.0, gt=0, le=60)
     reconnect_max_seconds: float = Field(60.0, gt=0, le=3600)
-    max_queued_events: int = Field(10000, ge=1, le=10_000_000)
+    username: Optional[str] = Field(None, min_length=1, max_length=256,
+                                    description="broker user name (the ACL example uses the node id)")
+    password_file: Optional[str] = Field(
+        None, min_length=1, description="file holding the broker password (first line); the "
+        "password itself is never in the config and never logged")
+    tls: TlsSection = Field(default_factory=TlsSection)
 
     @model_validator(mode="after")
     def _backoff(self):
         if self.reconnect_max_seconds < self.reconnect_min_seconds:
             raise ValueError("reconnect_max_seconds must be >= reconnect_min_seconds")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs a username")
         return self
 
 
@@ -65,6 +91,17 @@ class AudioSection(_Section):
     files: list[str] = Field(default_factory=list,
                              description="replay these WAV/FLAC files instead of capturing")
     realtime: bool = Field(False, description="replay files at real-time speed")
+    silence_dbfs: float = Field(-70.0, ge=-150, le=0,
+                                description="level (dBFS) below which input counts as silent")
+    silence_seconds: float = Field(60.0, gt=0, le=86400,
+                                   description="silent this long: an audio health event")
+    clipping_fraction: float = Field(0.001, gt=0, le=1, description="fraction of samples at "
+                                     "full scale (|x| >= 0.999) per second that counts as clipping")
+    clipping_seconds: float = Field(5.0, gt=0, le=3600,
+                                    description="clipping this long: an audio health event")
+    reopen_max_seconds: float = Field(60.0, ge=1, le=3600,
+                                      description="longest wait between attempts to reopen a "
+                                      "lost input device (backoff from 1 s)")
 
     @field_validator("device")
     @classmethod
@@ -74,6 +111,20 @@ class AudioSection(_Section):
         if isinstance(v, str) and not v.strip():
             raise ValueError("must not be empty (use null for the default input)")
         return v
+
+
+class SpoolSection(_Section):
+    path: str = Field("var/spool.sqlite", min_length=1,
+                      description="SQLite (WAL) file holding every event until the broker acked it")
+    max_events: int = Field(100_000, ge=10, le=10_000_000,
+                            description="bound on spooled events; beyond it drop_policy applies")
+    drop_policy: Literal["oldest", "newest"] = Field(
+        "oldest", description="full spool: drop the oldest spooled event, or the new one")
+
+
+class HomeAssistantSection(_Section):
+    enabled: bool = Field(True, description="publish Home Assistant MQTT discovery (retained)")
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class ThresholdSection(_Section):
@@ -146,6 +197,8 @@ class NodeConfig(_Section):
     schema_version: Literal[1] = Field(1, alias="schema")
     node: NodeSection = Field(default_factory=NodeSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
+    spool: SpoolSection = Field(default_factory=SpoolSection)
+    homeassistant: HomeAssistantSection = Field(default_factory=HomeAssistantSection)
     audio: AudioSection = Field(default_factory=AudioSection)
     asd: AsdSection = Field(default_factory=AsdSection)
     kws: KwsSection = Field(default_factory=KwsSection)
@@ -212,6 +265,40 @@ def parse_config(doc: Any, source: str = "<config>", base_dir: Path | None = Non
     return cfg
 
 
+def parse_config_text(raw: bytes, source: str = "<config>",
+                      base_dir: Path | None = None) -> NodeConfig:
+    """Validate a config document given as YAML (or JSON) bytes.
+
+    Parameters
+    ----------
+    raw : bytes
+        The document, UTF-8; its SHA-256 becomes :attr:`NodeConfig.sha256`.
+    source : str
+        Names the document in errors (a file name, an MQTT topic).
+    base_dir : Path, optional
+        Folder that relative paths in the document are resolved against.
+
+    Raises
+    ------
+    ConfigError
+        Not UTF-8, not YAML, or invalid (every bad field with its dotted path).
+    """
+    if not isinstance(raw, (bytes, bytearray)):
+        raise ConfigError(source, [("(document)", f"expected bytes, got {type(raw).__name__}")])
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [("(document)", f"not UTF-8 text: {exc.reason} at byte "
+                                                  f"{exc.start}")]) from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [("(document)", f"not valid YAML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError(source, [("(document)", "not valid YAML: nested too deeply")]) from None
+    return parse_config(doc, source, base_dir, bytes(raw))
+
+
 def load_config(path: str | Path) -> NodeConfig:
     """Read and validate a node config file.
 
@@ -225,11 +312,7 @@ def load_config(path: str | Path) -> NodeConfig:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), [("(file)", f"cannot read: {exc.strerror or exc}")]) from None
-    try:
-        doc = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), [("(file)", f"not valid YAML: {exc}")]) from None
-    return parse_config(doc, str(path), path.resolve().parent, raw)
+    return parse_config_text(raw, str(path), path.resolve().parent)
 
 
 def load_config_or_exit(path: str | Path) -> NodeConfig:

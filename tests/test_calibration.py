@@ -1,7 +1,6 @@
 """Calibration on real normal clips, then scoring real normal and anomalous clips."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
