@@ -255,10 +255,16 @@ class _TempDirService:
 class MosquittoBroker(_TempDirService):
     """A private ``mosquitto`` broker on 127.0.0.1, as a context manager.
 
-    The broker listens on ``127.0.0.1:<port>`` only, accepts anonymous
-    clients and keeps no persistence file, so every start is a clean slate.
-    Its configuration and log live in a temporary directory that is removed
-    on exit.
+    The broker listens on ``127.0.0.1:<port>`` only.  By default it accepts
+    anonymous clients and keeps no persistence file, so every start is a
+    clean slate; ``listener_config`` replaces that with TLS, passwords, an
+    ACL or persistence (e.g. lines taken from a production
+    ``mosquitto.conf``).  Its configuration and log live in a temporary
+    directory that is removed on exit; it is also the broker's working
+    directory, so a relative path (like the default ``persistence_location``)
+    lands there and survives :meth:`stop` / :meth:`start`.  Started by root,
+    the broker stays root (``user root``) instead of dropping to the
+    ``mosquitto`` user, so it can read files in the caller's private folders.
 
     Parameters
     ----------
@@ -268,6 +274,15 @@ class MosquittoBroker(_TempDirService):
         Seconds to wait for the port to accept connections.
     extra_config : sequence of str, optional
         Extra ``mosquitto.conf`` lines (e.g. ``["max_queued_messages 10"]``).
+    listener_config : sequence of str, optional
+        ``mosquitto.conf`` lines written right after ``listener <port>
+        127.0.0.1``, *instead of* the default ``allow_anonymous true`` and
+        ``persistence false``: listener options (``cafile``, ``certfile``,
+        ``keyfile``, ``require_certificate``, ``tls_version``) and security
+        options (``allow_anonymous``, ``password_file``, ``acl_file``) with
+        absolute paths.  Must not contain ``listener``, ``port`` or
+        ``log_dest`` lines (the broker stays on 127.0.0.1 and logs to
+        :attr:`log_path`).
 
     Attributes
     ----------
@@ -276,6 +291,8 @@ class MosquittoBroker(_TempDirService):
     port : int
         The listening port; it stays the same across :meth:`stop` /
         :meth:`start`.
+    tls : bool
+        True when ``listener_config`` sets a ``certfile`` (MQTT over TLS).
     workdir : pathlib.Path
         Temporary directory with ``mosquitto.conf`` and ``mosquitto.log``.
     log_path : pathlib.Path
@@ -288,18 +305,32 @@ class MosquittoBroker(_TempDirService):
     RuntimeError
         If ``mosquitto`` is not installed (Debian package ``mosquitto``), or
         if it does not accept connections within ``startup_timeout``.
+    ValueError
+        If ``listener_config`` has a ``listener``, ``port`` or ``log_dest``
+        line.
 
     Examples
     --------
     >>> with MosquittoBroker() as broker:            # doctest: +SKIP
     ...     print(broker.host, broker.port)
     ...     broker.stop(); broker.start()           # same port again
+    >>> tls_broker = MosquittoBroker(listener_config=[  # doctest: +SKIP
+    ...     "allow_anonymous false", "password_file /tmp/x/passwd",
+    ...     "cafile /tmp/x/ca.crt", "certfile /tmp/x/server.crt",
+    ...     "keyfile /tmp/x/server.key"])
     """
 
     host = "127.0.0.1"
 
     def __init__(self, port: int | None = None, startup_timeout: float = 10.0,
-                 extra_config: Sequence[str] = ()) -> None:
+                 extra_config: Sequence[str] = (),
+                 listener_config: Sequence[str] | None = None) -> None:
+        if listener_config is not None:
+            for line in listener_config:
+                if line.split(maxsplit=1)[:1] in (["listener"], ["port"], ["log_dest"]):
+                    raise ValueError(f"MosquittoBroker: listener_config must not set "
+                                     f"{line.split()[0]!r} (got {line!r}); the harness "
+                                     f"owns the listener address and the log")
         binary = find_mosquitto()
         if binary is None:
             raise RuntimeError(
@@ -309,6 +340,10 @@ class MosquittoBroker(_TempDirService):
         self.port = int(port) if port else free_port()
         self.startup_timeout = float(startup_timeout)
         self.extra_config = list(extra_config)
+        self.listener_config = (["allow_anonymous true", "persistence false"]
+                                if listener_config is None else list(listener_config))
+        self.tls = any(line.split(maxsplit=1)[:1] == ["certfile"]
+                       for line in self.listener_config)
         self.proc: subprocess.Popen | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.workdir: Path | None = None
@@ -318,8 +353,8 @@ class MosquittoBroker(_TempDirService):
     # ------------------------------------------------------------------
     @property
     def url(self) -> str:
-        """``mqtt://host:port``, for logs and CLI arguments."""
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt://host:port`` (``mqtts://`` with TLS), for logs and CLI arguments."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -331,8 +366,10 @@ class MosquittoBroker(_TempDirService):
         conf = self.workdir / "mosquitto.conf"
         lines = [
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
-            "persistence false",
+            *self.listener_config,
+            # Started as root, mosquitto would drop to the `mosquitto` user, which cannot
+            # read the caller's password, ACL or key files in a private temporary folder.
+            *(["user root"] if os.geteuid() == 0 else []),
             "log_dest stderr",
             "log_type error",
             "log_type warning",
@@ -842,6 +879,26 @@ class VirtualMicrophone(_TempDirService):
         for proc in self._players:
             _terminate(proc, timeout=2.0, group=True)
         self._players = []
+
+    def kill(self) -> None:
+        """Kill the daemon with SIGKILL, as a crash would, for device-loss tests.
+
+        Players and the keeper go too (they lose their server anyway).  Unlike
+        :meth:`stop` this keeps what :meth:`apply_env` exported, so clients in
+        this process keep pointing at the same socket, and :meth:`start`
+        brings the daemon back on it.  Safe to call when already stopped.
+        """
+        self.stop_playback()
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)  # reaped, so the stale pid file is seen as stale
+            self.proc = None
+        _terminate(self._keeper, timeout=2.0, group=True)
+        self._keeper = None
+        if self._keeper_thread is not None:
+            self._keeper_thread.join(timeout=2.0)
+            self._keeper_thread = None
 
     def stop(self) -> None:
         """Stop players, the keeper and the daemon; remove nothing else.

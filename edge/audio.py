@@ -6,12 +6,15 @@ so replaying a recording exercises exactly the path a live microphone does.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from edge.health import HealthEvent
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +172,16 @@ def _resolve_device(device: str | int | None, sample_rate: int):
 class MicrophoneSource:
     """Capture 16 kHz mono float32 audio with PortAudio (sounddevice) into a ring buffer.
 
+    After :meth:`start` a watchdog thread owns the stream. When the device is lost (the
+    stream stops: PortAudio's callback thread ends on an ALSA error, which is what
+    happens when a USB microphone is unplugged or the PulseAudio server behind the ALSA
+    ``pulse`` device dies; or no callback arrives for ``stall_seconds``) it puts a
+    ``device`` :class:`~edge.health.HealthEvent` (active) on :attr:`faults`, closes the
+    stream and tries to reopen the device, re-resolved by name on a freshly initialised
+    PortAudio, after 1, 2, 4 ... s (capped at ``reopen_max_seconds``); on success it
+    puts the ``device`` event that ends the fault. Meanwhile :meth:`blocks` keeps
+    yielding empty blocks, so the consumer's loop keeps running.
+
     Parameters
     ----------
     device : str, int or None
@@ -179,66 +192,209 @@ class MicrophoneSource:
         Callback block length in seconds.
     ring_seconds : float
         Ring buffer capacity in seconds.
+    reopen_max_seconds : float
+        Longest wait between two attempts to reopen a lost device, in seconds.
 
     Attributes
     ----------
     device_name : str
     overflows : int
         Number of callbacks that reported a PortAudio input overflow.
+    faults : queue.SimpleQueue of HealthEvent
+        ``device`` events (lost / reopened), put by the watchdog thread; the consumer
+        drains it.
+    stall_seconds : float
+        No callback for this long counts as a lost device: max(5 s, 10 blocks).
     finite : bool
         False: a microphone never runs out.
 
-    Raises
-    ------
-    NoInputDeviceError
-        If no matching input device exists or the stream cannot be opened.
+    Notes
+    -----
+    Use one instance per process: reopening re-initialises PortAudio (its device list
+    is built only at initialisation), which would also close any other open stream, and
+    ``sounddevice`` silences stderr (file descriptor 2) for the few tens of milliseconds
+    that takes.
     """
 
     finite = False
 
     def __init__(self, device=None, sample_rate: int = 16000, block_seconds: float = 0.1,
-                 ring_seconds: float = 60.0):
+                 ring_seconds: float = 60.0, reopen_max_seconds: float = 60.0):
         self.sample_rate = sample_rate
         self.blocksize = int(round(block_seconds * sample_rate))
         self.ring = RingBuffer(int(ring_seconds * sample_rate))
         self.overflows = 0
+        self.reopen_max_seconds = float(reopen_max_seconds)
+        self.stall_seconds = max(5.0, 10 * block_seconds)
+        self.faults: queue.SimpleQueue[HealthEvent] = queue.SimpleQueue()
         self._device = device
         self._stream = None
         self.device_name = None
+        self._last_callback = 0.0  # time.monotonic() of the latest callback
+        self._finished = threading.Event()  # set by PortAudio when the stream stops
+        self._closing = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     def _callback(self, indata, frames, time_info, status):
+        self._last_callback = time.monotonic()
         if status and status.input_overflow:
             self.overflows += 1
         self.ring.write(indata[:, 0])
 
-    def start(self) -> "MicrophoneSource":
+    def _open(self) -> None:
+        """Resolve the device and start a stream on it.
+
+        Raises
+        ------
+        NoInputDeviceError
+            If no matching input device exists or the stream cannot be opened.
+        """
         import sounddevice as sd
 
         idx, name = _resolve_device(self._device, self.sample_rate)
+        self._finished.clear()
+        self._last_callback = time.monotonic()
+        stream = None
         try:
-            self._stream = sd.InputStream(device=idx, channels=1, samplerate=self.sample_rate,
-                                          dtype="float32", blocksize=self.blocksize,
-                                          callback=self._callback)
-            self._stream.start()
+            stream = sd.InputStream(device=idx, channels=1, samplerate=self.sample_rate,
+                                    dtype="float32", blocksize=self.blocksize,
+                                    callback=self._callback,
+                                    finished_callback=self._finished.set)
+            stream.start()
         except Exception as exc:
+            if stream is not None:
+                stream.close(ignore_errors=True)
             raise NoInputDeviceError(f"cannot open input device {name!r} at "
                                      f"{self.sample_rate} Hz mono: {exc}") from exc
+        self._stream = stream
         self.device_name = name
-        log.info("capturing from %r at %d Hz", name, self.sample_rate)
+
+    def start(self) -> "MicrophoneSource":
+        """Open the device and start capturing (and the watchdog thread).
+
+        Returns
+        -------
+        MicrophoneSource
+            ``self``.
+
+        Raises
+        ------
+        NoInputDeviceError
+            If no matching input device exists or the stream cannot be opened: a device
+            that is missing at start is a configuration error, not a fault to ride out.
+        """
+        self._open()
+        log.info("capturing from %r at %d Hz", self.device_name, self.sample_rate)
+        self._closing.clear()
+        self._watchdog = threading.Thread(target=self._watch, name="audio-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
         return self
 
+    def _lost(self) -> str | None:
+        """Why the open stream counts as lost, or None while it delivers audio."""
+        try:
+            stopped = self._finished.is_set() or not self._stream.active
+        except Exception as exc:  # sd.PortAudioError from a broken stream
+            return f"PortAudio error: {exc}"
+        if stopped:
+            return "the input stream stopped (PortAudio reported an error)"
+        silent = time.monotonic() - self._last_callback
+        if silent > self.stall_seconds:
+            return f"no audio from it for {silent:.1f} s"
+        return None
+
+    def _watch(self) -> None:
+        """Watchdog thread: detect a lost device and reopen it; closes the stream at exit."""
+        try:
+            while not self._closing.is_set():
+                self._finished.wait(0.25)
+                reason = None if self._closing.is_set() else self._lost()
+                if reason is not None:
+                    self._reopen(reason)
+        finally:
+            self._close_stream()
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close(ignore_errors=True)
+            except Exception as exc:  # a dead backend may fail even to close
+                log.debug("closing the input stream: %s", exc)
+
+    def _reopen(self, reason: str) -> None:
+        """Close the lost stream and retry opening it with backoff until success or close()."""
+        import sounddevice as sd
+
+        name, lost_at = self.device_name, time.monotonic()
+        delay = min(1.0, self.reopen_max_seconds)
+        log.error("input device %r lost: %s; reopening with backoff", name, reason)
+        self.faults.put(HealthEvent(
+            "device", True, f"input device {name!r} lost: {reason}; reopening with backoff",
+            {"device": name, "attempt": 0, "retry_in_s": delay}))
+        # May block while a frozen backend times out; only this thread waits for it.
+        self._close_stream()
+        attempt = 0
+        while not self._closing.wait(delay):
+            attempt += 1
+            try:
+                # PortAudio lists devices once, at initialisation: re-initialise it (no
+                # stream of ours is open now) so a device that came back is found.
+                if sd._initialized:
+                    sd._terminate()
+                sd._initialize()
+                self._open()
+            except Exception as exc:  # NoInputDeviceError, sd.PortAudioError
+                delay = min(2 * delay, self.reopen_max_seconds)
+                log.warning("input device %r: reopen attempt %d failed (%s); next attempt in "
+                            "%g s", name, attempt, exc, delay)
+                continue
+            down = round(time.monotonic() - lost_at, 1)
+            log.info("input device %r reopened after %d attempt(s), %g s without audio",
+                     self.device_name, attempt, down)
+            self.faults.put(HealthEvent(
+                "device", False,
+                f"input device {self.device_name!r} reopened after {attempt} attempt(s)",
+                {"device": self.device_name, "attempt": attempt, "down_s": down}))
+            return
+
     def blocks(self, stop: threading.Event | None = None) -> Iterator[np.ndarray]:
-        """Yield blocks of ``blocksize`` samples until ``stop`` is set."""
+        """Yield captured blocks until ``stop`` is set.
+
+        Parameters
+        ----------
+        stop : threading.Event, optional
+            Checked at least every 0.5 s.
+
+        Yields
+        ------
+        np.ndarray, shape (blocksize,) or (0,), float32
+            A block of audio, or an empty array when no audio arrived for 0.5 s (device
+            lost or stalled), so that the consumer's loop keeps running; skip those.
+        """
         while stop is None or not stop.is_set():
             b = self.ring.read(self.blocksize, timeout=0.5)
-            if b is not None:
-                yield b
+            yield np.zeros(0, np.float32) if b is None else b
 
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
-            self._stream = None
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the watchdog and close the stream.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the watchdog; a backend that hangs (a frozen PulseAudio
+            server) is then left to the daemon thread, which closes the stream when it can.
+        """
+        self._closing.set()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout)
+            if self._watchdog.is_alive():
+                log.warning("input device %r did not close within %g s; leaving it behind",
+                            self.device_name, timeout)
+            self._watchdog = None
+        else:
+            self._close_stream()
 
     def __enter__(self):
         return self.start()
@@ -261,6 +417,8 @@ class FileSource:
 
     Attributes
     ----------
+    faults : queue.SimpleQueue of HealthEvent
+        Always empty (a file is never lost); there so that both sources look alike.
     finite : bool
         True: the replay ends.
     duration_seconds : float
@@ -282,6 +440,7 @@ class FileSource:
         self.paths = [Path(p) for p in paths]
         self._signals = [load_audio(p, sample_rate) for p in self.paths]
         self.overflows = 0
+        self.faults: queue.SimpleQueue[HealthEvent] = queue.SimpleQueue()  # always empty
         self.device_name = "file:" + ",".join(p.name for p in self.paths)
         self.duration_seconds = sum(len(y) for y in self._signals) / sample_rate
 
