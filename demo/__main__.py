@@ -50,6 +50,10 @@ def write_node_config(path: Path, broker, vm, workdir: Path, hop: float) -> Path
     doc["kws"].update(model=str(ROOT / "models" / "kws_default.tflite"),
                       keywords=str(workdir / "kws_keywords.npz"),
                       false_alarms_per_hour=DEMO_FALSE_ALARMS_PER_HOUR)
+    spool = workdir / "spool.sqlite"
+    for stale in workdir.glob("spool.sqlite*"):  # a fresh demo: no events of an earlier run
+        stale.unlink()
+    doc["spool"]["path"] = str(spool)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 

@@ -14,6 +14,8 @@ def cmd_run(args) -> int:
     from edge.audio import AudioFileError, NoInputDeviceError
     from edge.backend import CalibrationError
     from edge.model import ModelError
+    from edge.mqtt import MqttSetupError
+    from edge.spool import SpoolError
     from firmware_config.schema import load_config_or_exit
 
     cfg = load_config_or_exit(args.config)
@@ -28,9 +30,9 @@ def cmd_run(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        node = Node(cfg)
+        node = Node(cfg, config_path=args.config)
         node.run(stop)
-    except (ModelError, CalibrationError, EnrollmentError) as exc:
+    except (ModelError, CalibrationError, EnrollmentError, MqttSetupError, SpoolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (NoInputDeviceError, AudioFileError) as exc:

@@ -1,7 +1,10 @@
 """Shared fixtures: where the real data is, the shipped model, small real clip subsets."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,21 @@ def embedder(default_model):
     from edge.model import load_bundle
 
     return load_bundle(default_model)
+
+
+@pytest.fixture(scope="session")
+def calibration_file(tmp_path_factory) -> Path:
+    """A calibration made once from the real normal demo clips with the CLI (file input)."""
+    from nodeproc import CAL_CLIPS, node_config
+
+    tmp = tmp_path_factory.mktemp("cal")
+    cal = tmp / "asd_calibration.npz"
+    cfg = node_config(tmp, 1883, cal)
+    r = subprocess.run([sys.executable, "-m", "calibration", "record", "--config", str(cfg),
+                        "--from", *map(str, CAL_CLIPS), "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["windows"] == len(CAL_CLIPS)
+    assert Path(out["histogram"]).stat().st_size > 1000
+    return cal

@@ -5,26 +5,15 @@ the calibration tool as subprocesses, exactly as an installer would run them.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from demo.harness import MosquittoBroker, MqttCollector, VirtualMicrophone, free_port, require_tools
-
-ROOT = Path(__file__).resolve().parent.parent
-CLIPS = ROOT / "demo" / "clips"
-CAL_CLIPS = sorted(CLIPS.glob("*_calibration_*.flac"))
-NORMAL = sorted(CLIPS.glob("*_test_normal_*.flac"))
-ANOMALY = sorted(CLIPS.glob("*_test_anomaly_*.flac"))
+from nodeproc import ANOMALY, CAL_CLIPS, NORMAL, ROOT, NodeProcess, _ts, node_config, run_node
 
 pytestmark = [pytest.mark.e2e]
 
@@ -37,81 +26,6 @@ def _tools():
     missing = require_tools()
     if missing:
         pytest.fail("end-to-end tests need: " + ", ".join(missing) + " (make setup installs them)")
-
-
-def node_config(tmp: Path, port: int, calibration: Path, **asd) -> Path:
-    doc = yaml.safe_load((ROOT / "firmware_config" / "default.yaml").read_text())
-    doc["node"]["id"] = "test-node"
-    doc["mqtt"].update(host="127.0.0.1", port=port, heartbeat_seconds=1,
-                       reconnect_min_seconds=1, reconnect_max_seconds=2)
-    doc["audio"]["device"] = "pulse"
-    doc["asd"].update(model=str(ROOT / "models" / "asd_default.tflite"),
-                      calibration=str(calibration), **asd)
-    doc["kws"].update(model=str(ROOT / "models" / "kws_default.tflite"),
-                      keywords=str(tmp / "no_keywords.npz"))
-    path = tmp / f"node-{port}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-@pytest.fixture(scope="module")
-def calibration_file(tmp_path_factory) -> Path:
-    """Calibrate once from the real normal demo clips with the CLI (file input)."""
-    tmp = tmp_path_factory.mktemp("cal")
-    cal = tmp / "asd_calibration.npz"
-    cfg = node_config(tmp, 1883, cal)
-    r = subprocess.run([sys.executable, "-m", "calibration", "record", "--config", str(cfg),
-                        "--from", *map(str, CAL_CLIPS), "--quiet"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    assert out["windows"] == len(CAL_CLIPS)
-    assert Path(out["histogram"]).stat().st_size > 1000
-    return cal
-
-
-class NodeProcess:
-    """``python -m edge run`` as a subprocess with its stderr collected."""
-
-    def __init__(self, cfg: Path, env: dict | None = None, args=()):
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg),
-                                      *args], cwd=ROOT, env={**os.environ, **(env or {}),
-                                                             "PYTHONUNBUFFERED": "1"},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._t = threading.Thread(target=self._pump, daemon=True)
-        self._t.start()
-
-    def _pump(self):
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_log(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"node log never said {text!r}:\n{self.log()[-3000:]}")
-
-    def stop(self, sig=signal.SIGINT, timeout=30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._t.join(timeout=5)
-
-
-def _ts(s: str) -> float:
-    return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
 def test_microphone_to_mqtt(tmp_path, calibration_file, embedder):
@@ -206,19 +120,13 @@ def test_broker_unreachable_events_kept_until_it_comes(tmp_path, calibration_fil
         node.stop()
 
 
-def _run_node(cfg: Path, *args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge", "run", "--config", str(cfg), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
-
-
 def test_bad_model_calibration_audio_and_device(tmp_path, calibration_file):
     # Missing model.
     cfg = node_config(tmp_path, 1883, calibration_file)
     doc = yaml.safe_load(cfg.read_text())
     doc["asd"]["model"] = str(tmp_path / "nope.tflite")
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(doc))
-    r = _run_node(tmp_path / "a.yaml")
+    r = run_node(tmp_path / "a.yaml")
     assert r.returncode == 1 and "model file not found" in r.stderr, r.stderr
 
     # A model that does not match its metadata (corrupted byte).
@@ -228,28 +136,28 @@ def test_bad_model_calibration_audio_and_device(tmp_path, calibration_file):
     (tmp_path / "m.json").write_text((ROOT / "models" / "asd_default.json").read_text())
     doc["asd"]["model"] = str(tmp_path / "m.tflite")
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(doc))
-    r = _run_node(tmp_path / "b.yaml")
+    r = run_node(tmp_path / "b.yaml")
     assert r.returncode == 1 and "does not match its metadata" in r.stderr, r.stderr
 
     # A window length the model was not trained for.
-    r = _run_node(node_config(tmp_path, 1884, calibration_file, window_seconds=5.0, hop_seconds=1.0))
+    r = run_node(node_config(tmp_path, 1884, calibration_file, window_seconds=5.0, hop_seconds=1.0))
     assert r.returncode == 1 and "asd.window_seconds" in r.stderr, r.stderr
 
     # No calibration yet and auto-calibration off: says how to make one.
-    r = _run_node(node_config(tmp_path, 1885, tmp_path / "missing.npz", auto_calibration_seconds=0))
+    r = run_node(node_config(tmp_path, 1885, tmp_path / "missing.npz", auto_calibration_seconds=0))
     assert r.returncode == 1 and "python -m calibration record" in r.stderr, r.stderr
 
     # Unreadable audio file: named in the error.
     junk = tmp_path / "junk.wav"
     junk.write_text("this is not audio")
-    r = _run_node(node_config(tmp_path, 1886, calibration_file), "--replay", str(junk))
+    r = run_node(node_config(tmp_path, 1886, calibration_file), "--replay", str(junk))
     assert r.returncode == 1 and "junk.wav" in r.stderr, r.stderr
 
     # No such input device: clear error pointing to the demo.
     doc = yaml.safe_load(node_config(tmp_path, 1887, calibration_file).read_text())
     doc["audio"]["device"] = "no-such-microphone"
     (tmp_path / "d.yaml").write_text(yaml.safe_dump(doc))
-    r = _run_node(tmp_path / "d.yaml")
+    r = run_node(tmp_path / "d.yaml")
     assert r.returncode == 1 and "make demo" in r.stderr, r.stderr
 
 

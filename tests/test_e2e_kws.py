@@ -21,7 +21,7 @@ import soundfile as sf
 import yaml
 
 from demo.harness import MosquittoBroker, MqttCollector, VirtualMicrophone, require_tools
-from test_e2e import NodeProcess, _ts
+from nodeproc import NodeProcess, _ts
 
 ROOT = Path(__file__).resolve().parent.parent
 KWS_CLIPS = ROOT / "demo" / "clips" / "kws"
@@ -44,6 +44,7 @@ def kws_config(tmp: Path, port: int, keywords: Path, device="pulse") -> Path:
     doc["asd"]["enabled"] = False
     doc["kws"].update(model=str(ROOT / "models" / "kws_default.tflite"), keywords=str(keywords),
                       false_alarms_per_hour=FALSE_ALARMS_PER_HOUR)
+    doc["spool"]["path"] = str(tmp / f"spool-{port}.sqlite")
     path = tmp / f"kws-{port}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
