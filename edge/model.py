@@ -155,6 +155,7 @@ class AsdEmbedder:
         if list(meta["inputs"]) != list(expected):
             raise ModelError(f"model metadata {path.with_suffix('.json')}: inputs "
                              f"{meta['inputs']} do not match its frontend's {list(expected)}")
+        self.num_threads = num_threads
         self._interp = _make_interpreter(path, num_threads)
         inputs = {d["name"]: d for d in self._interp.get_input_details()}
         self._inputs = {}

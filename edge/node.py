@@ -191,11 +191,18 @@ class Node:
 
     # -- building blocks (also used to apply a new config) ---------------------------------
     @staticmethod
-    def _load_asd(cfg):
+    def _load_asd(cfg, running=None):
         """The anomaly embedder and calibration (None if there is none yet and the node may
-        learn one)."""
+        learn one); the ``running`` embedder is kept if the model file has not changed."""
+        from edge.fileio import sha256_file
+
         a = cfg.asd
-        embedder = load_bundle(cfg.resolve(a.model), task="asd", num_threads=a.num_threads)
+        path = cfg.resolve(a.model)
+        if running is not None and running.num_threads == a.num_threads and \
+                path.is_file() and sha256_file(path) == running.sha256:
+            embedder = running
+        else:
+            embedder = load_bundle(path, task="asd", num_threads=a.num_threads)
         fe = embedder.frontend
         if abs(fe.clip_seconds - a.window_seconds) > 1e-6:
             raise ModelError(f"asd.window_seconds is {a.window_seconds} s but the model "
@@ -544,21 +551,21 @@ class Node:
         source = publisher = None
         try:
             keywords = KeywordListener(new) if new.kws.enabled else None
-            embedder, calibration = self._load_asd(new) if new.asd.enabled else (None, None)
-            if calibration is None and embedder is not None and self.embedder is not None \
-                    and self.calibration is not None and embedder.sha256 == self.embedder.sha256 \
-                    and new.resolve(new.asd.calibration) == old.resolve(old.asd.calibration):
+            embedder, calibration = (self._load_asd(new, self.embedder) if new.asd.enabled
+                                     else (None, None))
+            if calibration is None and embedder is self.embedder and \
+                    new.resolve(new.asd.calibration) == old.resolve(old.asd.calibration):
                 calibration = self.calibration  # file gone but the same model: keep ours
+            if {"node", "mqtt"} & set(changed):
+                publisher = self._make_publisher(new)
             if "audio" in changed and not getattr(self.source, "finite", True) and \
-                    new.audio.model_copy(update=_HEALTH_KEYS) != old.audio.model_copy(update=_HEALTH_KEYS):
+                    _device_settings(new.audio) != _device_settings(old.audio):
                 self.source.close()  # one device cannot always be opened twice
                 try:
                     source = self._open_source(new, start=True)
                 except Exception:
                     self.source.start()
                     raise
-            if {"node", "mqtt"} & set(changed):
-                publisher = self._make_publisher(new)
         except (ModelError, CalibrationError, EnrollmentError, NoInputDeviceError,
                 AudioFileError, MqttSetupError, ValueError, OSError) as exc:
             self._reply(command, "rejected" if command != "config" else "failed",
@@ -571,7 +578,7 @@ class Node:
                                    self.config_path.read_bytes())
                 atomic_write_bytes(self.config_path, raw)
             if publisher is not None:
-                self.publisher.stop(flush_timeout=0, offline=False)
+                self.publisher.stop(flush_timeout=0, offline=new.topic_root != old.topic_root)
                 publisher.start()
                 timeout = max(10.0, 3 * new.mqtt.reconnect_min_seconds)
                 if not publisher.wait_connected(timeout):
@@ -597,14 +604,21 @@ class Node:
                 self._blocks = source.blocks(self._stop)
             if publisher is not None:
                 self.publisher = publisher
-            if embedder is not self.embedder and self._learning is not None:
-                self._learning = None  # learning with the old model is moot
+            job = self._learning
+            if job is not None and embedder is not self.embedder:
+                self._learning = None  # learning with another model is moot
+                if job.requested:
+                    self._reply("recalibrate", "failed", "cancelled: the config changed the "
+                                "anomaly model", job.request_id)
             self.cfg, self.keywords = new, keywords
             self.embedder, self.calibration = embedder, calibration
-            if embedder is not None and calibration is None:
+            if embedder is not None and calibration is None and self._learning is None:
                 self._learning = _Learning(embedder, new.asd.auto_calibration_seconds or 600.0,
                                            new.asd.threshold.method)
-            self.health = AudioHealth.from_config(new.audio)
+            if _health_settings(new.audio) != _health_settings(old.audio):
+                self.health = AudioHealth.from_config(new.audio)
+                for kind in ("silence", "clipping"):  # judged afresh by the new thresholds
+                    self.faults.pop(kind, None)
             self.spool.set_limits(new.spool.max_events, new.spool.drop_policy)
             logging.getLogger().setLevel(new.logging.level)
             self._reset_stream()
@@ -712,5 +726,12 @@ class Node:
 
 
 # Audio settings that only tune the health monitor: changing them needs no device reopen.
-_HEALTH_KEYS = dict(silence_dbfs=0.0, silence_seconds=1.0, clipping_fraction=1.0,
-                    clipping_seconds=1.0)
+_HEALTH_KEYS = ("silence_dbfs", "silence_seconds", "clipping_fraction", "clipping_seconds")
+
+
+def _health_settings(audio) -> dict:
+    return {k: getattr(audio, k) for k in _HEALTH_KEYS}
+
+
+def _device_settings(audio) -> dict:
+    return {k: v for k, v in audio.model_dump().items() if k not in _HEALTH_KEYS}

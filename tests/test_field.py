@@ -303,8 +303,20 @@ def test_audio_faults_are_health_events(tmp_path, calibration_file):
             back = col.wait_for(lambda m: not m.json()["active"], timeout=30,
                                 topic_filter=f"{ROOT_TOPIC}/event/health")[0].json()
             assert back["kind"] == "device" and "reopened" in back["message"], back
-            vm.play(NORMAL[:1], wait=False)
+            vm.play(NORMAL + ANOMALY, wait=False)
             col.wait_for(topic_filter=f"{ROOT_TOPIC}/event/anomaly", timeout=30)
+
+            # A reload that names a microphone that is not there: refused, the node goes on
+            # with its device; one that changes the capture block size: the device is reopened.
+            op = Operator(broker, col)
+            _set(cfg, audio={"device": "no-such-microphone"})
+            r = op.send("cmd/reload", b"{}")
+            assert r["status"] == "rejected" and "no-such-microphone" in r["message"], r
+            op.more_events(1)
+            _set(cfg, audio={"device": "pulse", "block_seconds": 0.05})
+            r = op.send("cmd/reload", b"{}")
+            assert r["status"] == "done" and "audio" in r["message"], r
+            op.more_events(1, timeout=20)
             assert node.proc.poll() is None
         finally:
             rc = node.stop()
