@@ -1,6 +1,6 @@
 """``python -m bench [--out reports] [--clips N]``: latency, real-time factor, node memory,
-model sizes, keyword-spotting embedder real-time factor and DTW speed, written to
-``reports/bench.md`` and ``reports/bench.json``.
+model sizes, keyword-spotting embedder real-time factor, DTW speed and MQTT load (50 nodes,
+one broker), written to ``reports/bench.md`` and ``reports/bench.json``.
 
 Measurements, each checked against its target:
 
@@ -47,12 +47,30 @@ Measurements, each checked against its target:
    step_sizes_sigma=[[1, 1], [1, 2], [2, 1]], backtrack=False)`` on the same 100 cost
    matrices (M x 3750), after a warm-up, median of repeats, with a check that the
    accumulated costs are identical (``np.array_equal``; target: ours at least as fast).
-6. **Machine information**: CPU model, Python, ai-edge-litert, NumPy and Numba versions, date.
+6. **MQTT load: simulated nodes -> one mosquitto on loopback**
+   (:func:`bench.mqtt_load.run_mqtt_load`; ``--load-nodes``, ``--load-seconds``,
+   ``--load-rate``, ``--load-saturation-seconds``, ``--load-processes``, ``--skip-load``,
+   ``--load-only``).
+   ``--load-nodes`` (50) simulated nodes, each with the node's real delivery path (its own
+   on-disk :class:`edge.spool.Spool` and :class:`edge.mqtt.MqttPublisher`: QoS 1, one event
+   in flight, deleted after the PUBACK) and payloads built by ``Node.anomaly_event``, by
+   default five per worker process (``--load-processes``), publish to a private mosquitto (with
+   ``max_queued_messages 100000``, so that the broker does not drop messages to a
+   subscriber that falls behind) while a subscriber records every ``event/#`` message.
+   (a) Paced: ``--load-rate`` (10) events/s per node, 20x a real node, for
+   ``--load-seconds`` (60); (b) saturation: for ``--load-saturation-seconds`` (10; 0
+   skips it) every node as fast as its delivery path goes (20 events kept spooled). Target,
+   for both: zero loss (every node's ``seq`` 1..last received, none out of order);
+   reported: throughput, end-to-end latency (payload ``ts`` to arrival) p50/p95/p99,
+   duplicates, the largest spool depth and the CPU of broker, publishers and subscriber.
+7. **Machine information**: CPU model, Python, ai-edge-litert, NumPy and Numba versions, date.
 
 Only the demo clips shipped in ``demo/clips`` (and ``demo/clips/kws``) and the shipped
-models are used, so the benchmark runs from a fresh clone. Missed targets are reported as
-FAIL but do not change the exit status; the exit status is 2 when a model or the clips are
-missing and 1 when a measurement could not be taken (the report is still written).
+models are used, so the benchmark runs from a fresh clone. Everything the measurements
+write (configs, spools, calibrations, broker files) goes to temporary folders. Missed
+targets are reported as FAIL but do not change the exit status; the exit status is 2 when a
+model or the clips are missing and 1 when a measurement could not be taken (the report is
+still written).
 
 Sizes are in MB = 10**6 bytes (stricter than MiB for the 250 MB target).
 """
@@ -90,6 +108,7 @@ SIZE_RATIO_TARGET = 1.0 / 3.0
 KWS_XRT_TARGET = 500.0  # seconds of audio per second of compute
 KWS_BATCH_RATIO_TARGET = 1.0  # librosa time / ours
 KWS_RTF_TARGET = 0.1  # TACos embedder at the configured segment hop, compute s / audio s
+LOAD_LOST_TARGET = 0  # MQTT load: events lost or out of order
 MB = 1e6
 
 __all__ = ["machine_info", "measure_latency", "measure_node_memory", "model_sizes",
@@ -428,6 +447,7 @@ def _write_node_config(path: Path, broker, model: Path, calibration: Path,
     keywords = Path(calibration).with_name("kws_keywords.npz")
     doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
     doc["node"]["id"] = "bench"
+    doc["spool"]["path"] = str(path.with_name("spool.sqlite"))
     if broker is not None:
         doc["mqtt"].update(host=broker.host, port=int(broker.port))
     doc["asd"].update(enabled=True, model=str(model.resolve()), calibration=str(calibration))
@@ -617,6 +637,7 @@ def _write_kws_config(path: Path, kws_model: Path, keywords: Path) -> None:
 
     doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
     doc["node"]["id"] = "bench"
+    doc["spool"]["path"] = str(path.with_name("spool.sqlite"))
     doc["asd"].update(model=str(DEFAULT_MODEL.resolve()),
                       calibration=str(Path(keywords).with_name("asd_calibration.npz")))
     doc["kws"].update(enabled=True, model=str(Path(kws_model).resolve()), keywords=str(keywords),
@@ -982,7 +1003,7 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
 
 
 # --------------------------------------------------------------------------------------
-# 3. model sizes, 6. machine
+# 3. model sizes, 7. machine
 # --------------------------------------------------------------------------------------
 
 
@@ -1057,7 +1078,7 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     def row(metric, value, target="", status="info"):
         rows.append({"metric": metric, "value": value, "target": target, "status": status})
 
-    if not results.get("kws_only"):
+    if not (results.get("kws_only") or results.get("load_only")):
         lat = results.get("latency")
         if lat:
             where = f"CPU {lat['cpu']}, 1 thread" if lat["pinned"] else "unpinned, 1 thread"
@@ -1141,7 +1162,7 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     elif results.get("kws_skipped"):
         row("int8 TACos embedder real-time factor", "not measured (--skip-kws)",
             f"<= {KWS_RTF_TARGET:g}", "SKIPPED")
-    else:
+    elif not results.get("load_only"):
         row("int8 TACos embedder real-time factor", "not measured", f"<= {KWS_RTF_TARGET:g}",
             "ERROR")
     kws = results.get("kws")
@@ -1182,9 +1203,69 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     elif results.get("kws_skipped"):
         row("KWS streaming DTW x real time", "not measured (--skip-kws)",
             f">= {KWS_XRT_TARGET:g}x", "SKIPPED")
-    else:
+    elif not results.get("load_only"):
         row("KWS streaming DTW x real time", "not measured", f">= {KWS_XRT_TARGET:g}x", "ERROR")
+    if not results.get("kws_only"):
+        _load_rows(results, row)
     return rows
+
+
+def _load_rows(results: dict[str, Any], row) -> None:
+    """Rows of measurement 6 (MQTT load), paced then saturation."""
+    target = f"{LOAD_LOST_TARGET} lost, {LOAD_LOST_TARGET} out of order"
+    for key, label in (("mqtt_load", "paced"), ("mqtt_load_saturation", "saturation")):
+        ld = results.get(key)
+        if ld is None:
+            skipped = results.get("load_skipped") or results.get(f"{key}_skipped")
+            row(f"MQTT load, {label}: events lost / out of order", "not measured", target,
+                "SKIPPED" if skipped else "ERROR")
+            continue
+        rate = (f"{ld['rate_hz']:g} events/s per node" if ld["rate_hz"] else
+                f"each as fast as it delivers ({ld['saturation_backlog']} events kept spooled)")
+        name = f"MQTT load, {label}"
+        row(f"{name}: {ld['nodes']} nodes ({ld['processes']} processes), {rate}, "
+            f"{ld['seconds']:g} s, QoS {ld['qos']}, real Spool + MqttPublisher -> one mosquitto "
+            "on loopback: events lost / out of order",
+            f"{ld['lost']} / {ld['out_of_order']} of {ld['published']} published "
+            f"({ld['delivered']} delivered, {ld['duplicates']} duplicates)", target,
+            _status(ld["lost"] <= LOAD_LOST_TARGET and ld["out_of_order"] <= LOAD_LOST_TARGET))
+        row(f"{name}: throughput (unique events delivered within the window / window)",
+            f"{ld['throughput_eps']:.0f} events/s (offered {ld['offered_eps']:.0f}/s; last "
+            f"event {ld['drain_s']:.2f} s after the window)")
+        lat = ld["latency_ms"]
+        row(f"{name}: end-to-end latency p50 / p95 / p99 (payload ts -> subscriber)",
+            f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} ms (max {lat['max']:.0f} ms)"
+            if lat else "no event received")
+        row(f"{name}: largest spool depth (one node; all nodes of one process)",
+            f"{ld['spool_depth_max']}; {ld['spool_depth_total_max']} event(s)")
+        c = ld["cpu_percent"]
+        row(f"{name}: CPU (100 % = one core)",
+            f"broker {c['broker']:.0f} %, publishers {c['publishers']:.0f} %, subscriber "
+            f"{c['subscriber']:.0f} %; whole machine {c['machine_busy']:.0f} % busy, "
+            f"{c['machine_iowait']:.0f} % waiting for I/O, of {ld['machine_cpus'] * 100} %")
+
+
+def _load_limit(ld: dict[str, Any]) -> str:
+    """Whether a paced MQTT load run kept up; what limited a saturation run (CPU figures)."""
+    if ld["rate_hz"] is not None:
+        kept = ld["throughput_eps"] >= 0.99 * ld["offered_eps"]
+        return (f"{'kept up' if kept else 'fell behind'} ({ld['throughput_eps']:.0f} of "
+                f"{ld['offered_eps']:.0f} events/s delivered within the window, largest spool "
+                f"{ld['spool_depth_max']} event(s))")
+    c = ld["cpu_percent"]
+    parts = {"the simulated nodes' processes": c["publishers"],
+             "the broker": c["broker"], "the subscriber": c["subscriber"]}
+    top = max(parts, key=parts.get)
+    cores = ld["machine_cpus"] * 100
+    used = c["machine_busy"] + c["machine_iowait"]
+    if used >= 0.85 * cores:
+        return (f"the machine's CPUs were {c['machine_busy']:.0f} % busy and "
+                f"{c['machine_iowait']:.0f} % waiting for I/O (of {cores} %), most of it "
+                f"{top} ({parts[top]:.0f} %): they are the limit on this machine")
+    return (f"no CPU limit reached ({c['machine_busy']:.0f} % busy, "
+            f"{c['machine_iowait']:.0f} % I/O wait of {cores} %): the per-node stop-and-wait "
+            "delivery (one event in flight, an fsynced spool append and delete per event) "
+            "sets the pace")
 
 
 def render_markdown(results: dict[str, Any], rows: list[dict[str, str]]) -> str:
@@ -1261,6 +1342,30 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, str]]) -> str:
             "target is checked on it); 'by CPU time' divides by the thread's CPU time "
             "instead, which leaves out time the process waited for the CPU on a shared "
             "machine.")
+    ld = results.get("mqtt_load")
+    if ld:
+        sat = results.get("mqtt_load_saturation")
+        notes.append(
+            f"MQTT load: {ld['nodes']} simulated nodes in {ld['processes']} worker processes "
+            "(spawn), each the node's own delivery path: an SQLite WAL spool (`synchronous="
+            "FULL`, one file per node) and an `MqttPublisher` (paho network thread + sender "
+            "thread, QoS 1, one event in flight, deleted after the PUBACK), events built by "
+            f"`Node.anomaly_event` (~{ld['payload_bytes_mean']:.0f} bytes), one producer "
+            "thread per node; a private mosquitto on 127.0.0.1 with "
+            f"`{'`, `'.join(ld['broker_config'])}` (mosquitto's default of 1000 queued QoS 1 "
+            "messages per client would drop messages to a subscriber that falls behind: set "
+            "it on production brokers too) and one paho subscriber (QoS 1) in the bench "
+            "process recording `event/#`. Lost = seqs 1..last_seq of a node's spool not "
+            "received; latency = arrival minus the payload's `ts` (millisecond resolution); "
+            "CPU from `/proc/<pid>/stat` over the start of publishing to the last arrival, "
+            "'whole machine' from `/proc/stat` (includes anything else running). Paced, the "
+            "nodes' schedules are spread evenly over the period. A real node has an "
+            f"interpreter to itself; here ~{ld['nodes'] / ld['processes']:.0f} nodes (3 "
+            "threads each) share one, which costs throughput at saturation (see "
+            f"`bench/mqtt_load.py`). Paced run: {_load_limit(ld)}."
+            + (f" Saturation run: {_load_limit(sat)}." if sat else "")
+            + "".join(f" Broker log: {'; '.join(x['broker_drop_log'])}." for x in (ld, sat)
+                      if x and x["broker_drop_log"]))
     notes.append("MB = 10^6 bytes.")
     out += ["## Notes", ""] + [f"- {n}" for n in notes]
     if results.get("errors"):
@@ -1284,12 +1389,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 when every measurement was taken (PASS or FAIL), 1 when one could not be taken,
         2 when the model or the demo clips are missing.
     """
+    from bench.mqtt_load import DEFAULT_RATE_HZ
+
     p = argparse.ArgumentParser(prog="python -m bench",
                                 description="Measure latency, real-time factor, node memory "
                                             "(anomaly detection and keyword spotting active), "
-                                            "model sizes, the TACos embedder real-time factor "
-                                            "and the keyword-spotting DTW speed; write "
-                                            "OUT/bench.md and OUT/bench.json.")
+                                            "model sizes, the TACos embedder real-time factor, "
+                                            "the keyword-spotting DTW speed and the MQTT load "
+                                            "of many nodes on one broker; write OUT/bench.md "
+                                            "and OUT/bench.json.")
     p.add_argument("--out", default="reports", help="report folder (default: reports)")
     p.add_argument("--clips", type=int, default=30,
                    help="timed clip embeddings for the latency (default 30)")
@@ -1314,20 +1422,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     kws.add_argument("--kws-only", action="store_true",
                      help="only the keyword-spotting measurements: TACos embedder real-time "
                           "factor and DTW speed (needs no anomaly model and no broker)")
+    p.add_argument("--load-nodes", type=int, default=50,
+                   help="simulated nodes of the MQTT load measurement (default 50)")
+    p.add_argument("--load-seconds", type=float, default=60.0,
+                   help="paced MQTT load: publishing window in seconds (default 60)")
+    p.add_argument("--load-rate", type=float, default=DEFAULT_RATE_HZ,
+                   help="paced MQTT load: events/s per node (default %(default)g, 20x a real "
+                        "node's one anomaly event per 2 s hop)")
+    p.add_argument("--load-processes", type=int,
+                   help="worker processes the simulated nodes are spread over (default: one "
+                        "per 5 nodes, at least one per CPU)")
+    p.add_argument("--load-saturation-seconds", type=float, default=10.0,
+                   help="saturation MQTT load (every node as fast as it delivers): window in "
+                        "seconds (default 10; 0 skips it)")
+    load = p.add_mutually_exclusive_group()
+    load.add_argument("--skip-load", action="store_true",
+                      help="skip the MQTT load measurement")
+    load.add_argument("--load-only", action="store_true",
+                      help="only the MQTT load measurement (needs mosquitto, no model)")
     args = p.parse_args(argv)
     if (args.clips < 1 or args.warmup < 0 or args.node_seconds <= 0
-            or args.kws_repeats < 1):
-        p.error("--clips and --kws-repeats must be >= 1, --warmup >= 0, --node-seconds > 0")
+            or args.kws_repeats < 1 or args.load_nodes < 1 or args.load_seconds <= 0
+            or args.load_rate <= 0 or args.load_saturation_seconds < 0
+            or (args.load_processes is not None and args.load_processes < 1)):
+        p.error("--clips, --kws-repeats, --load-nodes and --load-processes must be >= 1, "
+                "--warmup and --load-saturation-seconds >= 0, --node-seconds, --load-seconds "
+                "and --load-rate > 0")
+    if args.load_only and args.kws_only:
+        p.error("--load-only and --kws-only exclude each other")
 
     from edge.fileio import atomic_write_bytes, atomic_write_json
 
     model = Path(args.model).resolve()
     kws_model = Path(args.kws_model).resolve()
     # the KWS model and clips: for the embedder measurement and for the node's keyword spotting
-    need_kws = not args.skip_kws or not (args.kws_only or args.skip_node)
+    need_kws = not args.load_only and (not args.skip_kws
+                                       or not (args.kws_only or args.skip_node))
     clips: dict[str, Any] = {}
     try:
-        if not args.kws_only:
+        if not (args.kws_only or args.load_only):
             check_model(model)
             clips = demo_clips()
         if need_kws:
@@ -1344,17 +1477,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            "kws_embedder_rtf_max": KWS_RTF_TARGET,
                                            "kws_x_realtime_min": KWS_XRT_TARGET,
                                            "kws_batch_speedup_vs_librosa_min":
-                                               KWS_BATCH_RATIO_TARGET},
+                                               KWS_BATCH_RATIO_TARGET,
+                                           "mqtt_load_lost_max": LOAD_LOST_TARGET,
+                                           "mqtt_load_out_of_order_max": LOAD_LOST_TARGET},
                                "errors": {}}
     t_start = time.monotonic()
-    if args.kws_only:
+    if args.load_only:
+        results["load_only"] = True
+    elif args.kws_only:
         results["kws_only"] = True
     else:
         _measure_asd(args, model, clips, results)
 
     if args.skip_kws:
         results["kws_skipped"] = True
-    else:
+    elif not args.load_only:
         _log("KWS embedder: int8 TACos real-time factor on one core")
         k = clips["kws"]
         try:
@@ -1368,6 +1505,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["kws"] = measure_kws_dtw(cpu=args.cpu)
         except Exception as exc:
             results["errors"]["kws dtw"] = f"{type(exc).__name__}: {exc}"
+
+    if args.skip_load:
+        results["load_skipped"] = True
+    elif not args.kws_only:
+        _measure_load(args, results)
 
     results["bench_seconds"] = round(time.monotonic() - t_start, 1)
     rows = build_rows(results)
@@ -1412,6 +1554,29 @@ def _measure_asd(args, model: Path, clips: dict[str, list[Path]],
         results["sizes"] = model_sizes(model)
     except Exception as exc:
         results["errors"]["model sizes"] = f"{type(exc).__name__}: {exc}"
+
+
+def _measure_load(args, results: dict[str, Any]) -> None:
+    """Measurement 6 (MQTT load: paced, then saturation) into ``results``."""
+    from bench.mqtt_load import run_mqtt_load
+
+    _log(f"MQTT load: {args.load_nodes} nodes x {args.load_rate:g} events/s for "
+         f"{args.load_seconds:g} s -> one mosquitto")
+    try:
+        results["mqtt_load"] = run_mqtt_load(args.load_nodes, args.load_seconds, args.load_rate,
+                                             args.load_processes)
+    except Exception as exc:
+        results["errors"]["mqtt load"] = f"{type(exc).__name__}: {exc}"
+    if not args.load_saturation_seconds:
+        results["mqtt_load_saturation_skipped"] = True
+        return
+    _log(f"MQTT load: saturation, {args.load_nodes} nodes as fast as they deliver for "
+         f"{args.load_saturation_seconds:g} s")
+    try:
+        results["mqtt_load_saturation"] = run_mqtt_load(
+            args.load_nodes, args.load_saturation_seconds, None, args.load_processes)
+    except Exception as exc:
+        results["errors"]["mqtt load saturation"] = f"{type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":
