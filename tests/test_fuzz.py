@@ -148,3 +148,38 @@ def test_config_examples():
         with pytest.raises(ConfigError) as info:
             parse_config_text(raw, "site.yaml")
         assert words in str(info.value), str(info.value)
+
+
+# -- the node's command handler ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def node(tmp_path_factory, calibration_file):
+    """A real node (models, calibration, spool) that is not started; its replies are
+    collected instead of published. Without a config file, ``reload`` is always refused,
+    so every case is answered at once."""
+    from edge.audio import FileSource
+    from edge.node import Node
+    from firmware_config.schema import load_config
+    from nodeproc import NORMAL, node_config
+
+    cfg = load_config(node_config(tmp_path_factory.mktemp("fuzz"), 1883, calibration_file))
+    n = Node(cfg, source=FileSource(NORMAL[:1]))
+    replies: list[dict] = []
+    n.publisher.reply = replies.append
+    yield n, replies
+    n.spool.close()
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=names, payload=_payloads(), retained=st.booleans())
+def test_node_answers_every_command(node, name, payload, retained):
+    n, replies = node
+    k = len(replies)
+    n._command(name, payload, retained)
+    assert len(replies) == k + 1, replies[k:]
+    r = replies[-1]
+    assert r["command"] == name and r["node"] == n.cfg.node.id
+    assert r["status"] in ("accepted", "rejected") and r["message"].strip(), r
+    if r["status"] == "accepted":
+        assert name == "recalibrate" and not retained and n._learning is not None
+        n._learning = None  # so that the next valid recalibrate is accepted too
+    json.dumps(r)  # publishable
