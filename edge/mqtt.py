@@ -34,6 +34,8 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
+from edge.spool import SpoolError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["PAYLOAD_SCHEMA", "utc_now", "MqttSetupError", "MqttPublisher"]
@@ -247,8 +249,6 @@ class MqttPublisher:
             The event's ``seq`` (also set in the published payload), or None when the full
             spool's ``drop_policy`` is ``newest`` and the event was dropped.
         """
-        from edge.spool import SpoolError
-
         try:
             seq = self.spool.append(self.topic(f"event/{kind}"), payload)
         except (SpoolError, ValueError, TypeError):  # disk full, I/O error: never crash the node

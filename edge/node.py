@@ -407,12 +407,17 @@ class Node:
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if not payload:
             return  # how MQTT clears a retained message: nothing to do
-        root = self.cfg.topic_root
+        root, m = self.cfg.topic_root, self.cfg.mqtt
         if topic == f"{root}/config":
             item = ("config", "config", payload, retained)
         elif topic.startswith(f"{root}/cmd/"):
             item = ("cmd", topic[len(root) + 5:], payload, retained)
         else:
+            return
+        if m.username is None and not m.anonymous_commands:
+            self._reply(item[1], "rejected", "commands and configs are accepted only over an "
+                        "authenticated broker connection (mqtt.username); set "
+                        "mqtt.anonymous_commands: true to accept them on this anonymous one")
             return
         try:
             self._control.put_nowait(item)
@@ -572,11 +577,14 @@ class Node:
                         f"not applied, still running config {old.sha256[:12]}: {exc}",
                         request_id, **extra)
             return False
+        previous = None  # the config file's bytes, once we replaced them
         try:
             if raw is not None:
+                current = self.config_path.read_bytes()
                 atomic_write_bytes(self.config_path.with_name(self.config_path.name + ".prev"),
-                                   self.config_path.read_bytes())
+                                   current)
                 atomic_write_bytes(self.config_path, raw)
+                previous = current
             if publisher is not None:
                 self.publisher.stop(flush_timeout=0, offline=new.topic_root != old.topic_root)
                 publisher.start()
@@ -590,8 +598,8 @@ class Node:
                     raise RuntimeError(f"the new broker settings did not connect within "
                                        f"{timeout:g} s ({why})")
         except (OSError, RuntimeError) as exc:
-            if raw is not None and self.config_path.with_name(self.config_path.name + ".prev").exists():
-                atomic_write_bytes(self.config_path, self._prev_bytes())
+            if previous is not None:
+                atomic_write_bytes(self.config_path, previous)
             if source is not None:
                 source.close()
                 self.source.start()
@@ -630,9 +638,6 @@ class Node:
         self.publisher.publish_discovery()
         self.publisher.publish_state()
         return True
-
-    def _prev_bytes(self) -> bytes:
-        return self.config_path.with_name(self.config_path.name + ".prev").read_bytes()
 
     # -- main loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> None:

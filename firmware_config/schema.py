@@ -73,6 +73,9 @@ class MqttSection(_Section):
         None, min_length=1, description="file holding the broker password (first line); the "
         "password itself is never in the config and never logged")
     tls: TlsSection = Field(default_factory=TlsSection)
+    anonymous_commands: bool = Field(
+        False, description="accept commands and configs over a connection without a username "
+        "(then anyone who can publish on that broker can send them)")
 
     @model_validator(mode="after")
     def _backoff(self):

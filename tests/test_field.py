@@ -58,6 +58,9 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path, calibration_file):
         node = NodeProcess(cfg, args=["--replay", *map(str, NORMAL)])  # 20 s of real fan
         try:
             col.wait_for(topic_filter=f"{ROOT_TOPIC}/event/anomaly", timeout=60)
+            # An anonymous broker connection: commands are refused, saying why.
+            r = Operator(broker, col).send("cmd/reload", b"{}")
+            assert r["status"] == "rejected" and "authenticated" in r["message"], r
             time.sleep(1.0)
             col.clear_subscribed()
             down = time.time()
@@ -149,7 +152,7 @@ def test_commands_reload_and_flashed_configs(tmp_path, calibration_file):
     in a new calibration; a flashed config is applied atomically or rolled back."""
     with MosquittoBroker() as broker, MqttCollector(broker.host, broker.port, "#") as col:
         cfg = _set(node_config(tmp_path, broker.port, calibration_file, hop_seconds=1.0),
-                   audio={"realtime": True})
+                   audio={"realtime": True}, mqtt={"anonymous_commands": True})
         good_cfg = cfg.read_bytes()
         op = Operator(broker, col)
         mqtt_publish(broker.host, broker.port, f"{ROOT_TOPIC}/cmd/recalibrate",
@@ -285,7 +288,7 @@ def test_audio_faults_are_health_events(tmp_path, calibration_file):
     with MosquittoBroker() as broker, VirtualMicrophone() as vm, \
             MqttCollector(broker.host, broker.port, "hark/#") as col:
         cfg = _set(node_config(tmp_path, broker.port, calibration_file),
-                   audio={"reopen_max_seconds": 2})
+                   audio={"reopen_max_seconds": 2}, mqtt={"anonymous_commands": True})
         node = NodeProcess(cfg, vm.env)
         try:
             col.wait_for(lambda m: m.payload == b"online", topic_filter=f"{ROOT_TOPIC}/status",
