@@ -41,7 +41,7 @@ Any such line in the broker log is reported (``broker_drop_log``).
 
 Loss is checked per node against the spool's ``last_seq``: every ``seq`` from 1 to it must
 have arrived (the spool hands them out without gaps unless its bound dropped events).
-CPU time is read from ``/proc/<pid>/stat`` for mosquitto, the worker processes and this
+CPU time is read with psutil (``/proc/<pid>/stat``) for mosquitto, the worker processes and this
 process (the subscriber), and from ``/proc/stat`` for the whole machine (which includes
 anything else running on it), over the measurement window: from the start of publishing to
 the last arrival. 100 % is one core.
@@ -64,6 +64,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import psutil
 
 from edge.node import Node
 
@@ -80,7 +81,6 @@ _SATURATION_POLL_S = 0.01  # top-up period: 20 events last longer at up to 2000 
 _DEPTH_SAMPLE_S = 0.05
 _CONNECT_TIMEOUT_S = 20.0
 _START_DELAY_S = 0.5  # from "all connected" to the first event, for every worker to be ready
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------------------
@@ -200,18 +200,16 @@ def _worker(conn, docs: list[dict[str, Any]], phases: list[float], base_dir: str
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads) from ``/proc``."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime: fields 14, 15
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def _machine_cpu_seconds() -> tuple[float, float, float]:
-    """(busy, iowait, total) CPU seconds of the whole machine since boot (``/proc/stat``)."""
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:9]]
-    idle, iowait, total = ticks[3], ticks[4], sum(ticks)
-    return (total - idle - iowait) / _CLK_TCK, iowait / _CLK_TCK, total / _CLK_TCK
+    """(busy, iowait, total) CPU seconds of the whole machine since boot."""
+    t = psutil.cpu_times()  # guest time is already inside user/nice: not added again
+    total = t.user + t.nice + t.system + t.idle + t.iowait + t.irq + t.softirq + t.steal
+    return total - t.idle - t.iowait, t.iowait, total
 
 
 class _Subscriber:

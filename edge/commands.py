@@ -24,6 +24,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from firmware_config.schema import format_errors
+
 __all__ = ["COMMANDS", "MAX_PAYLOAD_BYTES", "Command", "CommandError", "parse_command"]
 
 MAX_PAYLOAD_BYTES = 65536
@@ -141,12 +143,7 @@ def parse_command(name: str, payload: bytes) -> Command:
     try:
         args = COMMANDS[name].model_validate(doc)
     except ValidationError as exc:
-        errors = []
-        for e in exc.errors():
-            loc = ".".join(str(x) for x in e["loc"]) or "(payload)"
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            errors.append(f"{loc}: {msg}")
-        raise CommandError(name, "invalid arguments: " + "; ".join(errors),
-                           _request_id(payload)) from None
+        errors = "; ".join(f"{loc}: {msg}" for loc, msg in format_errors(exc))
+        raise CommandError(name, f"invalid arguments: {errors}", _request_id(payload)) from None
     data = args.model_dump(exclude={"schema_version", "request_id"}, exclude_none=True)
     return Command(name, args.request_id, data)

@@ -256,6 +256,7 @@ class KwsEmbedder:
             raise ModelError(f"segment_hop must be 1..{self.frontend.segment_frames} frames, "
                              f"got {self.segment_hop}")
         self.frame_seconds = self.frontend.frame_seconds
+        self.num_threads = num_threads
         self._interp = _make_interpreter(path, num_threads)
         self._input = self._interp.get_input_details()[0]
         self._output = self._interp.get_output_details()[0]

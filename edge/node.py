@@ -31,6 +31,18 @@ log = logging.getLogger(__name__)
 __all__ = ["Node", "KeywordListener"]
 
 
+def _bundle(path, task: str, running=None, **options):
+    """The model bundle at ``path``; the ``running`` embedder instead if it was loaded from
+    that same file (SHA-256) with the same ``options``, so applying a config does not load
+    an unchanged model twice."""
+    from edge.fileio import sha256_file
+
+    if running is not None and all(getattr(running, k) == v for k, v in options.items()) \
+            and path.is_file() and sha256_file(path) == running.sha256:
+        return running
+    return load_bundle(path, task=task, **options)
+
+
 def _iso(t: float) -> str:
     return (dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"))
@@ -43,6 +55,8 @@ class KeywordListener:
     ----------
     cfg : firmware_config.schema.NodeConfig
         Uses the ``kws`` section.
+    running : edge.model.KwsEmbedder, optional
+        The embedder in use; kept if ``kws.model`` is still the same model (config apply).
 
     Attributes
     ----------
@@ -58,13 +72,13 @@ class KeywordListener:
         A corrupt keywords file.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, running=None):
         from calibration.enroll import EnrolledKeywords
 
         k = cfg.kws
         try:
-            self.embedder = load_bundle(cfg.resolve(k.model), task="kws",
-                                        num_threads=k.num_threads, segment_hop=k.segment_hop)
+            self.embedder = _bundle(cfg.resolve(k.model), "kws", running,
+                                    num_threads=k.num_threads, segment_hop=k.segment_hop)
         except ModelError as exc:
             raise ModelError(f"kws.model: {exc}") from None
         path = cfg.resolve(k.keywords)
@@ -133,7 +147,7 @@ class Node:
     ----------
     cfg : firmware_config.schema.NodeConfig
     source : audio source, optional
-        Anything with ``start()``, ``blocks(stop)``, ``close()``, ``faults``,
+        Anything with ``start()``, ``blocks(stop)``, ``close()``, ``faults``, ``finite``,
         ``device_name``, ``overflows``; default: the config's files if any, else the
         microphone.
     config_path : str or Path, optional
@@ -193,16 +207,9 @@ class Node:
     @staticmethod
     def _load_asd(cfg, running=None):
         """The anomaly embedder and calibration (None if there is none yet and the node may
-        learn one); the ``running`` embedder is kept if the model file has not changed."""
-        from edge.fileio import sha256_file
-
+        learn one); the ``running`` embedder is kept if the model has not changed."""
         a = cfg.asd
-        path = cfg.resolve(a.model)
-        if running is not None and running.num_threads == a.num_threads and \
-                path.is_file() and sha256_file(path) == running.sha256:
-            embedder = running
-        else:
-            embedder = load_bundle(path, task="asd", num_threads=a.num_threads)
+        embedder = _bundle(cfg.resolve(a.model), "asd", running, num_threads=a.num_threads)
         fe = embedder.frontend
         if abs(fe.clip_seconds - a.window_seconds) > 1e-6:
             raise ModelError(f"asd.window_seconds is {a.window_seconds} s but the model "
@@ -237,8 +244,9 @@ class Node:
 
         kw = self.keywords
         keywords = sorted(kw.enrolled.thresholds) if kw is not None and kw.enrolled else []
-        ids = [m["model_id"] for m in self.state()["models"].values()]
-        return discovery_messages(cfg, keywords, ", ".join(ids))
+        embedders = (self.embedder, kw.embedder if kw is not None else None)
+        return discovery_messages(cfg, keywords,
+                                  ", ".join(e.model_id for e in embedders if e is not None))
 
     def _reset_stream(self) -> None:
         """Start the analysis afresh: after a gap in the audio or a config change."""
@@ -489,30 +497,35 @@ class Node:
                     "the current calibration meanwhile", cmd.request_id, seconds=seconds)
         self.publisher.publish_state()
 
-    def _cmd_reload(self, cmd) -> None:
+    def _parse_config(self, raw: bytes, source: str, command: str, request_id=None, **extra):
+        """The validated config in ``raw``, or None after replying ``rejected`` with every
+        bad field."""
         from firmware_config.schema import ConfigError, parse_config_text
 
+        try:
+            return parse_config_text(raw, source, self.config_path.parent)
+        except ConfigError as exc:
+            self._reply(command, "rejected", str(exc), request_id,
+                        errors=[f"{p}: {m}" for p, m in exc.errors], **extra)
+            return None
+
+    def _cmd_reload(self, cmd) -> None:
         if self.config_path is None:
             self._reply(cmd.name, "rejected", "this node was started without a config file",
                         cmd.request_id)
             return
         try:
             raw = self.config_path.read_bytes()
-            new = parse_config_text(raw, str(self.config_path), self.config_path.parent)
         except OSError as exc:
             self._reply(cmd.name, "rejected", f"cannot read {self.config_path}: "
                         f"{exc.strerror or exc}", cmd.request_id)
             return
-        except ConfigError as exc:
-            self._reply(cmd.name, "rejected", str(exc), cmd.request_id,
-                        errors=[f"{p}: {m}" for p, m in exc.errors])
-            return
-        self._apply(new, None, cmd.name, cmd.request_id)
+        new = self._parse_config(raw, str(self.config_path), cmd.name, cmd.request_id)
+        if new is not None:
+            self._apply(new, None, cmd.name, cmd.request_id)
 
     def _config_message(self, raw: bytes) -> None:
         """A config flashed over MQTT (retained on ``<root>/config``)."""
-        from firmware_config.schema import ConfigError, parse_config_text
-
         sha = hashlib.sha256(raw).hexdigest()
         if sha == self.cfg.sha256 or sha in self._rejected_configs:
             return  # already running it, or already refused (a retained redelivery)
@@ -521,13 +534,10 @@ class Node:
             self._reply("config", "rejected", "this node was started without a config file",
                         config_sha256=sha)
             return
-        try:
-            new = parse_config_text(raw, f"MQTT {self.cfg.topic_root}/config",
-                                    self.config_path.parent)
-        except ConfigError as exc:
+        new = self._parse_config(raw, f"MQTT {self.cfg.topic_root}/config", "config",
+                                 config_sha256=sha)
+        if new is None:
             self._rejected_configs.add(sha)
-            self._reply("config", "rejected", str(exc), config_sha256=sha,
-                        errors=[f"{p}: {m}" for p, m in exc.errors])
             return
         if new.topic_root != self.cfg.topic_root:
             self._rejected_configs.add(sha)
@@ -555,7 +565,8 @@ class Node:
                                "logging") if getattr(new, k) != getattr(old, k)]
         source = publisher = None
         try:
-            keywords = KeywordListener(new) if new.kws.enabled else None
+            keywords = (KeywordListener(new, self.keywords and self.keywords.embedder)
+                        if new.kws.enabled else None)
             embedder, calibration = (self._load_asd(new, self.embedder) if new.asd.enabled
                                      else (None, None))
             if calibration is None and embedder is self.embedder and \
@@ -563,7 +574,7 @@ class Node:
                 calibration = self.calibration  # file gone but the same model: keep ours
             if {"node", "mqtt"} & set(changed):
                 publisher = self._make_publisher(new)
-            if "audio" in changed and not getattr(self.source, "finite", True) and \
+            if "audio" in changed and not self.source.finite and \
                     _device_settings(new.audio) != _device_settings(old.audio):
                 self.source.close()  # one device cannot always be opened twice
                 try:
@@ -686,7 +697,7 @@ class Node:
         finally:
             self.source.close()
             # A replay that ran to its end waits longer for the broker than a stopped node.
-            finished = getattr(self.source, "finite", False) and not stop.is_set()
+            finished = self.source.finite and not stop.is_set()
             halt.set()
             control.join(timeout=2.0)
             self.publisher.stop(flush_timeout=30.0 if finished else 5.0,

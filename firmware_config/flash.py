@@ -375,13 +375,12 @@ def _mqtt_target(target: str, cfg: NodeConfig, *, username, password_file, ca_fi
             raise FlashError(f"{option} {value!r}: no such file")
     password = None
     if password_file:
+        from edge.mqtt import MqttSetupError, read_password
+
         try:
-            password = (Path(password_file).read_text(encoding="utf-8").splitlines() or [""])[0]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise FlashError(f"--password-file {password_file!r}: cannot read: "
-                             f"{getattr(exc, 'strerror', None) or exc}") from None
-        if not password:
-            raise FlashError(f"--password-file {password_file!r}: the first line is empty")
+            password = read_password(Path(password_file), "--password-file")
+        except MqttSetupError as exc:
+            raise FlashError(str(exc)) from None
     root = cfg.topic_root
     topic = f"{root}/config"
     where = f"{url.scheme.lower()}://{host}:{port}/{topic}"

@@ -35,6 +35,15 @@ def node_config(tmp: Path, port: int, calibration: Path, **asd) -> Path:
     return path
 
 
+def update_config(cfg: Path, **sections) -> Path:
+    """Update sections of a node config file in place (``audio={"realtime": True}``)."""
+    doc = yaml.safe_load(cfg.read_text())
+    for name, values in sections.items():
+        doc[name].update(values)
+    cfg.write_text(yaml.safe_dump(doc))
+    return cfg
+
+
 class NodeProcess:
     """``python -m edge run`` as a subprocess with its stderr collected."""
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 import hashlib
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from demo.harness import MosquittoBroker, MqttCollector, free_port, mqtt_publish, require_tools
-from nodeproc import ANOMALY, CAL_CLIPS, NORMAL, NodeProcess, _ts, node_config
+from nodeproc import ANOMALY, CAL_CLIPS, NORMAL, NodeProcess, _ts, node_config, update_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -25,15 +24,6 @@ def _tools():
     missing = require_tools(audio=False)
     if missing:
         pytest.fail("these tests need: " + ", ".join(missing) + " (make setup installs them)")
-
-
-def _set(cfg: Path, **sections) -> Path:
-    """Update sections of a node config file in place (``audio={"realtime": True}``)."""
-    doc = yaml.safe_load(cfg.read_text())
-    for name, values in sections.items():
-        doc[name].update(values)
-    cfg.write_text(yaml.safe_dump(doc))
-    return cfg
 
 
 def _delivered(col: MqttCollector, kind: str = "anomaly") -> list[dict]:
@@ -53,7 +43,7 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path, calibration_file):
     """The broker goes down for ~8 s while the node streams in real time: every window's
     event arrives, in order, those made during the outage after it."""
     with MosquittoBroker() as broker, MqttCollector(broker.host, broker.port, "hark/#") as col:
-        cfg = _set(node_config(tmp_path, broker.port, calibration_file, hop_seconds=0.5),
+        cfg = update_config(node_config(tmp_path, broker.port, calibration_file, hop_seconds=0.5),
                    audio={"realtime": True})
         node = NodeProcess(cfg, args=["--replay", *map(str, NORMAL)])  # 20 s of real fan
         try:
@@ -151,7 +141,7 @@ def test_commands_reload_and_flashed_configs(tmp_path, calibration_file):
     calibration or config is refused and the previous good one kept; a recalibration swaps
     in a new calibration; a flashed config is applied atomically or rolled back."""
     with MosquittoBroker() as broker, MqttCollector(broker.host, broker.port, "#") as col:
-        cfg = _set(node_config(tmp_path, broker.port, calibration_file, hop_seconds=1.0),
+        cfg = update_config(node_config(tmp_path, broker.port, calibration_file, hop_seconds=1.0),
                    audio={"realtime": True}, mqtt={"anonymous_commands": True})
         good_cfg = cfg.read_bytes()
         op = Operator(broker, col)
@@ -199,7 +189,7 @@ def test_commands_reload_and_flashed_configs(tmp_path, calibration_file):
             good_cal = calibration_file.read_bytes()
             broken = tmp_path / "broken.npz"
             broken.write_bytes(good_cal[: len(good_cal) // 2])
-            _set(cfg, asd={"calibration": str(broken)})
+            update_config(cfg, asd={"calibration": str(broken)})
             r = op.send("cmd/reload", b'{"request_id": "r2"}')
             assert r["status"] == "rejected" and "broken.npz" in r["message"], r
             # A corrupted config file (a typo): refused, the field named.
@@ -274,7 +264,7 @@ def test_audio_faults_are_health_events(tmp_path, calibration_file):
     scene = tmp_path / "clipping_then_silence.wav"
     sf.write(scene, np.concatenate([loud, np.zeros(16000 * 4, np.float32)]), 16000)
     with MosquittoBroker() as broker, MqttCollector(broker.host, broker.port, "hark/#") as col:
-        cfg = _set(node_config(tmp_path, broker.port, calibration_file),
+        cfg = update_config(node_config(tmp_path, broker.port, calibration_file),
                    audio={"silence_seconds": 2, "clipping_seconds": 2})
         node = NodeProcess(cfg, args=["--replay", str(scene)])
         assert node.proc.wait(timeout=90) == 0, node.log()[-3000:]
@@ -287,7 +277,7 @@ def test_audio_faults_are_health_events(tmp_path, calibration_file):
 
     with MosquittoBroker() as broker, VirtualMicrophone() as vm, \
             MqttCollector(broker.host, broker.port, "hark/#") as col:
-        cfg = _set(node_config(tmp_path, broker.port, calibration_file),
+        cfg = update_config(node_config(tmp_path, broker.port, calibration_file),
                    audio={"reopen_max_seconds": 2}, mqtt={"anonymous_commands": True})
         node = NodeProcess(cfg, vm.env)
         try:
@@ -312,11 +302,11 @@ def test_audio_faults_are_health_events(tmp_path, calibration_file):
             # A reload that names a microphone that is not there: refused, the node goes on
             # with its device; one that changes the capture block size: the device is reopened.
             op = Operator(broker, col)
-            _set(cfg, audio={"device": "no-such-microphone"})
+            update_config(cfg, audio={"device": "no-such-microphone"})
             r = op.send("cmd/reload", b"{}")
             assert r["status"] == "rejected" and "no-such-microphone" in r["message"], r
             op.more_events(1)
-            _set(cfg, audio={"device": "pulse", "block_seconds": 0.05})
+            update_config(cfg, audio={"device": "pulse", "block_seconds": 0.05})
             r = op.send("cmd/reload", b"{}")
             assert r["status"] == "done" and "audio" in r["message"], r
             op.more_events(1, timeout=20)

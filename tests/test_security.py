@@ -15,26 +15,22 @@ so a leaked message would have arrived first.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 
 from demo.harness import MosquittoBroker, MqttCollector, require_tools
+from nodeproc import ANOMALY, NodeProcess, node_config, update_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "firmware_config" / "deploy"
-CLIPS = ROOT / "demo" / "clips"
 HOST = "127.0.0.1"
 PASSWORDS = {"operator": "op-Secret-7d1c", "press-3": "p3-Secret-52ab", "press-4": "p4-Secret-e90f"}
 NODE = "hark/plant-a/press-3"
@@ -362,38 +358,24 @@ def test_node_receives_only_its_own_commands_and_config(etc):
 
 def _node_config(tmp: Path, etc: Path, port: int, calibration: Path, password: str,
                  realtime: bool = False, client_cert: bool = False) -> Path:
-    """The default config pointed at the example broker as press-3 at plant-a, replaying
+    """A test node config pointed at the example broker as press-3 at plant-a, replaying
     files (at real-time speed with ``realtime``: the node is still busy 20 s later), with
     the client certificate ``certs/client.crt`` if ``client_cert``."""
-    doc = yaml.safe_load((ROOT / "firmware_config" / "default.yaml").read_text())
-    doc["node"].update(id="press-3", site="plant-a")
     (tmp / "mqtt-password").write_text(password + "\n")
-    doc["mqtt"].update(host=HOST, port=port, heartbeat_seconds=1, reconnect_min_seconds=1,
-                       reconnect_max_seconds=1, username="press-3",
-                       password_file=str(tmp / "mqtt-password"),
-                       tls={"enabled": True, "ca_file": str(etc / "certs" / "ca.crt")})
+    tls = {"enabled": True, "ca_file": str(etc / "certs" / "ca.crt")}
     if client_cert:
-        doc["mqtt"]["tls"].update(cert_file=str(etc / "certs" / "client.crt"),
-                                  key_file=str(etc / "certs" / "client.key"))
-    doc["spool"]["path"] = str(tmp / "spool.sqlite")
-    doc["audio"]["realtime"] = realtime
-    doc["asd"].update(model=str(ROOT / "models" / "asd_default.tflite"),
-                      calibration=str(calibration))
-    doc["kws"].update(model=str(ROOT / "models" / "kws_default.tflite"),
-                      keywords=str(tmp / "no_keywords.npz"))
-    path = tmp / "node.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+        tls.update(cert_file=str(etc / "certs" / "client.crt"),
+                   key_file=str(etc / "certs" / "client.key"))
+    return update_config(node_config(tmp, port, calibration),
+                         node={"id": "press-3", "site": "plant-a"},
+                         mqtt={"host": HOST, "reconnect_max_seconds": 1, "username": "press-3",
+                               "password_file": str(tmp / "mqtt-password"), "tls": tls},
+                         audio={"realtime": realtime})
 
 
-def _start_node(cfg: Path, log: Path) -> subprocess.Popen:
-    """``python -m edge run`` replaying the anomalous demo clips, stderr into ``log``."""
-    with open(log, "wb") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "edge", "run", "--config", str(cfg),
-             "--replay", *map(str, sorted(CLIPS.glob("*_test_anomaly_*.flac")))],
-            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+def _start_node(cfg: Path) -> NodeProcess:
+    """``python -m edge run`` replaying the anomalous demo clips."""
+    return NodeProcess(cfg, args=["--replay", *map(str, ANOMALY)])
 
 
 def operator_collector(etc: Path, port: int, client_cert: bool) -> MqttCollector:
@@ -416,15 +398,13 @@ def test_node_over_tls_with_password(request, tmp_path, etc, calibration_file, m
     broker = request.getfixturevalue("mtls_broker" if mutual_tls else "broker")
     cfg = _node_config(tmp_path, etc, broker.port, calibration_file, PASSWORDS["press-3"],
                        client_cert=mutual_tls)
-    log = tmp_path / "node.log"
     with operator_collector(etc, broker.port, mutual_tls) as col:
-        node = _start_node(cfg, log)
+        node = _start_node(cfg)
         try:
-            rc = node.wait(timeout=90)
+            rc = node.proc.wait(timeout=90)
         finally:
-            if node.poll() is None:
-                node.kill()
-        text = log.read_text(errors="replace")
+            node.stop()
+        text = node.log()
         assert rc == 0, text[-3000:]
         col.wait_for(lambda m: m.payload == b"online", topic_filter=f"{NODE}/status")
         col.wait_for(lambda m: m.payload == b"offline", topic_filter=f"{NODE}/status")
@@ -448,23 +428,13 @@ def test_node_with_wrong_password_keeps_running_and_says_why(tmp_path, etc, brok
     wrong = "not-the-Password-4711"
     # Real-time replay: stopped mid-replay, the node gives the broker 5 s, not 30 s.
     cfg = _node_config(tmp_path, etc, broker.port, calibration_file, wrong, realtime=True)
-    log = tmp_path / "node.log"
-    node = _start_node(cfg, log)
+    node = _start_node(cfg)
     try:
-        deadline = time.monotonic() + 60
-        while "not authori" not in log.read_text(errors="replace").lower():
-            assert node.poll() is None, f"node exited ({node.returncode}):\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"no refusal logged:\n{log.read_text()}"
-            time.sleep(0.1)
+        node.wait_log("Not authorized", 60)
         time.sleep(1.5)  # a retry later it is still there
-        assert node.poll() is None, log.read_text()
+        assert node.proc.poll() is None, node.log()
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(timeout=60)
-        finally:
-            if node.poll() is None:
-                node.kill()
-    text = log.read_text(errors="replace")
+        node.stop(timeout=60)
+    text = node.log()
     assert wrong not in text, "the password leaked into the node's log"
     assert "refused" in text.lower(), text[-3000:]
