@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import signal
@@ -23,9 +24,11 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
-
-from demo.harness import MosquittoBroker, MqttCollector, VirtualMicrophone, require_tools
+from demo.broker import MosquittoBroker
+from demo.collector import MqttCollector
+from demo.tools import require_tools
+from demo.virtual_mic import VirtualMicrophone
+from firmware_config.defaults import default_config_doc, write_config_doc
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = Path(__file__).resolve().parent / "clips"
@@ -39,23 +42,26 @@ def say(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def write_node_config(path: Path, broker, vm, workdir: Path, hop: float) -> Path:
-    doc = yaml.safe_load((ROOT / "firmware_config" / "default.yaml").read_text())
-    doc["node"]["id"] = "demo-node"
-    doc["mqtt"].update(host=broker.host, port=broker.port, heartbeat_seconds=5,
-                       reconnect_min_seconds=1, reconnect_max_seconds=5)
-    doc["audio"]["device"] = vm.device_name
-    doc["asd"].update(model=str(ROOT / "models" / "asd_default.tflite"),
-                      calibration=str(workdir / "asd_calibration.npz"), hop_seconds=hop)
-    doc["kws"].update(model=str(ROOT / "models" / "kws_default.tflite"),
-                      keywords=str(workdir / "kws_keywords.npz"),
-                      false_alarms_per_hour=DEMO_FALSE_ALARMS_PER_HOUR)
+def write_node_config(path: Path, broker: MosquittoBroker, vm: VirtualMicrophone,
+                      workdir: Path, hop: float) -> Path:
+    """Write the demo node's config: the shipped default with the demo's broker, microphone,
+    models, calibration files and a fresh spool in ``workdir``; return ``path``."""
     spool = workdir / "spool.sqlite"
     for stale in workdir.glob("spool.sqlite*"):  # a fresh demo: no events of an earlier run
         stale.unlink()
-    doc["spool"]["path"] = str(spool)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    doc = default_config_doc(
+        node={"id": "demo-node"},
+        mqtt={"host": broker.host, "port": broker.port, "heartbeat_seconds": 5,
+              "reconnect_min_seconds": 1, "reconnect_max_seconds": 5},
+        audio={"device": vm.device_name},
+        asd={"model": str(ROOT / "models" / "asd_default.tflite"),
+             "calibration": str(workdir / "asd_calibration.npz"), "hop_seconds": hop},
+        kws={"model": str(ROOT / "models" / "kws_default.tflite"),
+             "keywords": str(workdir / "kws_keywords.npz"),
+             "false_alarms_per_hour": DEMO_FALSE_ALARMS_PER_HOUR},
+        spool={"path": str(spool)},
+    )
+    return write_config_doc(path, doc)
 
 
 class Printer(threading.Thread):
@@ -226,8 +232,6 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
 
 
 def _parse_ts(s: str) -> float:
-    import datetime as dt
-
     return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 

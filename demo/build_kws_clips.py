@@ -22,16 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.audio import load_audio
+from edge.vad import speech_interval
+from trainer.kws_data import list_words, load_background, speaker_split
+
 OUT = Path(__file__).resolve().parent / "clips" / "kws"
 KEYWORDS = {"stop": "1acc97de", "computer": None}  # keyword -> enrollment speaker
 
 
 def main(argv=None) -> int:
     import soundfile as sf
-
-    from edge.audio import load_audio
-    from edge.vad import speech_interval
-    from trainer.kws_data import list_words, load_background, speaker_split
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.environ.get("HARK_DATA", "../shared/data"))

@@ -1,4 +1,6 @@
-"""Real (mock-free) tests of the end-to-end harness in :mod:`demo.harness`.
+"""Real (mock-free) tests of the end-to-end harness in :mod:`demo`: the broker
+(:mod:`demo.broker`), the MQTT collector (:mod:`demo.collector`), the virtual microphone
+(:mod:`demo.virtual_mic` on :mod:`demo.pulse`) and the tool check (:mod:`demo.tools`).
 
 They start a private ``mosquitto`` and a private PulseAudio daemon and are
 skipped, with the missing Debian packages named, where those are absent.
@@ -17,15 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from demo.harness import (
-    MosquittoBroker,
-    MqttCollector,
-    VirtualMicrophone,
-    free_port,
-    mqtt_publish,
-    require_tools,
-    xcorr_peak,
-)
+from demo.broker import MosquittoBroker, free_port
+from demo.collector import MqttCollector, mqtt_publish
+from demo.tools import require_tools
+from demo.virtual_mic import VirtualMicrophone, xcorr_peak
 
 pytestmark = pytest.mark.e2e
 
