@@ -41,6 +41,13 @@ def default_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def kws_model() -> Path:
+    p = ROOT / "models" / "kws_default.tflite"
+    assert p.is_file(), "the default KWS bundle is missing: run `python -m trainer train-kws`"
+    return p
+
+
+@pytest.fixture(scope="session")
 def embedder(default_model):
     from edge.model import load_bundle
 
