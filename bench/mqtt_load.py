@@ -4,7 +4,7 @@ Every simulated node is the node's real delivery path: its own
 :class:`edge.spool.Spool` (SQLite WAL, ``synchronous=FULL``, one file per node) and its
 own :class:`edge.mqtt.MqttPublisher` (paho network thread plus the sender thread that
 publishes the oldest spooled event with QoS 1, waits for the PUBACK and only then deletes
-it). The payloads are built by :meth:`edge.node.Node.anomaly_event` itself, so they have
+it). The payloads are built by :func:`edge.payloads.anomaly_event`, as the node's, so they have
 exactly the fields of a real ``event/anomaly``; ``seq`` is added by the spool. One
 producer thread per node (the node's audio thread) calls
 :meth:`~edge.mqtt.MqttPublisher.publish_event`:
@@ -60,19 +60,22 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import psutil
 
-from edge.node import Node
+from demo.broker import MosquittoBroker
+from edge.mqtt import MqttPublisher
+from edge import payloads
+from edge.spool import Spool
+from firmware_config.defaults import default_config_doc
+from firmware_config.schema import parse_config
 
 __all__ = ["DEFAULT_RATE_HZ", "BROKER_CONFIG", "NODES_PER_PROCESS", "SATURATION_BACKLOG",
            "run_mqtt_load"]
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = ROOT / "firmware_config" / "default.yaml"
 DEFAULT_RATE_HZ = 10.0  # events/s per node: 20x a real node (one anomaly event per 2 s hop)
 BROKER_CONFIG = ("max_queued_messages 100000",)  # see the module docstring
 NODES_PER_PROCESS = 5  # default spread: see the module docstring
@@ -89,21 +92,11 @@ _START_DELAY_S = 0.5  # from "all connected" to the first event, for every worke
 
 
 class _SimulatedNode:
-    """The real spool and publisher of one node; payloads by the node's own code."""
-
-    # the node's own payload builders; they read cfg, calibration and embedder
-    _base = Node._base
-    anomaly_event = Node.anomaly_event
+    """The real spool and publisher of one node; payloads by the node's own code
+    (:mod:`edge.payloads`)."""
 
     def __init__(self, doc: dict[str, Any], base_dir: Path):
-        from edge.mqtt import MqttPublisher
-        from edge.spool import Spool
-        from firmware_config.schema import parse_config
-
         self.cfg = parse_config(doc, f"<load node {doc['node']['id']}>", base_dir)
-        self.calibration = SimpleNamespace(decision_threshold=0.5,
-                                           calibration_id="bench-load-calibration")
-        self.embedder = SimpleNamespace(model_id="bench-load-model")
         sp = self.cfg.spool
         self.spool = Spool(self.cfg.resolve(sp.path), sp.max_events, sp.drop_policy)
         # on_message given, so the node subscribes to cmd/# and config as a real one does
@@ -112,12 +105,15 @@ class _SimulatedNode:
         self.rng = random.Random(doc["node"]["id"])
 
     def state(self) -> dict[str, Any]:
-        return {**self._base(), "status": "online"}
+        return {**payloads.base(self.cfg), "status": "online"}
 
     def next_event(self) -> dict[str, Any]:
         now = time.time()
         score = self.rng.random()
-        return self.anomaly_event(score, score > 0.5, now - 10.0, now)
+        return payloads.anomaly_event(self.cfg, anomaly_score=score, decision_threshold=0.5,
+                                      anomalous=score > 0.5, t_start=now - 10.0, t_end=now,
+                                      model_id="bench-load-model",
+                                      calibration_id="bench-load-calibration")
 
     def produce(self, start: float, seconds: float, rate_hz: float | None,
                 phase: float) -> None:
@@ -216,8 +212,6 @@ class _Subscriber:
     """Records ``(arrival time, payload)`` of every event message; decoding comes later."""
 
     def __init__(self, host: str, port: int, topic_filter: str):
-        import paho.mqtt.client as mqtt
-
         self.arrivals: list[tuple[float, bytes]] = []
         self._subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
@@ -240,18 +234,10 @@ class _Subscriber:
 
 def _node_docs(n_nodes: int, host: str, port: int, spool_dir: Path) -> list[dict[str, Any]]:
     """The default config per simulated node: ``load-NN``, the broker, its own spool file."""
-    import yaml
-
-    base = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    docs = []
-    for i in range(n_nodes):
-        doc = json.loads(json.dumps(base))  # a deep copy
-        doc["node"]["id"] = f"load-{i:02d}"
-        doc["mqtt"].update(host=host, port=port)
-        doc["spool"]["path"] = str(spool_dir / f"load-{i:02d}.sqlite")
-        doc["homeassistant"]["enabled"] = False
-        docs.append(doc)
-    return docs
+    return [default_config_doc(node={"id": f"load-{i:02d}"}, mqtt={"host": host, "port": port},
+                               spool={"path": str(spool_dir / f"load-{i:02d}.sqlite")},
+                               homeassistant={"enabled": False})
+            for i in range(n_nodes)]
 
 
 def _analyse(arrivals: list[tuple[float, bytes]], last_seq: dict[str, int],
@@ -355,8 +341,6 @@ def run_mqtt_load(n_nodes: int = 50, seconds: float = 60.0,
     TimeoutError
         If the subscriber gets no SUBACK.
     """
-    from demo.harness import MosquittoBroker
-
     if n_nodes < 1 or seconds <= 0 or (rate_hz is not None and rate_hz <= 0):
         raise ValueError(f"n_nodes={n_nodes!r}, seconds={seconds!r}, rate_hz={rate_hz!r}: "
                          "expected n_nodes >= 1, seconds > 0 and rate_hz > 0 or None")

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from bench.__main__ import build_rows, machine_info, render_markdown
+from bench.common import machine_info
 from bench.mqtt_load import _analyse, run_mqtt_load
-from demo.harness import require_tools
+from bench.report import build_rows, render_markdown
+from demo.tools import require_tools
 
 LATENCY_KEYS = {"p50", "p95", "p99", "max", "mean"}
 CPU_KEYS = {"broker", "publishers", "publishers_per_process", "subscriber", "machine_busy",
