@@ -25,13 +25,12 @@ length in cells (1 on row 0, +1 per step), so the matching cost needs no backtra
 ``D[M-1, j] / length[M-1, j]``. A path over ``M`` template rows spans between
 ``ceil(M / 2)`` and ``2 M - 1`` stream frames.
 
-Three entry points:
+Two entry points:
 
 * :func:`subsequence_dtw` - the whole matrix at once (one Numba kernel, row by row: every
   row depends on the two rows above only, so the inner loop runs along contiguous memory);
 * :class:`StreamingSubsequenceDTW` - the node's path: ``K`` templates stacked, one new column
-  per stream frame, only the last two columns kept; results equal the batch ones exactly;
-* :func:`subsequence_dtw_reference` - a plain Python/NumPy transcription used by the tests.
+  per stream frame, only the last two columns kept; results equal the batch ones exactly.
 
 Cost helpers: :func:`cosine_cost_matrix` (float64, exact enough to compare with SciPy) and
 :func:`cosine_cost_columns` (the streaming kernel: one column of the stacked cost matrix per
@@ -50,8 +49,7 @@ import numba
 import numpy as np
 
 __all__ = ["SubsequenceDtwResult", "cosine_cost_matrix", "cosine_cost_columns",
-           "subsequence_dtw", "subsequence_dtw_reference", "StreamingSubsequenceDTW",
-           "STEP_SIZES"]
+           "subsequence_dtw", "StreamingSubsequenceDTW", "STEP_SIZES"]
 
 #: The DTW step sizes as (template step, stream step), in tie-breaking order.
 STEP_SIZES = np.array([[1, 1], [1, 2], [2, 1]], dtype=np.int64)
@@ -405,50 +403,6 @@ def subsequence_dtw(C) -> SubsequenceDtwResult:
     S = np.empty((M, N), np.int64)
     L = np.empty((M, N), np.int64)
     _subseq_dtw_kernel(C, D, S, L)
-    return SubsequenceDtwResult(D, S, L)
-
-
-def subsequence_dtw_reference(C) -> SubsequenceDtwResult:
-    """Plain Python transcription of the recursion; for tests only (slow).
-
-    Follows librosa's generic loop literally: for every cell, in the order of
-    :data:`STEP_SIZES`, ``D[pred] + C[i, j]`` replaces the current value if strictly
-    smaller; the current value starts at ``+inf`` (row 0 at ``C[0, j]``).
-
-    Parameters
-    ----------
-    C : array_like [shape=(M, N)]
-
-    Returns
-    -------
-    SubsequenceDtwResult
-        Same contract as :func:`subsequence_dtw`.
-
-    Raises
-    ------
-    ValueError
-        Same as :func:`subsequence_dtw`.
-    """
-    C = _as_cost_matrix(C)
-    M, N = C.shape
-    D = np.full((M, N), np.inf)
-    S = np.full((M, N), -1, np.int64)
-    L = np.zeros((M, N), np.int64)
-    D[0] = C[0]
-    reach = C[0] < np.inf
-    S[0] = np.where(reach, np.arange(N), -1)
-    L[0] = reach
-    for i in range(1, M):
-        for j in range(N):
-            for di, dj in STEP_SIZES:
-                pi, pj = i - int(di), j - int(dj)
-                if pi < 0 or pj < 0:
-                    continue  # out of range: +inf
-                cost = D[pi, pj] + C[i, j]
-                if cost < D[i, j]:
-                    D[i, j] = cost
-                    S[i, j] = S[pi, pj]
-                    L[i, j] = L[pi, pj] + 1
     return SubsequenceDtwResult(D, S, L)
 
 

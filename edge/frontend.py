@@ -104,12 +104,16 @@ class AsdFrontendParams:
         same values the int8 model gets (see the module docstring). ``None``: raw values.
         A training recipe may say ``auto``: the largest training-clip spectrum value /
         255 (:func:`spectrum_step_for`).
-    extra_n_ffts : tuple of int
-        Multi-resolution spectrograms (Fujimura et al. 2025, ``002_aace9358fd6fb51a.txt``
-        Section III-A1): window lengths of additional TMN-normalised magnitude
-        spectrograms, each with hop ``n_fft // 2`` and its own branch in the model (e.g.
-        ``(256, 4096)``). Empty (default): the thesis' single spectrogram. Bundles written
-        before this field existed load as ``()``.
+    extra_n_ffts : tuple of int, default=()
+        STFT window lengths in samples of additional spectrogram inputs (multi-resolution,
+        Fujimura et al. 2025, ``../shared/papers/002_aace9358fd6fb51a.txt`` Section
+        III-A1), e.g. ``(256, 4096)``. Each window ``n`` adds the model input
+        ``"spectrogram_<n>"``: a TMN-normalised magnitude spectrogram like the main one, but
+        with window ``n`` and hop ``n // 2`` (half its own window, not ``hop_length``), of
+        shape ``(1 + (clip_samples - n) // (n // 2), n // 2 + 1)``, with its own branch in
+        the model. Every ``n`` must lie in ``[16, clip_samples]`` and differ from
+        ``n_fft``; values are converted to a tuple of int. Empty: the thesis' single
+        spectrogram.
     """
 
     sample_rate: int = 16000
@@ -194,9 +198,9 @@ class AsdFrontendParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AsdFrontendParams":
         """Parameters from bundle metadata; every field must be present (no silent defaults,
-        so a model is never fed features it was not trained on). ``extra_n_ffts`` is the
-        and ``spectrum_step`` are the exceptions: bundles older than them had a single
-        spectrogram, ``()``, and a raw spectrum, ``None``."""
+        so a model is never fed features it was not trained on), except two: a missing
+        ``extra_n_ffts`` reads as ``()`` (bundles older than that field had a single
+        spectrogram) and a missing ``spectrum_step`` as ``None`` (a raw spectrum)."""
         d = dict(d)
         d.setdefault("extra_n_ffts", ())
         d.setdefault("spectrum_step", None)

@@ -1,4 +1,5 @@
-"""Sub-sequence DTW kernels (edge/dtw.py) against a plain reference, librosa and SciPy."""
+"""Sub-sequence DTW kernels (edge/dtw.py) against a plain reference (tests/dtw_reference.py),
+librosa and SciPy."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from dtw_reference import subsequence_dtw_reference
 from edge.dtw import (STEP_SIZES, StreamingSubsequenceDTW, cosine_cost_columns,
-                      cosine_cost_matrix, subsequence_dtw, subsequence_dtw_reference)
+                      cosine_cost_matrix, subsequence_dtw)
 
 librosa = pytest.importorskip("librosa")
 from scipy.spatial.distance import cdist  # noqa: E402
