@@ -15,13 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.calibrate import collect_windows, fit_calibration
+from calibration.enroll import ShotError, enroll_keyword
+from calibration.plots import plot_score_histogram
+from edge.audio import FileSource, MicrophoneSource, load_audio
+from edge.keywords import EnrolledKeywords
+from edge.model import ModelError, load_bundle
+from firmware_config.errors import HarkError
+from firmware_config.schema import load_config_or_exit
+
 
 def _mic_stream(cfg, seconds: float):
-    from edge.audio import MicrophoneSource
-
-    src = MicrophoneSource(cfg.audio.device, cfg.audio.sample_rate, cfg.audio.block_seconds,
-                           max(cfg.audio.ring_seconds, 5.0))
-    src.start()
+    src = MicrophoneSource.from_config(cfg.audio, min_ring_seconds=5.0).start()
     print(f"recording {seconds:g} s of normal operation from {src.device_name!r}",
           file=sys.stderr, flush=True)
     need = int(seconds * cfg.audio.sample_rate)
@@ -42,11 +47,6 @@ def _mic_stream(cfg, seconds: float):
 
 def cmd_record(args) -> int:
     from tqdm import tqdm
-
-    from calibration.calibrate import collect_windows, fit_calibration, plot_score_histogram
-    from edge.audio import AudioFileError, FileSource, NoInputDeviceError
-    from edge.model import ModelError, load_bundle
-    from firmware_config.schema import load_config_or_exit
 
     cfg = load_config_or_exit(args.config)
     try:
@@ -77,13 +77,16 @@ def cmd_record(args) -> int:
         cal = fit_calibration(windows, embedder, cfg.asd.n_clusters, cfg.asd.threshold.method,
                               dict(cfg.asd.threshold.params), cfg.asd.window_seconds,
                               cfg.asd.hop_seconds)
-    except (AudioFileError, NoInputDeviceError, ValueError) as exc:
+    except (HarkError, ValueError) as exc:  # audio files or device; too few windows
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out) if args.out else cfg.resolve(cfg.asd.calibration)
     cal.save(out)
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
-    plot_score_histogram(cal, plot, f"{cfg.topic_root}: calibration {cal.calibration_id}")
+    plot_score_histogram(plot, cal.normal_scores, [],
+                         {f"decision_threshold ({cal.threshold_method})": cal.decision_threshold},
+                         f"{cfg.topic_root}: calibration {cal.calibration_id}", density=False,
+                         normal_label="calibration (normal, held out)")
     print(json.dumps({"calibration": str(out), "calibration_id": cal.calibration_id,
                       "decision_threshold": round(cal.decision_threshold, 6),
                       "threshold_method": cal.threshold_method, "windows": len(windows),
@@ -94,11 +97,7 @@ def cmd_record(args) -> int:
 
 def _record_shots(cfg, keyword: str, shots: int, seconds: float):
     """Prompt for and record ``shots`` utterances from the configured input."""
-    from edge.audio import MicrophoneSource
-
-    src = MicrophoneSource(cfg.audio.device, cfg.audio.sample_rate, cfg.audio.block_seconds,
-                           max(cfg.audio.ring_seconds, 5.0))
-    src.start()
+    src = MicrophoneSource.from_config(cfg.audio, min_ring_seconds=5.0).start()
     need = int(seconds * cfg.audio.sample_rate)
     out = []
     try:
@@ -120,11 +119,6 @@ def _record_shots(cfg, keyword: str, shots: int, seconds: float):
 
 
 def cmd_enroll(args) -> int:
-    from calibration.enroll import (EnrolledKeywords, EnrollmentError, ShotError, enroll_keyword)
-    from edge.audio import AudioFileError, NoInputDeviceError, load_audio
-    from edge.model import ModelError, load_bundle
-    from firmware_config.schema import load_config_or_exit
-
     cfg = load_config_or_exit(args.config)
     k = cfg.kws
     keyword = args.keyword.strip()
@@ -161,7 +155,7 @@ def cmd_enroll(args) -> int:
     except ShotError as exc:
         print(f"error: {exc}\nnothing was stored; enroll {keyword!r} again", file=sys.stderr)
         return 1
-    except (EnrollmentError, AudioFileError, NoInputDeviceError) as exc:
+    except HarkError as exc:  # keywords file, audio files or device
         print(f"error: {exc}", file=sys.stderr)
         return 1
     enrolled.save(out)

@@ -10,24 +10,23 @@ in time (overlapping windows share audio and would be near-duplicates).
 """
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
+from calibration.thresholds import make_threshold_estimator
 from edge.backend import Calibration, normalize_members
-from edge.fileio import atomic_write_bytes
-from edge.pipeline import Windower, level_dbfs
+from edge.levels import rms_dbfs
+from edge.pipeline import Windower
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CalibrationWindows", "WindowCollector", "collect_windows", "kmeans_centers", "held_out_scores",
-           "fit_calibration", "plot_score_histogram", "SILENCE_DBFS"]
+           "fit_calibration", "SILENCE_DBFS"]
 
-SILENCE_DBFS = -70.0  # windows quieter than this are not learned as "normal operation"
+SILENCE_DBFS = -70.0  # RMS dBFS (edge.levels); quieter windows are not learned as "normal operation"
 
 
 @dataclass
@@ -75,7 +74,7 @@ class WindowCollector:
 
     def add(self, stream: int, start: int, window: np.ndarray) -> None:
         """Embed one window (``start`` in samples within ``stream``) unless it is silent."""
-        if level_dbfs(window) < SILENCE_DBFS:
+        if rms_dbfs(window) < SILENCE_DBFS:
             self.skipped_silent += 1
             return
         self._embs.append(self.embedder.embed(window))
@@ -174,8 +173,6 @@ def fit_calibration(w: CalibrationWindows, embedder, n_clusters: int, threshold_
                     threshold_params: dict | None = None, window_seconds: float = 10.0,
                     hop_seconds: float = 2.0, seed: int = 0) -> Calibration:
     """Build the memory and estimate the decision threshold from normal scores only."""
-    from calibration.thresholds import make_threshold_estimator
-
     if len(w) < 2:
         raise ValueError(f"only {len(w)} usable calibration window(s) "
                          f"({w.skipped_silent} silent ones skipped): record for longer")
@@ -191,37 +188,3 @@ def fit_calibration(w: CalibrationWindows, embedder, n_clusters: int, threshold_
                        hop_seconds=hop_seconds, n_members=n_members,
                        extra={"n_windows": len(w), "skipped_silent": w.skipped_silent,
                               "threshold_params": threshold_params or {}})
-
-
-def plot_score_histogram(cal: Calibration, path: str | Path, title: str = "",
-                         test_scores: dict[str, Sequence[float]] | None = None) -> Path:
-    """Save a PNG histogram of the held-out normal scores with the decision threshold.
-
-    ``test_scores`` optionally overlays other groups (e.g. ``{"anomalous": [...]}``).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    groups = {"calibration (normal, held out)": cal.normal_scores}
-    groups.update(test_scores or {})
-    allv = np.concatenate([np.asarray(v, float) for v in groups.values()] + [[cal.decision_threshold]])
-    bins = np.linspace(0, max(allv.max() * 1.1, 1e-3), 40)
-    for name, v in groups.items():
-        ax.hist(v, bins=bins, alpha=0.6, label=f"{name} (n={len(v)})")
-    ax.axvline(cal.decision_threshold, color="k", ls="--",
-               label=f"decision_threshold {cal.decision_threshold:.4f} ({cal.threshold_method})")
-    ax.set_xlabel("anomaly_score (min cosine distance)")
-    ax.set_ylabel("windows")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(title or f"Calibration {cal.calibration_id}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())

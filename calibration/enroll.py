@@ -25,22 +25,22 @@ fallback threshold (config ``kws.fallback_threshold``, else the model bundle's
 """
 from __future__ import annotations
 
-import datetime as dt
 import functools
-import io
-import json
 import logging
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edge.vad import level_stats, speech_interval
+from edge.audio import load_audio
+from edge.keywords import EnrolledKeywords, EnrollmentError
+from edge.kws import KeywordSpotter, Template
+from edge.levels import clipped_fraction, peak_dbfs
+from edge.vad import speech_interval
+from firmware_config.errors import HarkError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ShotError", "EnrollmentError", "EnrolledKeywords", "prepare_shot",
+__all__ = ["ShotError", "prepare_shot",
            "negative_event_costs", "fa_rate_threshold", "enroll_keyword",
            "shipped_negatives", "keyword_threshold", "MIN_NEGATIVE_EVENTS", "DEFAULT_FALLBACK_THRESHOLD"]
 
@@ -51,12 +51,8 @@ SILENT_DBFS = -45.0
 NEGATIVES_DIR = Path(__file__).resolve().parent / "negatives"
 
 
-class ShotError(ValueError):
+class ShotError(HarkError, ValueError):
     """A keyword shot is unusable (silent, clipped, too short or too long)."""
-
-
-class EnrollmentError(RuntimeError):
-    """The enrolled-keywords file is missing, corrupt, or belongs to another model."""
 
 
 def prepare_shot(y: np.ndarray, sample_rate: int, *, min_seconds: float, max_seconds: float,
@@ -83,9 +79,9 @@ def prepare_shot(y: np.ndarray, sample_rate: int, *, min_seconds: float, max_sec
         Silent (peak below -45 dBFS or no speech found), clipped (more than 0.1 % of the
         samples at full scale), or speech shorter/longer than allowed.
     """
-    peak_dbfs, clipped = level_stats(y)
-    if not np.isfinite(peak_dbfs) or peak_dbfs < SILENT_DBFS:
-        raise ShotError(f"{name}: silent (peak {peak_dbfs:.0f} dBFS, need at least "
+    peak, clipped = peak_dbfs(y), clipped_fraction(y)
+    if peak < SILENT_DBFS:
+        raise ShotError(f"{name}: silent (peak {peak:.0f} dBFS, need at least "
                         f"{SILENT_DBFS:.0f} dBFS); speak louder or closer to the microphone")
     if clipped > CLIPPED_FRACTION:
         raise ShotError(f"{name}: clipped ({100 * clipped:.1f} % of samples at full scale); "
@@ -102,93 +98,9 @@ def prepare_shot(y: np.ndarray, sample_rate: int, *, min_seconds: float, max_sec
     return np.asarray(y[iv.slice(sample_rate)], np.float32)
 
 
-@dataclass
-class EnrolledKeywords:
-    """Templates and thresholds of the enrolled keywords: what the node's spotter needs.
-
-    Attributes
-    ----------
-    model_id : str
-        The KWS bundle the templates were embedded with (they are useless with another).
-    segment_hop : int
-        Frames between segments used when embedding the templates.
-    templates : dict of str -> list of np.ndarray
-        Per keyword, one (M, D) float32 frame-embedding matrix per shot.
-    thresholds : dict of str -> float
-        Normalised DTW cost below which a match is a detection.
-    details : dict of str -> dict
-        Per keyword: threshold source (``"fa-rate"`` or ``"fallback"``), negative events,
-        negative hours, shot durations.
-    """
-
-    model_id: str
-    segment_hop: int
-    templates: dict = field(default_factory=dict)
-    thresholds: dict = field(default_factory=dict)
-    details: dict = field(default_factory=dict)
-    created: str = ""
-    enrollment_id: str = ""
-
-    def spotter_templates(self):
-        """Templates for :class:`edge.kws.KeywordSpotter`, keyword by keyword."""
-        from edge.kws import Template
-
-        return [Template(k, t) for k in sorted(self.templates) for t in self.templates[k]]
-
-    def save(self, path: str | Path) -> Path:
-        """Write atomically (temporary file, fsync, rename) as ``.npz``."""
-        from edge.fileio import atomic_write_bytes
-
-        self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        self.enrollment_id = uuid.uuid4().hex[:12]
-        arrays = {}
-        index = []
-        for k in sorted(self.templates):
-            for i, t in enumerate(self.templates[k]):
-                name = f"t{len(index)}"
-                arrays[name] = np.asarray(t, np.float32)
-                index.append([k, name])
-        meta = {"schema": 1, "model_id": self.model_id, "segment_hop": self.segment_hop,
-                "thresholds": self.thresholds, "details": self.details, "index": index,
-                "created": self.created, "enrollment_id": self.enrollment_id}
-        buf = io.BytesIO()
-        np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
-        return atomic_write_bytes(Path(path), buf.getvalue())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "EnrolledKeywords":
-        """Read a file written by :meth:`save`.
-
-        Raises
-        ------
-        EnrollmentError
-            Missing, unreadable or inconsistent file.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise EnrollmentError(f"no enrolled keywords at {path} (run `python -m calibration "
-                                  "enroll --config ... --keyword NAME --shots 5`)")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                templates: dict = {}
-                for k, name in meta["index"]:
-                    templates.setdefault(k, []).append(z[name].astype(np.float32))
-        except Exception as exc:  # zip, json, key errors: all mean "corrupt"
-            raise EnrollmentError(f"enrolled keywords file {path} is unreadable: {exc}") from exc
-        missing = set(templates) - set(meta["thresholds"])
-        if missing:
-            raise EnrollmentError(f"{path}: no threshold for {sorted(missing)}")
-        return cls(meta["model_id"], int(meta["segment_hop"]), templates,
-                   {k: float(v) for k, v in meta["thresholds"].items()}, meta.get("details", {}),
-                   meta.get("created", ""), meta.get("enrollment_id", ""))
-
-
 @functools.lru_cache(maxsize=2)
 def _shipped_files(sample_rate: int) -> tuple[tuple[str, np.ndarray], ...]:
     """``(word or "noise", waveform)`` of every file in ``calibration/negatives/``, read once."""
-    from edge.audio import load_audio
-
     return tuple((p.name.split("_")[0].lower(), load_audio(p, sample_rate))
                  for p in sorted(NEGATIVES_DIR.glob("*.flac")))
 
@@ -248,8 +160,6 @@ def negative_event_costs(embedder, templates: list, negative_waves) -> tuple[np.
     hours : float
         Duration of the negative audio.
     """
-    from edge.kws import KeywordSpotter, Template
-
     sr = embedder.frontend.sample_rate
     stream = _concat_with_gaps(negative_waves, sr)
     if len(stream) == 0:

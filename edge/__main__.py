@@ -8,34 +8,25 @@ import sys
 import threading
 from pathlib import Path
 
+from edge.node import Node
+from firmware_config.errors import HarkError
+from firmware_config.schema import load_config_or_exit
+
 
 def cmd_run(args) -> int:
-    from calibration.enroll import EnrollmentError
-    from edge.audio import AudioFileError, NoInputDeviceError
-    from edge.backend import CalibrationError
-    from edge.model import ModelError
-    from edge.mqtt import MqttSetupError
-    from edge.spool import SpoolError
-    from firmware_config.schema import load_config_or_exit
-
     cfg = load_config_or_exit(args.config)
     if args.replay:  # relative to where the command was typed, unlike the config's paths
         files = [str(Path(f).resolve()) for f in args.replay]
         cfg = cfg.model_copy(update={"audio": cfg.audio.model_copy(update={"files": files})})
     logging.basicConfig(level=getattr(logging, args.log_level or cfg.logging.level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from edge.node import Node
-
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
         node = Node(cfg, config_path=args.config)
         node.run(stop)
-    except (ModelError, CalibrationError, EnrollmentError, MqttSetupError, SpoolError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (NoInputDeviceError, AudioFileError) as exc:
+    except HarkError as exc:  # model, calibration, keywords, audio, MQTT setup, spool
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -15,18 +15,19 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from edge.health import HealthEvent
+from firmware_config.errors import HarkError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AudioFileError", "NoInputDeviceError", "load_audio", "RingBuffer",
-           "MicrophoneSource", "FileSource"]
+           "MicrophoneSource", "FileSource", "open_source"]
 
 
-class AudioFileError(ValueError):
+class AudioFileError(HarkError, ValueError):
     """An audio file is missing, unreadable or not audio; the message names the file."""
 
 
-class NoInputDeviceError(RuntimeError):
+class NoInputDeviceError(HarkError, RuntimeError):
     """No usable input device; the message says how to get one (``make demo``)."""
 
 
@@ -234,6 +235,22 @@ class MicrophoneSource:
         self._finished = threading.Event()  # set by PortAudio when the stream stops
         self._closing = threading.Event()
         self._watchdog: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, audio, *, min_ring_seconds: float = 0.0) -> "MicrophoneSource":
+        """The microphone an ``audio`` config section describes (not started).
+
+        Parameters
+        ----------
+        audio : firmware_config.schema.AudioSection
+            Uses ``device``, ``sample_rate``, ``block_seconds``, ``ring_seconds`` and
+            ``reopen_max_seconds``.
+        min_ring_seconds : float
+            Ring buffer of at least this many seconds (a recording command that reads
+            slower than real time now and then).
+        """
+        return cls(audio.device, audio.sample_rate, audio.block_seconds,
+                   max(audio.ring_seconds, min_ring_seconds), audio.reopen_max_seconds)
 
     def _callback(self, indata, frames, time_info, status):
         self._last_callback = time.monotonic()
@@ -470,3 +487,29 @@ class FileSource:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def open_source(cfg, *, start: bool = False) -> MicrophoneSource | FileSource:
+    """The audio source a node config asks for: its ``audio.files`` replayed, else the microphone.
+
+    Parameters
+    ----------
+    cfg : firmware_config.schema.NodeConfig
+        ``audio`` section; file paths are resolved against the config's folder.
+    start : bool
+        Start the source (open the device) before returning it.
+
+    Raises
+    ------
+    AudioFileError
+        An unreadable file in ``audio.files``.
+    NoInputDeviceError
+        With ``start``: the configured input device cannot be opened.
+    """
+    au = cfg.audio
+    if au.files:
+        src = FileSource([cfg.resolve(f) for f in au.files], au.sample_rate, au.block_seconds,
+                         au.realtime)
+    else:
+        src = MicrophoneSource.from_config(au)
+    return src.start() if start else src

@@ -18,22 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from edge.fileio import atomic_write_bytes
+from firmware_config.fileio import atomic_write_bytes
+from firmware_config.errors import HarkError
 
-__all__ = ["CalibrationError", "l2_normalize", "normalize_members", "min_cosine_distance", "Calibration",
+__all__ = ["CalibrationError", "normalize_members", "min_cosine_distance", "Calibration",
            "CALIBRATION_SCHEMA"]
 
 CALIBRATION_SCHEMA = 1
 
 
-class CalibrationError(RuntimeError):
+class CalibrationError(HarkError, RuntimeError):
     """A calibration artifact is missing, corrupt, or made for another model."""
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm; shape (n, D) float32."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def normalize_members(x: np.ndarray, n_members: int = 1) -> np.ndarray:
@@ -139,9 +134,40 @@ class Calibration:
             h.update(f"{self.decision_threshold:.9g}{self.model_sha256}{self.created}".encode())
             self.calibration_id = "cal-" + h.hexdigest()[:12]
 
-    def score_samples(self, embeddings: np.ndarray) -> np.ndarray:
-        """Anomaly scores (min cosine distance to the memory) of (n, D) embeddings."""
+    def anomaly_score(self, embeddings: np.ndarray) -> np.ndarray:
+        """Anomaly scores: the minimum cosine distance to the memory (higher = more anomalous).
+
+        Thesis Section 5.3.1 (line 1500ff); ensembles as in :func:`min_cosine_distance`.
+
+        Parameters
+        ----------
+        embeddings : np.ndarray, shape (n, D) or (D,), float
+
+        Returns
+        -------
+        np.ndarray, shape (n,), float32
+        """
         return min_cosine_distance(np.atleast_2d(embeddings), self.memory, self.n_members)
+
+    def is_anomalous(self, anomaly_score):
+        """The decision rule: anomalous when ``anomaly_score > decision_threshold`` (strictly).
+
+        The same rule as :meth:`calibration.thresholds.ThresholdEstimator.predict`, which
+        fitted :attr:`decision_threshold` on held-out normal scores.
+
+        Parameters
+        ----------
+        anomaly_score : float or np.ndarray of float
+            From :meth:`anomaly_score`.
+
+        Returns
+        -------
+        bool or np.ndarray of bool
+            Same shape as the input.
+        """
+        if np.ndim(anomaly_score) == 0:
+            return bool(anomaly_score > self.decision_threshold)
+        return np.asarray(anomaly_score) > self.decision_threshold
 
     def _meta(self) -> dict[str, Any]:
         return {"schema": CALIBRATION_SCHEMA, "calibration_id": self.calibration_id,

@@ -11,7 +11,7 @@ A command payload is a JSON object (UTF-8, at most :data:`MAX_PAYLOAD_BYTES`)::
 * ``cmd/reload``: re-read the config file, the calibration and the enrolled keywords from
   disk and apply them; anything invalid is rejected and the running setup is kept.
 
-Each command is acknowledged on ``<root>/reply`` (see :func:`reply_payload`): ``accepted``
+Each command is acknowledged on ``<root>/reply`` (see :func:`edge.payloads.reply`): ``accepted``
 then ``done``/``failed`` for work that takes a while, or ``rejected`` with a message that says
 what was wrong. ``schema`` and ``request_id`` are optional; unknown keys are rejected. An
 empty payload is how MQTT clears a retained message; the node ignores it.
@@ -24,14 +24,15 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from firmware_config.schema import format_errors
+from firmware_config.errors import HarkError
+from firmware_config.schema import check_threshold_method, format_errors
 
 __all__ = ["COMMANDS", "MAX_PAYLOAD_BYTES", "Command", "CommandError", "parse_command"]
 
 MAX_PAYLOAD_BYTES = 65536
 
 
-class CommandError(ValueError):
+class CommandError(HarkError, ValueError):
     """A command that is rejected; ``str(exc)`` says why (never empty).
 
     Attributes
@@ -67,14 +68,7 @@ class RecalibrateArgs(_Args):
             raise ValueError("must be a number of seconds")
         return float(v) if isinstance(v, int) else v
 
-    @field_validator("threshold_method")
-    @classmethod
-    def _method(cls, v):
-        from calibration.thresholds import THRESHOLD_METHODS
-
-        if v is not None and v not in THRESHOLD_METHODS:
-            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(THRESHOLD_METHODS)}")
-        return v
+    _method = field_validator("threshold_method")(check_threshold_method)
 
 
 class ReloadArgs(_Args):

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["HealthEvent", "AudioHealth", "CLIP_LEVEL"]
+from edge.levels import CLIP_LEVEL, power_dbfs
 
-CLIP_LEVEL = 0.999
-"""A sample counts as clipped when ``|x| >= CLIP_LEVEL`` (full scale is 1.0)."""
+__all__ = ["HealthEvent", "AudioHealth"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class AudioHealth:
 
     The stream is cut into consecutive one-second frames (counted from the first sample
     pushed, independent of the block size); each frame gives an RMS level in dBFS
-    (RMS 1.0 = 0 dBFS, floor -120 dBFS) and the fraction of its samples with
+    (:mod:`edge.levels`: RMS 1.0 = 0 dBFS, floor -120 dBFS) and the fraction of its samples with
     ``|x| >= 0.999``. Only running sums are kept between blocks (no sample buffer).
 
     * **Silence** begins once ``ceil(silence_seconds)`` consecutive frames are below
@@ -157,7 +156,7 @@ class AudioHealth:
         whole = len(starts) if lengths[-1] == sr else len(starts) - 1
         events: list[HealthEvent] = []
         for ms, c in zip((sumsq[:whole] / sr).tolist(), (clipped[:whole] / sr).tolist()):
-            events += self._frame(10.0 * math.log10(max(ms, 1e-12)), c)
+            events += self._frame(power_dbfs(ms), c)
         if whole == len(starts):  # the block ended on a frame boundary
             self._n, self._sumsq, self._clipped = 0, 0.0, 0
         else:

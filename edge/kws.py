@@ -39,6 +39,7 @@ Frame ``j`` starts at ``j * frame_seconds`` (one embedding every 16 ms on the no
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -46,8 +47,12 @@ import numba
 import numpy as np
 
 from edge.dtw import StreamingSubsequenceDTW, cosine_cost_columns
+from edge.keywords import EnrolledKeywords
+from edge.model import ModelError, load_bundle
 
-__all__ = ["Template", "Detection", "KeywordSpotter", "detect_keywords"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Template", "Detection", "KeywordSpotter", "KeywordListener", "detect_keywords"]
 
 _GROUP = 4  # frames per cost-kernel block (see edge.dtw.cosine_cost_columns)
 
@@ -296,6 +301,23 @@ class KeywordSpotter:
         self.record_trace = bool(record_trace)
         self.reset()
 
+    @classmethod
+    def from_enrolled(cls, enrolled: EnrolledKeywords, frame_seconds: float,
+                      record_trace: bool = False) -> "KeywordSpotter":
+        """A spotter for every shot of every keyword in an enrolled-keywords artifact.
+
+        Parameters
+        ----------
+        enrolled : edge.keywords.EnrolledKeywords
+            Its templates (one per shot, keywords in sorted order) and thresholds.
+        frame_seconds : float
+            Seconds per embedding frame of the model the templates were embedded with.
+        record_trace : bool
+        """
+        templates = [Template(k, t) for k in sorted(enrolled.templates)
+                     for t in enrolled.templates[k]]
+        return cls(templates, enrolled.thresholds, frame_seconds, record_trace)
+
     # ----------------------------------------------------------------------------------
 
     def reset(self) -> None:
@@ -485,6 +507,86 @@ class KeywordSpotter:
                                  offset_frame=off, template_index=r.template))
         return out
 
+
+
+
+class KeywordListener:
+    """Streaming keyword spotting as the node runs it: audio blocks in, detections out.
+
+    The KWS model bundle and the enrolled keywords of a node config, wired together: each
+    :meth:`push` runs the streaming frontend and int8 embedder
+    (:meth:`edge.model.KwsEmbedder.stream`, per-frame averaged segment embeddings) and the
+    :class:`KeywordSpotter` over them. Capture and transport stay outside (openWakeWord's
+    "audio chunk in, scores out").
+
+    Parameters
+    ----------
+    cfg : firmware_config.schema.NodeConfig
+        Uses the ``kws`` section (``model``, ``keywords``, ``num_threads``, ``segment_hop``).
+    running : edge.model.KwsEmbedder, optional
+        The embedder in use; kept if ``kws.model`` is still the same model (config apply).
+
+    Attributes
+    ----------
+    embedder : edge.model.KwsEmbedder
+    enrolled : edge.keywords.EnrolledKeywords or None
+        ``None`` until keywords are enrolled (the listener is then idle).
+
+    Raises
+    ------
+    ModelError
+        Missing/corrupt model, or keywords enrolled with another model.
+    edge.keywords.EnrollmentError
+        A corrupt keywords file.
+    """
+
+    def __init__(self, cfg, running=None):
+        k = cfg.kws
+        try:
+            self.embedder = load_bundle(cfg.resolve(k.model), "kws", k.num_threads,
+                                        running=running, segment_hop=k.segment_hop)
+        except ModelError as exc:
+            raise ModelError(f"kws.model: {exc}") from None
+        path = cfg.resolve(k.keywords)
+        self.enrolled: EnrolledKeywords | None = None
+        self.spotter: KeywordSpotter | None = None
+        if not path.exists():
+            log.warning("no keywords enrolled at %s: keyword spotting is idle (enroll with "
+                        "`python -m calibration enroll --config ... --keyword NAME --shots 5`)",
+                        path)
+            return
+        enrolled = EnrolledKeywords.load(path)
+        if enrolled.model_id != self.embedder.model_id:
+            raise ModelError(f"keywords in {path} were enrolled with model {enrolled.model_id}, "
+                             f"but kws.model is {self.embedder.model_id}; enroll them again")
+        self.enrolled = enrolled
+        self.stream = self.embedder.stream()
+        self.spotter = KeywordSpotter.from_enrolled(enrolled, self.embedder.frame_seconds)
+
+    @property
+    def active(self) -> bool:
+        """True when keywords are enrolled (else :meth:`push` returns nothing)."""
+        return self.spotter is not None
+
+    def reset(self) -> None:
+        """Forget the stream so far (after a gap in the audio, e.g. a reopened device)."""
+        if self.active:
+            self.stream = self.embedder.stream()
+            self.spotter = KeywordSpotter.from_enrolled(self.enrolled,
+                                                        self.embedder.frame_seconds)
+
+    def push(self, block: np.ndarray) -> list[Detection]:
+        """Feed audio, shape (n_samples,) float32 at the model's rate; returns the detections
+        that became final (:class:`Detection`, seconds from the stream start)."""
+        if not self.active:
+            return []
+        return self.spotter.push(self.stream.push(block))
+
+    def flush(self) -> list[Detection]:
+        """End of a finite stream: the remaining detections."""
+        if not self.active:
+            return []
+        return self.spotter.push(self.stream.flush()) + self.spotter.flush()
 
 @numba.njit(cache=True, boundscheck=False)
 def _unit_rows_kernel(x, out):  # pragma: no cover - compiled

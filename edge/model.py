@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from edge.backend import normalize_members
-from edge.fileio import sha256_file
+from firmware_config.fileio import sha256_file
+from firmware_config.errors import HarkError
 from edge.frontend import (AsdFrontendParams, KwsFrontendParams, KwsStreamFrontend, asd_features,
                            kws_logmel, kws_segments, segment_starts)
 
@@ -30,7 +31,7 @@ __all__ = ["ModelError", "BUNDLE_SCHEMA", "load_interpreter_class", "AsdEmbedder
 BUNDLE_SCHEMA = 1
 
 
-class ModelError(RuntimeError):
+class ModelError(HarkError, RuntimeError):
     """A model bundle is missing, corrupt, or does not match its metadata or the config."""
 
 
@@ -410,7 +411,8 @@ class KwsStreamEmbedder:
         return out.astype(np.float32)
 
 
-def load_bundle(tflite_path: str | Path, task: str | None = None, num_threads: int = 1, **kwargs):
+def load_bundle(tflite_path: str | Path, task: str | None = None, num_threads: int = 1, *,
+                running=None, **kwargs):
     """Load a model bundle: an :class:`AsdEmbedder` or a :class:`KwsEmbedder`.
 
     Parameters
@@ -419,6 +421,10 @@ def load_bundle(tflite_path: str | Path, task: str | None = None, num_threads: i
     task : {"asd", "kws"}, optional
         Expected task; default: whatever the metadata says.
     num_threads : int
+    running : AsdEmbedder or KwsEmbedder, optional
+        An embedder already in use: returned as it is when it was loaded from a file with
+        the same SHA-256 as ``tflite_path`` and with the same ``num_threads`` and
+        ``kwargs``, so applying a config does not load an unchanged model twice.
     **kwargs
         Passed to the embedder (``segment_hop`` for KWS).
 
@@ -428,6 +434,10 @@ def load_bundle(tflite_path: str | Path, task: str | None = None, num_threads: i
         Missing or corrupt bundle, or a bundle for another task.
     """
     path = Path(tflite_path)
+    if running is not None and path.is_file() and \
+            all(getattr(running, k) == v for k, v in dict(kwargs, num_threads=num_threads).items()) \
+            and sha256_file(path) == running.sha256:
+        return running
     meta_task = _read_metadata(path)["task"]
     if task is not None and meta_task != task:
         raise ModelError(f"{path} is a {meta_task!r} model, expected a {task!r} model")

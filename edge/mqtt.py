@@ -23,53 +23,26 @@ client certificate).
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import ssl
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
 from edge.spool import SpoolError
+from firmware_config.errors import HarkError
+from firmware_config.fileio import SecretFileError, read_secret_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PAYLOAD_SCHEMA", "utc_now", "MqttSetupError", "MqttPublisher"]
-
-PAYLOAD_SCHEMA = 1
+__all__ = ["MqttSetupError", "MqttPublisher"]
 
 
-def utc_now() -> str:
-    """Current UTC time, ISO-8601 with milliseconds and a ``Z`` suffix."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class MqttSetupError(ValueError):
+class MqttSetupError(HarkError, ValueError):
     """A password file or TLS file that cannot be used; the message names the config field."""
-
-
-def read_password(path: Path, field: str = "mqtt.password_file") -> str:
-    """The first line of ``path`` (trailing newline stripped).
-
-    Raises
-    ------
-    MqttSetupError
-        If the file cannot be read or its first line is empty (the message names the
-        field and file, never the content).
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MqttSetupError(f"{field}: cannot read {path}: "
-                             f"{getattr(exc, 'strerror', None) or exc}") from None
-    password = text.splitlines()[0] if text else ""
-    if not password:
-        raise MqttSetupError(f"{field}: {path} is empty (expected the password on its first line)")
-    return password
 
 
 class MqttPublisher:
@@ -110,8 +83,12 @@ class MqttPublisher:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid,
                                   protocol=mqtt.MQTTv311, clean_session=True)
         if m.username is not None:
-            password = (read_password(cfg.resolve(m.password_file))
-                        if m.password_file is not None else None)
+            password = None
+            if m.password_file is not None:
+                try:
+                    password = read_secret_file(cfg.resolve(m.password_file), "mqtt.password_file")
+                except SecretFileError as exc:
+                    raise MqttSetupError(str(exc)) from None
             self.client.username_pw_set(m.username, password)
         if m.tls.enabled:
             self._set_tls(cfg)

@@ -5,13 +5,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["Windower", "level_dbfs"]
-
-
-def level_dbfs(x: np.ndarray) -> float:
-    """RMS level in dBFS (0 dBFS = full-scale sine's RMS... here: RMS of 1.0); -120 for silence."""
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
-    return 20.0 * np.log10(max(rms, 1e-6))
+__all__ = ["Windower"]
 
 
 class Windower:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
+from firmware_config.errors import HarkError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["SPOOL_SCHEMA", "DROP_POLICIES", "SpoolError", "SpooledEvent", "Spool"]
@@ -54,7 +56,7 @@ _TABLES = {"events", "meta"}
 _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 
-class SpoolError(RuntimeError):
+class SpoolError(HarkError, RuntimeError):
     """The spool cannot be opened or written; the message names the file and the problem."""
 
 

@@ -6,7 +6,7 @@ trimmed utterances into test streams so that their onsets and offsets are exact.
 the same way.
 
 The detector works on the high-passed waveform (the KWS frontend's 50 Hz high-pass):
-frame levels in dBFS over 20 ms frames with a 10 ms hop; a frame is active when it is
+frame RMS levels in dBFS (:mod:`edge.levels`: RMS 1.0 = 0 dBFS) over 20 ms frames with a 10 ms hop; a frame is active when it is
 louder than ``max(noise floor + snr_db, peak - range_db)``, where the noise floor is the
 10th percentile of frame levels (frames of digital silence excluded); runs of active frames shorter than ``min_run_seconds``
 are ignored (clicks); runs closer than ``max_gap_seconds`` are joined (the stops inside a
@@ -19,7 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SpeechInterval", "speech_interval", "level_stats"]
+from edge.frontend import KwsFrontendParams, as_mono, highpass
+from edge.levels import frame_rms_dbfs, peak_dbfs
+
+__all__ = ["SpeechInterval", "speech_interval"]
+
+# Frames at or below this level are digital silence (zero padding), not the noise floor.
+_DIGITAL_SILENCE_DBFS = -103.0
 
 
 @dataclass(frozen=True)
@@ -47,22 +53,8 @@ class SpeechInterval:
         return slice(int(round(self.start_s * sample_rate)), int(round(self.end_s * sample_rate)))
 
 
-def level_stats(y: np.ndarray) -> tuple[float, float]:
-    """Peak level in dBFS and fraction of clipped samples (``|x| >= 0.999``).
-
-    Parameters
-    ----------
-    y : np.ndarray, shape (n_samples,), float in [-1, 1]
-    """
-    y = np.asarray(y, dtype=np.float32)
-    if len(y) == 0:
-        return -np.inf, 0.0
-    peak = float(np.max(np.abs(y)))
-    return (20 * np.log10(peak) if peak > 0 else -np.inf), float(np.mean(np.abs(y) >= 0.999))
-
-
 def speech_interval(y: np.ndarray, sample_rate: int = 16000, *, snr_db: float = 12.0,
-                    range_db: float = 35.0, silence_dbfs: float = -50.0,
+                    range_db: float = 35.0, silence_dbfs: float = -53.0,
                     min_run_seconds: float = 0.04, max_gap_seconds: float = 0.3,
                     margin_seconds: float = 0.05) -> SpeechInterval | None:
     """Find the speech in a short recording (one word or phrase).
@@ -78,7 +70,8 @@ def speech_interval(y: np.ndarray, sample_rate: int = 16000, *, snr_db: float = 
     range_db : float
         ... and at most this many dB below the loudest frame.
     silence_dbfs : float
-        A recording whose loudest 20 ms frame is below this level (RMS, dBFS) has no speech.
+        A recording whose loudest 20 ms frame is below this RMS level (dBFS) has no
+        speech; -53 dBFS is a sine peaking at -50 dBFS.
     min_run_seconds : float
         Shorter bursts of activity are ignored.
     max_gap_seconds : float
@@ -96,20 +89,15 @@ def speech_interval(y: np.ndarray, sample_rate: int = 16000, *, snr_db: float = 
     ValueError
         If ``y`` is not 1-D.
     """
-    from edge.frontend import KwsFrontendParams, as_mono, highpass
-
     y = as_mono(y, np.float32)
-    peak_dbfs, _ = level_stats(y)
     frame, hop = int(0.02 * sample_rate), int(0.01 * sample_rate)
     if len(y) < frame:
         return None
-    params = KwsFrontendParams(sample_rate=sample_rate)
-    x = highpass(y, params).astype(np.float64)
-    frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
-    level = 10 * np.log10(np.maximum(np.mean(frames ** 2, axis=1), 1e-12)) + 3.01  # sine -> 0 dBFS
+    x = highpass(y, KwsFrontendParams(sample_rate=sample_rate))
+    level = frame_rms_dbfs(x, frame, hop)
     if level.max() < silence_dbfs:
         return None
-    live = level[level > -100.0]  # digital silence (zero padding) is not the noise floor
+    live = level[level > _DIGITAL_SILENCE_DBFS]  # zero padding is not the noise floor
     floor = np.percentile(live, 10) if len(live) else -120.0
     threshold = max(floor + snr_db, level.max() - range_db)
     active = level > threshold
@@ -133,4 +121,4 @@ def speech_interval(y: np.ndarray, sample_rate: int = 16000, *, snr_db: float = 
     last -= 1
     start_s = max(0.0, first * hop / sample_rate - margin_seconds)
     end_s = min(len(y) / sample_rate, (last * hop + frame) / sample_rate + margin_seconds)
-    return SpeechInterval(start_s, end_s, peak_dbfs)
+    return SpeechInterval(start_s, end_s, peak_dbfs(y))

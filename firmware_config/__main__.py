@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from firmware_config.flash import TARGET_FORMS, FlashError, flash
 from firmware_config.schema import ConfigError, load_config
 
 FLASH_EPILOG = """\
@@ -26,8 +27,6 @@ rejected / did not apply the config in time, 2 invalid config, target or options
 
 
 def _flash_parser(sub) -> None:
-    from firmware_config.flash import TARGET_FORMS
-
     f = sub.add_parser(
         "flash", help="validate, render and deliver a config to a node (folder, ssh, mqtt)",
         description="Validate FILE, render it with every default filled in, print its sha256 "
@@ -59,8 +58,6 @@ def _flash_parser(sub) -> None:
 
 
 def _flash(args) -> int:
-    from firmware_config.flash import FlashError, flash
-
     out = sys.stderr if args.json else sys.stdout
     try:
         result = flash(args.file, args.target, identity=args.identity,

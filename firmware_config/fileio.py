@@ -1,7 +1,12 @@
-"""Atomic file writes: temporary file in the same folder, fsync, rename, fsync the folder.
+"""File I/O every package shares: atomic writes, SHA-256 of a file, a secret file's first line.
 
-A reader therefore sees either the old file or the complete new one, never a
-half-written file, even across a power cut.
+Atomic writes go to a temporary file in the same folder, fsync, rename, fsync the folder: a
+reader therefore sees either the old file or the complete new one, never a half-written
+file, even across a power cut. Configs (flashing), calibrations, enrolled keywords, model
+bundles and reports are all written this way.
+
+It lives in ``firmware_config``, the leaf package that imports nothing else of the project,
+so that flashing a config and the node's artifacts share one implementation.
 """
 from __future__ import annotations
 
@@ -12,7 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "sha256_file"]
+from firmware_config.errors import HarkError
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "sha256_file",
+           "SecretFileError", "read_secret_file"]
 
 
 def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -71,3 +79,34 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+class SecretFileError(HarkError, ValueError):
+    """A secret file (e.g. ``mqtt.password_file``) that cannot be used; the message names the
+    field and the file, never the content."""
+
+
+def read_secret_file(path: Path, field: str) -> str:
+    """The first line of ``path`` (trailing newline stripped): a password kept out of configs.
+
+    Parameters
+    ----------
+    path : Path
+    field : str
+        What the file was given as (``"mqtt.password_file"``, ``"--password-file"``), for
+        the message.
+
+    Raises
+    ------
+    SecretFileError
+        If the file cannot be read or its first line is empty.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SecretFileError(f"{field}: cannot read {path}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+    secret = text.splitlines()[0] if text else ""
+    if not secret:
+        raise SecretFileError(f"{field}: {path} is empty (expected the password on its first line)")
+    return secret

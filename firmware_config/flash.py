@@ -35,7 +35,9 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from edge.fileio import atomic_write_bytes, sha256_file
+from firmware_config.errors import HarkError
+from firmware_config.fileio import (SecretFileError, atomic_write_bytes, read_secret_file,
+                                    sha256_file)
 from firmware_config.schema import NodeConfig, load_config, parse_config_text
 
 __all__ = ["FlashError", "DeliveryError", "FlashResult", "render", "config_hash", "flash",
@@ -62,7 +64,7 @@ _SSH_HOST = re.compile(r"^[A-Za-z0-9.:][A-Za-z0-9.:-]*$")      # never an option
 _SSH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*=\S.*$")
 
 
-class FlashError(ValueError):
+class FlashError(HarkError, ValueError):
     """The target, an option, or the combination of both is wrong; nothing was delivered.
 
     The command line exits with status 2, as for an invalid config.
@@ -375,11 +377,9 @@ def _mqtt_target(target: str, cfg: NodeConfig, *, username, password_file, ca_fi
             raise FlashError(f"{option} {value!r}: no such file")
     password = None
     if password_file:
-        from edge.mqtt import MqttSetupError, read_password
-
         try:
-            password = read_password(Path(password_file), "--password-file")
-        except MqttSetupError as exc:
+            password = read_secret_file(Path(password_file), "--password-file")
+        except SecretFileError as exc:
             raise FlashError(str(exc)) from None
     root = cfg.topic_root
     topic = f"{root}/config"

@@ -13,13 +13,16 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["ConfigError", "NodeConfig", "load_config", "load_config_or_exit", "parse_config",
-           "parse_config_text", "format_errors"]
+from firmware_config.errors import HarkError
+
+__all__ = ["ConfigError", "NodeConfig", "THRESHOLD_METHODS", "check_threshold_method",
+           "load_config", "load_config_or_exit", "parse_config", "parse_config_text",
+           "format_errors"]
 
 _NAME = r"^[A-Za-z0-9_-]{1,64}$"
 
 
-class ConfigError(ValueError):
+class ConfigError(HarkError, ValueError):
     """An invalid or unreadable node configuration; ``errors`` lists ``(path, message)``."""
 
     def __init__(self, source: str, errors: list[tuple[str, str]]):
@@ -130,18 +133,25 @@ class HomeAssistantSection(_Section):
     discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
+#: The decision-threshold estimators a config may name (``asd.threshold.method``, and
+#: ``threshold_method`` of ``cmd/recalibrate``): :data:`calibration.thresholds.THRESHOLD_METHODS`,
+#: spelled out here so the config stays a leaf (a test keeps the two equal).
+THRESHOLD_METHODS = ("gdp", "hp", "sd", "mad", "iqr", "ocsvm", "gesd", "cleversd",
+                     "mst-gdp", "mst-hp", "mst-sd", "mst-mad", "mst-iqr", "mst-ocsvm")
+
+
+def check_threshold_method(v: str | None) -> str | None:
+    """``v`` if it is one of :data:`THRESHOLD_METHODS` (or None); else ``ValueError`` listing them."""
+    if v is not None and v not in THRESHOLD_METHODS:
+        raise ValueError(f"unknown method {v!r}; choose one of {', '.join(THRESHOLD_METHODS)}")
+    return v
+
+
 class ThresholdSection(_Section):
     method: str = Field("mst-iqr", description="decision threshold estimator")
     params: dict[str, Union[float, int]] = Field(default_factory=dict)
 
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v):
-        from calibration.thresholds import THRESHOLD_METHODS
-
-        if v not in THRESHOLD_METHODS:
-            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(THRESHOLD_METHODS)}")
-        return v
+    _method = field_validator("method")(check_threshold_method)
 
 
 class AsdSection(_Section):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from firmware_config.defaults import default_config_doc, write_config_doc
+
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = ROOT / "demo" / "clips"
 CAL_CLIPS = sorted(CLIPS.glob("*_calibration_*.flac"))
@@ -20,19 +22,14 @@ ANOMALY = sorted(CLIPS.glob("*_test_anomaly_*.flac"))
 
 
 def node_config(tmp: Path, port: int, calibration: Path, **asd) -> Path:
-    doc = yaml.safe_load((ROOT / "firmware_config" / "default.yaml").read_text())
-    doc["node"]["id"] = "test-node"
-    doc["mqtt"].update(host="127.0.0.1", port=port, heartbeat_seconds=1,
-                       reconnect_min_seconds=1, reconnect_max_seconds=2)
-    doc["audio"]["device"] = "pulse"
-    doc["asd"].update(model=str(ROOT / "models" / "asd_default.tflite"),
-                      calibration=str(calibration), **asd)
-    doc["kws"].update(model=str(ROOT / "models" / "kws_default.tflite"),
-                      keywords=str(tmp / "no_keywords.npz"))
-    doc["spool"]["path"] = str(tmp / f"spool-{port}.sqlite")
-    path = tmp / f"node-{port}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    doc = default_config_doc(
+        node={"id": "test-node"},
+        mqtt={"host": "127.0.0.1", "port": port, "heartbeat_seconds": 1,
+              "reconnect_min_seconds": 1, "reconnect_max_seconds": 2},
+        audio={"device": "pulse"}, asd={"calibration": str(calibration), **asd},
+        kws={"keywords": str(tmp / "no_keywords.npz")},
+        spool={"path": str(tmp / f"spool-{port}.sqlite")})
+    return write_config_doc(tmp / f"node-{port}.yaml", doc)
 
 
 def update_config(cfg: Path, **sections) -> Path:

@@ -394,7 +394,8 @@ def test_roc_curve_points():
 
 
 def test_plots_write_png_atomically(tmp_path):
-    from trainer.asd_plots import plot_roc_curves, plot_score_histogram
+    from calibration.plots import plot_score_histogram
+    from trainer.asd_plots import plot_roc_curves
 
     rng = np.random.default_rng(1)
     y = np.r_[np.zeros(40, int), np.ones(20, int)]

@@ -200,6 +200,6 @@ def test_calibration_of_an_ensemble_round_trips(tmp_path):
     mem = loaded.memory
     expect = (min_cosine_distance(x[:, :5], normalize_members(mem[:, :5]))
               + min_cosine_distance(x[:, 5:], normalize_members(mem[:, 5:])))
-    np.testing.assert_allclose(loaded.score_samples(x), expect, rtol=1e-5)
+    np.testing.assert_allclose(loaded.anomaly_score(x), expect, rtol=1e-5)
     # Held-out scores: each window against the windows that do not overlap it.
     assert cal.normal_scores.shape == (12,) and cal.normal_scores.min() > 0

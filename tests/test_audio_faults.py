@@ -1,7 +1,7 @@
 """Audio faults as health events: silence and clipping in real recordings
 (:class:`edge.health.AudioHealth`), and a lost input device reopened with backoff
 (:class:`edge.audio.MicrophoneSource`) on a real PulseAudio daemon that is killed and
-restarted (:class:`demo.harness.VirtualMicrophone`).
+restarted (:class:`demo.virtual_mic.VirtualMicrophone`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from demo.harness import VirtualMicrophone, require_tools, xcorr_peak
+from demo.tools import require_tools
+from demo.virtual_mic import VirtualMicrophone, xcorr_peak
 from edge.audio import FileSource, MicrophoneSource, NoInputDeviceError, load_audio
 from edge.health import AudioHealth, HealthEvent
 from firmware_config.schema import parse_config

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from calibration.calibrate import collect_windows, fit_calibration, held_out_scores
 from edge.audio import FileSource, load_audio
 from edge.backend import Calibration, CalibrationError
+from firmware_config.defaults import default_config_doc, write_config_doc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,9 +27,9 @@ def mimii_calibration(embedder, mimii):
 def test_anomalous_fan_scores_higher_than_normal(embedder, mimii, mimii_calibration):
     """MIMII fan id_00: normal clips 14-19 (never seen) vs all 20 abnormal clips."""
     cal = mimii_calibration
-    normal = [float(cal.score_samples(embedder.embed(load_audio(f)))[0])
+    normal = [float(cal.anomaly_score(embedder.embed(load_audio(f)))[0])
               for f in mimii["normal"][14:]]
-    abnormal = [float(cal.score_samples(embedder.embed(load_audio(f)))[0])
+    abnormal = [float(cal.anomaly_score(embedder.embed(load_audio(f)))[0])
                 for f in mimii["abnormal"]]
     auc = roc_auc_score([0] * len(normal) + [1] * len(abnormal), normal + abnormal)
     tpr = np.mean(np.array(abnormal) > cal.decision_threshold)
@@ -78,9 +79,7 @@ def test_artifact_roundtrip_and_model_check(tmp_path, mimii_calibration, embedde
 
 def test_record_cli_bad_input_writes_nothing(tmp_path):
     cfg = tmp_path / "node.yaml"
-    cfg.write_text((ROOT / "firmware_config" / "default.yaml").read_text()
-                   .replace("../models/", str(ROOT / "models") + "/")
-                   .replace("../var/asd_calibration.npz", str(tmp_path / "cal.npz")))
+    write_config_doc(cfg, default_config_doc(asd={"calibration": str(tmp_path / "cal.npz")}))
     junk = tmp_path / "broken.flac"
     junk.write_bytes(b"\x00" * 100)
     r = subprocess.run([sys.executable, "-m", "calibration", "record", "--config", str(cfg),

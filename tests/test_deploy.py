@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from firmware_config.defaults import default_config_doc
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "firmware_config" / "deploy" / "hark-node.service"
@@ -40,8 +41,7 @@ def test_unit_runs_the_node_and_restarts_all_but_a_bad_config(tmp_path):
     # An installer's typo: not restarted in a loop.
     assert exit_status({"mqtt": {"port": 70000}}) in no_restart
     # A missing model (e.g. a half-finished install): restarted until it is there.
-    doc = yaml.safe_load((ROOT / "firmware_config" / "default.yaml").read_text())
-    doc["asd"]["model"] = str(tmp_path / "missing.tflite")
-    doc["spool"]["path"] = str(tmp_path / "spool.sqlite")
+    doc = default_config_doc(asd={"model": str(tmp_path / "missing.tflite")},
+                             spool={"path": str(tmp_path / "spool.sqlite")})
     status = exit_status(doc)
     assert status != 0 and status not in no_restart

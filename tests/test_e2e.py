@@ -12,7 +12,10 @@ import time
 import pytest
 import yaml
 
-from demo.harness import MosquittoBroker, MqttCollector, VirtualMicrophone, free_port, require_tools
+from demo.broker import MosquittoBroker, free_port
+from demo.collector import MqttCollector
+from demo.tools import require_tools
+from demo.virtual_mic import VirtualMicrophone
 from nodeproc import ANOMALY, CAL_CLIPS, NORMAL, ROOT, NodeProcess, _ts, node_config, run_node
 
 pytestmark = [pytest.mark.e2e]

@@ -20,8 +20,12 @@ import pytest
 import soundfile as sf
 import yaml
 
-from demo.harness import MosquittoBroker, MqttCollector, VirtualMicrophone, require_tools
+from demo.broker import MosquittoBroker
+from demo.collector import MqttCollector
+from demo.tools import require_tools
+from demo.virtual_mic import VirtualMicrophone
 from nodeproc import NodeProcess, _ts
+from firmware_config.defaults import default_config_doc, write_config_doc
 
 ROOT = Path(__file__).resolve().parent.parent
 KWS_CLIPS = ROOT / "demo" / "clips" / "kws"
@@ -37,17 +41,12 @@ KEYWORDS = ("stop", "computer")
 
 
 def kws_config(tmp: Path, port: int, keywords: Path, device="pulse") -> Path:
-    doc = yaml.safe_load((ROOT / "firmware_config" / "default.yaml").read_text())
-    doc["node"]["id"] = "kws-node"
-    doc["mqtt"].update(host="127.0.0.1", port=port, heartbeat_seconds=1)
-    doc["audio"]["device"] = device
-    doc["asd"]["enabled"] = False
-    doc["kws"].update(model=str(ROOT / "models" / "kws_default.tflite"), keywords=str(keywords),
-                      false_alarms_per_hour=FALSE_ALARMS_PER_HOUR)
-    doc["spool"]["path"] = str(tmp / f"spool-{port}.sqlite")
-    path = tmp / f"kws-{port}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    doc = default_config_doc(
+        node={"id": "kws-node"}, mqtt={"host": "127.0.0.1", "port": port, "heartbeat_seconds": 1},
+        audio={"device": device}, asd={"enabled": False},
+        kws={"keywords": str(keywords), "false_alarms_per_hour": FALSE_ALARMS_PER_HOUR},
+        spool={"path": str(tmp / f"spool-{port}.sqlite")})
+    return write_config_doc(tmp / f"kws-{port}.yaml", doc)
 
 
 def enroll(cfg: Path, keyword: str, files) -> subprocess.CompletedProcess:

@@ -11,7 +11,10 @@ import time
 import pytest
 import yaml
 
-from demo.harness import MosquittoBroker, MqttCollector, free_port, mqtt_publish, require_tools
+from demo.broker import MosquittoBroker, free_port
+from demo.collector import MqttCollector, mqtt_publish
+from demo.tools import require_tools
+from demo.virtual_mic import VirtualMicrophone
 from nodeproc import ANOMALY, CAL_CLIPS, NORMAL, NodeProcess, _ts, node_config, update_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -257,8 +260,6 @@ def test_audio_faults_are_health_events(tmp_path, calibration_file):
     reopened, all reach MQTT as ``event/health``; the node keeps running throughout."""
     import numpy as np
     import soundfile as sf
-
-    from demo.harness import VirtualMicrophone
 
     loud = np.clip(sf.read(NORMAL[0], dtype="float32")[0] * 60, -1, 1)[: 16000 * 4]
     scene = tmp_path / "clipping_then_silence.wav"

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from demo.harness import MosquittoBroker, MqttCollector, free_port, mqtt_publish
+from demo.broker import MosquittoBroker, free_port
+from demo.collector import MqttCollector, mqtt_publish
 from firmware_config.flash import config_hash, render
 from firmware_config.schema import load_config, parse_config_text
 

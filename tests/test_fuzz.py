@@ -14,10 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.commands import COMMANDS, Command, CommandError, parse_command
+from firmware_config.defaults import default_config_doc
 from firmware_config.schema import ConfigError, NodeConfig, parse_config_text
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DOC = yaml.safe_load((ROOT / "firmware_config" / "default.yaml").read_text())
+DEFAULT_DOC = default_config_doc()
 
 json_scalars = (st.none() | st.booleans() | st.integers(-10**12, 10**12)
                 | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40))
@@ -174,12 +175,12 @@ def node(tmp_path_factory, calibration_file):
 def test_node_answers_every_command(node, name, payload, retained):
     n, replies = node
     k = len(replies)
-    n._command(name, payload, retained)
+    n.control.command(name, payload, retained)
     assert len(replies) == k + 1, replies[k:]
     r = replies[-1]
     assert r["command"] == name and r["node"] == n.cfg.node.id
     assert r["status"] in ("accepted", "rejected") and r["message"].strip(), r
     if r["status"] == "accepted":
-        assert name == "recalibrate" and not retained and n._learning is not None
-        n._learning = None  # so that the next valid recalibrate is accepted too
+        assert name == "recalibrate" and not retained and n.learning is not None
+        n.learning = None  # so that the next valid recalibrate is accepted too
     json.dumps(r)  # publishable

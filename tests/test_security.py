@@ -26,7 +26,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from demo.harness import MosquittoBroker, MqttCollector, require_tools
+from demo.broker import MosquittoBroker
+from demo.collector import MqttCollector
+from demo.tools import require_tools
 from nodeproc import ANOMALY, NodeProcess, node_config, update_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -13,11 +12,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chat
 
 import numpy as np
 
+from trainer import asd_eval, kws_eval
+from trainer.kws_data import (
+    default_data_dir,
+    list_words,
+    load_background,
+    speaker_split,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def cmd_train_asd(args) -> int:
-    from trainer.train import TrainingSet, export_asd_bundle, load_train_config, train_asd
+    from trainer.train import (
+        TrainingSet,
+        export_asd_bundle,
+        load_train_config,
+        train_asd,
+    )
 
     cfg = load_train_config(args.config)
     for key in ("epochs", "steps_per_epoch", "batch_size", "name"):
@@ -42,8 +54,12 @@ def cmd_train_asd(args) -> int:
 
 
 def cmd_train_kws(args) -> int:
-    from trainer.kws_data import list_words, load_background, speaker_split
-    from trainer.kws_train import KwsTrainingSet, export_kws_bundle, load_kws_train_config, train_kws
+    from trainer.kws_train import (
+        KwsTrainingSet,
+        export_kws_bundle,
+        load_kws_train_config,
+        train_kws,
+    )
 
     cfg = load_kws_train_config(args.config)
     for key in ("steps", "batch_size", "name", "seed"):
@@ -82,16 +98,12 @@ def cmd_train_kws(args) -> int:
 
 def cmd_evaluate_kws(args) -> int:
     """Few-shot KWS evaluation (TACos vs MFCC-DTW) on streams from real recordings."""
-    from trainer.kws_eval import run_cli
-
-    return run_cli(args)
+    return kws_eval.run_cli(args)
 
 
 def cmd_evaluate_asd(args) -> int:
     """ASD evaluation (ours float/int8 vs the DCASE 2023 autoencoder baseline)."""
-    from trainer.asd_eval import run_cli
-
-    return run_cli(args)
+    return asd_eval.run_cli(args)
 
 
 def main(argv=None) -> int:
@@ -111,7 +123,6 @@ def main(argv=None) -> int:
     k = sub.add_parser("train-kws", help="train the TACos keyword embedder and export an int8 bundle")
     k.add_argument("--config", default=str(ROOT / "trainer/configs/kws_default.yaml"),
                    help="training YAML (default: %(default)s)")
-    from trainer.kws_data import default_data_dir
     k.add_argument("--data", default=default_data_dir(),
                    help="shared data folder with kws/ and noise/ (default: $HARK_DATA or %(default)s)")
     k.add_argument("--out", default=str(ROOT / "models"), help="bundle folder (default: models/)")
@@ -125,12 +136,10 @@ def main(argv=None) -> int:
     k.add_argument("--quiet", action="store_true", help="no progress bars")
     e = sub.add_parser("evaluate-kws", help="evaluate few-shot keyword spotting (TACos vs "
                        "MFCC-DTW) on streams built from real recordings")
-    from trainer.kws_eval import add_cli_arguments
-    add_cli_arguments(e)
+    kws_eval.add_cli_arguments(e)
     a = sub.add_parser("evaluate-asd", help="evaluate anomaly detection the DCASE way (ours, "
                        "float and int8, vs the DCASE 2023 autoencoder baseline)")
-    from trainer.asd_eval import add_cli_arguments as add_asd_arguments
-    add_asd_arguments(a)
+    asd_eval.add_cli_arguments(a)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -45,7 +45,26 @@ from typing import Any
 
 import numpy as np
 
+from calibration.calibrate import kmeans_centers
+from calibration.plots import plot_score_histogram
+from calibration.thresholds import THRESHOLD_METHODS, make_threshold_estimator
+from edge.audio import load_audio
+from edge.backend import min_cosine_distance
+from edge.frontend import asd_features
+from edge.model import AsdEmbedder
+from firmware_config.fileio import atomic_write_bytes, atomic_write_json
+from trainer.ae_baseline import AeBaselineParams, AutoencoderBaseline
+from trainer.asd_metrics import (
+    bounded_f1_ev,
+    dcase_section_metrics,
+    f1_ev,
+    official_score,
+    official_score_of_sections,
+    precision_recall_f1,
+)
+from trainer.asd_plots import plot_roc_curves
 from trainer.data import AUDIO_SUFFIXES, ClipLabel, parse_dcase_name
+from trainer.kws_data import default_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +205,6 @@ def list_eval_clips(data_dir: str | Path, train_fraction: float = 0.5,
 def _backend_memory(emb: np.ndarray, domains: np.ndarray, n_clusters: int, n_members: int,
                     seed: int) -> np.ndarray:
     """Thesis Section 5.3.1: k-means centers of the source embeddings + all target ones."""
-    from calibration.calibrate import kmeans_centers
-
     parts = []
     src = emb[domains == "source"]
     if len(src):
@@ -225,8 +242,6 @@ def unit_backend_scores(train_emb: np.ndarray, train_domains: np.ndarray,
         the threshold estimators see scores of unseen normal clips. Empty if there is
         only one training clip.
     """
-    from edge.backend import min_cosine_distance
-
     memory = _backend_memory(train_emb, train_domains, n_clusters, n_members, seed)
     test_scores = min_cosine_distance(test_emb, memory, n_members)
     n = len(train_emb)
@@ -259,10 +274,6 @@ def evaluate_scores(y_true: np.ndarray, domains: np.ndarray, test_scores: np.nda
         ``dcase_section_metrics`` keys plus ``f1_ev``, ``bounded_f1_ev`` and ``thresholds``:
         estimator name -> {decision_threshold, precision, recall, f1} (or {error}).
     """
-    from calibration.thresholds import THRESHOLD_METHODS, make_threshold_estimator
-    from trainer.asd_metrics import (bounded_f1_ev, dcase_section_metrics, f1_ev,
-                                     precision_recall_f1)
-
     out: dict[str, Any] = dcase_section_metrics(y_true, test_scores, domains, max_fpr=max_fpr)
     has_both = bool(y_true.any() and (~y_true.astype(bool)).any())
     out["f1_ev"] = float(f1_ev(y_true, test_scores)) if has_both else None
@@ -289,8 +300,6 @@ def evaluate_scores(y_true: np.ndarray, domains: np.ndarray, test_scores: np.nda
 def _load_waves(clips: list[EvalClip], sample_rate: int, progress: bool) -> list[np.ndarray]:
     from tqdm import tqdm
 
-    from edge.audio import load_audio
-
     return [load_audio(c.path, sample_rate) for c in
             tqdm(clips, desc="loading clips", unit="clip", disable=not progress)]
 
@@ -299,9 +308,12 @@ def _run_ours(cfg, train: list[EvalClip], test: list[EvalClip], out_dir: Path,
               progress: bool) -> dict[str, dict[str, np.ndarray]]:
     """Train our embedder on the training clips, export int8; embeddings of every clip
     in float and int8, keyed ``"float"`` / ``"int8"`` -> {"train": (n, D), "test": (m, D)}."""
-    from edge.frontend import asd_features
-    from edge.model import AsdEmbedder
-    from trainer.train import TrainingSet, export_asd_bundle, float_embeddings, train_asd
+    from trainer.train import (
+        TrainingSet,
+        export_asd_bundle,
+        float_embeddings,
+        train_asd,
+    )
 
     data = TrainingSet([(c.path, c.label) for c in train], cfg.frontend, progress)
     frontend = data.frontend
@@ -334,8 +346,6 @@ def _run_ours(cfg, train: list[EvalClip], test: list[EvalClip], out_dir: Path,
 def _run_ae(train: list[EvalClip], test: list[EvalClip], args, progress: bool
             ) -> dict[str, Any]:
     """One autoencoder per machine type; returns per-clip scores and timing."""
-    from trainer.ae_baseline import AeBaselineParams, AutoencoderBaseline
-
     params = AeBaselineParams(epochs=args.ae_epochs, seed=args.seed)
     train_scores = np.zeros(len(train), np.float32)
     test_scores = np.zeros(len(test), np.float32)
@@ -366,9 +376,6 @@ def _fmt(v, pct=True) -> str:
 
 def _summary(units: dict[str, dict[str, Any]], system: str) -> dict[str, Any]:
     """Official score and mean F1 per estimator over the units in the summary."""
-    from calibration.thresholds import THRESHOLD_METHODS
-    from trainer.asd_metrics import official_score, official_score_of_sections
-
     res = [u["systems"][system] for u in units.values()
            if system in u["systems"] and u["in_summary"]]
     f1 = {}
@@ -390,8 +397,6 @@ def _summary(units: dict[str, dict[str, Any]], system: str) -> dict[str, Any]:
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    from calibration.thresholds import THRESHOLD_METHODS
-
     systems = report["systems"]
     lines = ["# Anomalous sound detection evaluation", "",
              f"Data: `{report['data']}` ({report['n_train']} normal training clips, "
@@ -453,8 +458,6 @@ def _markdown(report: dict[str, Any]) -> str:
 
 def add_cli_arguments(p) -> None:
     """Options of ``python -m trainer evaluate-asd``."""
-    from trainer.kws_data import default_data_dir
-
     p.add_argument("data", nargs="?", default=str(Path(default_data_dir()) / "asd"),
                    help="folder of DCASE/MIMII-style recordings (default: %(default)s)")
     p.add_argument("--config", default=str(ROOT / "trainer/configs/asd_default.yaml"),
@@ -486,8 +489,6 @@ def add_cli_arguments(p) -> None:
 
 def run_cli(args) -> int:
     """Run the evaluation; returns the exit status."""
-    from edge.fileio import atomic_write_bytes, atomic_write_json
-    from trainer.asd_plots import plot_roc_curves, plot_score_histogram
     from trainer.export import cosine_similarity_rows
     from trainer.train import load_train_config
 

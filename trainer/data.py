@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 __all__ = ["ClipLabel", "parse_dcase_name", "list_clips", "training_data_hash"]
 

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from edge.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from firmware_config.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from edge.model import BUNDLE_SCHEMA
 
 __all__ = ["convert_int8", "convert_float", "write_bundle", "cosine_similarity_rows"]
@@ -24,8 +24,6 @@ def _converter(model, workdir: str):
 
 def convert_float(model) -> bytes:
     """Float32 TFLite flatbuffer of ``model`` (for size comparisons)."""
-    import tensorflow as tf
-
     with tempfile.TemporaryDirectory() as d:
         return _converter(model, d).convert()
 

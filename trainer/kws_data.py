@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.audio import load_audio
 from trainer.data import AUDIO_SUFFIXES
 
 __all__ = ["Utterance", "list_words", "speaker_split", "split_of", "background_files", "load_background", "default_data_dir", "SPLITS", "NOISE_SPLITS"]
@@ -149,8 +150,6 @@ def load_background(data_dir: str | Path, split: str, sample_rate: int = 16000):
     ValueError
         Unknown split.
     """
-    from edge.audio import load_audio
-
     if split not in NOISE_SPLITS:
         raise ValueError(f"split must be one of {sorted(NOISE_SPLITS)}, got {split!r}")
     lo, hi = NOISE_SPLITS[split]

@@ -27,8 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.audio import load_audio
 from edge.frontend import KwsFrontendParams, kws_logmel, kws_segments, segment_starts
+from edge.model import KwsEmbedder
 from edge.vad import speech_interval
+from firmware_config.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +169,6 @@ class KwsTrainingSet:
             16 kHz background recordings (see :func:`trainer.kws_data.load_background`).
         """
         from tqdm import tqdm
-
-        from edge.audio import load_audio
 
         words = []
         skipped = 0
@@ -336,9 +337,12 @@ def export_kws_bundle(model, data: KwsTrainingSet, cfg: KwsTrainConfig, out_dir,
     -------
     Path of the ``.tflite``.
     """
-    from edge.fileio import atomic_write_json
-    from edge.model import KwsEmbedder
-    from trainer.export import convert_float, convert_int8, cosine_similarity_rows, write_bundle
+    from trainer.export import (
+        convert_float,
+        convert_int8,
+        cosine_similarity_rows,
+        write_bundle,
+    )
 
     rng = np.random.default_rng(cfg.seed + 1)
     rep = data.representative(cfg.representative_segments, rng)

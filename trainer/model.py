@@ -6,7 +6,7 @@ network cannot learn the trivial constant solution.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import keras
 from keras import layers

@@ -19,7 +19,10 @@ import numpy as np
 import yaml
 
 from edge.audio import load_audio
-from edge.frontend import AsdFrontendParams, asd_features
+from edge.backend import normalize_members
+from edge.frontend import AsdFrontendParams, asd_features, spectrum_step_for
+from edge.model import AsdEmbedder
+from firmware_config.fileio import atomic_write_json
 from trainer.data import ClipLabel, list_clips, training_data_hash
 
 log = logging.getLogger(__name__)
@@ -186,8 +189,6 @@ class TrainingSet:
         import dataclasses
 
         from tqdm import tqdm
-
-        from edge.frontend import spectrum_step_for
 
         auto = False
         if isinstance(frontend, dict):
@@ -450,8 +451,6 @@ def float_embeddings(model, features: dict[str, np.ndarray], n_members: int = 1,
     -------
     np.ndarray, shape (n, D), float32
     """
-    from edge.backend import normalize_members
-
     names = [t.name.split(":")[0] for t in model.inputs]
     out = model.predict({n: features[n] for n in names}, batch_size=batch_size, verbose=0)
     return normalize_members(out, n_members)
@@ -468,9 +467,12 @@ def export_asd_bundle(model, data: TrainingSet, cfg: TrainConfig, out_dir, histo
     """
     import dataclasses
 
-    from edge.fileio import atomic_write_json
-    from edge.model import AsdEmbedder
-    from trainer.export import convert_float, convert_int8, cosine_similarity_rows, write_bundle
+    from trainer.export import (
+        convert_float,
+        convert_int8,
+        cosine_similarity_rows,
+        write_bundle,
+    )
 
     rng = np.random.default_rng(cfg.seed + 1)
     n_rep = min(cfg.representative_samples, 4 * len(data))

@@ -1,0 +1,113 @@
+"""The enrolled-keywords artifact: templates and per-keyword thresholds a node spots with.
+
+Written by ``python -m calibration enroll`` (:func:`calibration.enroll.enroll_keyword` builds
+it) and read by the node (:class:`edge.kws.KeywordListener`), beside its siblings the ASD
+calibration (:class:`edge.backend.Calibration`) and the model bundles (:mod:`edge.model`).
+Like them it is checked on load (schema version, consistency) and fails with a message that
+names the file.
+
+File format (``.npz``, no pickles): ``meta`` is a JSON string with ``schema``
+(:data:`KEYWORDS_SCHEMA`), ``model_id``, ``segment_hop``, ``thresholds``, ``details``,
+``index`` (``[keyword, array name]`` per template), ``created`` and ``enrollment_id``; each
+template is an array ``t<i>`` of shape (M, D), float32.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from firmware_config.fileio import atomic_write_bytes
+from firmware_config.errors import HarkError
+
+__all__ = ["KEYWORDS_SCHEMA", "EnrollmentError", "EnrolledKeywords"]
+
+KEYWORDS_SCHEMA = 1
+
+
+class EnrollmentError(HarkError, RuntimeError):
+    """An enrolled-keywords file that is missing, corrupt or of another model or schema."""
+
+
+@dataclass
+class EnrolledKeywords:
+    """Templates and thresholds of the enrolled keywords: what the node's spotter needs.
+
+    Attributes
+    ----------
+    model_id : str
+        The KWS bundle the templates were embedded with (they are useless with another).
+    segment_hop : int
+        Frames between segments used when embedding the templates.
+    templates : dict of str -> list of np.ndarray
+        Per keyword, one (M, D) float32 frame-embedding matrix per shot.
+    thresholds : dict of str -> float
+        Normalised DTW cost below which a match is a detection.
+    details : dict of str -> dict
+        Per keyword: threshold source (``"fa-rate"`` or ``"fallback"``), negative events,
+        negative hours, shot durations.
+    """
+
+    model_id: str
+    segment_hop: int
+    templates: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    created: str = ""
+    enrollment_id: str = ""
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temporary file, fsync, rename) as ``.npz``; sets ``created`` and
+        ``enrollment_id``."""
+        self.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.enrollment_id = uuid.uuid4().hex[:12]
+        arrays = {}
+        index = []
+        for k in sorted(self.templates):
+            for i, t in enumerate(self.templates[k]):
+                name = f"t{len(index)}"
+                arrays[name] = np.asarray(t, np.float32)
+                index.append([k, name])
+        meta = {"schema": KEYWORDS_SCHEMA, "model_id": self.model_id, "segment_hop": self.segment_hop,
+                "thresholds": self.thresholds, "details": self.details, "index": index,
+                "created": self.created, "enrollment_id": self.enrollment_id}
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
+        return atomic_write_bytes(Path(path), buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EnrolledKeywords":
+        """Read a file written by :meth:`save`.
+
+        Raises
+        ------
+        EnrollmentError
+            Missing, unreadable or inconsistent file, or another schema version.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise EnrollmentError(f"no enrolled keywords at {path} (run `python -m calibration "
+                                  "enroll --config ... --keyword NAME --shots 5`)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                templates: dict = {}
+                for k, name in meta["index"]:
+                    templates.setdefault(k, []).append(z[name].astype(np.float32))
+        except Exception as exc:  # zip, json, key errors: all mean "corrupt"
+            raise EnrollmentError(f"enrolled keywords file {path} is unreadable: {exc}") from exc
+        if meta.get("schema") != KEYWORDS_SCHEMA:
+            raise EnrollmentError(f"enrolled keywords file {path}: unsupported schema "
+                                  f"{meta.get('schema')!r} (this node reads {KEYWORDS_SCHEMA}); "
+                                  "enroll the keywords again")
+        missing = set(templates) - set(meta["thresholds"])
+        if missing:
+            raise EnrollmentError(f"{path}: no threshold for {sorted(missing)}")
+        return cls(meta["model_id"], int(meta["segment_hop"]), templates,
+                   {k: float(v) for k, v in meta["thresholds"].items()}, meta.get("details", {}),
+                   meta.get("created", ""), meta.get("enrollment_id", ""))
