@@ -7,9 +7,12 @@
 3. ``python -m edge run`` starts; 20 s of held-out normal and then 20 s of anomalous fan
    sound are played, then 22 s of speech by other speakers over background noise with
    3 x "stop", 3 x "computer" and 6 other words;
-4. every MQTT message the node publishes is printed to stdout as one JSON line; a summary
-   goes to stderr. Everything started is stopped again; exit status 0 on success. The
-   node config, the calibration artifact and its score histogram stay in ``var/demo/``.
+4. every MQTT message the node publishes is printed to stdout as one JSON line (its Home
+   Assistant discovery documents abbreviated to their name, ``state`` only when it changes);
+   a summary goes to stderr: the anomaly scores per phase (the speech part has no fan sound
+   at all, so its windows are expected to be flagged) and every keyword found, missed or
+   false, with its time. Everything started is stopped again; exit status 0 on success.
+   The node config, the calibration artifact and its score histogram stay in ``var/demo/``.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from demo.broker import MosquittoBroker
 from demo.collector import MqttCollector
@@ -64,24 +68,60 @@ def write_node_config(path: Path, broker: MosquittoBroker, vm: VirtualMicrophone
     return write_config_doc(path, doc)
 
 
+# Fields of ``state`` that change every time it is published: a state that differs only in
+# these is not printed again.
+_VOLATILE_STATE = ("ts", "uptime_s", "spool", "events_dropped")
+
+
+class MessageLines:
+    """One JSON line per MQTT message, readable among the events: a Home Assistant discovery
+    document is abbreviated to its name and unique id, and a ``state`` is printed only when
+    it changes (apart from its clock, uptime and spool counters).
+
+    Attributes
+    ----------
+    unchanged_states : int
+        States not printed because nothing but those fields changed.
+    """
+
+    def __init__(self):
+        self._state: dict[str, dict] = {}  # topic -> last printed state, volatile fields out
+        self.unchanged_states = 0
+
+    def line(self, m) -> str | None:
+        """The line for ``m`` (an :class:`demo.collector.MqttMessage`), or None to skip it."""
+        try:
+            payload = json.loads(m.payload) if m.payload else ""
+        except ValueError:
+            payload = m.payload.decode(errors="replace")
+        if m.topic.startswith("homeassistant/") and isinstance(payload, dict):
+            payload = {"name": payload.get("name"), "unique_id": payload.get("unique_id"),
+                       "abbreviated": "Home Assistant discovery document"}
+        elif m.topic.endswith("/state") and isinstance(payload, dict):
+            stable = {k: v for k, v in payload.items() if k not in _VOLATILE_STATE}
+            if self._state.get(m.topic) == stable:
+                self.unchanged_states += 1
+                return None
+            self._state[m.topic] = stable
+        return json.dumps({"topic": m.topic, "retained": m.retain, "payload": payload})
+
+
 class Printer(threading.Thread):
-    """Print each new MQTT message as one JSON line."""
+    """Print each new MQTT message as one JSON line (:class:`MessageLines`)."""
 
     def __init__(self, collector: MqttCollector):
         super().__init__(daemon=True)
         self.collector = collector
         self.done = threading.Event()
         self.seen = 0
+        self.lines = MessageLines()
 
     def flush(self) -> None:
         msgs = self.collector.messages()
         for m in msgs[self.seen:]:
-            try:
-                payload = json.loads(m.payload)
-            except ValueError:
-                payload = m.payload.decode(errors="replace")
-            print(json.dumps({"topic": m.topic, "retained": m.retain, "payload": payload}),
-                  flush=True)
+            line = self.lines.line(m)
+            if line is not None:
+                print(line, flush=True)
         self.seen = len(msgs)
 
     def run(self) -> None:
@@ -125,7 +165,7 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
         cfg = write_node_config(work / "node.yaml", broker, vm, work, hop)
         env = {**os.environ, **vm.env, "PYTHONUNBUFFERED": "1"}
         say(f"mosquitto on {broker.host}:{broker.port}; virtual microphone {vm.device_name!r}")
-        collector = MqttCollector(broker.host, broker.port, "hark/#").start()
+        collector = MqttCollector(broker.host, broker.port, "#").start()  # + discovery
         printer = Printer(collector)
         printer.start()
         try:
@@ -181,6 +221,7 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
             t_speech = time.time()
             vm.play([CLIPS / "kws" / "stream.flac"], wait=True)
             time.sleep(1.0)
+            t_stop = time.time()
             node.send_signal(signal.SIGINT)
             node.wait(timeout=30)
             collector.wait_for(lambda m: m.topic.endswith("/status") and m.payload == b"offline",
@@ -194,36 +235,18 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
                 node.wait()
             collector.stop()
 
-        # 3. Summary by phase (windows fully inside one phase).
+        # 3. Summary by phase (windows fully inside one phase) and of the keywords.
+        phases = [Phase("normal", t_normal, t_anomaly), Phase("anomalous", t_anomaly, t_end),
+                  Phase("speech", t_speech, t_stop)]
         events = [m.json() for m in collector.messages("hark/+/+/event/anomaly")]
-        phases = {"normal": [], "anomalous": []}
-        for ev in events:
-            start = _parse_ts(ev["window"]["start"])
-            end = _parse_ts(ev["window"]["end"])
-            if start >= t_normal - 0.5 and end <= t_anomaly + 0.5:
-                phases["normal"].append(ev)
-            elif start >= t_anomaly - 0.5 and end <= t_end + 0.5:
-                phases["anomalous"].append(ev)
-        for name, evs in phases.items():
-            if evs:
-                scores = [e["anomaly_score"] for e in evs]
-                flagged = sum(e["anomalous"] for e in evs)
-                say(f"{name:>9} sound: {len(evs)} windows, mean anomaly_score "
-                    f"{sum(scores) / len(scores):.5f}, {flagged} flagged anomalous")
+        for line in anomaly_summary(events, phases):
+            say(line)
         truth = json.loads((CLIPS / "kws" / "stream.json").read_text())["keywords"]
         kw_events = [m.json() for m in collector.messages("hark/+/+/event/keyword")]
-        matched = 0
-        for t in truth:
-            hit = [e for e in kw_events if e["keyword"] == t["keyword"]
-                   and abs(_parse_ts(e["onset"]) - t_speech - t["onset"]) <= 0.5]
-            matched += bool(hit)
-            say(f"  {t['keyword']:>5} at {t['onset']:5.2f}-{t['offset']:5.2f} s: " + (
-                f"detected {_parse_ts(hit[0]['onset']) - t_speech:5.2f}-"
-                f"{_parse_ts(hit[0]['offset']) - t_speech:5.2f} s, score {hit[0]['score']:.3f}"
-                if hit else "missed"))
-        say(f"keywords: {matched}/{len(truth)} detected, {len(kw_events)} keyword events "
-            f"({len(kw_events) - matched} not matching a spoken keyword)")
-        say(f"{len(events)} anomaly events, {printer.seen} MQTT messages in total; "
+        for line in keyword_summary(truth, kw_events, phases):
+            say(line)
+        say(f"{len(events)} anomaly events, {printer.seen} MQTT messages in total "
+            f"({printer.lines.unchanged_states} unchanged states not printed); "
             "mosquitto and the virtual microphone stopped")
         if node.returncode != 0:
             say(f"node exited with {node.returncode}")
@@ -233,6 +256,81 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
 
 def _parse_ts(s: str) -> float:
     return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+class Phase(NamedTuple):
+    """A part of the demo's audio: ``name`` played from ``start`` to ``end`` (POSIX s)."""
+
+    name: str
+    start: float
+    end: float
+
+
+# What the summary says about windows of a phase that is not the machine's sound.
+_NOT_THE_MACHINE = {"speech": "expected: the speech part has no fan sound at all, so it is "
+                              "not the machine sound the node was calibrated on"}
+
+
+def anomaly_summary(events: list[dict], phases: list[Phase], slack: float = 0.5) -> list[str]:
+    """Lines summarising the anomaly events per phase (windows fully inside one phase, give
+    or take ``slack`` seconds); windows that span two phases are counted apart."""
+    inside: dict[str, list[dict]] = {p.name: [] for p in phases}
+    spanning = 0
+    for ev in events:
+        start, end = _parse_ts(ev["window"]["start"]), _parse_ts(ev["window"]["end"])
+        phase = next((p for p in phases if start >= p.start - slack and end <= p.end + slack),
+                     None)
+        if phase is None:
+            spanning += 1
+        else:
+            inside[phase.name].append(ev)
+    lines = []
+    for name, evs in inside.items():
+        if evs:
+            scores = [e["anomaly_score"] for e in evs]
+            flagged = sum(e["anomalous"] for e in evs)
+            line = (f"{name:>9} sound: {len(evs)} windows, mean anomaly_score "
+                    f"{sum(scores) / len(scores):.5f}, {flagged} flagged anomalous")
+            if flagged and name in _NOT_THE_MACHINE:
+                line += f" ({_NOT_THE_MACHINE[name]})"
+            lines.append(line)
+    if spanning:
+        lines.append(f"{spanning} windows span two phases (not counted above)")
+    return lines
+
+
+def _when(t: float, phases: list[Phase]) -> str:
+    """``t`` (POSIX s) as seconds into the phase it falls in."""
+    phase = next((p for p in reversed(phases) if t >= p.start), phases[0])
+    return f"{t - phase.start:5.2f} s into the {phase.name} part"
+
+
+def keyword_summary(truth: list[dict], kw_events: list[dict], phases: list[Phase],
+                    slack: float = 0.5) -> list[str]:
+    """Lines on each spoken keyword (detected when, or missed) and on each false keyword
+    event (which keyword, when). ``truth`` holds ``keyword``/``onset``/``offset`` in seconds
+    of the speech part (the phase named ``speech``); a keyword event is true when its
+    onset is within ``slack`` s of a spoken one of the same keyword."""
+    t_speech = next(p.start for p in phases if p.name == "speech")
+    lines, true_events, matched = [], set(), 0
+    for t in truth:
+        hit = [i for i, e in enumerate(kw_events) if e["keyword"] == t["keyword"]
+               and abs(_parse_ts(e["onset"]) - t_speech - t["onset"]) <= slack]
+        true_events.update(hit)
+        matched += bool(hit)
+        e = kw_events[hit[0]] if hit else None
+        lines.append(f"  {t['keyword']:>8} at {t['onset']:5.2f}-{t['offset']:5.2f} s: " + (
+            f"detected {_parse_ts(e['onset']) - t_speech:5.2f}-"
+            f"{_parse_ts(e['offset']) - t_speech:5.2f} s, score {e['score']:.3f}"
+            if e else "missed"))
+    false = [e for i, e in enumerate(kw_events) if i not in true_events]
+    for e in false:
+        lines.append(f"  false keyword event: {e['keyword']!r} at "
+                     f"{_when(_parse_ts(e['onset']), phases)} (score {e['score']:.3f}, "
+                     f"threshold {e['threshold']:.3f}): no {e['keyword']!r} was spoken there")
+    lines.append(f"keywords: {matched}/{len(truth)} detected, {len(kw_events)} keyword events "
+                 f"({len(false)} false)")
+    return lines
 
 
 def main(argv=None) -> int:

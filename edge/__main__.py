@@ -15,16 +15,16 @@ from firmware_config.schema import load_config_or_exit
 
 def cmd_run(args) -> int:
     cfg = load_config_or_exit(args.config)
-    if args.replay:  # relative to where the command was typed, unlike the config's paths
-        files = [str(Path(f).resolve()) for f in args.replay]
-        cfg = cfg.model_copy(update={"audio": cfg.audio.model_copy(update={"files": files})})
+    # Relative to where the command was typed, unlike the config's paths; they replace
+    # audio.files of this config and of every config reloaded while the node runs.
+    replay = [str(Path(f).resolve()) for f in args.replay] if args.replay else None
     logging.basicConfig(level=getattr(logging, args.log_level or cfg.logging.level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        node = Node(cfg, config_path=args.config)
+        node = Node(cfg, config_path=args.config, replay=replay)
         node.run(stop)
     except HarkError as exc:  # model, calibration, keywords, audio, MQTT setup, spool
         print(f"error: {exc}", file=sys.stderr)

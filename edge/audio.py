@@ -28,7 +28,8 @@ class AudioFileError(HarkError, ValueError):
 
 
 class NoInputDeviceError(HarkError, RuntimeError):
-    """No usable input device; the message says how to get one (``make demo``)."""
+    """No usable input device; the message names ``audio.device``, what it was set to and
+    what to check."""
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
@@ -131,19 +132,33 @@ class RingBuffer:
             return self._write - self._read
 
 
+# How to see what PortAudio offers: true on a node installed with only the `edge` extra.
+_LIST_INPUTS = "list the inputs with `python -m sounddevice`"
+
+
 def _resolve_device(device: str | int | None, sample_rate: int):
+    """``(index, name)`` of the input device that ``audio.device`` (``device``) names.
+
+    Raises
+    ------
+    NoInputDeviceError
+        Naming ``audio.device``, its value and the inputs there are (if any).
+    """
     import sounddevice as sd
 
+    configured = f"audio.device is {device!r}" if device is not None else \
+        "audio.device is null (the default input)"
     try:
         devices = sd.query_devices()
     except Exception as exc:
-        raise NoInputDeviceError(f"cannot list audio devices ({exc}); "
-                                 "try `make demo`, which provides a virtual microphone") from exc
+        raise NoInputDeviceError(f"{configured}, but the audio devices cannot be listed "
+                                 f"({exc}); is libportaudio2 installed?") from exc
     inputs = [(i, d) for i, d in enumerate(devices) if d["max_input_channels"] > 0]
     if not inputs:
         raise NoInputDeviceError(
-            "no audio input device found. Connect a microphone, or run `make demo`, which "
-            "starts a PulseAudio virtual microphone (needs pulseaudio and libasound2-plugins)")
+            f"{configured}, but there is no audio input device at all. Connect a "
+            "microphone (the node's user needs the `audio` group), "
+            f"{_LIST_INPUTS}, and set audio.device to its name or index")
     if device is None:
         try:
             idx = sd.default.device[0]
@@ -159,14 +174,14 @@ def _resolve_device(device: str | int | None, sample_rate: int):
                 return i, d["name"]
         raise NoInputDeviceError(f"audio.device: input device index {idx} does not exist; "
                                  f"inputs are {[(i, d['name']) for i, d in inputs]} "
-                                 "(`make demo` shows a node on a virtual microphone)")
+                                 f"({_LIST_INPUTS})")
     exact = [(i, d) for i, d in inputs if d["name"] == device]
     partial = [(i, d) for i, d in inputs if device.lower() in d["name"].lower()]
     match = exact or partial
     if not match:
         raise NoInputDeviceError(f"audio.device: no input device matches {device!r}; "
                                  f"inputs are {[d['name'] for _, d in inputs]} "
-                                 "(`make demo` shows a node on a virtual microphone)")
+                                 f"({_LIST_INPUTS})")
     return match[0][0], match[0][1]["name"]
 
 

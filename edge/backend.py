@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from firmware_config.fileio import atomic_write_bytes
+from firmware_config.fileio import atomic_write_bytes, is_npz_file
 from firmware_config.errors import HarkError
 
 __all__ = ["CalibrationError", "normalize_members", "min_cosine_distance", "Calibration",
@@ -194,10 +194,21 @@ class Calibration:
             Missing, unreadable or inconsistent file, or another model's calibration.
         """
         path = Path(path)
+        if path.is_dir():
+            raise CalibrationError(f"{path} is a folder, not a calibration artifact "
+                                   "(asd.calibration names the .npz file)")
         if not path.is_file():
             raise CalibrationError(
                 f"calibration not found: {path}. Record normal operation first: "
                 "python -m calibration record --config <node.yaml> --minutes 10")
+        try:
+            npz = is_npz_file(path)
+        except OSError as exc:
+            raise CalibrationError(f"cannot read calibration {path}: {exc.strerror or exc}") \
+                from None
+        if not npz:
+            raise CalibrationError(f"{path} is not a calibration artifact (corrupt, or not an "
+                                   ".npz archive; `python -m calibration record` writes one)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(bytes(z["meta"]).decode())

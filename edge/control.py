@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NodeControl", "HANDLERS"]
+__all__ = ["NodeControl", "HANDLERS", "with_replay"]
 
 # Audio settings that only tune the health monitor: changing them needs no device reopen.
 _HEALTH_KEYS = ("silence_dbfs", "silence_seconds", "clipping_fraction", "clipping_seconds")
@@ -56,6 +56,37 @@ def _health_settings(audio) -> dict:
 
 def _device_settings(audio) -> dict:
     return {k: v for k, v in audio.model_dump().items() if k not in _HEALTH_KEYS}
+
+
+def with_replay(cfg, files):
+    """``cfg`` with ``audio.files`` replaced by ``files`` (``python -m edge run --replay``);
+    ``cfg`` itself when ``files`` is None. The command line's replay applies to every config
+    the node runs, so a reloaded file is compared without it."""
+    if files is None:
+        return cfg
+    return cfg.model_copy(update={"audio": cfg.audio.model_copy(update={"files": list(files)})})
+
+
+def _windowing(cfg) -> tuple:
+    """What the analysis windows depend on: a change restarts the stream."""
+    return (cfg.asd.enabled, cfg.asd.window_seconds, cfg.asd.hop_seconds, cfg.audio.sample_rate)
+
+
+def _same_listener(running, new) -> bool:
+    """Whether a freshly built keyword listener spots exactly what the running one does (same
+    embedder, same enrollment), so the running one, mid-stream, can be kept."""
+    if running is None or new is None:
+        return running is new
+    def enrollment(kw):
+        return kw.enrolled.enrollment_id if kw.enrolled is not None else None
+
+    return new.embedder is running.embedder and enrollment(new) == enrollment(running)
+
+
+def _config_hash(kind: str, payload: bytes) -> dict:
+    """``{"config_sha256": ...}`` for a flashed config (every answer to one carries its hash:
+    that is how ``flash --wait`` finds it), else ``{}``."""
+    return {"config_sha256": hashlib.sha256(payload).hexdigest()} if kind == "config" else {}
 
 
 class NodeControl:
@@ -91,14 +122,22 @@ class NodeControl:
         else:
             return
         if m.username is None and not m.anonymous_commands:
+            request_id = None
+            if item[0] == "cmd":  # echo the request_id, as every other rejection does
+                try:
+                    request_id = parse_command(item[1], payload).request_id
+                except CommandError as exc:
+                    request_id = exc.request_id
             self.reply(item[1], "rejected", "commands and configs are accepted only over an "
                        "authenticated broker connection (mqtt.username); set "
-                       "mqtt.anonymous_commands: true to accept them on this anonymous one")
+                       "mqtt.anonymous_commands: true to accept them on this anonymous one",
+                       request_id, **_config_hash(item[0], payload))
             return
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            self.reply(item[1], "rejected", "too many commands waiting; try again later")
+            self.reply(item[1], "rejected", "too many commands waiting; try again later",
+                       **_config_hash(item[0], payload))
 
     def reply(self, command: str, status: str, message: str, request_id=None, **extra) -> None:
         """Publish a ``reply`` (:func:`edge.payloads.reply`) and log it."""
@@ -122,7 +161,8 @@ class NodeControl:
                     self.command(name, payload, retained)
             except Exception as exc:  # the node keeps running whatever a message does
                 log.exception("handling %s %r failed", kind, name)
-                self.reply(name, "failed", f"internal error: {exc!r}")
+                self.reply(name, "failed", f"internal error: {exc!r}",
+                           **_config_hash(kind, payload))
 
     def command(self, name: str, payload: bytes, retained: bool) -> None:
         """Validate ``cmd/<name>`` and dispatch it by :data:`HANDLERS`."""
@@ -227,12 +267,16 @@ class NodeControl:
         """
         node = self.node
         old = node.cfg
+        # The command line's --replay still holds: compare and run the new config with it.
+        new = with_replay(new, getattr(node, "replay_files", None))
         extra = {"config_sha256": new.sha256}
         changed = [k for k in _SECTIONS if getattr(new, k) != getattr(old, k)]
         source = publisher = None
         try:
             keywords = (KeywordListener(new, node.keywords and node.keywords.embedder)
                         if new.kws.enabled else None)
+            if _same_listener(node.keywords, keywords):
+                keywords = node.keywords  # mid-stream: keep its frames and pending detections
             embedder, calibration = (node.load_asd(new, node.embedder) if new.asd.enabled
                                      else (None, None))
             if calibration is None and embedder is node.embedder and \
@@ -274,6 +318,9 @@ class NodeControl:
                        request_id, **extra)
             return False
         with node.lock:
+            # Restart the analysis only for a new stream or new windows or keyword listener.
+            restart = (source is not None or keywords is not node.keywords
+                       or _windowing(new) != _windowing(old))
             if source is not None:
                 node.swap_source(source)
             if publisher is not None:
@@ -295,7 +342,8 @@ class NodeControl:
                     node.faults.pop(kind, None)
             node.spool.set_limits(new.spool.max_events, new.spool.drop_policy)
             logging.getLogger().setLevel(new.logging.level)
-            node.reset_stream()
+            if restart:
+                node.reset_stream()
         note = ""
         if new.spool.path != old.spool.path:
             note = "; spool.path takes effect at the next start"

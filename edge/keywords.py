@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_config.fileio import atomic_write_bytes
+from firmware_config.fileio import atomic_write_bytes, is_npz_file
 from firmware_config.errors import HarkError
 
 __all__ = ["KEYWORDS_SCHEMA", "EnrollmentError", "EnrolledKeywords"]
@@ -90,9 +90,20 @@ class EnrolledKeywords:
             Missing, unreadable or inconsistent file, or another schema version.
         """
         path = Path(path)
+        if path.is_dir():
+            raise EnrollmentError(f"{path} is a folder, not a keywords artifact (kws.keywords "
+                                  "names the .npz file)")
         if not path.is_file():
             raise EnrollmentError(f"no enrolled keywords at {path} (run `python -m calibration "
                                   "enroll --config ... --keyword NAME --shots 5`)")
+        try:
+            npz = is_npz_file(path)
+        except OSError as exc:
+            raise EnrollmentError(f"cannot read enrolled keywords {path}: "
+                                  f"{exc.strerror or exc}") from None
+        if not npz:
+            raise EnrollmentError(f"{path} is not a keywords artifact (not an .npz archive; "
+                                  "`python -m calibration enroll` writes one)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))

@@ -13,7 +13,11 @@ unless both are missing.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,12 @@ __all__ = ["ModelError", "BUNDLE_SCHEMA", "load_interpreter_class", "AsdEmbedder
            "KwsStreamEmbedder", "load_bundle"]
 
 BUNDLE_SCHEMA = 1
+
+#: Where the models shipped with the project are (``models/`` at the project root).
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+#: What the runtime prints on stderr for every interpreter, however well things go.
+_RUNTIME_NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
 
 class ModelError(HarkError, RuntimeError):
@@ -58,9 +68,11 @@ def load_interpreter_class():
 
 def _read_metadata(tflite_path: Path) -> dict[str, Any]:
     meta_path = tflite_path.with_suffix(".json")
+    if tflite_path.is_dir():
+        raise ModelError(f"{tflite_path} is a folder, not a model file (name the .tflite "
+                         "file of a bundle)")
     if not tflite_path.is_file():
-        raise ModelError(f"model file not found: {tflite_path} (run `make export-tflite` "
-                         "to build it, or point asd.model / kws.model at a bundle)")
+        raise ModelError(f"model file not found: {tflite_path} ({_missing_model_hint(tflite_path)})")
     if not meta_path.is_file():
         raise ModelError(f"model metadata not found: {meta_path} (every .tflite needs its .json)")
     try:
@@ -81,11 +93,54 @@ def _read_metadata(tflite_path: Path) -> dict[str, Any]:
     return meta
 
 
+def _missing_model_hint(path: Path) -> str:
+    """What to do about a missing model file: where the shipped one is, if it is one."""
+    shipped = SHIPPED_MODELS / path.name
+    if shipped.is_file():
+        return (f"the shipped models are in {SHIPPED_MODELS}/; set the model path to "
+                f"{shipped}, or relative to the config's folder")
+    return (f"point the model path at a bundle, a .tflite with its .json next to it (the "
+            f"shipped ones are in {SHIPPED_MODELS}/)")
+
+
+def _a(task: str) -> str:
+    """``'asd'`` -> ``"an 'asd'"``, ``'kws'`` -> ``"a 'kws'"`` (for "expected an 'asd' model")."""
+    return f"{'an' if str(task)[:1].lower() in tuple('aeiou') else 'a'} {task!r}"
+
+
+@contextlib.contextmanager
+def _without_runtime_noise():
+    """Hold back what the runtime writes on stderr (file descriptor 2, where its C++ logging
+    goes) and pass it on afterwards, less the lines of :data:`_RUNTIME_NOISE`: warnings and
+    errors still show. What other threads write meanwhile (a few milliseconds while a model
+    loads) is delayed, not lost."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):        # no file descriptor 2 (embedded, closed stderr)
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if line.rstrip() not in _RUNTIME_NOISE)
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
 def _make_interpreter(path: Path, num_threads: int):
     Interpreter = load_interpreter_class()
     try:
-        interp = Interpreter(model_path=str(path), num_threads=num_threads)
-        interp.allocate_tensors()
+        with _without_runtime_noise():   # the XNNPACK delegate is created in allocate_tensors
+            interp = Interpreter(model_path=str(path), num_threads=num_threads)
+            interp.allocate_tensors()
     except Exception as exc:
         raise ModelError(f"cannot load TFLite model {path}: {exc}") from exc
     return interp
@@ -137,7 +192,7 @@ class AsdEmbedder:
         path = Path(tflite_path)
         meta = _read_metadata(path)
         if meta["task"] != "asd":
-            raise ModelError(f"{path} is a {meta['task']!r} model, expected an 'asd' model")
+            raise ModelError(f"{path} is {_a(meta['task'])} model, expected an 'asd' model")
         self.path = path
         self.metadata = meta
         self.model_id = meta["model_id"]
@@ -244,7 +299,7 @@ class KwsEmbedder:
         path = Path(tflite_path)
         meta = _read_metadata(path)
         if meta["task"] != "kws":
-            raise ModelError(f"{path} is a {meta['task']!r} model, expected a 'kws' model")
+            raise ModelError(f"{path} is {_a(meta['task'])} model, expected a 'kws' model")
         self.path, self.metadata = path, meta
         self.model_id, self.sha256 = meta["model_id"], meta["tflite_sha256"]
         try:
@@ -440,7 +495,7 @@ def load_bundle(tflite_path: str | Path, task: str | None = None, num_threads: i
         return running
     meta_task = _read_metadata(path)["task"]
     if task is not None and meta_task != task:
-        raise ModelError(f"{path} is a {meta_task!r} model, expected a {task!r} model")
+        raise ModelError(f"{path} is {_a(meta_task)} model, expected {_a(task)} model")
     if meta_task == "asd":
         return AsdEmbedder(path, num_threads=num_threads)
     if meta_task == "kws":

@@ -26,7 +26,7 @@ from calibration.calibrate import WindowCollector, fit_calibration
 from edge import payloads
 from edge.audio import open_source
 from edge.backend import Calibration
-from edge.control import NodeControl
+from edge.control import NodeControl, with_replay
 from edge.discovery import discovery_messages
 from edge.health import AudioHealth
 from edge.kws import KeywordListener
@@ -51,6 +51,7 @@ class _Learning:
         self.request_id = request_id
         self.requested = requested  # a command asked for it (reply when done)
         self.first_start: int | None = None
+        self.learned_s = 0.0  # seconds of audio learned so far
 
 
 class Node:
@@ -67,6 +68,19 @@ class Node:
         The config file ``cfg`` was read from: ``cmd/reload`` re-reads it and a config
         flashed over MQTT replaces it (:class:`edge.control.NodeControl`). Without it both
         are rejected.
+    replay : sequence of str, optional
+        Recordings to score instead of the configured input (``python -m edge run
+        --replay``): they replace ``audio.files`` of ``cfg`` and of every config reloaded
+        or flashed while the node runs, so a reload of the unchanged file changes nothing.
+
+    Notes
+    -----
+    Times. Window and keyword times are the stream's start time plus the position in the
+    stream. For a live input (or a real-time replay) the start is the wall-clock time of
+    the first sample, so an event's ``ts`` is never earlier than the end of the window
+    it describes. A replay that is not real time is processed faster than it plays, so it
+    is stamped as a recording that ended when the replay started: its windows lie in the
+    past and ``ts`` (when the event was made) is again never earlier than the window end.
 
     Attributes
     ----------
@@ -92,7 +106,9 @@ class Node:
         Unreadable ``mqtt.password_file`` or missing TLS files.
     """
 
-    def __init__(self, cfg, source=None, config_path=None):
+    def __init__(self, cfg, source=None, config_path=None, replay=None):
+        self.replay_files = [str(f) for f in replay] if replay else None
+        cfg = with_replay(cfg, self.replay_files)
         self.cfg = cfg
         self.lock = threading.RLock()
         self.keywords = KeywordListener(cfg) if cfg.kws.enabled else None
@@ -119,6 +135,9 @@ class Node:
         self._cpu0 = (time.monotonic(), time.process_time())
         self._stop = threading.Event()
         self._blocks = None
+        self._status: str | None = None  # overrides state's status ("offline" at the end)
+        self._fed = 0  # samples of the current source processed
+        self._origin: float | None = None  # POSIX time of a non-real-time replay's sample 0
         self.reset_stream()
 
     # -- building blocks (also used by the control plane to apply a new config) ------------
@@ -128,7 +147,10 @@ class Node:
         is none yet and the node may learn one); the ``running`` embedder is kept if the
         model has not changed."""
         a = cfg.asd
-        embedder = load_bundle(cfg.resolve(a.model), "asd", a.num_threads, running=running)
+        try:
+            embedder = load_bundle(cfg.resolve(a.model), "asd", a.num_threads, running=running)
+        except ModelError as exc:
+            raise ModelError(f"asd.model: {exc}") from None
         fe = embedder.frontend
         if abs(fe.clip_seconds - a.window_seconds) > 1e-6:
             raise ModelError(f"asd.window_seconds is {a.window_seconds} s but the model "
@@ -158,6 +180,14 @@ class Node:
         """Read audio from ``source`` (already started) from the next block on."""
         self.source = source
         self._blocks = source.blocks(self._stop)
+        self._anchor(source)
+
+    def _anchor(self, source) -> None:
+        """Set how the stream of ``source`` is stamped (see the class notes on times)."""
+        self._fed = 0
+        self._origin = None
+        if source.finite and not getattr(source, "realtime", True):
+            self._origin = time.time() - getattr(source, "duration_seconds", 0.0)
 
     def start_learning(self, seconds: float, method: str, request_id=None,
                        requested: bool = False) -> _Learning | None:
@@ -195,7 +225,8 @@ class Node:
             return payloads.state(self.cfg, uptime_s=time.time() - self.started,
                                   embedder=self.embedder, calibration=self.calibration,
                                   keywords=self.keywords, learning=self.learning,
-                                  source=self.source, faults=self.faults, spool=self.spool)
+                                  source=self.source, faults=self.faults, spool=self.spool,
+                                  status=self._status)
 
     def heartbeat(self) -> dict[str, Any]:
         """The ``heartbeat`` payload; CPU load is measured since the previous heartbeat."""
@@ -252,6 +283,7 @@ class Node:
             job.first_start = start
         job.collector.add(0, start, window)
         learned_s = (start - job.first_start) / self.cfg.audio.sample_rate + a.window_seconds
+        job.learned_s = learned_s
         if learned_s < job.seconds:
             return
         w = job.collector.result()
@@ -284,12 +316,23 @@ class Node:
 
     # -- main loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> None:
-        """Run until ``stop`` is set or the source ends (file replay)."""
+        """Run until ``stop`` is set or the source ends (file replay).
+
+        The input device is opened before the broker connection: a missing microphone
+        fails here (``NoInputDeviceError``) before anything is published. A clean stop
+        delivers what it can, then publishes a last retained ``state`` with status
+        ``offline`` and ``offline`` on ``status``.
+        """
         stop = stop or threading.Event()
         self._stop = stop
         halt = threading.Event()  # ends the control thread
+        try:
+            self.source.start()
+        except BaseException:
+            self.spool.close()
+            raise
+        self._anchor(self.source)
         self.publisher.start()
-        self.source.start()
         control = threading.Thread(target=self.control.run, args=(halt,), name="control",
                                    daemon=True)
         control.start()
@@ -319,9 +362,32 @@ class Node:
             finished = self.source.finite and not stop.is_set()
             halt.set()
             control.join(timeout=2.0)
-            self.publisher.stop(flush_timeout=30.0 if finished else 5.0,
-                                abort=stop if finished else None)
+            self._learning_unfinished(finished)
+            publisher = self.publisher
+            publisher.flush(30.0 if finished else 5.0, abort=stop if finished else None)
+            with self.lock:
+                self._status = "offline"
+            publisher.publish_state()  # the last state: retained, says offline
+            publisher.stop(flush_timeout=0)
             self.spool.close()
+
+    def _learning_unfinished(self, finished: bool) -> None:
+        """Say clearly that a calibration being learned did not finish (the replay was too
+        short, or the node was stopped); a requested one is answered ``failed``."""
+        job = self.learning
+        if job is None:
+            return
+        what = "recalibration" if job.requested else "calibration"
+        why = "the replay ended" if finished else "the node stopped"
+        msg = (f"{what} did not finish: {why} after {job.learned_s:g} s of normal operation "
+               f"learned of the {job.seconds:g} s needed; nothing was saved")
+        if not job.requested:
+            msg += (" and no window was scored; replay or run at least "
+                    f"{job.seconds:g} s of normal operation (asd.auto_calibration_seconds), "
+                    "or calibrate with `python -m calibration record`")
+        log.warning("%s", msg)
+        if job.requested:
+            self.control.reply("recalibrate", "failed", msg, job.request_id)
 
     def _log_start(self) -> None:
         cfg, cal = self.cfg, self.calibration
@@ -348,8 +414,10 @@ class Node:
         if not len(block):
             return
         sr = self.cfg.audio.sample_rate
-        if self._t0 is None:
-            self._t0 = time.time() - len(block) / sr
+        if self._t0 is None:  # time of this block's first sample (class notes: times)
+            self._t0 = (time.time() - len(block) / sr if self._origin is None
+                        else self._origin + self._fed / sr)
+        self._fed += len(block)
         t0 = self._t0
         self._recent = np.concatenate([self._recent, block])[-sr:]
         self._level = rms_dbfs(self._recent)

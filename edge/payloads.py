@@ -51,7 +51,7 @@ def base(cfg) -> dict[str, Any]:
 
 
 def state(cfg, *, uptime_s: float, embedder, calibration, keywords, learning, source,
-          faults: dict[str, str], spool) -> dict[str, Any]:
+          faults: dict[str, str], spool, status: str | None = None) -> dict[str, Any]:
     """Payload of the retained ``state`` topic.
 
     Parameters
@@ -72,12 +72,15 @@ def state(cfg, *, uptime_s: float, embedder, calibration, keywords, learning, so
     faults : dict of str -> str
         Active audio faults (kind -> message).
     spool : edge.spool.Spool
+    status : str, optional
+        Overrides ``status``: ``"offline"`` in the last state a node publishes when it
+        stops cleanly (the Last Will covers only the ``status`` topic).
 
     Returns
     -------
     dict
-        ``status`` is ``"calibrating"`` while an anomaly model has no calibration yet, else
-        ``"online"``.
+        ``status`` is ``status`` if given, else ``"calibrating"`` while an anomaly model has
+        no calibration yet, else ``"online"``.
     """
     s = base(cfg)
     models = {}
@@ -88,7 +91,8 @@ def state(cfg, *, uptime_s: float, embedder, calibration, keywords, learning, so
                          "sha256": keywords.embedder.sha256}
     enrolled = keywords.enrolled if keywords is not None else None
     s.update(
-        status="calibrating" if embedder is not None and calibration is None else "online",
+        status=status or ("calibrating" if embedder is not None and calibration is None
+                          else "online"),
         uptime_s=round(uptime_s, 1),
         config_sha256=cfg.sha256,
         models=models,

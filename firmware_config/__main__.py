@@ -14,6 +14,7 @@ targets (--to):
 
 examples:
   python -m firmware_config flash site.yaml --to /media/$USER/SDCARD/hark
+  python -m firmware_config flash site.yaml --to /media/$USER/SDCARD/hark --mkdir
   python -m firmware_config flash site.yaml --to ssh://pi@press-3.local/etc/hark/
   python -m firmware_config flash site.yaml --to ssh://pi@10.0.0.7:2222/etc/hark/node.yaml \\
       --identity ~/.ssh/hark_ed25519 --ssh-option StrictHostKeyChecking=accept-new
@@ -21,7 +22,10 @@ examples:
       --username operator --password-file ~/.hark-operator --ca-file ca.crt --wait 60
 
 The rendered file (every default filled in) is what the node runs; its sha256 is the
-config_sha256 the node reports in its retained state topic.
+config_sha256 the node reports in its retained state topic. Relative paths resolve
+against the folder of the node's config file: for folder and ssh:// targets, each file the
+node reads that is not there is reported as a warning (stderr). Over MQTT, node.site and
+mqtt.prefix must be the node's own (they cannot change over MQTT).
 exit status: 0 flashed (and verified where possible), 1 delivery failed or the node
 rejected / did not apply the config in time, 2 invalid config, target or options."""
 
@@ -36,6 +40,8 @@ def _flash_parser(sub) -> None:
     f.add_argument("file", help="node config (YAML) to flash")
     f.add_argument("--to", required=True, metavar="TARGET", dest="target",
                    help="folder or .yaml file, ssh://... or mqtt[s]://... (see below)")
+    f.add_argument("--mkdir", action="store_true",
+                   help="folder and file targets: create the folder if it does not exist")
     f.add_argument("--json", action="store_true",
                    help='print {"source", "target", "sha256", "bytes", "verified"} on stdout '
                    "(progress goes to stderr)")
@@ -60,11 +66,12 @@ def _flash_parser(sub) -> None:
 def _flash(args) -> int:
     out = sys.stderr if args.json else sys.stdout
     try:
-        result = flash(args.file, args.target, identity=args.identity,
+        result = flash(args.file, args.target, mkdir=args.mkdir, identity=args.identity,
                        ssh_options=args.ssh_options, username=args.username,
                        password_file=args.password_file, ca_file=args.ca_file,
                        cert_file=args.cert_file, key_file=args.key_file, wait=args.wait,
-                       progress=lambda line: print(line, file=out, flush=True))
+                       progress=lambda line: print(line, file=out, flush=True),
+                       warn=lambda line: print(f"warning: {line}", file=sys.stderr, flush=True))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

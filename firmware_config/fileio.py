@@ -20,7 +20,7 @@ from typing import Any, Callable
 from firmware_config.errors import HarkError
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "sha256_file",
-           "SecretFileError", "read_secret_file"]
+           "is_npz_file", "SecretFileError", "read_secret_file"]
 
 
 def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -79,6 +79,22 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def is_npz_file(path: str | Path) -> bool:
+    """Whether ``path`` starts like an ``.npz`` archive (a ZIP file, as ``np.savez`` writes).
+
+    Checked before ``np.load``, which takes any other file for pickled data and answers
+    with advice to load it unsafely; an artifact loader says instead that the file is not
+    its kind of artifact.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 class SecretFileError(HarkError, ValueError):

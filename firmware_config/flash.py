@@ -5,16 +5,23 @@ canonical YAML document with every default filled in, and delivers exactly those
 one of three targets:
 
 * a local folder (a mounted SD card, the node's config folder: ``<dir>/node.yaml``) or a
-  local ``.yaml``/``.yml`` file, written atomically and read back;
+  local ``.yaml``/``.yml`` file, written atomically and read back (``mkdir``: the folder is
+  created first);
 * ``ssh://[user@]host[:port]/absolute/path`` (a folder, or a ``.yaml``/``.yml`` file), copied
   with the system ``scp`` to a temporary name, renamed with ``mv -f`` and checked with the
   remote ``sha256sum``;
 * ``mqtt://host[:port]/<node_id>`` (``mqtts://`` for TLS), published retained with QoS 1 on
   ``<prefix>/<site>/<node_id>/config``; optionally waiting until the node reports the new
-  ``config_sha256`` in its retained ``state`` (or rejects the config on ``reply``).
+  ``config_sha256`` in its retained ``state`` (or rejects the config on ``reply``, which
+  carries the same ``config_sha256``). Before publishing, the node's retained ``status``
+  is looked up: a node that lives under another site or prefix never sees the config (they
+  cannot change over MQTT), so that is refused and nothing is published.
 
 The rendered bytes are the node's config file, so their SHA-256 is what the node reports as
-``config_sha256`` once it runs with them.
+``config_sha256`` once it runs with them. Relative paths stay relative and resolve against
+the folder of the node's config file: for a folder or ``ssh://`` target, the files that the
+node reads (models, calibration, keywords, replayed audio, secrets) are looked up where the
+node will look, and each one that is not there is reported as a warning.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import posixpath
 import queue
 import re
 import secrets
@@ -154,11 +162,12 @@ def config_hash(rendered: bytes) -> str:
     return hashlib.sha256(rendered).hexdigest()
 
 
-def flash(path: str | Path, target: str, *, identity: Optional[str] = None,
+def flash(path: str | Path, target: str, *, mkdir: bool = False, identity: Optional[str] = None,
           ssh_options: Sequence[str] = (), username: Optional[str] = None,
           password_file: Optional[str] = None, ca_file: Optional[str] = None,
           cert_file: Optional[str] = None, key_file: Optional[str] = None,
-          wait: float = 0.0, progress: Optional[Callable[[str], None]] = None) -> FlashResult:
+          wait: float = 0.0, progress: Optional[Callable[[str], None]] = None,
+          warn: Optional[Callable[[str], None]] = None) -> FlashResult:
     """Validate ``path``, render it and deliver the rendered bytes to ``target``.
 
     Parameters
@@ -168,6 +177,9 @@ def flash(path: str | Path, target: str, *, identity: Optional[str] = None,
     target : str
         A local folder or ``.yaml``/``.yml`` file, ``ssh://[user@]host[:port]/abs/path`` or
         ``mqtt[s]://host[:port]/<node_id>`` (see :data:`TARGET_FORMS`).
+    mkdir : bool
+        Local targets: create the target folder (and its parents) if it does not exist;
+        without it a missing folder is an error that says so.
     identity : str, optional
         ssh targets: private key file (``ssh -i``).
     ssh_options : sequence of str
@@ -186,6 +198,10 @@ def flash(path: str | Path, target: str, *, identity: Optional[str] = None,
     progress : callable, optional
         Called with one human-readable line per step (validated, rendered, sha256,
         delivered, verified).
+    warn : callable, optional
+        Called with one line per problem that does not stop the flash: a relative path
+        whose file the node will not find where it looks (next to the config it runs).
+        Default: ``progress``, prefixed ``warning:``.
 
     Returns
     -------
@@ -196,8 +212,10 @@ def flash(path: str | Path, target: str, *, identity: Optional[str] = None,
     ConfigError
         ``path`` is missing or invalid (every bad field named); nothing is written.
     FlashError
-        The target or an option is wrong (unknown target form, missing folder, node id in
-        the URL differs from ``node.id``, an option for another kind of target).
+        The target or an option is wrong (unknown target form, missing folder without
+        ``mkdir``, node id in the URL differs from ``node.id``, the node lives under another
+        ``node.site`` or ``mqtt.prefix`` than the config's, an option for another kind of
+        target); nothing was delivered.
     DeliveryError
         Delivery or verification failed; the message carries ssh's/scp's stderr, the
         broker's reason or the node's reply.
@@ -205,9 +223,10 @@ def flash(path: str | Path, target: str, *, identity: Optional[str] = None,
     say = progress or (lambda line: None)
     cfg = load_config(path)
     say(f"validated {path} (node {cfg.topic_root})")
-    deliver = _target(target, cfg, Path(path), identity=identity, ssh_options=ssh_options,
-                      username=username, password_file=password_file, ca_file=ca_file,
-                      cert_file=cert_file, key_file=key_file, wait=wait)
+    deliver = _target(target, cfg, Path(path), mkdir=mkdir, identity=identity,
+                      ssh_options=ssh_options, username=username, password_file=password_file,
+                      ca_file=ca_file, cert_file=cert_file, key_file=key_file, wait=wait,
+                      warn=warn or (lambda line: say(f"warning: {line}")))
     rendered = render(cfg, str(path))
     digest = config_hash(rendered)
     say(f"rendered {len(rendered)} bytes")
@@ -220,10 +239,12 @@ def flash(path: str | Path, target: str, *, identity: Optional[str] = None,
 Deliver = Callable[[bytes, str, Callable[[str], None]], tuple[str, bool]]
 
 
-def _target(target: str, cfg: NodeConfig, source: Path, *, identity, ssh_options, username,
-            password_file, ca_file, cert_file, key_file, wait) -> Deliver:
+def _target(target: str, cfg: NodeConfig, source: Path, *, mkdir, identity, ssh_options,
+            username, password_file, ca_file, cert_file, key_file, wait, warn) -> Deliver:
     """Parse ``target`` and check the options against it; return the delivery function."""
     scheme = target.split("://", 1)[0].lower() if "://" in target else ""
+    if scheme and mkdir:
+        raise FlashError("--mkdir only applies to folder and file targets")
     ssh_given = [n for n, v in (("--identity", identity), ("--ssh-option", ssh_options)) if v]
     mqtt_given = [n for n, v in (("--username", username), ("--password-file", password_file),
                                  ("--ca-file", ca_file), ("--cert-file", cert_file),
@@ -235,30 +256,92 @@ def _target(target: str, cfg: NodeConfig, source: Path, *, identity, ssh_options
     if scheme not in ("mqtt", "mqtts") and mqtt_given:
         raise FlashError(f"{', '.join(mqtt_given)} only apply to mqtt:// and mqtts:// targets")
     if scheme == "ssh":
-        return _ssh_target(target, identity, ssh_options)
+        return _ssh_target(target, cfg, identity, ssh_options, warn)
     if scheme in ("mqtt", "mqtts"):
         return _mqtt_target(target, cfg, username=username, password_file=password_file,
                             ca_file=ca_file, cert_file=cert_file, key_file=key_file, wait=wait)
-    return _file_target(target, source)
+    return _file_target(target, cfg, source, mkdir, warn)
+
+
+# -- relative paths -------------------------------------------------------------------------
+def _node_read_paths(cfg: NodeConfig) -> list[tuple[str, str, bool]]:
+    """The files a node running ``cfg`` reads, as ``(key, path as written, required)``.
+
+    Required: the models of the enabled parts, replayed audio, the broker password and TLS
+    files (the node does not start without them). Optional: the calibration and the
+    enrolled keywords (without them the node learns normal operation, or spots nothing).
+    The spool is written, not read, and is not listed.
+    """
+    a, k, m = cfg.asd, cfg.kws, cfg.mqtt
+    out: list[tuple[str, str, bool]] = []
+    if a.enabled:
+        out += [("asd.model", a.model, True), ("asd.calibration", a.calibration, False)]
+    if k.enabled:
+        out += [("kws.model", k.model, True), ("kws.keywords", k.keywords, False)]
+    out += [(f"audio.files[{i}]", f, True) for i, f in enumerate(cfg.audio.files)]
+    out += [(f"mqtt.{name}", v, True) for name, v in (
+        ("password_file", m.password_file), ("tls.ca_file", m.tls.ca_file),
+        ("tls.cert_file", m.tls.cert_file), ("tls.key_file", m.tls.key_file)) if v]
+    return out
+
+
+def _relative(cfg: NodeConfig) -> list[tuple[str, str, bool]]:
+    return [(key, value, required) for key, value, required in _node_read_paths(cfg)
+            if not Path(value).expanduser().is_absolute()]
+
+
+def _missing_on_target(key: str, value: str, there: str, here: Path, required: bool) -> str:
+    """The warning for a relative path whose file is not where the node will look."""
+    if here.exists():
+        return (f"{key}: {value!r} is relative to the config's folder: here it is {here}, on "
+                f"the target {there}, which does not exist; make it absolute (the path on the "
+                f"node) or put the file there")
+    what = "the node will not start without it" if required else "the node runs without it"
+    return f"{key}: {value!r} will be {there} on the target, which does not exist ({what})"
+
+
+def _local_path_warnings(cfg: NodeConfig, folder: Path) -> list[str]:
+    """Warnings for relative paths that do not resolve to a file next to ``folder``."""
+    out = []
+    for key, value, required in _relative(cfg):
+        there = Path(os.path.normpath(folder.resolve() / Path(value).expanduser()))
+        here = cfg.resolve(value)
+        if not there.exists() and (required or here.exists()):
+            out.append(_missing_on_target(key, value, str(there), here, required))
+    return out
 
 
 def _is_yaml_name(path: str) -> bool:
     return path.lower().endswith((".yaml", ".yml"))
 
 
-def _file_target(target: str, source: Path) -> Deliver:
+def _file_target(target: str, cfg: NodeConfig, source: Path, mkdir: bool, warn) -> Deliver:
     path = Path(target).expanduser()
     if not _is_yaml_name(target):
-        if not path.is_dir():
+        if path.exists() and not path.is_dir():
+            raise FlashError(f"target {target!r} is a file but not a .yaml/.yml file; use "
+                             f"one of:\n{TARGET_FORMS}")
+        if not path.is_dir() and not mkdir:
             raise FlashError(f"target {target!r} is not an existing folder nor a .yaml/.yml "
-                             f"file (is the SD card mounted?); use one of:\n{TARGET_FORMS}")
+                             f"file (is the SD card mounted? add --mkdir to create the "
+                             f"folder); use one of:\n{TARGET_FORMS}")
         path = path / NODE_FILE
-    elif not path.parent.is_dir():
-        raise FlashError(f"target {target!r}: folder {str(path.parent)!r} does not exist")
+    elif not path.parent.is_dir() and not mkdir:
+        raise FlashError(f"target {target!r}: folder {str(path.parent)!r} does not exist "
+                         f"(add --mkdir to create it)")
     if path.exists() and path.resolve() == source.resolve():
         raise FlashError(f"target {target!r} is the source file itself; flash to another file")
 
     def deliver(rendered: bytes, digest: str, say) -> tuple[str, bool]:
+        if not path.parent.is_dir():
+            try:
+                path.parent.mkdir(parents=True)
+            except OSError as exc:
+                raise DeliveryError(f"cannot create folder {path.parent}: "
+                                    f"{exc.strerror or exc}") from None
+            say(f"created folder {path.parent}")
+        for line in _local_path_warnings(cfg, path.parent):
+            warn(line)
         try:
             atomic_write_bytes(path, rendered)
         except OSError as exc:
@@ -273,7 +356,7 @@ def _file_target(target: str, source: Path) -> Deliver:
     return deliver
 
 
-def _ssh_target(target: str, identity, ssh_options) -> Deliver:
+def _ssh_target(target: str, cfg: NodeConfig, identity, ssh_options, warn) -> Deliver:
     url = urlsplit(target)
     try:
         host, port, user = url.hostname, url.port, url.username
@@ -329,6 +412,19 @@ def _ssh_target(target: str, identity, ssh_options) -> Deliver:
         if found != digest:
             raise DeliveryError(f"{where}: remote sha256sum reports {found}, expected {digest}")
         say(f"verified {where} (remote sha256sum matches)")
+        relative = [(key, value, required, posixpath.normpath(posixpath.join(folder, value)))
+                    for key, value, required in _relative(cfg)]
+        if relative:       # where the node will look for them: one more call lists the missing
+            check = "; ".join(f"[ -e {shlex.quote(there)} ] || echo {i}"
+                              for i, (_, _, _, there) in enumerate(relative))
+            try:
+                missing = {int(i) for i in _run([*ssh, check], f"ssh {dest} test -e").split()}
+            except (DeliveryError, ValueError) as exc:
+                warn(f"could not check the config's relative paths on {dest}: {exc}")
+                missing = set()
+            for i, (key, value, required, there) in enumerate(relative):
+                if i in missing and (required or cfg.resolve(value).exists()):
+                    warn(_missing_on_target(key, value, there, cfg.resolve(value), required))
         return where, True
 
     return deliver
@@ -384,6 +480,8 @@ def _mqtt_target(target: str, cfg: NodeConfig, *, username, password_file, ca_fi
     root = cfg.topic_root
     topic = f"{root}/config"
     where = f"{url.scheme.lower()}://{host}:{port}/{topic}"
+    # Where node <node_id> lives: its retained status, under a prefix of 1 to 3 levels.
+    probes = [f"{'+/' * (levels + 1)}{node_id}/status" for levels in (1, 2, 3)]
 
     def deliver(rendered: bytes, digest: str, say) -> tuple[str, bool]:
         import paho.mqtt.client as mqtt
@@ -400,14 +498,21 @@ def _mqtt_target(target: str, cfg: NodeConfig, *, username, password_file, ca_fi
                 raise FlashError(f"cannot use --ca-file/--cert-file/--key-file: {exc}") from None
         acks: queue.Queue = queue.Queue()       # CONNACK / SUBACK reason codes
         outcome: queue.Queue = queue.Queue()    # ("applied" | "rejected", payload)
+        homes: set[str] = set()                 # topic roots with node_id's retained status
         client.on_connect = lambda c, u, flags, rc, props: acks.put(rc)
         client.on_subscribe = lambda c, u, mid, rcs, props: acks.put(rcs)
 
         def on_message(c, u, msg) -> None:
+            if msg.topic.endswith(f"/{node_id}/status"):
+                if msg.retain:
+                    homes.add(msg.topic[:-len("/status")])
+                return
             try:
                 payload = json.loads(msg.payload)
             except ValueError:
                 return
+            # Every answer to a flashed config carries its hash (a reply to another config,
+            # or the old retained state, does not count).
             if not isinstance(payload, dict) or payload.get("config_sha256") != digest:
                 return
             if msg.topic == f"{root}/state":
@@ -426,11 +531,24 @@ def _mqtt_target(target: str, cfg: NodeConfig, *, username, password_file, ca_fi
             rc = _ack(acks, f"no CONNACK from MQTT broker {host}:{port}")
             if rc.is_failure:
                 raise DeliveryError(f"MQTT broker {host}:{port} refused the connection: {rc}")
-            if wait:
-                client.subscribe([(f"{root}/state", 1), (f"{root}/reply", 1)])
-                if any(r.is_failure for r in _ack(acks, f"no SUBACK from {host}:{port}")):
-                    raise DeliveryError(f"MQTT broker {host}:{port} refused the subscription to "
-                                        f"{root}/state and {root}/reply (ACL?)")
+            waits = [(f"{root}/state", 1), (f"{root}/reply", 1)] if wait else []
+            client.subscribe([(probe, 0) for probe in probes] + waits)
+            codes = _ack(acks, f"no SUBACK from {host}:{port}")
+            if any(r.is_failure for r in codes[len(probes):]):
+                raise DeliveryError(f"MQTT broker {host}:{port} refused the subscription to "
+                                    f"{root}/state and {root}/reply (ACL?)")
+            # The broker sends retained messages right after a SUBACK: once a second
+            # SUBACK is in, every retained status is too.
+            client.subscribe(f"{root}/flash-{secrets.token_hex(4)}", 0)
+            _ack(acks, f"no SUBACK from {host}:{port}")
+            if all(r.is_failure for r in codes[:len(probes)]):
+                say(f"could not check where node {node_id} lives (the broker refused to show "
+                    f"its status); node.site and mqtt.prefix must be the node's")
+            elif homes and root not in homes:
+                raise FlashError(_elsewhere(cfg, sorted(homes), topic))
+            elif not homes:
+                say(f"no node {node_id} has reported its status on this broker yet; it will "
+                    f"find the config when it runs as {root}")
             info = client.publish(topic, rendered, qos=1, retain=True)
             info.wait_for_publish(MQTT_TIMEOUT_S)
             if not info.is_published():
@@ -459,6 +577,21 @@ def _mqtt_target(target: str, cfg: NodeConfig, *, username, password_file, ca_fi
             client.loop_stop()
 
     return deliver
+
+
+def _elsewhere(cfg: NodeConfig, homes: list[str], topic: str) -> str:
+    """Why a config for ``cfg.topic_root`` is not published when the node lives at ``homes``."""
+    found = []
+    for home in homes:
+        prefix, site, _ = home.rsplit("/", 2)
+        diff = [f"node.site {site!r}" if site != cfg.node.site else "",
+                f"mqtt.prefix {prefix!r}" if prefix != cfg.mqtt.prefix else ""]
+        found.append(f"{home} ({', '.join(d for d in diff if d)})")
+    return (f"node {cfg.node.id} is at {' and '.join(found)}, but the config is for "
+            f"{cfg.topic_root} (node.site {cfg.node.site!r}, mqtt.prefix {cfg.mqtt.prefix!r}); "
+            f"the node would never see it on {topic}, since node.site and mqtt.prefix cannot "
+            f"change over MQTT. Nothing was published: set them to the node's, or flash the "
+            f"new ones to the node's folder or over ssh")
 
 
 def _ack(acks: queue.Queue, timeout_message: str):

@@ -3,10 +3,17 @@
 Unknown keys, wrong types and out-of-range values are rejected with the dotted path of
 the field (``asd.hop_seconds: ...``). Relative paths in the file are resolved against the
 folder of the config file.
+
+The defaults here are the only ones: ``firmware_config/default.yaml`` spells out the same
+values with comments (a test keeps the two equal) and the README's configuration table
+lists them. The default paths (``../models/...``, ``../var/...``) assume a config one folder
+below the project, like ``etc/node.yaml`` or ``firmware_config/default.yaml``; a config
+kept anywhere else names its paths.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -120,7 +127,7 @@ class AudioSection(_Section):
 
 
 class SpoolSection(_Section):
-    path: str = Field("var/spool.sqlite", min_length=1,
+    path: str = Field("../var/spool.sqlite", min_length=1,
                       description="SQLite (WAL) file holding every event until the broker acked it")
     max_events: int = Field(100_000, ge=10, le=10_000_000,
                             description="bound on spooled events; beyond it drop_policy applies")
@@ -156,8 +163,8 @@ class ThresholdSection(_Section):
 
 class AsdSection(_Section):
     enabled: bool = True
-    model: str = Field("models/asd_default.tflite", min_length=1)
-    calibration: str = Field("var/asd_calibration.npz", min_length=1)
+    model: str = Field("../models/asd_default.tflite", min_length=1)
+    calibration: str = Field("../var/asd_calibration.npz", min_length=1)
     window_seconds: float = Field(10.0, gt=0, le=60)
     hop_seconds: float = Field(2.0, gt=0, le=60)
     report: Literal["all", "anomalous"] = "all"
@@ -180,8 +187,8 @@ class AsdSection(_Section):
 
 class KwsSection(_Section):
     enabled: bool = Field(True, description="spot enrolled keywords (idle until some are enrolled)")
-    model: str = Field("models/kws_default.tflite", min_length=1)
-    keywords: str = Field("var/kws_keywords.npz", min_length=1,
+    model: str = Field("../models/kws_default.tflite", min_length=1)
+    keywords: str = Field("../var/kws_keywords.npz", min_length=1,
                           description="enrolled templates and thresholds (calibration enroll)")
     segment_hop: int = Field(4, ge=1, le=16, description="frames (16 ms) between segments")
     false_alarms_per_hour: float = Field(1.0, gt=0, le=3600,
@@ -294,7 +301,9 @@ def parse_config_text(raw: bytes, source: str = "<config>",
     Raises
     ------
     ConfigError
-        Not UTF-8, not YAML, or invalid (every bad field with its dotted path).
+        Empty (no settings at all, only comments or blanks: almost certainly a mistake),
+        not UTF-8, not YAML (the message names ``source`` and the line), or invalid (every
+        bad field with its dotted path).
     """
     if not isinstance(raw, (bytes, bytearray)):
         raise ConfigError(source, [("(document)", f"expected bytes, got {type(raw).__name__}")])
@@ -303,12 +312,20 @@ def parse_config_text(raw: bytes, source: str = "<config>",
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [("(document)", f"not UTF-8 text: {exc.reason} at byte "
                                                   f"{exc.start}")]) from None
+    stream = io.StringIO(text)
+    stream.name = source            # PyYAML names the stream in its marks ("line 3, column 7")
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.safe_load(stream)
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [("(document)", f"not valid YAML: {exc}")]) from None
+        raise ConfigError(source, [("(document)", "not valid YAML: "
+                                    + str(exc).replace("\n", "\n    "))]) from None
     except RecursionError:
         raise ConfigError(source, [("(document)", "not valid YAML: nested too deeply")]) from None
+    if doc is None:
+        raise ConfigError(source, [("(document)", (
+            "empty: no settings at all (an empty file is almost certainly a mistake); a "
+            "minimal config is e.g. `node: {id: press-3}` plus `mqtt: {host: ...}`, and "
+            "firmware_config/default.yaml shows every key"))])
     return parse_config(doc, source, base_dir, bytes(raw))
 
 

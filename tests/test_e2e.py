@@ -156,12 +156,13 @@ def test_bad_model_calibration_audio_and_device(tmp_path, calibration_file):
     r = run_node(node_config(tmp_path, 1886, calibration_file), "--replay", str(junk))
     assert r.returncode == 1 and "junk.wav" in r.stderr, r.stderr
 
-    # No such input device: clear error pointing to the demo.
+    # No such input device: the field, the value and how to list the inputs.
     doc = yaml.safe_load(node_config(tmp_path, 1887, calibration_file).read_text())
     doc["audio"]["device"] = "no-such-microphone"
     (tmp_path / "d.yaml").write_text(yaml.safe_dump(doc))
     r = run_node(tmp_path / "d.yaml")
-    assert r.returncode == 1 and "make demo" in r.stderr, r.stderr
+    assert r.returncode == 1 and "audio.device" in r.stderr, r.stderr
+    assert "'no-such-microphone'" in r.stderr and "python -m sounddevice" in r.stderr, r.stderr
 
 
 def test_node_calibrates_itself_on_first_start(tmp_path, embedder):
@@ -182,7 +183,8 @@ def test_node_calibrates_itself_on_first_start(tmp_path, embedder):
     assert len(events) == 20  # windows starting at 52, 54, ..., 90 s (the stream is 100 s)
     assert {e["calibration_id"] for e in events} == {saved.calibration_id}
     states = [m.json() for m in col.messages("hark/+/+/state")]
-    assert states[0]["status"] == "calibrating" and states[-1]["status"] == "online"
+    assert states[0]["status"] == "calibrating" and states[-2]["status"] == "online"
+    assert states[-1]["status"] == "offline"  # the last state, after the replay ended
     first, last = events[:3], events[-3:]  # 52-66 s: normal audio; 88-100 s: anomalous
     mean = lambda evs: sum(e["anomaly_score"] for e in evs) / len(evs)  # noqa: E731
     assert mean(last) > mean(first)

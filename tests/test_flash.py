@@ -76,7 +76,7 @@ def test_render_is_canonical_deterministic_and_idempotent(tmp_path):
     assert doc["asd"]["window_seconds"] == 10.0 and doc["asd"]["hop_seconds"] == 1.0
     assert doc["kws"]["segment_hop"] == 4 and doc["logging"]["level"] == "INFO"
     assert doc["asd"]["threshold"]["params"] == {"beta": 0.5}
-    assert doc["spool"]["path"] == "var/spool.sqlite"                       # relative, as written
+    assert doc["spool"]["path"] == "../var/spool.sqlite"                    # relative, as written
     assert doc["audio"]["files"] == ["clips/a.flac"]
     assert list(doc)[:3] == ["schema", "node", "mqtt"]                       # schema order
     # The hash the node reports once it runs this file.
@@ -210,6 +210,12 @@ def test_ssh_target_real_sshd(tmp_path, sshd):
     assert (sshd["remote"] / "node.yaml").read_bytes() == rendered
     assert printed_sha256(r.stdout) == config_hash(rendered)
     assert f"verified {url}node.yaml (remote sha256sum matches)" in r.stdout
+    # Relative paths resolve next to the remote file; what is not there is a warning.
+    remote = sshd["remote"]
+    assert (f"warning: audio.files[0]: 'clips/a.flac' will be {remote / 'clips' / 'a.flac'} "
+            "on the target, which does not exist") in r.stderr, r.stderr
+    assert "warning: asd.model: '../models/asd_default.tflite' " in r.stderr
+    assert str(remote.parent / "models" / "asd_default.tflite") in r.stderr
 
     other = write_config(tmp_path, name="other.yaml", id="press-4")      # replace a named file
     r = run_cli(other, "--to", f"{url}hark.yaml", "--json", *sshd["args"])
