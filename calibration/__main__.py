@@ -45,6 +45,23 @@ def _mic_stream(cfg, seconds: float):
                   "lost while recording", file=sys.stderr)
 
 
+# Below this much normal operation a calibration is accepted with a warning: its threshold
+# rests on few held-out scores and its memory misses normal variation (5 clips flagged 4 of
+# 10 later normal clips).
+MIN_CALIBRATION_MINUTES = 10.0
+MIN_CALIBRATION_WINDOWS = 60  # what 10 min of separate 10 s clips give
+
+
+def _too_little(n_windows: int, seconds: float) -> str | None:
+    """The warning for a calibration on too little normal operation, or None."""
+    if n_windows >= MIN_CALIBRATION_WINDOWS and seconds >= 60 * MIN_CALIBRATION_MINUTES:
+        return None
+    return (f"warning: calibrated on {n_windows} windows ({seconds / 60:.1f} min of audio), "
+            f"fewer than {MIN_CALIBRATION_WINDOWS} windows ({MIN_CALIBRATION_MINUTES:g} min): "
+            "expect more false alarms (normal sound flagged anomalous); record at least "
+            f"{MIN_CALIBRATION_MINUTES:g} minutes of normal operation")
+
+
 def cmd_record(args) -> int:
     from tqdm import tqdm
 
@@ -59,6 +76,7 @@ def cmd_record(args) -> int:
         if args.files:
             sources = [FileSource([f], sr, cfg.audio.block_seconds) for f in args.files]
             total = sum(s.duration_seconds for s in sources)
+            total_samples = sum(round(s.duration_seconds * sr) for s in sources)
             streams = [s.blocks() for s in sources]
         else:
             total = args.seconds if args.seconds is not None else args.minutes * 60.0
@@ -66,13 +84,16 @@ def cmd_record(args) -> int:
                 print(f"error: record at least {2 * cfg.asd.window_seconds:g} s "
                       "(two analysis windows)", file=sys.stderr)
                 return 2
+            total_samples = int(total * sr)  # what _mic_stream delivers
             streams = None
-        bar = tqdm(total=round(total, 1), unit="s", desc="calibrating",
+        # Counted in samples (exact integers), shown in seconds: float seconds summed block
+        # by block overshoot the total (a TqdmWarning and a negative remaining time).
+        bar = tqdm(total=total_samples, unit="s", unit_scale=1.0 / sr, desc="calibrating",
                    disable=args.quiet, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
         if streams is None:
             streams = [_mic_stream(cfg, total)]
         windows = collect_windows(streams, embedder, cfg.asd.window_seconds, cfg.asd.hop_seconds,
-                                  progress=lambda n: bar.update(n / sr))
+                                  progress=bar.update)
         bar.close()
         cal = fit_calibration(windows, embedder, cfg.asd.n_clusters, cfg.asd.threshold.method,
                               dict(cfg.asd.threshold.params), cfg.asd.window_seconds,
@@ -80,17 +101,24 @@ def cmd_record(args) -> int:
     except (HarkError, ValueError) as exc:  # audio files or device; too few windows
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    warning = _too_little(len(windows), total)
+    if warning:
+        print(warning, file=sys.stderr)
     out = Path(args.out) if args.out else cfg.resolve(cfg.asd.calibration)
     cal.save(out)
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
-    plot_score_histogram(plot, cal.normal_scores, [],
+    scores = np.asarray(cal.normal_scores)
+    above = int((scores > cal.decision_threshold).sum())
+    plot_score_histogram(plot, scores, [],
                          {f"decision_threshold ({cal.threshold_method})": cal.decision_threshold},
-                         f"{cfg.topic_root}: calibration {cal.calibration_id}", density=False,
-                         normal_label="calibration (normal, held out)")
+                         f"{cfg.topic_root}: calibration {cal.calibration_id}\n{above} of "
+                         f"{len(scores)} calibration windows above the threshold",
+                         density=False, normal_label="calibration (normal, held out)")
     print(json.dumps({"calibration": str(out), "calibration_id": cal.calibration_id,
                       "decision_threshold": round(cal.decision_threshold, 6),
                       "threshold_method": cal.threshold_method, "windows": len(windows),
-                      "skipped_silent": windows.skipped_silent, "memory_size": len(cal.memory),
+                      "skipped_silent": windows.skipped_silent,
+                      "above_threshold": above, "memory_size": len(cal.memory),
                       "histogram": str(plot)}, indent=2))
     return 0
 
@@ -116,6 +144,29 @@ def _record_shots(cfg, keyword: str, shots: int, seconds: float):
     finally:
         src.close()
     return out
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of ``--shots``: a whole number above zero."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number of shots (1, 2, ...), "
+                                         f"got {text!r}")
+    return n
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type of ``--shot-seconds``: seconds above zero."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = float("nan")
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return x
 
 
 def cmd_enroll(args) -> int:
@@ -151,7 +202,8 @@ def cmd_enroll(args) -> int:
                                   false_alarms_per_hour=k.false_alarms_per_hour,
                                   fallback_threshold=k.fallback_threshold,
                                   min_seconds=k.min_shot_seconds, max_seconds=k.max_shot_seconds,
-                                  shot_names=names)
+                                  shot_names=names,
+                                  shot_source="file" if args.files else "microphone")
     except ShotError as exc:
         print(f"error: {exc}\nnothing was stored; enroll {keyword!r} again", file=sys.stderr)
         return 1
@@ -187,10 +239,11 @@ def main(argv=None) -> int:
                                       "recordings) and set its detection threshold")
     e.add_argument("--config", required=True, help="node config YAML")
     e.add_argument("--keyword", required=True, help="name of the keyword, e.g. stop")
-    e.add_argument("--shots", type=int, help="shots to record (default 5), or the number of --from files")
+    e.add_argument("--shots", type=_positive_int,
+                   help="shots to record (default 5), or the number of --from files")
     e.add_argument("--from", dest="files", nargs="+", metavar="FILE",
                    help="one recording per shot instead of the microphone")
-    e.add_argument("--shot-seconds", dest="shot_seconds", type=float, default=2.5,
+    e.add_argument("--shot-seconds", dest="shot_seconds", type=_positive_seconds, default=2.5,
                    help="recording time per shot from the microphone (default %(default)s)")
     e.add_argument("--negatives", nargs="+", metavar="FILE",
                    help="extra recordings without the keyword (site background, other speech) "

@@ -1,10 +1,15 @@
 """Keyword enrollment: shots in, templates and per-keyword decision thresholds out.
 
-An installer says each keyword a few times (``--shots 5``). Every shot is trimmed to its
-speech with :func:`edge.vad.speech_interval` and rejected with a clear message when it is
-silent, clipped, too short or too long; nothing is stored unless every shot passes. Each
-accepted shot is embedded with the KWS model (one embedding per 16 ms frame) and kept as
-its own template (thesis 6.3.6: DBA averaging was worse).
+An installer says each keyword a few times (``--shots 5``), or passes recordings
+(``--from FILES``). Every shot is trimmed to its speech with :func:`edge.vad.shot_interval`,
+never into the word: the shot is padded with digital silence, and its noise floor is taken
+from its ends only when they are quiet (non-speech around the word, as in a microphone
+shot); a shot that starts or ends inside the word (a file cut tight around it) is kept
+whole. Either way 50 ms of margin stay on both sides, as in the evaluation's utterances. A
+shot is rejected with a clear message when it is empty, silent, clipped, too short or too
+long; nothing is stored unless every shot passes. Each accepted shot is embedded with the
+KWS model (one embedding per 16 ms frame) and kept as its own template (thesis 6.3.6: DBA
+averaging was worse).
 
 Decision thresholds (thesis 6.3.6 tunes one on validation data; a node has none): for each
 keyword, the enrolled templates are run over *negative* audio (background and speech
@@ -35,13 +40,14 @@ from edge.audio import load_audio
 from edge.keywords import EnrolledKeywords, EnrollmentError
 from edge.kws import KeywordSpotter, Template
 from edge.levels import clipped_fraction, peak_dbfs
-from edge.vad import speech_interval
+from edge.vad import shot_interval
 from firmware_config.errors import HarkError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ShotError", "prepare_shot",
-           "negative_event_costs", "fa_rate_threshold", "enroll_keyword",
+           "negative_event_costs", "trace_event_costs", "negative_cost_scale",
+           "calibrated_threshold", "fa_rate_threshold", "enroll_keyword",
            "shipped_negatives", "keyword_threshold", "MIN_NEGATIVE_EVENTS", "DEFAULT_FALLBACK_THRESHOLD"]
 
 MIN_NEGATIVE_EVENTS = 30
@@ -55,9 +61,16 @@ class ShotError(HarkError, ValueError):
     """A keyword shot is unusable (silent, clipped, too short or too long)."""
 
 
+SHOT_SOURCES = ("microphone", "file")
+
+
 def prepare_shot(y: np.ndarray, sample_rate: int, *, min_seconds: float, max_seconds: float,
-                 name: str = "shot") -> np.ndarray:
-    """Check one spoken shot and trim it to its speech.
+                 name: str = "shot", source: str = "microphone") -> np.ndarray:
+    """Check one spoken shot and trim it to its speech, never into the word.
+
+    The speech is found with :func:`edge.vad.shot_interval`: a shot cut tight around the
+    word (no non-speech at its ends) is kept whole; silence around the word is trimmed to
+    a 50 ms margin.
 
     Parameters
     ----------
@@ -65,9 +78,12 @@ def prepare_shot(y: np.ndarray, sample_rate: int, *, min_seconds: float, max_sec
     sample_rate : int
         Hz.
     min_seconds, max_seconds : float
-        Allowed duration of the trimmed speech.
+        Allowed duration of the trimmed speech (with its margins).
     name : str
         How the shot is called in error messages (e.g. the file name).
+    source : {"microphone", "file"}
+        Where the shot came from; only changes the advice in error messages (a file was not
+        recorded after a prompt).
 
     Returns
     -------
@@ -76,25 +92,42 @@ def prepare_shot(y: np.ndarray, sample_rate: int, *, min_seconds: float, max_sec
     Raises
     ------
     ShotError
-        Silent (peak below -45 dBFS or no speech found), clipped (more than 0.1 % of the
-        samples at full scale), or speech shorter/longer than allowed.
+        Empty (no samples), silent (peak below -45 dBFS or no speech found), clipped (more
+        than 0.1 % of the samples at full scale), or speech shorter/longer than allowed.
+    ValueError
+        If ``source`` is not one of :data:`SHOT_SOURCES`.
     """
+    if source not in SHOT_SOURCES:
+        raise ValueError(f"source must be one of {SHOT_SOURCES}, got {source!r}")
+    from_file = source == "file"
+    y = np.asarray(y, np.float32)
+    if y.size == 0:
+        raise ShotError(f"{name}: the file is empty (0 samples); record the keyword again"
+                        if from_file else f"{name}: nothing was recorded (0 samples); check "
+                        "that audio.device is the microphone")
     peak, clipped = peak_dbfs(y), clipped_fraction(y)
     if peak < SILENT_DBFS:
+        advice = ("record the keyword louder" if from_file else
+                  "speak louder or closer to the microphone")
         raise ShotError(f"{name}: silent (peak {peak:.0f} dBFS, need at least "
-                        f"{SILENT_DBFS:.0f} dBFS); speak louder or closer to the microphone")
+                        f"{SILENT_DBFS:.0f} dBFS); {advice}")
     if clipped > CLIPPED_FRACTION:
         raise ShotError(f"{name}: clipped ({100 * clipped:.1f} % of samples at full scale); "
-                        "speak softer or lower the input gain")
-    iv = speech_interval(y, sample_rate)
+                        + ("record it again softer or at a lower input gain" if from_file else
+                           "speak softer or lower the input gain"))
+    iv = shot_interval(y, sample_rate)
     if iv is None:
-        raise ShotError(f"{name}: no speech found; say the keyword clearly after the prompt")
+        raise ShotError(f"{name}: no speech found; " + (
+            "the file should hold the spoken keyword" if from_file else
+            "say the keyword clearly after the prompt"))
     if iv.duration_s < min_seconds:
         raise ShotError(f"{name}: speech lasts {iv.duration_s:.2f} s, shorter than "
                         f"kws.min_shot_seconds = {min_seconds} s")
     if iv.duration_s > max_seconds:
         raise ShotError(f"{name}: speech lasts {iv.duration_s:.2f} s, longer than "
-                        f"kws.max_shot_seconds = {max_seconds} s; say only the keyword")
+                        f"kws.max_shot_seconds = {max_seconds} s; " + (
+                            "the file should hold only the keyword" if from_file else
+                            "say only the keyword"))
     return np.asarray(y[iv.slice(sample_rate)], np.float32)
 
 
@@ -164,9 +197,30 @@ def negative_event_costs(embedder, templates: list, negative_waves) -> tuple[np.
     stream = _concat_with_gaps(negative_waves, sr)
     if len(stream) == 0:
         return np.zeros(0), 0.0
-    frames = embedder.embed_wave(stream)
+    costs = trace_event_costs(embedder.embed_wave(stream), templates, embedder.frame_seconds)
+    return costs, len(stream) / sr / 3600.0
+
+
+def trace_event_costs(frames: np.ndarray, templates: list, frame_seconds: float) -> np.ndarray:
+    """Costs of the spotter's potential events in a stream of frame embeddings.
+
+    The keyword's candidate cost (minimum matching cost over its templates) per frame; its
+    lowest values, taken greedily at least the mean template length apart (non-maximum
+    suppression), are the events a threshold would turn into detections.
+
+    Parameters
+    ----------
+    frames : np.ndarray, shape (n_frames, D), float32
+    templates : list of np.ndarray, each (M, D)
+    frame_seconds : float
+
+    Returns
+    -------
+    np.ndarray, shape (n_events,), float64
+        In increasing order.
+    """
     spotter = KeywordSpotter([Template("k", t) for t in templates], {"k": 0.0},
-                             embedder.frame_seconds, record_trace=True)
+                             frame_seconds, record_trace=True)
     spotter.push(frames)
     spotter.flush()
     trace = np.asarray(spotter.trace["k"], np.float64)
@@ -181,7 +235,63 @@ def negative_event_costs(embedder, templates: list, negative_waves) -> tuple[np.
             continue
         taken[j] = True
         costs.append(trace[j])
-    return np.asarray(costs), len(stream) / sr / 3600.0
+    return np.asarray(costs)
+
+
+def negative_cost_scale(costs: np.ndarray) -> tuple[float, float]:
+    """Centre and lower-tail spread of negative event costs: the normalisation of
+    :func:`calibrated_threshold` (``trainer/kws_thresholds.py``).
+
+    Returns
+    -------
+    centre : float
+        Median cost.
+    spread : float
+        Median minus the 5th percentile (> 0; 1e-6 at least).
+
+    Raises
+    ------
+    ValueError
+        Fewer than :data:`MIN_NEGATIVE_EVENTS` finite costs.
+    """
+    c = np.asarray(costs, np.float64)
+    c = c[np.isfinite(c)]
+    if len(c) < MIN_NEGATIVE_EVENTS:
+        raise ValueError(f"need at least {MIN_NEGATIVE_EVENTS} negative events, got {len(c)}")
+    centre = float(np.median(c))
+    return centre, max(centre - float(np.quantile(c, 0.05)), 1e-6)
+
+
+def calibrated_threshold(costs: np.ndarray, calibration: dict,
+                         false_alarms_per_hour: float) -> float | None:
+    """Threshold from the model's calibration table: ``centre + z(rate) * spread``.
+
+    Parameters
+    ----------
+    costs : np.ndarray
+        Negative event costs of the keyword (:func:`negative_event_costs`).
+    calibration : dict
+        The KWS bundle's ``threshold_calibration``: ``rates`` and ``z`` (rate -> z), made by
+        ``python -m trainer calibrate-kws-thresholds`` on hours of negatives.
+    false_alarms_per_hour : float
+        The target; ``z`` is interpolated linearly in ``log(rate)`` and held constant
+        beyond the table's ends.
+
+    Returns
+    -------
+    float or None
+        None with too few events, a malformed table or a non-positive result.
+    """
+    try:
+        centre, spread = negative_cost_scale(costs)
+        rates = np.asarray([float(r) for r in calibration["rates"]])
+        z = np.asarray([float(calibration["z"][str(r)]) for r in calibration["rates"]])
+    except (ValueError, KeyError, TypeError):
+        return None
+    order = np.argsort(rates)
+    zr = float(np.interp(np.log(false_alarms_per_hour), np.log(rates[order]), z[order]))
+    thr = centre + zr * spread
+    return thr if np.isfinite(thr) and thr > 0 else None
 
 
 def fa_rate_threshold(costs: np.ndarray, hours: float, false_alarms_per_hour: float) -> float | None:
@@ -236,7 +346,10 @@ def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(
     Returns
     -------
     threshold : float
-    source : {"fa-rate", "fallback"}
+    source : {"calibrated", "fa-rate", "fallback"}
+        ``calibrated``: the model's calibration table (:func:`calibrated_threshold`);
+        ``fa-rate``: a gamma fit (:func:`fa_rate_threshold`), for models without a table;
+        ``fallback``: too few negative events.
     n_events : int
         Negative events (local minima of the cost trace) the fit saw.
     hours : float
@@ -245,6 +358,11 @@ def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(
     sr = embedder.frontend.sample_rate
     negs = shipped_negatives(exclude_word=keyword, sample_rate=sr) + list(extra_negatives)
     costs, hours = negative_event_costs(embedder, templates, negs)
+    table = embedder.metadata.get("threshold_calibration")
+    if table:
+        thr = calibrated_threshold(costs, table, false_alarms_per_hour)
+        if thr is not None:
+            return float(thr), "calibrated", int(len(costs)), hours
     thr = fa_rate_threshold(costs, hours, false_alarms_per_hour)
     if thr is None:
         return float(fallback), "fallback", int(len(costs)), hours
@@ -254,7 +372,8 @@ def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(
 def enroll_keyword(embedder, keyword: str, shot_waves, *, existing: EnrolledKeywords | None = None,
                    negatives=(), false_alarms_per_hour: float = 1.0,
                    fallback_threshold: float | None = None, min_seconds: float = 0.2,
-                   max_seconds: float = 2.0, shot_names=None) -> EnrolledKeywords:
+                   max_seconds: float = 2.0, shot_names=None,
+                   shot_source: str = "microphone") -> EnrolledKeywords:
     """Enroll (or re-enroll) one keyword and recompute every keyword's threshold.
 
     Parameters
@@ -269,6 +388,10 @@ def enroll_keyword(embedder, keyword: str, shot_waves, *, existing: EnrolledKeyw
         Extra negative recordings (background, other speech) for the thresholds.
     false_alarms_per_hour, fallback_threshold, min_seconds, max_seconds
         From the node config's ``kws`` section.
+    shot_names : list of str, optional
+        How the shots are called in error messages (default ``shot 1``, ``shot 2``, ...).
+    shot_source : {"microphone", "file"}
+        Where the shots came from (see :func:`prepare_shot`).
 
     Returns
     -------
@@ -285,7 +408,8 @@ def enroll_keyword(embedder, keyword: str, shot_waves, *, existing: EnrolledKeyw
     names = list(shot_names or [f"shot {i + 1}" for i in range(len(shot_waves))])
     if not shot_waves:
         raise ShotError("no shots given")
-    trimmed = [prepare_shot(y, sr, min_seconds=min_seconds, max_seconds=max_seconds, name=n)
+    trimmed = [prepare_shot(y, sr, min_seconds=min_seconds, max_seconds=max_seconds, name=n,
+                            source=shot_source)
                for y, n in zip(shot_waves, names)]
     if existing is not None and existing.model_id != embedder.model_id:
         raise EnrollmentError(f"the enrolled keywords were embedded with model "

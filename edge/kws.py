@@ -25,14 +25,34 @@ Post-processing, exactly (``W`` keywords, ``K`` templates):
    pieces, the longest one (the earliest on ties).
 4. A detection shorter than half its template (``2 * frames < M``) is dropped; a dropped
    detection shortens nothing.
-5. Streaming finality: detections are emitted once nothing still to come can change them.
-   Overlapping raw detections form connected groups; a group is resolved (steps 3-4) and
-   emitted, in onset order, when every member ends at or before the earliest frame where a
-   future raw detection could start: ``min(next frame - (2 M_max - 2), onset of the best
-   path of every open run)``, a path over ``M`` template frames spanning at most
-   ``2 M - 1`` stream frames. Hence pushing a stream in any chunking and then flushing
-   gives the same detections as :func:`detect_keywords` on the whole of it, and the
-   latency of a detection is about ``2 M_max`` frames after its run closes.
+5. When a detection is decided (``decision``):
+
+   * ``"exact"`` (the definition above, :func:`detect_keywords`' default): detections are
+     emitted once nothing still to come can change them. Overlapping raw detections form
+     connected groups; a group is resolved (steps 3-4) and emitted, in onset order, when
+     every member ends at or before the earliest frame where a future raw detection could
+     start: ``min(next frame - (2 M_max - 2), onset of the best path of every open run)``, a
+     path over ``M`` template frames spanning at most ``2 M - 1`` stream frames. The latency
+     of a detection is about ``2 M_max`` frames (1-2 s for 0.5-1 s shots) after its run
+     closes.
+   * ``"confirmed"`` (the node): a run's minimum is *confirmed* once ``confirm_frames``
+     further frames brought no lower cost, or when the run closes, whichever comes first;
+     it is then a raw detection, decided at once: steps 3-4 run against the detections
+     already decided (not against later ones), raw detections decided at the same frame in
+     order of increasing cost. If the run later reaches a lower cost and that is confirmed
+     too, it is another raw detection (usually dropped by step 4, since its path overlaps
+     the first). Latency: at most ``confirm_frames`` frames after the path's last frame
+     (plus the at most 3 frames a pushed frame waits for its block of 4).
+
+     How far it may differ from ``"exact"``: a raw detection that overlaps no other raw
+     detection of either mode is reported identically (same interval, cost, shot); where
+     raw detections overlap, the one decided first keeps its interval (``"exact"``: the one
+     with the lower cost), and a run whose cost keeps falling for more than
+     ``confirm_frames`` frames is decided at an earlier, higher minimum. Tested in
+     ``tests/test_kws_detect.py``.
+
+   In both modes, pushing a stream in any chunking and then flushing gives the same
+   detections as :func:`detect_keywords` on the whole of it.
 
 Frame ``j`` starts at ``j * frame_seconds`` (one embedding every 16 ms on the node, i.e.
 ``frame_seconds = 0.016``).
@@ -40,7 +60,7 @@ Frame ``j`` starts at ``j * frame_seconds`` (one embedding every 16 ms on the no
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numba
@@ -122,6 +142,10 @@ class Detection:
         One past its last frame (exclusive).
     template_index : int
         Index, in the spotter's template sequence, of the shot that matched.
+    decided_frame : int
+        Frames pushed when the detection became final (its decision latency is
+        ``decided_frame - offset_frame`` frames after the path's end, before the frontend's
+        own delay); not part of equality.
     """
 
     keyword: str
@@ -132,6 +156,7 @@ class Detection:
     onset_frame: int
     offset_frame: int
     template_index: int
+    decided_frame: int = field(default=-1, compare=False)
 
     @property
     def duration_s(self) -> float:
@@ -161,17 +186,21 @@ class _Raw:
     offset: int
     cost: float
     template: int
+    at: int = 0  # frame at which the raw detection was decided
 
 
 @numba.njit(cache=True, boundscheck=False)
-def _track_runs(mc, st, tmpl_kw, thr, j0, in_run, best_cost, best_start, best_end,
-                best_tmpl, cand, out_kw, out_on, out_off, out_cost, out_tmpl):  # pragma: no cover
+def _track_runs(mc, st, tmpl_kw, thr, j0, confirm, in_run, best_cost, best_start, best_end,
+                best_tmpl, decided, cand, out_kw, out_on, out_off, out_cost, out_tmpl,
+                out_at):  # pragma: no cover
     # Steps 1 and 2 of the module docstring for n frames (j0 .. j0+n-1). mc, st: (n, K)
     # matching costs and path starts per template; tmpl_kw: (K,) keyword of each template;
     # thr: (W,); run state per keyword: in_run, best_cost, best_start, best_end (frame),
-    # best_tmpl. Writes the candidate cost of every keyword and frame into cand (n, W) and
-    # the raw detections of the runs that closed into out_* (capacity n * W); returns their
-    # number.
+    # best_tmpl, decided (the current best was already output). confirm >= 0: a run's best
+    # is output once confirm frames passed without a lower cost ("confirmed" decision);
+    # -1: only when the run closes ("exact"). Writes the candidate cost of every keyword
+    # and frame into cand (n, W) and the raw detections into out_* (capacity n * W), with
+    # out_at the frame at which each was output; returns their number.
     n, K = mc.shape
     W = thr.shape[0]
     cc = np.empty(W, np.float64)
@@ -201,14 +230,27 @@ def _track_runs(mc, st, tmpl_kw, thr, j0, in_run, best_cost, best_start, best_en
                     best_start[w] = cs[w]
                     best_end[w] = j
                     best_tmpl[w] = ct[w]
+                    decided[w] = False
+                if confirm >= 0 and not decided[w] and j - best_end[w] >= confirm:
+                    decided[w] = True
+                    out_kw[count] = w
+                    out_on[count] = best_start[w]
+                    out_off[count] = best_end[w] + 1
+                    out_cost[count] = best_cost[w]
+                    out_tmpl[count] = best_tmpl[w]
+                    out_at[count] = j
+                    count += 1
             elif in_run[w]:
                 in_run[w] = False
-                out_kw[count] = w
-                out_on[count] = best_start[w]
-                out_off[count] = best_end[w] + 1
-                out_cost[count] = best_cost[w]
-                out_tmpl[count] = best_tmpl[w]
-                count += 1
+                if not decided[w]:
+                    out_kw[count] = w
+                    out_on[count] = best_start[w]
+                    out_off[count] = best_end[w] + 1
+                    out_cost[count] = best_cost[w]
+                    out_tmpl[count] = best_tmpl[w]
+                    out_at[count] = j
+                    count += 1
+                decided[w] = False
     return count
 
 
@@ -247,12 +289,20 @@ class KeywordSpotter:
         Duration of one frame in seconds (hop of the embedding stream).
     record_trace : bool
         Keep the per-frame candidate cost of every keyword (see :attr:`trace`).
+    decision : {"exact", "confirmed"}
+        When a detection is decided (module docstring, step 5): ``"exact"`` equals the
+        whole-stream definition and waits about ``2 M_max`` frames; ``"confirmed"`` (what
+        the node runs) decides ``confirm_frames`` after a run's minimum.
+    confirm_frames : int
+        With ``"confirmed"``: frames without a lower cost that confirm a run's minimum
+        (default 8, 128 ms at 16 ms per frame).
 
     Raises
     ------
     ValueError
         No template; templates of different ``D``; a keyword without a threshold (the
-        message names it); a non-finite threshold; ``frame_seconds <= 0``.
+        message names it); a non-finite threshold; ``frame_seconds <= 0``; an unknown
+        ``decision``; ``confirm_frames < 0``.
 
     Examples
     --------
@@ -264,7 +314,14 @@ class KeywordSpotter:
     """
 
     def __init__(self, templates: Iterable[Template], thresholds: Mapping[str, float],
-                 frame_seconds: float, record_trace: bool = False):
+                 frame_seconds: float, record_trace: bool = False, *,
+                 decision: str = "exact", confirm_frames: int = 8):
+        if decision not in ("exact", "confirmed"):
+            raise ValueError(f"decision must be 'exact' or 'confirmed', got {decision!r}")
+        if int(confirm_frames) < 0:
+            raise ValueError(f"confirm_frames must be >= 0, got {confirm_frames!r}")
+        self.decision = decision
+        self.confirm_frames = int(confirm_frames)
         self.templates: tuple[Template, ...] = tuple(templates)
         if not self.templates:
             raise ValueError("need at least one template")
@@ -303,7 +360,7 @@ class KeywordSpotter:
 
     @classmethod
     def from_enrolled(cls, enrolled: EnrolledKeywords, frame_seconds: float,
-                      record_trace: bool = False) -> "KeywordSpotter":
+                      record_trace: bool = False, **options) -> "KeywordSpotter":
         """A spotter for every shot of every keyword in an enrolled-keywords artifact.
 
         Parameters
@@ -313,10 +370,12 @@ class KeywordSpotter:
         frame_seconds : float
             Seconds per embedding frame of the model the templates were embedded with.
         record_trace : bool
+        **options
+            ``decision``, ``confirm_frames``.
         """
         templates = [Template(k, t) for k in sorted(enrolled.templates)
                      for t in enrolled.templates[k]]
-        return cls(templates, enrolled.thresholds, frame_seconds, record_trace)
+        return cls(templates, enrolled.thresholds, frame_seconds, record_trace, **options)
 
     # ----------------------------------------------------------------------------------
 
@@ -329,8 +388,10 @@ class KeywordSpotter:
         self._best_start = np.zeros(W, np.int64)
         self._best_end = np.zeros(W, np.int64)
         self._best_tmpl = np.zeros(W, np.int64)
+        self._decided = np.zeros(W, np.bool_)
         self._buf = np.zeros((0, self.dim), np.float32)
         self._pending: list[_Raw] = []
+        self._kept: list[tuple[int, int]] = []  # "confirmed": decided intervals still relevant
         self._trace: list[np.ndarray] = []
         self._frames_seen = 0
         self._flushed = False
@@ -421,10 +482,11 @@ class KeywordSpotter:
             block[:n] = self._buf
             self._buf = self._buf[:0]
             self._process(block, n)
-        for w in np.flatnonzero(self._in_run):
+        end = self._dtw.frames_seen
+        for w in np.flatnonzero(self._in_run & ~self._decided):
             self._pending.append(_Raw(int(w), int(self._best_start[w]),
                                       int(self._best_end[w]) + 1, float(self._best_cost[w]),
-                                      int(self._best_tmpl[w])))
+                                      int(self._best_tmpl[w]), end))
         self._in_run[:] = False
         return self._finalise(final=True)
 
@@ -443,12 +505,15 @@ class KeywordSpotter:
         out_off = np.empty(cap, np.int64)
         out_cost = np.empty(cap, np.float64)
         out_tmpl = np.empty(cap, np.int64)
-        count = _track_runs(mc, st, self._tmpl_kw, self._thr, j0, self._in_run,
+        out_at = np.empty(cap, np.int64)
+        confirm = self.confirm_frames if self.decision == "confirmed" else -1
+        count = _track_runs(mc, st, self._tmpl_kw, self._thr, j0, confirm, self._in_run,
                             self._best_cost, self._best_start, self._best_end,
-                            self._best_tmpl, cand, out_kw, out_on, out_off, out_cost, out_tmpl)
+                            self._best_tmpl, self._decided, cand, out_kw, out_on, out_off,
+                            out_cost, out_tmpl, out_at)
         for i in range(count):
             self._pending.append(_Raw(int(out_kw[i]), int(out_on[i]), int(out_off[i]),
-                                      float(out_cost[i]), int(out_tmpl[i])))
+                                      float(out_cost[i]), int(out_tmpl[i]), int(out_at[i]) + 1))
         if self.record_trace:
             self._trace.append(cand)
 
@@ -460,6 +525,8 @@ class KeywordSpotter:
         return h
 
     def _finalise(self, final: bool) -> list[Detection]:
+        if self.decision == "confirmed":
+            return self._finalise_confirmed()
         if not self._pending:
             return []
         horizon = np.inf if final else self._horizon()
@@ -479,18 +546,35 @@ class KeywordSpotter:
         keep: list[_Raw] = []
         for g in groups:
             if max(r.offset for r in g) <= horizon:
-                out.extend(self._resolve(g))
+                order = sorted(g, key=lambda r: (r.cost, r.onset, r.offset, r.keyword, r.template))
+                out.extend(self._resolve(order, [], self._dtw.frames_seen))
             else:
                 keep.extend(g)
         self._pending = keep
         out.sort(key=lambda d: (d.onset_frame, d.offset_frame, self.keywords.index(d.keyword)))
         return out
 
-    def _resolve(self, group: Sequence[_Raw]) -> list[Detection]:
-        """Steps 3 and 4 of the module docstring for one group of overlapping detections."""
-        kept: list[tuple[int, int]] = []
+    def _finalise_confirmed(self) -> list[Detection]:
+        """Decide the raw detections confirmed so far, in the order they were confirmed."""
+        order = sorted(self._pending, key=lambda r: (r.at, r.cost, r.onset, r.offset,
+                                                     r.keyword, r.template))
+        self._pending = []
         out = []
-        for r in sorted(group, key=lambda r: (r.cost, r.onset, r.offset, r.keyword, r.template)):
+        for r in order:
+            out.extend(self._resolve([r], self._kept, r.at))
+        # a raw detection still to come starts at or after this frame: older intervals
+        # can no longer shorten anything
+        horizon = self._dtw.frames_seen - (self.max_span_frames - 1)
+        self._kept = [(a, b) for a, b in self._kept if b > horizon]
+        out.sort(key=lambda d: (d.onset_frame, d.offset_frame, self.keywords.index(d.keyword)))
+        return out
+
+    def _resolve(self, order: Sequence[_Raw], kept: list[tuple[int, int]],
+                 decided: int) -> list[Detection]:
+        """Steps 3 and 4 of the module docstring: ``order`` in the order of precedence,
+        against the intervals already ``kept`` (extended in place)."""
+        out = []
+        for r in order:
             pieces = [(r.onset, r.offset)]
             for a, b in kept:
                 pieces = _subtract(pieces, a, b)
@@ -504,7 +588,8 @@ class KeywordSpotter:
             out.append(Detection(keyword=kw, onset_s=on * self.frame_seconds,
                                  offset_s=off * self.frame_seconds, cost=r.cost,
                                  threshold=self.thresholds[kw], onset_frame=on,
-                                 offset_frame=off, template_index=r.template))
+                                 offset_frame=off, template_index=r.template,
+                                 decided_frame=decided))
         return out
 
 
@@ -561,7 +646,8 @@ class KeywordListener:
                              f"but kws.model is {self.embedder.model_id}; enroll them again")
         self.enrolled = enrolled
         self.stream = self.embedder.stream()
-        self.spotter = KeywordSpotter.from_enrolled(enrolled, self.embedder.frame_seconds)
+        self.spotter = KeywordSpotter.from_enrolled(enrolled, self.embedder.frame_seconds,
+                                                    decision="confirmed")
 
     @property
     def active(self) -> bool:
@@ -573,7 +659,8 @@ class KeywordListener:
         if self.active:
             self.stream = self.embedder.stream()
             self.spotter = KeywordSpotter.from_enrolled(self.enrolled,
-                                                        self.embedder.frame_seconds)
+                                                        self.embedder.frame_seconds,
+                                                        decision="confirmed")
 
     def push(self, block: np.ndarray) -> list[Detection]:
         """Feed audio, shape (n_samples,) float32 at the model's rate; returns the detections
@@ -625,7 +712,8 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def detect_keywords(frames: np.ndarray, templates: Iterable[Template],
-                    thresholds: Mapping[str, float], frame_seconds: float) -> list[Detection]:
+                    thresholds: Mapping[str, float], frame_seconds: float,
+                    **options) -> list[Detection]:
     """Detect keywords in a whole stream: :meth:`KeywordSpotter.push` then ``flush``.
 
     Parameters
@@ -635,6 +723,8 @@ def detect_keywords(frames: np.ndarray, templates: Iterable[Template],
     templates : iterable of Template
     thresholds : mapping str -> float
     frame_seconds : float
+    **options
+        ``decision`` (default ``"exact"``) and ``confirm_frames``, as :class:`KeywordSpotter`.
 
     Returns
     -------
@@ -646,5 +736,5 @@ def detect_keywords(frames: np.ndarray, templates: Iterable[Template],
     ValueError
         As :class:`KeywordSpotter` and :meth:`KeywordSpotter.push`.
     """
-    spotter = KeywordSpotter(templates, thresholds, frame_seconds)
+    spotter = KeywordSpotter(templates, thresholds, frame_seconds, **options)
     return spotter.push(frames) + spotter.flush()

@@ -149,6 +149,62 @@ def hot(indices):
     return np.eye(D_HOT, dtype=np.float32)[list(indices)]
 
 
+
+# --------------------------------------------------------------------------------------
+# decision="confirmed" (the node): decided confirm_frames after a run's minimum
+# --------------------------------------------------------------------------------------
+
+CONFIRMED = {"decision": "confirmed", "confirm_frames": 8}
+
+
+def test_confirmed_is_chunking_invariant(scene):
+    stream, templates, _ = scene
+    for thresholds in (THRESHOLDS, {"stop": 0.8, "go": 0.85}):
+        whole = detect_keywords(stream, templates, thresholds, FS, **CONFIRMED)
+        assert whole
+        for seed in range(4):
+            rng = np.random.default_rng(seed)
+            sp = KeywordSpotter(templates, thresholds, FS, **CONFIRMED)
+            assert push_chunked(sp, stream, rng, max_chunk=[1, 3, 9, 40][seed]) == whole
+
+
+def test_confirmed_equals_exact_without_overlaps_and_decides_within_the_bound(scene):
+    """Separate keywords: the same detections as the exact definition, each decided at most
+    confirm_frames after its path's end (exact: up to ~2 M_max frames later)."""
+    stream, templates, truth = scene
+    exact = detect_keywords(stream, templates, THRESHOLDS, FS)
+    sp = KeywordSpotter(templates, THRESHOLDS, FS, **CONFIRMED)
+    emitted = []
+    for j in range(0, len(stream), 4):
+        emitted += [(d, sp.frames_seen) for d in sp.push(stream[j:j + 4])]
+    assert sp.flush() == []
+    assert [d for d, _ in emitted] == exact and len(exact) == len(truth)
+    for d, seen in emitted:
+        assert d.offset_frame < d.decided_frame <= d.offset_frame + 8
+        assert d.decided_frame <= seen <= d.decided_frame + 3  # blocks of 4 frames
+    m_max = max(t.n_frames for t in templates)
+    exact_lag = []
+    sp = KeywordSpotter(templates, THRESHOLDS, FS)
+    for j in range(0, len(stream), 4):
+        exact_lag += [sp.frames_seen - d.offset_frame for d in sp.push(stream[j:j + 4])]
+    assert max(exact_lag) > 8 and max(exact_lag) <= 2 * m_max + 12
+
+
+def test_confirmed_first_decided_keeps_its_interval():
+    """The documented difference: where raw detections overlap, the one decided first
+    keeps its interval (exact: the one with the lower cost)."""
+    stream = hand_stream(60, [(10, range(0, 20))])
+    a = Template("a", noisy(hot(range(0, 10)), 0.3))   # noisy, path ends first
+    b = Template("b", hot(range(5, 20)))                # exact, path ends later
+    exact = detect_keywords(stream, [a, b], {"a": 0.3, "b": 0.3}, FS)
+    confirmed = detect_keywords(stream, [a, b], {"a": 0.3, "b": 0.3}, FS, **CONFIRMED)
+    assert [(d.keyword, d.onset_frame, d.offset_frame) for d in exact] == \
+        [("a", 10, 15), ("b", 15, 30)]
+    assert [(d.keyword, d.onset_frame, d.offset_frame) for d in confirmed] == \
+        [("a", 10, 20), ("b", 20, 30)]
+    assert confirmed[0].decided_frame < confirmed[1].decided_frame
+
+
 def hand_stream(n, pieces, seed=0):
     """Background frames orthogonal to every template, with one-hot pieces inserted."""
     rng = np.random.default_rng(seed)

