@@ -145,10 +145,11 @@ def measure_kws_embedder(kws_model: Path, stream: Path, truth: Path,
                 return listener
 
             def run_listener(lst):
-                dets = []
+                dets, pushed = [], 0
                 for b in blocks:
-                    dets += lst.push(b)
-                return dets + lst.flush()
+                    pushed += len(b)
+                    dets += [(d, pushed / sr) for d in lst.push(b)]
+                return dets + [(d, len(y) / sr) for d in lst.flush()]
 
             # name -> (make: builds the object, untimed; run: feeds the whole stream)
             tasks = {("hop", h): (emb.stream, run_embed) for h, emb in embedders.items()}
@@ -199,11 +200,19 @@ def measure_kws_embedder(kws_model: Path, stream: Path, truth: Path,
             res["frontend"] = summary("frontend")
             node = summary("node")
             found = [{"keyword": d.keyword, "onset_s": round(float(d.onset_s), 3),
-                      "offset_s": round(float(d.offset_s), 3), "cost": round(float(d.cost), 4)}
-                     for d in last["node"]]
+                      "offset_s": round(float(d.offset_s), 3), "cost": round(float(d.cost), 4),
+                      "decided_s": round(t, 3)} for d, t in last["node"]]
+            # decision latency: audio pushed when the listener returned the detection, minus
+            # the end of the true keyword it overlaps (the node reads 0.1 s blocks)
+            latency = [f["decided_s"] - t["offset_s"] for f in found for t in truth_events
+                       if f["keyword"] == t["keyword"] and f["onset_s"] < t["offset_s"]
+                       and f["offset_s"] > t["onset_s"]]
             node.update(segment_hop=hop, keywords=sorted(shots), detections=found,
                         match=keyword_match_counts(found, truth_events),
-                        match_collar_s=KWS_MATCH_COLLAR_S)
+                        match_collar_s=KWS_MATCH_COLLAR_S,
+                        decision_latency_s=[round(v, 3) for v in latency],
+                        decision_latency_median_s=round(float(np.median(latency)), 3)
+                        if latency else None)
             res["node_path"] = node
         finally:
             if pinned:

@@ -11,19 +11,22 @@ long; nothing is stored unless every shot passes. Each accepted shot is embedded
 KWS model (one embedding per 16 ms frame) and kept as its own template (thesis 6.3.6: DBA
 averaging was worse).
 
-Decision thresholds (thesis 6.3.6 tunes one on validation data; a node has none): for each
-keyword, the enrolled templates are run over *negative* audio (background and speech
-without the keyword: the shipped set in ``calibration/negatives/``, its words once more
-mixed with its noise at 10 dB SNR, recordings passed with ``--negatives``, and the other
-keywords' shots). Every local minimum of the keyword's
-matching-cost trace, at least one template length apart, is a potential false alarm. A
-gamma distribution fitted to these costs (SciPy) gives the threshold whose expected number
-of false alarms per hour is the configured rate:
-``P(cost < threshold) = rate / (negative events per hour)``. Measured on the evaluation
-streams (``python -m trainer evaluate-kws``, unseen keywords and speakers at 10 dB SNR) the
-node then sees 15-120 false alarms per hour rather than 1, at 15-25 % recall: negatives
-recorded on site (``--negatives``) are worth more than the shipped ones; an exponential
-lower-tail fit instead met 0 per hour at 2 % recall. With fewer than
+Decision thresholds (thesis 6.3.6 tunes one global threshold on validation data). A KWS
+bundle calibrated with ``python -m trainer calibrate-kws-thresholds`` carries, per
+false-alarm rate, the threshold that gave that rate on hours of negative audio for the median
+of its calibration keywords; enrollment takes the one for ``kws.false_alarms_per_hour``
+(:func:`calibrated_threshold`, source ``"calibrated"``). Measured on the evaluation's two
+hours of negatives (``python -m trainer evaluate-kws``), the threshold for a rate is nearly the
+same for every keyword, and statistics of minutes of negatives do not predict the rest
+(``trainer/kws_thresholds.py``). A bundle without that table falls back to the earlier
+per-keyword estimate: the enrolled templates run over *negative* audio (the shipped set in
+``calibration/negatives/``, its words once more mixed with its noise at 10 dB SNR, recordings
+passed with ``--negatives``, and the other keywords' shots); every local minimum of the
+keyword's matching-cost trace, at least one template length apart, is a potential false
+alarm, and a gamma distribution fitted to these costs (SciPy) gives the threshold whose
+expected number of false alarms per hour is the configured rate,
+``P(cost < threshold) = rate / (negative events per hour)`` (source ``"fa-rate"``; on the
+evaluation it gave 0 to 18 false alarms per hour for a target of 1). With fewer than
 :data:`MIN_NEGATIVE_EVENTS` events, or when the fit fails, the keyword gets the global
 fallback threshold (config ``kws.fallback_threshold``, else the model bundle's
 ``decision_threshold``).
@@ -46,8 +49,8 @@ from firmware_config.errors import HarkError
 log = logging.getLogger(__name__)
 
 __all__ = ["ShotError", "prepare_shot",
-           "negative_event_costs", "trace_event_costs", "negative_cost_scale",
-           "calibrated_threshold", "fa_rate_threshold", "enroll_keyword",
+           "negative_event_costs", "trace_event_costs", "calibrated_threshold", "fa_rate_threshold",
+           "enroll_keyword",
            "shipped_negatives", "keyword_threshold", "MIN_NEGATIVE_EVENTS", "DEFAULT_FALLBACK_THRESHOLD"]
 
 MIN_NEGATIVE_EVENTS = 30
@@ -238,60 +241,34 @@ def trace_event_costs(frames: np.ndarray, templates: list, frame_seconds: float)
     return np.asarray(costs)
 
 
-def negative_cost_scale(costs: np.ndarray) -> tuple[float, float]:
-    """Centre and lower-tail spread of negative event costs: the normalisation of
-    :func:`calibrated_threshold` (``trainer/kws_thresholds.py``).
-
-    Returns
-    -------
-    centre : float
-        Median cost.
-    spread : float
-        Median minus the 5th percentile (> 0; 1e-6 at least).
-
-    Raises
-    ------
-    ValueError
-        Fewer than :data:`MIN_NEGATIVE_EVENTS` finite costs.
-    """
-    c = np.asarray(costs, np.float64)
-    c = c[np.isfinite(c)]
-    if len(c) < MIN_NEGATIVE_EVENTS:
-        raise ValueError(f"need at least {MIN_NEGATIVE_EVENTS} negative events, got {len(c)}")
-    centre = float(np.median(c))
-    return centre, max(centre - float(np.quantile(c, 0.05)), 1e-6)
-
-
-def calibrated_threshold(costs: np.ndarray, calibration: dict,
-                         false_alarms_per_hour: float) -> float | None:
-    """Threshold from the model's calibration table: ``centre + z(rate) * spread``.
+def calibrated_threshold(calibration: dict, false_alarms_per_hour: float) -> float | None:
+    """The model's calibrated threshold for a false-alarm rate (thesis 6.3.6: one global
+    threshold tuned on validation data; here on hours of negative audio, per rate).
 
     Parameters
     ----------
-    costs : np.ndarray
-        Negative event costs of the keyword (:func:`negative_event_costs`).
     calibration : dict
-        The KWS bundle's ``threshold_calibration``: ``rates`` and ``z`` (rate -> z), made by
-        ``python -m trainer calibrate-kws-thresholds`` on hours of negatives.
+        The KWS bundle's ``threshold_calibration``: ``rates`` and ``threshold`` (rate -> the
+        median over the calibration keywords of the threshold that gave that many false
+        alarms per hour), written by ``python -m trainer calibrate-kws-thresholds``.
     false_alarms_per_hour : float
-        The target; ``z`` is interpolated linearly in ``log(rate)`` and held constant
-        beyond the table's ends.
+        The target; interpolated linearly in ``log(rate)``, held constant beyond the ends.
 
     Returns
     -------
     float or None
-        None with too few events, a malformed table or a non-positive result.
+        None for a malformed table.
     """
     try:
-        centre, spread = negative_cost_scale(costs)
         rates = np.asarray([float(r) for r in calibration["rates"]])
-        z = np.asarray([float(calibration["z"][str(r)]) for r in calibration["rates"]])
-    except (ValueError, KeyError, TypeError):
+        thr = np.asarray([float(calibration["threshold"][str(r)]) for r in calibration["rates"]])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not len(rates) or np.any(rates <= 0) or not np.all(np.isfinite(thr)):
         return None
     order = np.argsort(rates)
-    zr = float(np.interp(np.log(false_alarms_per_hour), np.log(rates[order]), z[order]))
-    thr = centre + zr * spread
-    return thr if np.isfinite(thr) and thr > 0 else None
+    t = float(np.interp(np.log(false_alarms_per_hour), np.log(rates[order]), thr[order]))
+    return t if t > 0 else None
 
 
 def fa_rate_threshold(costs: np.ndarray, hours: float, false_alarms_per_hour: float) -> float | None:
@@ -347,7 +324,8 @@ def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(
     -------
     threshold : float
     source : {"calibrated", "fa-rate", "fallback"}
-        ``calibrated``: the model's calibration table (:func:`calibrated_threshold`);
+        ``calibrated``: the model's calibrated threshold for the rate
+        (:func:`calibrated_threshold`);
         ``fa-rate``: a gamma fit (:func:`fa_rate_threshold`), for models without a table;
         ``fallback``: too few negative events.
     n_events : int
@@ -360,7 +338,7 @@ def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(
     costs, hours = negative_event_costs(embedder, templates, negs)
     table = embedder.metadata.get("threshold_calibration")
     if table:
-        thr = calibrated_threshold(costs, table, false_alarms_per_hour)
+        thr = calibrated_threshold(table, false_alarms_per_hour)
         if thr is not None:
             return float(thr), "calibrated", int(len(costs)), hours
     thr = fa_rate_threshold(costs, hours, false_alarms_per_hour)

@@ -110,7 +110,7 @@ def cmd_calibrate_kws_thresholds(args) -> int:
     if not args.dry_run:
         path = kws_thresholds.write_calibration(args.model, table)
         print(f"wrote threshold_calibration to {path}", file=sys.stderr)
-    print(json.dumps({k: table[k] for k in ("z", "z_spread", "negative_hours")} |
+    print(json.dumps({k: table[k] for k in ("threshold", "threshold_iqr", "negative_hours")} |
                      {"keywords": len(table["keywords"])}, indent=2))
     return 0
 

@@ -1,0 +1,63 @@
+"""Keyword thresholds from the model's calibration table (calibration.enroll, trainer.kws_thresholds)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from calibration.enroll import calibrated_threshold, enroll_keyword
+from edge.audio import load_audio
+from edge.model import load_bundle
+
+TABLE = {"rates": [0.1, 1.0, 10.0], "threshold": {"0.1": 0.2, "1.0": 0.3, "10.0": 0.4}}
+
+
+def test_calibrated_threshold_interpolates_in_log_rate():
+    assert calibrated_threshold(TABLE, 1.0) == pytest.approx(0.3)
+    assert calibrated_threshold(TABLE, np.sqrt(10.0)) == pytest.approx(0.35)
+    assert calibrated_threshold(TABLE, 0.01) == pytest.approx(0.2)     # held at the ends
+    assert calibrated_threshold(TABLE, 100.0) == pytest.approx(0.4)
+    assert calibrated_threshold({"rates": [1.0]}, 1.0) is None           # malformed
+    assert calibrated_threshold({"rates": [1.0], "threshold": {"1.0": "x"}}, 1.0) is None
+    assert calibrated_threshold({"rates": [0.0], "threshold": {"0.0": 0.3}}, 1.0) is None
+
+
+def test_enrollment_takes_the_models_table(tmp_path, kws_model, data_dir):
+    """A bundle with a table: every keyword gets its rate's threshold, source "calibrated";
+    without one, the per-keyword gamma estimate."""
+    for suffix in (".tflite", ".json"):
+        shutil.copy(kws_model.with_suffix(suffix), tmp_path / f"m{suffix}")
+    meta = json.loads((tmp_path / "m.json").read_text())
+    meta.pop("threshold_calibration", None)
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    shots = [load_audio(p) for p in sorted((data_dir / "kws" / "wakeword" / "alexa")
+                                           .glob("*.flac"))[:3]]
+    plain = enroll_keyword(load_bundle(tmp_path / "m.tflite", "kws"), "alexa", shots,
+                           shot_source="file")
+    assert plain.details["alexa"]["threshold_source"] in ("fa-rate", "fallback")
+    meta["threshold_calibration"] = TABLE
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    bundle = load_bundle(tmp_path / "m.tflite", "kws")
+    cal = enroll_keyword(bundle, "alexa", shots, shot_source="file", false_alarms_per_hour=10.0)
+    assert cal.details["alexa"]["threshold_source"] == "calibrated"
+    assert cal.thresholds["alexa"] == pytest.approx(0.4)
+
+
+@pytest.mark.slow
+def test_calibrate_kws_thresholds_tiny(tmp_path, kws_model, data_dir, capsys):
+    from trainer.__main__ import main
+
+    for suffix in (".tflite", ".json"):
+        shutil.copy(kws_model.with_suffix(suffix), tmp_path / f"m{suffix}")
+    rc = main(["calibrate-kws-thresholds", "--model", str(tmp_path / "m.tflite"),
+               "--data", str(data_dir), "--hours", "0.05", "--synthetic-keywords", "1",
+               "--quiet"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["keywords"] == 3  # stop, left and one synthetic phrase
+    table = json.loads((tmp_path / "m.json").read_text())["threshold_calibration"]
+    thr = [table["threshold"][str(r)] for r in table["rates"]]
+    assert all(0 < t < 2 for t in thr) and thr == sorted(thr)  # more FA/h, looser threshold
+    assert table["negative_hours"] >= 0.05
