@@ -3,12 +3,13 @@ machine description.
 
 * :data:`ROOT`, :data:`DEFAULT_MODEL`, :data:`DEFAULT_KWS_MODEL`, :data:`CLIPS_DIR`,
   :data:`KWS_CLIPS_DIR`, :data:`MB`: where the shipped models and demo clips are, and the
-  size unit of the report (MB = 10**6 bytes, stricter than MiB for the 250 MB target).
+  size unit of the report (MB = 10**6 bytes, stricter than MiB for the 200 MB target).
 * :class:`BenchError`: a prerequisite is missing (model, clips); ``python -m bench`` exits 2.
 * :func:`check_model`, :func:`demo_clips`: the inputs, checked before anything is measured.
 * :func:`pin_to_one_cpu`: one-core measurements (restore the previous affinity after).
 * :func:`log`: progress on stderr.
-* :func:`machine_info`: CPU model, versions, date and commit, for the report.
+* :func:`machine_info`: CPU model, versions (every package the node imports, checked against
+  ``requirements/constraints.txt``), date and commit, for the report.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ROOT", "DEFAULT_MODEL", "DEFAULT_KWS_MODEL", "CLIPS_DIR", "KWS_CLIPS_DIR", "MB",
-           "BenchError", "pin_to_one_cpu", "log", "check_model", "demo_clips", "machine_info"]
+           "CONSTRAINTS", "NODE_PACKAGES", "BenchError", "pin_to_one_cpu", "log", "check_model",
+           "demo_clips", "node_package_versions", "machine_info"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "asd_default.tflite"
@@ -33,6 +35,11 @@ DEFAULT_KWS_MODEL = ROOT / "models" / "kws_default.tflite"
 CLIPS_DIR = ROOT / "demo" / "clips"
 KWS_CLIPS_DIR = CLIPS_DIR / "kws"
 MB = 1e6
+CONSTRAINTS = ROOT / "requirements" / "constraints.txt"
+# The distributions `python -m edge run` imports (tests/test_node_imports.py checks the node
+# imports no others of weight); their versions set the node's memory and speed.
+NODE_PACKAGES = ("numpy", "numba", "llvmlite", "ai-edge-litert", "pydantic", "pydantic-core",
+                 "PyYAML", "paho-mqtt", "soundfile", "sounddevice", "cffi")
 
 
 class BenchError(RuntimeError):
@@ -139,6 +146,47 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _pinned_versions(path: Path = CONSTRAINTS) -> dict[str, str]:
+    """Lower-case name -> version of the ``name==version`` lines of a constraints file whose
+    environment marker (if any) holds here; empty if the file is missing."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return pins
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate():
+                pins[canonicalize_name(req.name)] = next(iter(req.specifier)).version
+    return pins
+
+
+def node_package_versions() -> dict[str, Any]:
+    """Installed versions of :data:`NODE_PACKAGES` and how they compare with the pins.
+
+    Returns
+    -------
+    dict
+        ``versions`` (distribution -> version, ``"not installed"``), ``constraints`` (the
+        file, relative to the project) and ``unpinned`` (distribution -> ``{"installed",
+        "pinned"}`` for each one whose installed version is not the pinned one; empty when
+        the environment is the pinned one).
+    """
+    from packaging.utils import canonicalize_name
+
+    pins = _pinned_versions()
+    versions = {name: _version(name) for name in NODE_PACKAGES}
+    unpinned = {name: {"installed": v, "pinned": pins.get(canonicalize_name(name))}
+                for name, v in versions.items() if pins.get(canonicalize_name(name)) != v}
+    return {"versions": versions, "constraints": str(CONSTRAINTS.relative_to(ROOT)),
+            "unpinned": unpinned}
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, Python / ai-edge-litert / NumPy versions, date and git commit.
 
@@ -146,8 +194,8 @@ def machine_info() -> dict[str, Any]:
     -------
     dict
         ``cpu_model``, ``cpus``, ``machine``, ``kernel``, ``python``, ``ai_edge_litert``,
-        ``numpy``, ``numba``, ``date`` (UTC, ISO 8601) and ``git_commit`` (None outside a
-        git checkout).
+        ``numpy``, ``numba``, ``packages`` (:func:`node_package_versions`), ``date`` (UTC,
+        ISO 8601) and ``git_commit`` (None outside a git checkout).
     """
     cpu = platform.processor() or platform.machine()
     try:
@@ -167,6 +215,6 @@ def machine_info() -> dict[str, Any]:
     return {"cpu_model": cpu, "cpus": os.cpu_count(), "machine": platform.machine(),
             "kernel": platform.release(), "python": platform.python_version(),
             "ai_edge_litert": _version("ai-edge-litert"), "numpy": np.__version__,
-            "numba": _version("numba"),
+            "numba": _version("numba"), "packages": node_package_versions(),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "git_commit": commit}

@@ -4,7 +4,9 @@ both active.
 :func:`measure_node_memory` starts a private mosquitto broker, calibrates the node on the demo
 calibration clips (``python -m calibration record``), enrolls the demo keywords
 (:func:`bench.kws_demo.enroll_demo_keywords`), runs ``python -m edge run`` on a real-time replay
-and samples the node's memory:
+twice (a first start, which compiles the Numba kernels into an empty cache, then a restart,
+which loads them from it, as a node in the field runs after its first start) and samples the
+node's memory:
 
 * :func:`read_status_kb`: ``VmRSS`` and ``VmHWM`` from ``/proc/<pid>/status``;
 * :func:`tensorflow_mappings`: whether the node mapped TensorFlow (it must not) and which TFLite
@@ -27,7 +29,10 @@ from bench.kws_demo import enroll_demo_keywords
 from demo.broker import MosquittoBroker
 from firmware_config.defaults import default_config_doc, write_config_doc
 
-__all__ = ["read_status_kb", "tensorflow_mappings", "measure_node_memory"]
+__all__ = ["FIRST_START_SECONDS", "read_status_kb", "tensorflow_mappings", "measure_node_memory"]
+
+#: How long the first start (which compiles the Numba kernels into the cache) is sampled.
+FIRST_START_SECONDS = 15.0
 
 
 def read_status_kb(pid: int) -> dict[str, int]:
@@ -159,7 +164,9 @@ def measure_node_memory(model: Path, calibration_clips: Sequence[Path],
         says the keyword listener runs), ``keyword_events`` (keyword, onset, offset in
         stream seconds, from the log), ``enrollment``, ``tensorflow_loaded`` with
         ``tensorflow_files``, ``tflite_runtime_files``, ``calibration_seconds``,
-        ``exit`` (how the node was stopped and its exit status).
+        ``exit`` (how the node was stopped and its exit status), all of the restart; and
+        ``first_start``: ``peak_rss_mb``, ``vmhwm_mb``, ``sampled_seconds`` (at most
+        :data:`FIRST_START_SECONDS`) and ``kernels_cached`` (cache index files it wrote).
 
     Raises
     ------
@@ -188,41 +195,23 @@ def measure_node_memory(model: Path, calibration_clips: Sequence[Path],
             raise RuntimeError(f"calibration record failed (exit {r.returncode}):\n"
                                f"{(r.stdout + r.stderr)[-1500:]}")
 
-        log_path = tmp / "node.log"
+        # One Numba cache folder for both starts: the first start compiles the kernels into
+        # it, the restart loads them, as a node in the field does after its first start.
+        env["NUMBA_CACHE_DIR"] = str(tmp / "numba-cache")
+        first_seconds = min(seconds, FIRST_START_SECONDS)
+        log(f"first start for {first_seconds:g} s: the node compiles its Numba kernels")
+        first = _run_node(cfg, env, tmp / "node-first.log", first_seconds, interval)
+        compiled = len(list((tmp / "numba-cache").rglob("*.nbi")))
         log(f"running the node for {seconds:g} s (real-time replay of "
-            f"{len(replay_clips)} clip(s)) against {broker.url}")
-        samples: list[dict[str, float]] = []
-        tf_files: set[str] = set()
-        rt_files: set[str] = set()
-        hwm_kb = 0
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)],
-                                    cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=log_file, stderr=subprocess.STDOUT)
-            try:
-                start = time.monotonic()
-                while time.monotonic() - start < seconds and proc.poll() is None:
-                    st = read_status_kb(proc.pid)
-                    tf, rt = tensorflow_mappings(proc.pid)
-                    if st.get("VmRSS") and proc.poll() is None:
-                        tf_files |= tf
-                        rt_files |= rt
-                        hwm_kb = max(hwm_kb, st.get("VmHWM", 0))
-                        samples.append({"t_s": round(time.monotonic() - start, 2),
-                                        "rss_mb": round(st.get("VmRSS", 0) * 1024 / MB, 2)})
-                    time.sleep(interval)
-                exited_early = proc.poll() is not None
-            finally:
-                rc, how = _stop(proc)
-        log_text = log_path.read_text(errors="replace")
-        if exited_early and rc != 0:
-            raise RuntimeError(f"the node exited early with status {rc}:\n{log_text[-1500:]}")
-        if not samples:
-            raise RuntimeError(f"no memory sample taken from the node:\n{log_text[-1500:]}")
+            f"{len(replay_clips)} clip(s)) against {broker.url}, kernels from the cache")
+        run = _run_node(cfg, env, tmp / "node.log", seconds, interval)
+        samples, log_text, rc, how = run["samples"], run["log"], run["status"], run["stopped_by"]
         windows = len(re.findall(r"\bwindow \d+ score ", log_text))
         kws_active = bool(re.search(r": keyword model \S+, keywords ", log_text))
         events = [{"keyword": k, "onset_s": float(a), "offset_s": float(b)} for k, a, b in
                   re.findall(r"\bkeyword '([^']*)' ([\d.]+)-([\d.]+) s cost ", log_text)]
+        tf_files, rt_files, hwm_kb = run["tf_files"], run["rt_files"], run["hwm_kb"]
+        exited_early = run["exited_early"]
     peak = max(s["rss_mb"] for s in samples)
     return {
         "peak_rss_mb": peak, "vmhwm_mb": round(hwm_kb * 1024 / MB, 2),
@@ -234,4 +223,45 @@ def measure_node_memory(model: Path, calibration_clips: Sequence[Path],
         "tensorflow_loaded": bool(tf_files), "tensorflow_files": sorted(tf_files),
         "tflite_runtime_files": sorted(rt_files),
         "exit": {"status": rc, "stopped_by": how, "exited_early": exited_early},
+        "first_start": {"peak_rss_mb": max(x["rss_mb"] for x in first["samples"]),
+                        "vmhwm_mb": round(first["hwm_kb"] * 1024 / MB, 2),
+                        "sampled_seconds": first_seconds, "kernels_cached": compiled},
     }
+
+
+def _run_node(cfg: Path, env: dict[str, str], log_path: Path, seconds: float,
+              interval: float) -> dict[str, Any]:
+    """``python -m edge run --config CFG`` for ``seconds``, its memory sampled every
+    ``interval`` s, then stopped (:func:`_stop`); raises RuntimeError if it exits early with
+    an error or no sample was taken."""
+    samples: list[dict[str, float]] = []
+    tf_files: set[str] = set()
+    rt_files: set[str] = set()
+    hwm_kb = 0
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)],
+                                cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            start = time.monotonic()
+            while time.monotonic() - start < seconds and proc.poll() is None:
+                st = read_status_kb(proc.pid)
+                tf, rt = tensorflow_mappings(proc.pid)
+                if st.get("VmRSS") and proc.poll() is None:
+                    tf_files |= tf
+                    rt_files |= rt
+                    hwm_kb = max(hwm_kb, st.get("VmHWM", 0))
+                    samples.append({"t_s": round(time.monotonic() - start, 2),
+                                    "rss_mb": round(st.get("VmRSS", 0) * 1024 / MB, 2)})
+                time.sleep(interval)
+            exited_early = proc.poll() is not None
+        finally:
+            rc, how = _stop(proc)
+    log_text = log_path.read_text(errors="replace")
+    if exited_early and rc != 0:
+        raise RuntimeError(f"the node exited early with status {rc}:\n{log_text[-1500:]}")
+    if not samples:
+        raise RuntimeError(f"no memory sample taken from the node:\n{log_text[-1500:]}")
+    return {"samples": samples, "log": log_text, "status": rc, "stopped_by": how,
+            "exited_early": exited_early, "tf_files": tf_files, "rt_files": rt_files,
+            "hwm_kb": hwm_kb}

@@ -45,8 +45,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import numba
 import numpy as np
+
+from edge.jit import numba
 
 __all__ = ["SubsequenceDtwResult", "cosine_cost_matrix", "cosine_cost_columns",
            "subsequence_dtw", "StreamingSubsequenceDTW", "STEP_SIZES"]

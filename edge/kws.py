@@ -63,10 +63,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-import numba
 import numpy as np
 
 from edge.dtw import StreamingSubsequenceDTW, cosine_cost_columns
+from edge.jit import numba
 from edge.keywords import EnrolledKeywords
 from edge.model import ModelError, load_bundle
 
@@ -223,6 +223,7 @@ def _track_runs(mc, st, tmpl_kw, thr, j0, confirm, in_run, best_cost, best_start
         for w in range(W):
             v = cc[w]
             cand[t, w] = v
+            emit = False
             if v < thr[w]:
                 if not in_run[w] or v < best_cost[w]:
                     in_run[w] = True
@@ -231,26 +232,19 @@ def _track_runs(mc, st, tmpl_kw, thr, j0, confirm, in_run, best_cost, best_start
                     best_end[w] = j
                     best_tmpl[w] = ct[w]
                     decided[w] = False
-                if confirm >= 0 and not decided[w] and j - best_end[w] >= confirm:
-                    decided[w] = True
-                    out_kw[count] = w
-                    out_on[count] = best_start[w]
-                    out_off[count] = best_end[w] + 1
-                    out_cost[count] = best_cost[w]
-                    out_tmpl[count] = best_tmpl[w]
-                    out_at[count] = j
-                    count += 1
+                emit = confirm >= 0 and not decided[w] and j - best_end[w] >= confirm
             elif in_run[w]:
                 in_run[w] = False
-                if not decided[w]:
-                    out_kw[count] = w
-                    out_on[count] = best_start[w]
-                    out_off[count] = best_end[w] + 1
-                    out_cost[count] = best_cost[w]
-                    out_tmpl[count] = best_tmpl[w]
-                    out_at[count] = j
-                    count += 1
-                decided[w] = False
+                emit = not decided[w]  # closed before its minimum was confirmed
+            if emit:
+                out_kw[count] = w
+                out_on[count] = best_start[w]
+                out_off[count] = best_end[w] + 1
+                out_cost[count] = best_cost[w]
+                out_tmpl[count] = best_tmpl[w]
+                out_at[count] = j
+                count += 1
+            decided[w] = in_run[w] and (decided[w] or emit)
     return count
 
 

@@ -1,0 +1,45 @@
+"""Numba for the node's compiled kernels, imported without SciPy.
+
+Where SciPy is installed (it is, for calibration), Numba imports it twice over: ``import numba``
+for a version check, and the first compilation or cache load (``numba.np.arraymath``)
+``scipy.linalg.cython_blas``, so that ``np.dot`` and ``np.linalg`` work inside kernels. None of
+our kernels uses them, and in a running node SciPy's linear algebra and its OpenBLAS cost about
+17 MB of resident memory. This module imports Numba and ``numba.np.arraymath`` with SciPy
+hidden from them, unless the process has imported SciPy already (a workstation, a test session
+that imported librosa): then it changes nothing.
+
+Consequence: in a process that imported this module before SciPy, a kernel that uses
+``np.dot`` or ``np.linalg`` fails to compile ("scipy 0.16+ is required for linear algebra");
+SciPy itself remains importable as usual. ``tests/test_node_imports.py`` checks that a node
+runs both detectors without importing SciPy, scikit-learn or matplotlib.
+
+* :data:`numba`: the module; kernels use ``from edge.jit import numba`` and ``@numba.njit``
+  (with ``cache=True``: a node loads compiled kernels from ``__pycache__`` instead of
+  compiling them at every start).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator
+
+__all__ = ["numba"]
+
+
+@contextlib.contextmanager
+def _scipy_hidden() -> Iterator[None]:
+    """Make ``import scipy`` (and so every ``scipy.*``) fail inside the block, unless SciPy is
+    imported already; afterwards SciPy imports as usual."""
+    hide = "scipy" not in sys.modules
+    if hide:
+        sys.modules["scipy"] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        yield
+    finally:
+        if hide and sys.modules.get("scipy", ...) is None:
+            del sys.modules["scipy"]
+
+
+with _scipy_hidden():
+    import numba
+    import numba.np.arraymath  # noqa: F401  # probes for SciPy's BLAS once, on import
