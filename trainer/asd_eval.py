@@ -29,6 +29,10 @@ Protocol
    section (100-200 test clips) qualifies; the excluded units are still reported.
 5. The report (``report.json``, ``report.md``, ROC curves and score histograms per unit)
    goes to ``--out``.
+
+This is ``--protocol seen`` (the default): every machine type is in the training data. The
+product's question, a machine type the embedder never heard, is ``--protocol
+leave-one-machine-out`` (:mod:`trainer.asd_lomo`).
 """
 from __future__ import annotations
 
@@ -62,6 +66,7 @@ from trainer.asd_metrics import (
     official_score_of_sections,
     precision_recall_f1,
 )
+from trainer import asd_lomo
 from trainer.asd_plots import plot_roc_curves
 from trainer.data import AUDIO_SUFFIXES, ClipLabel, parse_dcase_name
 from trainer.kws_data import default_data_dir
@@ -457,41 +462,56 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def add_cli_arguments(p) -> None:
-    """Options of ``python -m trainer evaluate-asd``."""
+    """Options of ``python -m trainer evaluate-asd`` (both protocols)."""
     p.add_argument("data", nargs="?", default=str(Path(default_data_dir()) / "asd"),
                    help="folder of DCASE/MIMII-style recordings (default: %(default)s)")
+    p.add_argument("--protocol", choices=("seen", "leave-one-machine-out"), default="seen",
+                   help="seen: train on every unit's training clips, test on its test clips "
+                        "(DCASE); leave-one-machine-out: for every machine type, train without "
+                        "it, calibrate on a few of its normal clips as the node does, test on "
+                        "the rest (trainer.asd_lomo) (default: %(default)s)")
     p.add_argument("--config", default=str(ROOT / "trainer/configs/asd_default.yaml"),
                    help="training recipe of our system; its sources are replaced by the "
                         "training split of DATA (default: %(default)s)")
-    p.add_argument("--systems", default="ours,ae",
+    p.add_argument("--systems",
                    help="comma-separated: ours (float and int8), ae (DCASE 2023 autoencoder "
-                        "baseline) (default: %(default)s)")
+                        "baseline); leave-one-machine-out also stft (STFT statistics + cosine) "
+                        "(default: ours,ae; leave-one-machine-out: ours,ae,stft)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--ensemble-size", dest="ensemble_size", type=int)
     p.add_argument("--ae-epochs", dest="ae_epochs", type=int, default=100,
                    help="autoencoder epochs (DCASE baseline: 100)")
-    p.add_argument("--backend-clusters", dest="backend_clusters", type=int, default=16,
-                   help="k-means clusters of the source domain per unit (default: 16)")
+    p.add_argument("--backend-clusters", dest="backend_clusters", type=int,
+                   help="k-means clusters of the source domain per unit (default: 16; "
+                        "leave-one-machine-out: the node config's asd.n_clusters)")
     p.add_argument("--train-fraction", dest="train_fraction", type=float, default=0.5,
                    help="share of a unit's normal clips used for training when the data do "
                         "not say (MIMII folders) (default: 0.5)")
-    p.add_argument("--min-test-normal", dest="min_test_normal", type=int, default=5,
+    p.add_argument("--min-test-normal", dest="min_test_normal", type=int,
                    help="units with fewer normal test clips (or no anomalous one) are "
                         "reported but left out of the summary and the official score "
-                        "(default: %(default)s)")
+                        "(default: 5; leave-one-machine-out: 3, also the fewest normal test "
+                        "clips of a domain for its AUC)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "reports" / "asd_eval"),
-                   help="report folder (default: %(default)s)")
+    p.add_argument("--out", help="report folder (default: reports/asd_eval; "
+                                 "leave-one-machine-out: reports/asd_lomo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    asd_lomo.add_cli_arguments(p)
 
 
 def run_cli(args) -> int:
-    """Run the evaluation; returns the exit status."""
+    """Run the evaluation of ``args.protocol``; returns the exit status."""
+    if getattr(args, "protocol", "seen") == "leave-one-machine-out":
+        return asd_lomo.run_cli(args)
     from trainer.export import cosine_similarity_rows
     from trainer.train import load_train_config
 
+    args.systems = args.systems or "ours,ae"
+    args.out = args.out or str(ROOT / "reports" / "asd_eval")
+    args.min_test_normal = 5 if args.min_test_normal is None else args.min_test_normal
+    args.backend_clusters = 16 if args.backend_clusters is None else args.backend_clusters
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - {"ours", "ae"}
     if unknown or not systems:
