@@ -46,12 +46,46 @@ class _Learning:
 
     def __init__(self, embedder, seconds: float, method: str, request_id=None, requested=False):
         self.collector = WindowCollector(embedder)
+        self.embedder = embedder
         self.seconds = seconds
         self.method = method
         self.request_id = request_id
         self.requested = requested  # a command asked for it (reply when done)
         self.first_start: int | None = None
         self.learned_s = 0.0  # seconds of audio learned so far
+
+    def add(self, start: int, window: np.ndarray, sample_rate: int, asd) -> bool:
+        """Collect one normal window (``start`` in samples); True once ``seconds`` are in."""
+        if self.first_start is None:
+            self.first_start = start
+        self.collector.add(0, start, window)
+        self.learned_s = (start - self.first_start) / sample_rate + asd.window_seconds
+        return self.learned_s >= self.seconds
+
+    def fit(self, asd):
+        """The calibration of the windows collected (``asd``: the config's section; the
+        threshold's params apply when the method is the configured one).
+
+        Raises
+        ------
+        ValueError
+            Too few usable windows.
+        """
+        params = dict(asd.threshold.params) if self.method == asd.threshold.method else {}
+        return fit_calibration(self.collector.result(), self.embedder, asd.n_clusters,
+                               self.method, params, asd.window_seconds, asd.hop_seconds)
+
+    def unfinished(self, finished: bool) -> str:
+        """What to say when the stream ended (``finished``: a replay ran out) before it did."""
+        what = "recalibration" if self.requested else "calibration"
+        why = "the replay ended" if finished else "the node stopped"
+        msg = (f"{what} did not finish: {why} after {self.learned_s:g} s of normal operation "
+               f"learned of the {self.seconds:g} s needed; nothing was saved")
+        if not self.requested:
+            msg += (" and no window was scored; replay or run at least "
+                    f"{self.seconds:g} s of normal operation (asd.auto_calibration_seconds), "
+                    "or calibrate with `python -m calibration record`")
+        return msg
 
 
 class Node:
@@ -279,18 +313,10 @@ class Node:
         in (the first calibration, or ``cmd/recalibrate``: scoring goes on meanwhile)."""
         job = self.learning
         a = self.cfg.asd
-        if job.first_start is None:
-            job.first_start = start
-        job.collector.add(0, start, window)
-        learned_s = (start - job.first_start) / self.cfg.audio.sample_rate + a.window_seconds
-        job.learned_s = learned_s
-        if learned_s < job.seconds:
+        if not job.add(start, window, self.cfg.audio.sample_rate, a):
             return
-        w = job.collector.result()
         try:
-            cal = fit_calibration(w, self.embedder, a.n_clusters, job.method,
-                                  dict(a.threshold.params) if job.method == a.threshold.method
-                                  else {}, a.window_seconds, a.hop_seconds)
+            cal = job.fit(a)
             path = self.cfg.resolve(a.calibration)
             cal.save(path)
         except (ValueError, OSError) as exc:
@@ -305,10 +331,11 @@ class Node:
             return
         self.calibration = cal
         self.learning = None
+        n = cal.extra["n_windows"]
         log.info("calibrated on %d windows: %s, decision_threshold %.5f (%s), saved to %s",
-                 len(w), cal.calibration_id, cal.decision_threshold, cal.threshold_method, path)
+                 n, cal.calibration_id, cal.decision_threshold, cal.threshold_method, path)
         if job.requested:
-            self.control.reply("recalibrate", "done", f"calibrated on {len(w)} windows",
+            self.control.reply("recalibrate", "done", f"calibrated on {n} windows",
                                job.request_id, calibration_id=cal.calibration_id,
                                decision_threshold=cal.decision_threshold,
                                threshold_method=cal.threshold_method)
@@ -377,14 +404,7 @@ class Node:
         job = self.learning
         if job is None:
             return
-        what = "recalibration" if job.requested else "calibration"
-        why = "the replay ended" if finished else "the node stopped"
-        msg = (f"{what} did not finish: {why} after {job.learned_s:g} s of normal operation "
-               f"learned of the {job.seconds:g} s needed; nothing was saved")
-        if not job.requested:
-            msg += (" and no window was scored; replay or run at least "
-                    f"{job.seconds:g} s of normal operation (asd.auto_calibration_seconds), "
-                    "or calibrate with `python -m calibration record`")
+        msg = job.unfinished(finished)
         log.warning("%s", msg)
         if job.requested:
             self.control.reply("recalibrate", "failed", msg, job.request_id)
