@@ -11,7 +11,7 @@ CONFIG ?= firmware_config/default.yaml
 help:
 	@echo "make demo           set up, then calibrate and run a node on a virtual microphone and a local broker"
 	@echo "make test           set up, then run the test suite"
-	@echo "make test-arm64     as root: the README's node steps in an emulated arm64 Debian root vs x86_64 (about 30 min)"
+	@echo "make test-arm64     as root: the README's node steps in an emulated arm64 Debian root vs x86_64 (about 70 min)"
 	@echo "make run            run a node with $(CONFIG) (calibrate it first: python -m calibration record ...)"
 	@echo "make export-tflite  train both embedders: models/asd_default.* and models/kws_default.* (about 45 min)"
 	@echo "make evaluate-asd   ours (float, int8) vs the DCASE 2023 autoencoder baseline -> reports/asd_eval/"
