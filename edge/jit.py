@@ -14,8 +14,9 @@ SciPy itself remains importable as usual. ``tests/test_node_imports.py`` checks 
 runs both detectors without importing SciPy, scikit-learn or matplotlib.
 
 * :data:`numba`: the module; kernels use ``from edge.jit import numba`` and ``@numba.njit``
-  (with ``cache=True``: a node loads compiled kernels from ``__pycache__`` instead of
-  compiling them at every start).
+  (with ``cache=True``: a node loads compiled kernels from its cache folder instead of
+  compiling them at every start; ``python -m edge run`` puts it in ``numba-cache/`` next to
+  the spool, see :mod:`edge.__main__`; elsewhere Numba's default, ``__pycache__``).
 """
 from __future__ import annotations
 
