@@ -3,14 +3,16 @@ between two real mosquitto brokers on loopback.
 
 A node (its real :class:`~edge.spool.Spool` and :class:`~edge.mqtt.MqttPublisher`) publishes
 to the site broker, which runs the shipped bridge section; the central broker's consumers
-must get every event, in order, while the bridge link is cut (central broker stopped) and
-restored, and two MQTT v5 consumers in one shared-subscription group must split the events
-between them, none lost, none twice.
+must get every event, in order, while the bridge link is cut (a WAN outage, played by a TCP
+relay between the brokers that drops its connections) and restored; none may be lost when the
+central broker itself restarts; and two MQTT v5 consumers in one shared-subscription group must
+split the events between them, none lost, none twice.
 """
 from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -41,11 +43,12 @@ def _tools():
         pytest.fail("the bridge tests need: " + ", ".join(missing) + " (make setup installs them)")
 
 
-def bridge_config(central: MosquittoBroker) -> list[str]:
+def bridge_config(central: MosquittoBroker, via: "WanLink | None" = None) -> list[str]:
     """The shipped bridge section as ``extra_config`` lines of the site broker.
 
-    Comments go; ``address`` becomes the central test broker; its TLS and account lines
-    go; ``restart_timeout`` becomes ``1 2`` (the test's outage lasts seconds, not minutes).
+    Comments go; ``address`` becomes the central test broker (or the relay ``via`` in front
+    of it); its TLS and account lines go; ``restart_timeout`` becomes ``1 2`` (the test's
+    outage lasts seconds, not minutes).
     """
     lines = []
     for raw in BRIDGE_CONF.read_text().splitlines():
@@ -54,7 +57,8 @@ def bridge_config(central: MosquittoBroker) -> list[str]:
             continue
         key = line.split()[0]
         if key == "address":
-            line = f"address {central.host}:{central.port}"
+            host, port = (via.host, via.port) if via else (central.host, central.port)
+            line = f"address {host}:{port}"
         elif key == "restart_timeout":
             line = "restart_timeout 1 2"
         elif key in NOT_ON_LOOPBACK:
@@ -62,6 +66,71 @@ def bridge_config(central: MosquittoBroker) -> list[str]:
         lines.append(line)
     assert lines[0].startswith("connection "), lines
     return lines
+
+
+class WanLink:
+    """A TCP relay between the site broker's bridge and the central broker: the WAN.
+
+    :meth:`cut` drops every relayed connection and refuses new ones (they are accepted and
+    closed at once, as a dead uplink behind a router looks); :meth:`restore` lets them through
+    again. Neither broker is restarted, so the central broker's consumers stay connected.
+    """
+
+    def __init__(self, central: MosquittoBroker):
+        self.target = (central.host, central.port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.host, self.port = self.server.getsockname()[:2]
+        self.up = True
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            with self.lock:
+                if not self.up:
+                    client.close()
+                    continue
+                upstream = socket.create_connection(self.target)
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        with self.lock:
+            self.up = False
+            for sock in self.sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self.sockets.clear()
+
+    def restore(self) -> None:
+        with self.lock:
+            self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
 
 
 class Node:
@@ -174,7 +243,44 @@ def test_shipped_bridge_config_is_a_qos1_persistent_bridge():
     assert ins and all(re.search(r"/(cmd/#|config)$", p) for p in ins), ins
 
 
-def test_events_cross_the_bridge_in_order_through_an_outage(tmp_path):
+def test_events_cross_the_bridge_in_order_through_a_wan_outage(tmp_path):
+    central = MosquittoBroker()
+    with central:
+        wan = WanLink(central)
+        site = MosquittoBroker(extra_config=bridge_config(central, via=wan))
+        with site:
+            link_up(central)
+            recorder = Consumer(central, "recorder", EVENTS)
+            node = Node(site, tmp_path)
+            try:
+                node.publish(20)
+                wait_for(lambda: len(recorder.seqs) >= 20, 20, "the first 20 events centrally")
+
+                wan.cut()  # events queue on the site broker; the recorder stays connected
+                node.publish(20)
+                assert node.flushed(10), "the site broker did not acknowledge the events"
+                time.sleep(1.0)
+                assert len(recorder.seqs) == 20, recorder.seqs
+                wan.restore()
+                node.publish(20)  # while the bridge is still reconnecting: behind the queue
+
+                wait_for(lambda: len(set(recorder.seqs)) >= 60, 30,
+                         f"all 60 events centrally (got {len(set(recorder.seqs))}); site log:\n"
+                         f"{site.log_text()[-2000:]}")
+                time.sleep(0.5)
+            finally:
+                node.close()
+                recorder.close()
+                wan.close()
+    first = list(dict.fromkeys(recorder.seqs))  # at least once: drop duplicates by seq
+    assert first == list(range(1, 61)), recorder.seqs
+
+
+def test_central_broker_restart_loses_no_event(tmp_path):
+    """The central broker stops and comes back (same persistence): its consumer, with a
+    persistent session, gets every event. Order is not asserted here: mosquitto 2.0.11 may
+    hand a consumer that reconnects while events flow a live message before the last ones it
+    queued for it (seen once in CI: ..., 40, 43, 41, 42, ...); consumers order by ``seq``."""
     central = MosquittoBroker(listener_config=["allow_anonymous true", "persistence true",
                                                "autosave_interval 1"])
     with central:
@@ -186,24 +292,20 @@ def test_events_cross_the_bridge_in_order_through_an_outage(tmp_path):
             try:
                 node.publish(20)
                 wait_for(lambda: len(recorder.seqs) >= 20, 20, "the first 20 events centrally")
+                time.sleep(1.5)  # the recorder's session is saved (autosave_interval 1)
 
-                central.stop()  # the link is cut: events queue on the site broker
+                central.stop()
                 node.publish(20)
                 assert node.flushed(10), "the site broker did not acknowledge the events"
-                time.sleep(1.0)
-                assert len(recorder.seqs) == 20
                 central.start()  # same port, same persistence file
-
                 node.publish(20)
                 wait_for(lambda: len(set(recorder.seqs)) >= 60, 30,
                          f"all 60 events centrally (got {len(set(recorder.seqs))}); site log:\n"
                          f"{site.log_text()[-2000:]}")
-                time.sleep(0.5)
             finally:
                 node.close()
                 recorder.close()
-    first = list(dict.fromkeys(recorder.seqs))  # at least once: drop duplicates by seq
-    assert first == list(range(1, 61)), recorder.seqs
+    assert sorted(set(recorder.seqs)) == list(range(1, 61)), recorder.seqs
 
 
 def test_shared_subscription_splits_events_between_consumers(tmp_path):
