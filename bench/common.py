@@ -31,7 +31,7 @@ __all__ = ["ROOT", "DEFAULT_MODEL", "DEFAULT_KWS_MODEL", "CLIPS_DIR", "KWS_CLIPS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "asd_default.tflite"
-DEFAULT_KWS_MODEL = ROOT / "models" / "kws_default.tflite"
+DEFAULT_KWS_MODEL = ROOT / "models" / "kws_speech.tflite"
 CLIPS_DIR = ROOT / "demo" / "clips"
 KWS_CLIPS_DIR = CLIPS_DIR / "kws"
 MB = 1e6
@@ -93,9 +93,10 @@ def check_model(model: Path, task: str = "asd") -> None:
         If the ``.tflite`` or the ``.json`` file is missing.
     """
     if task == "kws":
-        how = ("it ships with the repository as models/kws_default.{tflite,json}; rebuild it "
-               "with `python -m trainer train-kws`, or pass --kws-model")
-        redo = "`python -m trainer train-kws`"
+        how = ("it ships with the repository as models/kws_speech.{tflite,json} and "
+               "kws_speech_mel.tflite; rebuild it with `python -m trainer "
+               "export-speech-embedding`, or pass --kws-model")
+        redo = "`python -m trainer export-speech-embedding`"
     else:
         how = ("build it with `make export-tflite` (trains the default embedder and writes "
                "models/asd_default.{tflite,json}), or pass --model")

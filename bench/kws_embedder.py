@@ -22,9 +22,10 @@ from bench.common import DEFAULT_MODEL, log, pin_to_one_cpu
 from bench.kws_demo import (KWS_MATCH_COLLAR_S, enroll_demo_keywords, keyword_match_counts,
                             load_kws_truth)
 from edge.audio import load_audio
-from edge.frontend import KwsStreamFrontend
+from edge.frontend import KwsFrontendParams, KwsStreamFrontend
 from edge.kws import KeywordListener
 from edge.model import load_bundle
+from edge.speech_embedding import WINDOW_FRAMES
 from firmware_config.defaults import default_config_doc, write_config_doc
 from firmware_config.schema import load_config
 
@@ -102,7 +103,7 @@ def measure_kws_embedder(kws_model: Path, stream: Path, truth: Path,
         cfg_path = tmp / "kws.yaml"
         _write_kws_config(cfg_path, kws_model, tmp / "kws_keywords.npz")
         cfg = load_config(cfg_path)
-        hop = int(cfg.kws.segment_hop)
+        hop = int(cfg.kws.segment_hop or load_bundle(kws_model, task="kws").segment_hop)
         log(f"KWS embedder: enrolling {', '.join(shots)} at segment_hop {hop}")
         enrollment = enroll_demo_keywords(cfg_path, shots)  # before pinning: not inherited
 
@@ -153,7 +154,8 @@ def measure_kws_embedder(kws_model: Path, stream: Path, truth: Path,
 
             # name -> (make: builds the object, untimed; run: feeds the whole stream)
             tasks = {("hop", h): (emb.stream, run_embed) for h, emb in embedders.items()}
-            tasks["frontend"] = (lambda: KwsStreamFrontend(params), run_frontend)
+            if isinstance(params, KwsFrontendParams):  # speech_embedding: mel inside the model
+                tasks["frontend"] = (lambda: KwsStreamFrontend(params), run_frontend)
             tasks["node"] = (make_listener, run_listener)
             log(f"KWS embedder: segment_hop {', '.join(map(str, embedders))}, frontend alone "
                 f"and the node path (KeywordListener), {warmup} warm-up + {repeats} timed "
@@ -185,19 +187,23 @@ def measure_kws_embedder(kws_model: Path, stream: Path, truth: Path,
                 "model_id": embedders[hop].model_id, "stream": stream.name,
                 "audio_seconds": round(audio_s, 3), "block_seconds": block_seconds,
                 "frame_seconds": embedders[hop].frame_seconds,
-                "segment_frames": params.segment_frames, "warmup_runs": warmup,
+                "representation": embedders[hop].metadata.get("representation", "tacos"),
+                "segment_frames": getattr(params, "segment_frames", WINDOW_FRAMES),
+                "warmup_runs": warmup,
                 "timed_runs": repeats, "interleaved": True, "enrollment": enrollment,
                 "embedder": []}
             for h, emb in embedders.items():
                 t = summary(("hop", h))
                 frames = int(last[("hop", h)])
-                segments = len(emb.segment_starts(frames))
+                segments = (len(emb.segment_starts(frames)) if hasattr(emb, "segment_starts")
+                             else frames)  # speech_embedding: one window per frame
                 t.update(segment_hop=h, configured=h == hop, frames=frames, segments=segments,
                          ms_per_segment=t["median_s"] / segments * 1e3,
                          ms_per_segment_cpu=t["cpu_median_s"] / segments * 1e3)
                 res["embedder"].append(t)
                 res["frames"] = frames
-            res["frontend"] = summary("frontend")
+            if "frontend" in tasks:
+                res["frontend"] = summary("frontend")
             node = summary("node")
             found = [{"keyword": d.keyword, "onset_s": round(float(d.onset_s), 3),
                       "offset_s": round(float(d.offset_s), 3), "cost": round(float(d.cost), 4),

@@ -19,7 +19,7 @@ from bench.common import MB
 from bench.kws_demo import KWS_MATCH_COLLAR_S
 
 __all__ = ["RTF_TARGET", "RSS_TARGET_MB", "SIZE_RATIO_TARGET", "KWS_XRT_TARGET", "KWS_LATENCY_TARGET_S",
-           "KWS_BATCH_RATIO_TARGET", "KWS_RTF_TARGET", "LOAD_LOST_TARGET", "build_rows",
+           "KWS_BATCH_RATIO_TARGET", "KWS_NODE_RTF_TARGET", "KWS_RTF_TARGET", "LOAD_LOST_TARGET", "build_rows",
            "render_markdown"]
 
 RTF_TARGET = 0.02
@@ -29,6 +29,7 @@ KWS_XRT_TARGET = 500.0  # seconds of audio per second of compute
 KWS_LATENCY_TARGET_S = 0.5  # keyword end -> decision, median
 KWS_BATCH_RATIO_TARGET = 1.0  # librosa time / ours
 KWS_RTF_TARGET = 0.1  # TACos embedder at the configured segment hop, compute s / audio s
+KWS_NODE_RTF_TARGET = 0.02  # the node's whole keyword path, pretrained frontend included
 LOAD_LOST_TARGET = 0  # MQTT load: events lost or out of order
 
 
@@ -126,7 +127,9 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
         for e in ke["embedder"]:
             which = "configured" if e["configured"] else (
                 "the thesis" if e["segment_hop"] == 1 else "for comparison")
-            name = (f"int8 TACos embedder real-time factor, streaming {ke['audio_seconds']:g} s "
+            kind = ("speech_embedding (float TFLite, mel + embedding)"
+                    if ke.get("representation") == "speech_embedding" else "int8 TACos")
+            name = (f"{kind} embedder real-time factor, streaming {ke['audio_seconds']:g} s "
                     f"of speech in {ke['block_seconds']:g} s blocks (frontend + embedding), "
                     f"segment_hop {e['segment_hop']} ({which}; {where})")
             value = (f"{e['rtf']:.4f} ({e['ms_per_segment']:.2f} ms per segment, "
@@ -135,9 +138,10 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 row(name, value, f"<= {KWS_RTF_TARGET:g}", _status(e["rtf"] <= KWS_RTF_TARGET))
             else:
                 row(name, value)
-        fe = ke["frontend"]
-        row("of which the streaming log-Mel frontend (KwsStreamFrontend, any hop)",
-            f"{fe['rtf']:.4f} (by CPU time {fe['rtf_cpu']:.4f})")
+        fe = ke.get("frontend")
+        if fe:
+            row("of which the streaming log-Mel frontend (KwsStreamFrontend, any hop)",
+                f"{fe['rtf']:.4f} (by CPU time {fe['rtf_cpu']:.4f})")
         nd = ke["node_path"]
         m = nd["match"]
         row("KWS node path real-time factor (KeywordListener: embedding + KeywordSpotter, "
@@ -145,7 +149,8 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             + f" shots enrolled, segment_hop "
             f"{nd['segment_hop']}; {where})",
             f"{nd['rtf']:.4f} (by CPU time {nd['rtf_cpu']:.4f}; {m['found']}/{m['truth']} "
-            f"true keywords detected within {nd['match_collar_s']:g} s, {m['false']} false)")
+            f"true keywords detected within {nd['match_collar_s']:g} s, {m['false']} false)",
+            f"<= {KWS_NODE_RTF_TARGET:g}", _status(nd["rtf"] <= KWS_NODE_RTF_TARGET))
         lat = nd.get("decision_latency_median_s")
         if lat is not None:
             row("KWS decision latency: audio pushed in 0.1 s blocks when the node path returns "

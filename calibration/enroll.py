@@ -1,15 +1,16 @@
 """Keyword enrollment: shots in, templates and per-keyword decision thresholds out.
 
 An installer says each keyword a few times (``--shots 5``), or passes recordings
-(``--from FILES``). Every shot is trimmed to its speech with :func:`edge.vad.shot_interval`,
-never into the word: the shot is padded with digital silence, and its noise floor is taken
-from its ends only when they are quiet (non-speech around the word, as in a microphone
+(``--from FILES``). Every shot's speech is found with :func:`edge.vad.shot_interval`,
+never cutting into the word: the shot is padded with digital silence, and its noise floor is
+taken from its ends only when they are quiet (non-speech around the word, as in a microphone
 shot); a shot that starts or ends inside the word (a file cut tight around it) is kept
 whole. Either way 50 ms of margin stay on both sides, as in the evaluation's utterances. A
 shot is rejected with a clear message when it is empty, silent, clipped, too short or too
 long; nothing is stored unless every shot passes. Each accepted shot is embedded with the
-KWS model (one embedding per 16 ms frame) and kept as its own template (thesis 6.3.6: DBA
-averaging was worse).
+KWS model *as recorded* (the embedder sees the sound around the word, as it will in a
+stream) and the frames of its speech are kept as its own template (:func:`shot_template`;
+thesis 6.3.6: DBA averaging was worse).
 
 Decision thresholds (thesis 6.3.6 tunes one global threshold on validation data). A KWS
 bundle calibrated with ``python -m trainer calibrate-kws-thresholds`` carries, per
@@ -43,12 +44,12 @@ from edge.audio import load_audio
 from edge.keywords import EnrolledKeywords, EnrollmentError
 from edge.kws import KeywordSpotter, Template
 from edge.levels import clipped_fraction, peak_dbfs
-from edge.vad import shot_interval
+from edge.vad import SpeechInterval, shot_interval
 from firmware_config.errors import HarkError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ShotError", "prepare_shot",
+__all__ = ["ShotError", "prepare_shot", "locate_shot", "shot_template",
            "negative_event_costs", "trace_event_costs", "calibrated_threshold", "fa_rate_threshold",
            "enroll_keyword",
            "shipped_negatives", "keyword_threshold", "MIN_NEGATIVE_EVENTS", "DEFAULT_FALLBACK_THRESHOLD"]
@@ -69,7 +70,49 @@ SHOT_SOURCES = ("microphone", "file")
 
 def prepare_shot(y: np.ndarray, sample_rate: int, *, min_seconds: float, max_seconds: float,
                  name: str = "shot", source: str = "microphone") -> np.ndarray:
-    """Check one spoken shot and trim it to its speech, never into the word.
+    """Check one spoken shot and trim it to its speech, never into the word: ``y`` cut to
+    :func:`locate_shot`'s interval (parameters, errors: see there).
+
+    Returns
+    -------
+    np.ndarray, float32: the trimmed speech.
+    """
+    iv = locate_shot(y, sample_rate, min_seconds=min_seconds, max_seconds=max_seconds,
+                     name=name, source=source)
+    return np.asarray(np.asarray(y, np.float32)[iv.slice(sample_rate)], np.float32)
+
+
+def shot_template(embedder, y: np.ndarray, interval: SpeechInterval) -> np.ndarray:
+    """The template of one shot: the frame embeddings of its speech, computed with the
+    recording around it.
+
+    The embedder sees the shot as it will see the keyword in a stream, with sound on both
+    sides, instead of a trimmed clip padded with digital silence (which a
+    speech_embedding window, 0.78 s wide, would mostly see at the ends of a short word).
+    Frames whose centres fall in the speech interval (widened by half a frame) are kept.
+
+    Parameters
+    ----------
+    embedder : edge.model.KwsEmbedder or edge.speech_embedding.SpeechEmbedder
+    y : np.ndarray, shape (n_samples,), float32
+        The whole recorded shot.
+    interval : edge.vad.SpeechInterval
+        From :func:`locate_shot`.
+
+    Returns
+    -------
+    np.ndarray, shape (n_frames, embedding_dim), float32
+    """
+    frames = embedder.embed_wave(np.asarray(y, np.float32))
+    fs = float(embedder.frame_seconds)
+    k0 = max(int(np.ceil(interval.start_s / fs - 0.5)), 0)
+    k1 = min(int(np.floor(interval.end_s / fs + 0.5)) + 1, len(frames))
+    return np.ascontiguousarray(frames[k0:max(k1, k0 + 1)], np.float32)
+
+
+def locate_shot(y: np.ndarray, sample_rate: int, *, min_seconds: float, max_seconds: float,
+                name: str = "shot", source: str = "microphone") -> SpeechInterval:
+    """Check one spoken shot and find its speech, never cutting into the word.
 
     The speech is found with :func:`edge.vad.shot_interval`: a shot cut tight around the
     word (no non-speech at its ends) is kept whole; silence around the word is trimmed to
@@ -90,7 +133,8 @@ def prepare_shot(y: np.ndarray, sample_rate: int, *, min_seconds: float, max_sec
 
     Returns
     -------
-    np.ndarray, float32: the trimmed speech.
+    edge.vad.SpeechInterval
+        The speech with its margins, seconds from the start of ``y``.
 
     Raises
     ------
@@ -131,7 +175,7 @@ def prepare_shot(y: np.ndarray, sample_rate: int, *, min_seconds: float, max_sec
                         f"kws.max_shot_seconds = {max_seconds} s; " + (
                             "the file should hold only the keyword" if from_file else
                             "say only the keyword"))
-    return np.asarray(y[iv.slice(sample_rate)], np.float32)
+    return iv
 
 
 @functools.lru_cache(maxsize=2)
@@ -386,9 +430,11 @@ def enroll_keyword(embedder, keyword: str, shot_waves, *, existing: EnrolledKeyw
     names = list(shot_names or [f"shot {i + 1}" for i in range(len(shot_waves))])
     if not shot_waves:
         raise ShotError("no shots given")
-    trimmed = [prepare_shot(y, sr, min_seconds=min_seconds, max_seconds=max_seconds, name=n,
-                            source=shot_source)
-               for y, n in zip(shot_waves, names)]
+    waves = [np.asarray(y, np.float32) for y in shot_waves]
+    intervals = [locate_shot(y, sr, min_seconds=min_seconds, max_seconds=max_seconds, name=n,
+                             source=shot_source)
+                 for y, n in zip(waves, names)]
+    trimmed = [y[iv.slice(sr)] for y, iv in zip(waves, intervals)]
     if existing is not None and existing.model_id != embedder.model_id:
         raise EnrollmentError(f"the enrolled keywords were embedded with model "
                               f"{existing.model_id}, not {embedder.model_id}; re-enroll them all "
@@ -397,7 +443,8 @@ def enroll_keyword(embedder, keyword: str, shot_waves, *, existing: EnrolledKeyw
     if existing is not None:
         enrolled.templates = {k: v for k, v in existing.templates.items() if k != keyword}
         enrolled.details = {k: v for k, v in existing.details.items() if k != keyword}
-    enrolled.templates[keyword] = [embedder.embed_wave(y) for y in trimmed]
+    enrolled.templates[keyword] = [shot_template(embedder, y, iv)
+                                   for y, iv in zip(waves, intervals)]
     enrolled.details[keyword] = {"shots": len(trimmed),
                                  "shot_seconds": [round(len(y) / sr, 3) for y in trimmed],
                                  "_waves": trimmed}

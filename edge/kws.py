@@ -72,9 +72,13 @@ from edge.model import ModelError, load_bundle
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Template", "Detection", "KeywordSpotter", "KeywordListener", "detect_keywords"]
+__all__ = ["CONFIRM_SECONDS", "Template", "Detection", "KeywordSpotter", "KeywordListener",
+           "detect_keywords"]
 
 _GROUP = 4  # frames per cost-kernel block (see edge.dtw.cosine_cost_columns)
+
+#: How long a run's minimum must stand before ``decision="confirmed"`` decides it (seconds).
+CONFIRM_SECONDS = 0.128
 
 
 @dataclass(frozen=True, eq=False)
@@ -287,9 +291,10 @@ class KeywordSpotter:
         When a detection is decided (module docstring, step 5): ``"exact"`` equals the
         whole-stream definition and waits about ``2 M_max`` frames; ``"confirmed"`` (what
         the node runs) decides ``confirm_frames`` after a run's minimum.
-    confirm_frames : int
+    confirm_frames : int, optional
         With ``"confirmed"``: frames without a lower cost that confirm a run's minimum
-        (default 8, 128 ms at 16 ms per frame).
+        (default: :data:`CONFIRM_SECONDS` in frames, at least one; 8 at 16 ms per frame, 2
+        at 80 ms).
 
     Raises
     ------
@@ -309,13 +314,12 @@ class KeywordSpotter:
 
     def __init__(self, templates: Iterable[Template], thresholds: Mapping[str, float],
                  frame_seconds: float, record_trace: bool = False, *,
-                 decision: str = "exact", confirm_frames: int = 8):
+                 decision: str = "exact", confirm_frames: int | None = None):
         if decision not in ("exact", "confirmed"):
             raise ValueError(f"decision must be 'exact' or 'confirmed', got {decision!r}")
-        if int(confirm_frames) < 0:
+        if confirm_frames is not None and int(confirm_frames) < 0:
             raise ValueError(f"confirm_frames must be >= 0, got {confirm_frames!r}")
         self.decision = decision
-        self.confirm_frames = int(confirm_frames)
         self.templates: tuple[Template, ...] = tuple(templates)
         if not self.templates:
             raise ValueError("need at least one template")
@@ -330,6 +334,8 @@ class KeywordSpotter:
         if not (np.isfinite(frame_seconds) and frame_seconds > 0):
             raise ValueError(f"frame_seconds must be > 0, got {frame_seconds!r}")
         self.frame_seconds = frame_seconds
+        self.confirm_frames = int(max(1, round(CONFIRM_SECONDS / frame_seconds))
+                                  if confirm_frames is None else confirm_frames)
         self.keywords: tuple[str, ...] = tuple(dict.fromkeys(t.keyword for t in self.templates))
         thr = []
         for kw in self.keywords:

