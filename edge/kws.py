@@ -42,7 +42,7 @@ Post-processing, exactly (``W`` keywords, ``K`` templates):
      order of increasing cost. If the run later reaches a lower cost and that is confirmed
      too, it is another raw detection (usually dropped by step 4, since its path overlaps
      the first). Latency: at most ``confirm_frames`` frames after the path's last frame
-     (plus the at most 3 frames a pushed frame waits for its block of 4).
+     (every pushed frame is processed at once).
 
      How far it may differ from ``"exact"``: a raw detection that overlaps no other raw
      detection of either mode is reported identically (same interval, cost, shot); where
@@ -74,8 +74,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CONFIRM_SECONDS", "Template", "Detection", "KeywordSpotter", "KeywordListener",
            "detect_keywords"]
-
-_GROUP = 4  # frames per cost-kernel block (see edge.dtw.cosine_cost_columns)
 
 #: How long a run's minimum must stand before ``decision="confirmed"`` decides it (seconds).
 CONFIRM_SECONDS = 0.128
@@ -273,8 +271,8 @@ class KeywordSpotter:
     matrix; each new frame costs one column of the stacked cosine cost matrix
     (:func:`edge.dtw.cosine_cost_columns`), one column of the accumulated DTW cost per
     template (:class:`edge.dtw.StreamingSubsequenceDTW`) and a pass of the run tracking, all
-    in Numba. Frames are processed in blocks of four (a pushed frame waits for at most three
-    more, or for :meth:`flush`), which is negligible next to the finality delay.
+    in Numba. Every pushed frame is processed at once (the cost kernel pads a block to a
+    multiple of four frames itself).
 
     Parameters
     ----------
@@ -293,8 +291,8 @@ class KeywordSpotter:
         the node runs) decides ``confirm_frames`` after a run's minimum.
     confirm_frames : int, optional
         With ``"confirmed"``: frames without a lower cost that confirm a run's minimum
-        (default: :data:`CONFIRM_SECONDS` in frames, at least one; 8 at 16 ms per frame, 2
-        at 80 ms).
+        (default: whole frames in :data:`CONFIRM_SECONDS`, at least one; 8 at 16 ms per
+        frame, 1 at 80 ms).
 
     Raises
     ------
@@ -334,7 +332,7 @@ class KeywordSpotter:
         if not (np.isfinite(frame_seconds) and frame_seconds > 0):
             raise ValueError(f"frame_seconds must be > 0, got {frame_seconds!r}")
         self.frame_seconds = frame_seconds
-        self.confirm_frames = int(max(1, round(CONFIRM_SECONDS / frame_seconds))
+        self.confirm_frames = int(max(1, int(CONFIRM_SECONDS / frame_seconds + 1e-9))
                                   if confirm_frames is None else confirm_frames)
         self.keywords: tuple[str, ...] = tuple(dict.fromkeys(t.keyword for t in self.templates))
         thr = []
@@ -389,7 +387,6 @@ class KeywordSpotter:
         self._best_end = np.zeros(W, np.int64)
         self._best_tmpl = np.zeros(W, np.int64)
         self._decided = np.zeros(W, np.bool_)
-        self._buf = np.zeros((0, self.dim), np.float32)
         self._pending: list[_Raw] = []
         self._kept: list[tuple[int, int]] = []  # "confirmed": decided intervals still relevant
         self._trace: list[np.ndarray] = []
@@ -457,11 +454,8 @@ class KeywordSpotter:
             raise ValueError(f"frames must have shape (n, {self.dim}), got {np.shape(frames)}")
         unit = _unit_rows(f)  # raises on NaN/inf before anything is consumed
         self._frames_seen += f.shape[0]
-        buf = np.concatenate([self._buf, unit]) if len(self._buf) else unit
-        n = (buf.shape[0] // _GROUP) * _GROUP
-        self._buf = buf[n:]
-        if n:
-            self._process(buf[:n], n)
+        if len(unit):
+            self._process(unit)
         return self._finalise(final=False)
 
     def flush(self) -> list[Detection]:
@@ -476,12 +470,6 @@ class KeywordSpotter:
             In onset order.
         """
         self._flushed = True
-        n = self._buf.shape[0]
-        if n:
-            block = np.zeros((_GROUP, self.dim), np.float32)
-            block[:n] = self._buf
-            self._buf = self._buf[:0]
-            self._process(block, n)
         end = self._dtw.frames_seen
         for w in np.flatnonzero(self._in_run & ~self._decided):
             self._pending.append(_Raw(int(w), int(self._best_start[w]),
@@ -492,9 +480,10 @@ class KeywordSpotter:
 
     # ----------------------------------------------------------------------------------
 
-    def _process(self, block: np.ndarray, n: int) -> None:
-        """Cost columns, DTW and run tracking for ``block[:n]`` (block: multiple of 4 rows)."""
-        costs = cosine_cost_columns(block, self._Q)[:n]
+    def _process(self, block: np.ndarray) -> None:
+        """Cost columns, DTW and run tracking for the unit-norm frames ``block``."""
+        n = len(block)
+        costs = cosine_cost_columns(block, self._Q)
         j0 = self._dtw.frames_seen
         mc, st = self._dtw._update_unchecked(costs)  # costs are in [0, 2] by construction
         W = len(self.keywords)

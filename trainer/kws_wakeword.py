@@ -248,8 +248,8 @@ class _Ours:
         dets = sp.push(frames) + sp.flush()
         out = []
         for d in dets:
-            # the spotter decides on blocks of 4 frames: the frame that completed the block
-            last = min(-(-d.decided_frame // 4) * 4, len(avail)) - 1
+            # decided when the spotter was given frame decided_frame - 1
+            last = min(d.decided_frame, len(avail)) - 1
             out.append(_Det(d.onset_s, d.offset_s, float(avail[max(last, 0)])))
         return out
 
