@@ -96,7 +96,7 @@ def calibrate_thresholds(model_path: str | Path, data_dir: str | Path, *, hours:
     bundle = load_bundle(model_path, task="kws")
     shots = calibration_keywords(data_dir, n_synthetic, seed=seed)
     words = [w for kw in shots for w in kw.removeprefix("tts:").split()]
-    cfg = WakewordConfig(seed=seed + 17)
+    cfg = WakewordConfig(seed=seed + 17, stream_seconds=60.0)  # the shipped tables: 60 s streams
     neg = negative_streams(data_dir, cfg, split="val", hours=hours, exclude=words,
                            progress=progress)
     neg_hours = sum(s.duration_s for s in neg) / 3600.0

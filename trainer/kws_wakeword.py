@@ -100,7 +100,7 @@ class WakewordConfig:
     negative_hours: float = 2.0
     positive_minutes: float = 12.0
     keyword_fraction: float = 0.3
-    stream_seconds: float = 60.0
+    stream_seconds: float = 90.0  # as the CLI (--stream-seconds) has always run it
     fa_rates: tuple[float, ...] = (1.0, 0.5)
     node_fa_per_hour: float = 1.0
     block_seconds: float = 0.1
