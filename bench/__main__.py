@@ -19,7 +19,8 @@ Measurements, each checked against its target (one module each; :func:`main` run
    (it must not); the keyword events of its log are counted against the stream's truth.
 3. **Model sizes** (:mod:`bench.model_size`). The int8 ``.tflite`` file against the float32
    size recorded at export time (target: int8 at most a third).
-4. **int8 TACos embedder real-time factor on one core** (:mod:`bench.kws_embedder`;
+4. **Keyword embedder real-time factor on one core** (:mod:`bench.kws_embedder`; the
+   speech_embedding bundle by default, or the int8 TACos one with ``--kws-model``;
    ``--kws-repeats``, ``--skip-kws``, ``--kws-only``). The demo keyword stream (21.7 s of
    real speech) fed in 0.1 s blocks through :meth:`edge.model.KwsEmbedder.stream` at the
    configured ``kws.segment_hop`` (target ``<= 0.1``) and at hop 1 (the thesis), through the
@@ -90,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench",
                                 description="Measure latency, real-time factor, node memory "
                                             "(anomaly detection and keyword spotting active), "
-                                            "model sizes, the TACos embedder real-time factor, "
+                                            "model sizes, the keyword embedder real-time factor, "
                                             "the keyword-spotting DTW speed and the MQTT load "
                                             "of many nodes on one broker; write OUT/bench.md "
                                             "and OUT/bench.json.")
@@ -106,17 +107,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="int8 .tflite anomaly model "
                                                                "(default: the shipped one)")
     p.add_argument("--kws-model", default=str(DEFAULT_KWS_MODEL),
-                   help="int8 .tflite TACos keyword model (default: the shipped one)")
+                   help="KWS bundle .tflite (default: the shipped models/kws_speech.tflite; models/kws_default.tflite is the TACos one)")
     p.add_argument("--kws-repeats", type=int, default=5,
-                   help="timed runs of the TACos embedder over the keyword stream (default 5)")
+                   help="timed runs of the keyword embedder over the keyword stream (default 5)")
     p.add_argument("--skip-node", action="store_true",
                    help="skip the node memory measurement (no broker needed)")
     kws = p.add_mutually_exclusive_group()
     kws.add_argument("--skip-kws", action="store_true",
-                     help="skip the keyword-spotting measurements (TACos embedder real-time "
+                     help="skip the keyword-spotting measurements (keyword embedder real-time "
                           "factor, DTW speed); the node still runs with keyword spotting")
     kws.add_argument("--kws-only", action="store_true",
-                     help="only the keyword-spotting measurements: TACos embedder real-time "
+                     help="only the keyword-spotting measurements: keyword embedder real-time "
                           "factor and DTW speed (needs no anomaly model and no broker)")
     p.add_argument("--load-nodes", type=int, default=50,
                    help="simulated nodes of the MQTT load measurement (default 50)")
@@ -186,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.skip_kws:
         results["kws_skipped"] = True
     elif not args.load_only:
-        log("KWS embedder: int8 TACos real-time factor on one core")
+        log("KWS embedder: real-time factor on one core")
         k = clips["kws"]
         try:
             results["kws_embedder"] = measure_kws_embedder(
