@@ -76,37 +76,12 @@ def without_runtime_noise():
                 sys.stderr.flush()
 
 
-def make_interpreter(path: Path, num_threads: int, input_shape=None, *, xnnpack: bool = True):
-    """A ready interpreter.
-
-    Parameters
-    ----------
-    path : Path
-        The ``.tflite`` file.
-    num_threads : int
-    input_shape : sequence of int, optional
-        Resize the (only) input tensor to this shape first.
-    xnnpack : bool
-        Run with the runtime's default XNNPACK delegate. Without it the runtime keeps no
-        repacked copy of the weights: for the int8 anomaly model 22 MB less resident memory
-        for 3.2 -> 6.5 ms per 10 s window (measured on this machine), which is why the node
-        runs that model without it; the speech_embedding models keep it (5x faster, 1-2 MB).
-
-    Raises
-    ------
-    ModelError
-        The runtime cannot load or allocate the model.
-    """
+def make_interpreter(path: Path, num_threads: int, input_shape=None):
+    """A ready interpreter; ``input_shape`` first resizes its (only) input tensor."""
     Interpreter = load_interpreter_class()
-    kwargs = {}
-    if not xnnpack:
-        resolver = getattr(sys.modules.get(Interpreter.__module__), "OpResolverType", None)
-        if resolver is not None:
-            kwargs["experimental_op_resolver_type"] = \
-                resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
         with without_runtime_noise():   # the XNNPACK delegate is created in allocate_tensors
-            interp = Interpreter(model_path=str(path), num_threads=num_threads, **kwargs)
+            interp = Interpreter(model_path=str(path), num_threads=num_threads)
             if input_shape is not None:
                 interp.resize_tensor_input(interp.get_input_details()[0]["index"], input_shape)
             interp.allocate_tensors()
