@@ -67,7 +67,7 @@ from trainer.asd_metrics import (
     precision_recall_f1,
 )
 from trainer import asd_lomo
-from trainer.asd_plots import plot_roc_curves
+from trainer.asd_plots import plot_roc_curves, plot_section_lines
 from trainer.data import AUDIO_SUFFIXES, ClipLabel, parse_dcase_name
 from trainer.kws_data import default_data_dir
 
@@ -451,13 +451,8 @@ def _markdown(report: dict[str, Any]) -> str:
                   f"official score {_fmt(d['official_float'])} float vs "
                   f"{_fmt(d['official_int8'])} int8; embedding cosine int8 vs float on the test "
                   f"clips: mean {d['cosine_mean']:.4f}, min {d['cosine_min']:.4f}."]
-    lines += ["", "## Plots", ""]
-    for unit, u in report["units"].items():
-        for p in u.get("plots", []):
-            lines.append(f"- {unit}: [{Path(p).name}]({Path(p).name})")
-    if report.get("skipped_files"):
-        lines += ["", f"{len(report['skipped_files'])} audio file(s) without readable labels were "
-                  "skipped (see report.json)."]
+    lines += plot_section_lines(report["units"], report.get("skipped_files"),
+                                "without readable labels")
     return "\n".join(lines) + "\n"
 
 

@@ -81,7 +81,7 @@ from firmware_config.schema import load_config
 from trainer.ae_baseline import AeBaselineParams, AutoencoderBaseline
 from trainer.asd_baselines import StftStatsBaseline
 from trainer.asd_metrics import dcase_section_metrics, official_score, official_score_of_sections
-from trainer.asd_plots import plot_roc_curves
+from trainer.asd_plots import plot_roc_curves, plot_section_lines
 from trainer.data import AUDIO_SUFFIXES, ClipLabel, parse_dcase_name
 
 log = logging.getLogger(__name__)
@@ -595,13 +595,7 @@ def _markdown(rep: dict[str, Any]) -> str:
                 f"{k['test_anomalous']} | {n} | {_with_ci(r, 'auc_source')} | "
                 f"{_with_ci(r, 'auc_target')} | {_with_ci(r, 'pauc')} | {_pct(r['official'])} | "
                 f"{_pct(r['fpr_source'])}/{_pct(r['fpr_target'])} | {_pct(r['recall'])} |")
-    lines += ["", "## Plots", ""]
-    for t, u in rep["types"].items():
-        for p in u.get("plots", []):
-            lines.append(f"- {t}: [{Path(p).name}]({Path(p).name})")
-    if rep.get("skipped_files"):
-        lines += ["", f"{len(rep['skipped_files'])} audio file(s) without a machine type were "
-                  "skipped (see report.json)."]
+    lines += plot_section_lines(rep["types"], rep.get("skipped_files"), "without a machine type")
     return "\n".join(lines) + "\n"
 
 

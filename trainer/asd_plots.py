@@ -14,7 +14,7 @@ from typing import Any
 from calibration.plots import new_figure, save_png
 from trainer.asd_metrics import roc_curve_points
 
-__all__ = ["plot_roc_curves"]
+__all__ = ["plot_roc_curves", "plot_section_lines"]
 
 
 def plot_roc_curves(
@@ -80,3 +80,18 @@ def plot_roc_curves(
     ax_full.legend(loc="lower right", fontsize="small")
     fig.suptitle(title)
     return save_png(fig, path)
+
+
+def plot_section_lines(groups: Mapping[str, Mapping[str, Any]], skipped: list | None,
+                       skipped_what: str) -> list[str]:
+    """The ``## Plots`` part of an ASD report in Markdown: a link per plot of each group
+    (``group["plots"]``, paths next to the report), then how many audio files were skipped
+    and why (``skipped_what``, e.g. "without a machine type")."""
+    lines = ["", "## Plots", ""]
+    for name, g in groups.items():
+        for p in g.get("plots", []):
+            lines.append(f"- {name}: [{Path(p).name}]({Path(p).name})")
+    if skipped:
+        lines += ["", f"{len(skipped)} audio file(s) {skipped_what} were skipped (see "
+                  "report.json)."]
+    return lines
