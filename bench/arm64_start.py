@@ -1,11 +1,10 @@
 """Start-up on arm64: the node's first and second start in the emulated arm64 root.
 
-A node restarted after a power cut must not spend minutes compiling: its Numba kernels are
-cached on disk (``numba-cache/`` next to the spool, see ``edge/__main__.py``). ``make
-test-arm64`` (``tests/arm64/run.py``) measures, in an arm64 Debian root under
-``qemu-aarch64`` (an emulated Cortex-A72, a Raspberry Pi 4's core), the time from process
-start to the node's ``window 1 score`` log line twice: with an empty cache and again with the
-compiled kernels on disk, and writes them to ``reports/arm64.json``. Emulation is too slow to
+A node restarted after a power cut must be back quickly (the default bundles compile nothing:
+no Numba on the node). ``make test-arm64`` (``tests/arm64/run.py``) measures, in an arm64
+Debian root under ``qemu-aarch64`` (an emulated Cortex-A72, a Raspberry Pi 4's core), the
+time from process start to the node's ``window 1 score`` log line at a first and a second
+start, and writes them to ``reports/arm64.json``. Emulation is too slow to
 repeat that inside ``make bench`` (a cold start takes minutes), so the benchmark reports the
 last run's figures with its date, and only where the arm64 root exists.
 

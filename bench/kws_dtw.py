@@ -25,20 +25,30 @@ from bench.common import pin_to_one_cpu
 from edge.dtw import (StreamingSubsequenceDTW, cosine_cost_columns, cosine_cost_matrix,
                       subsequence_dtw)
 from edge.kws import KeywordSpotter, Template
+from edge.model import load_bundle
 
-__all__ = ["measure_kws_dtw"]
+__all__ = ["kws_frame_geometry", "measure_kws_dtw"]
 
 
-def _kws_scene(keywords: int, shots: int, frames: int, dim: int, seed: int):
-    """Templates (lengths 30-60), a random unit-vector stream, one noisy shot per keyword
-    inserted at known, non-overlapping places; returns (templates, stream, thresholds,
-    inserted)."""
+def kws_frame_geometry(model) -> tuple[float, int]:
+    """Frame hop (seconds) and embedding dimension of a keyword bundle, as the node loads it
+    (:func:`edge.model.load_bundle`)."""
+    embedder = load_bundle(model, "kws", 1)
+    return float(embedder.frame_seconds), int(embedder.embedding_dim)
+
+
+def _kws_scene(keywords: int, shots: int, frames: int, dim: int, lengths: tuple[int, int],
+               seed: int):
+    """Templates (``lengths`` frames, both included), a random unit-vector stream, one noisy
+    shot per keyword inserted at known, non-overlapping places; returns (templates, stream,
+    thresholds, inserted)."""
     rng = np.random.default_rng(seed)
 
     def unit(x):
         return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
-    templates = [Template(f"kw{k:02d}", unit(rng.standard_normal((int(rng.integers(30, 61)),
+    lo, hi = lengths
+    templates = [Template(f"kw{k:02d}", unit(rng.standard_normal((int(rng.integers(lo, hi + 1)),
                                                                   dim))))
                  for k in range(keywords) for _ in range(shots)]
     stream = unit(rng.standard_normal((frames, dim)))
@@ -56,27 +66,31 @@ def _kws_scene(keywords: int, shots: int, frames: int, dim: int, seed: int):
 
 
 def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
-                    frame_seconds: float = 0.016, dim: int = 128, chunk: int = 4,
+                    frame_seconds: float = 0.08, dim: int = 96,
+                    shot_seconds: tuple[float, float] = (0.48, 0.96), chunk: int = 4,
                     repeats: int = 5, batch_repeats: int = 3, seed: int = 0,
                     cpu: int | None = None) -> dict[str, Any]:
     """Speed of the keyword-spotting DTW backend on one pinned core.
 
-    The Numba kernels are single-threaded; the process is pinned to one CPU for the
-    measurement (previous affinity restored). Every timing is preceded by a warm-up call
-    (JIT compilation or cache load) and is the median of ``repeats`` runs.
+    The process is pinned to one CPU for the measurement (previous affinity restored), BLAS
+    limited to one thread by the caller's environment or not; every timing is preceded by a
+    warm-up call and is the median of ``repeats`` runs.
 
     Parameters
     ----------
     keywords, shots : int
-        Templates = ``keywords * shots``, each 30-60 frames (uniform).
+        Templates = ``keywords * shots``.
     seconds, frame_seconds : float
         Stream length and frame hop: ``round(seconds / frame_seconds)`` frames.
     dim : int
         Embedding dimension ``D``.
+    shot_seconds : (float, float)
+        Shortest and longest shot; template lengths are uniform between them, in frames.
     chunk : int
         Frames per :meth:`edge.kws.KeywordSpotter.push`.
     repeats, batch_repeats : int
-        Timed runs of the streaming and of the batch measurements.
+        Timed runs of the streaming and of the batch measurements (0: no batch
+        measurement).
     seed : int
     cpu : int, optional
         CPU to pin to; default the lowest allowed one.
@@ -91,7 +105,9 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
     """
     frames = int(round(seconds / frame_seconds))
     audio_s = frames * frame_seconds
-    templates, stream, thresholds, inserted = _kws_scene(keywords, shots, frames, dim, seed)
+    span = tuple(max(1, int(round(x / frame_seconds))) for x in shot_seconds)
+    templates, stream, thresholds, inserted = _kws_scene(keywords, shots, frames, dim, span,
+                                                         seed)
     lengths = [t.n_frames for t in templates]
     q = np.concatenate([t.features for t in templates])  # unit rows already
 
@@ -101,7 +117,7 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
         """Median wall-clock seconds of n runs after a warm-up, and the runs; the median
         CPU time of the thread is kept aside (``cpu_s``): on a shared machine it excludes
         the time the process was not scheduled."""
-        fn()  # warm-up: JIT compilation or cache load, caches
+        fn()  # warm-up: caches
         times, cpu = [], []
         for _ in range(n):
             c0 = time.thread_time()
@@ -167,35 +183,37 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
         res["update"] = speed(*median_of(per_frame, repeats))
         res["update_many"] = speed(*median_of(many, repeats))
 
-        mats = [cosine_cost_matrix(t.features, stream) for t in templates]
-        ours: list = []
+        if batch_repeats:
+            mats = [cosine_cost_matrix(t.features, stream) for t in templates]
+            ours: list = []
 
-        def run_ours():
-            ours[:] = [subsequence_dtw(C).accumulated_cost for C in mats]
+            def run_ours():
+                ours[:] = [subsequence_dtw(C).accumulated_cost for C in mats]
 
-        batch: dict[str, Any] = {"matrices": len(mats), "shape": f"(30..60) x {frames}",
-                                 "cells": int(sum(C.size for C in mats))}
-        batch["ours_s"], batch["ours_runs_s"], batch["ours_cpu_s"] = median_of(run_ours,
-                                                                               batch_repeats)
-        try:
-            import librosa
-        except ImportError as exc:
-            batch["error"] = f"librosa not installed ({exc}); pip install '.[dev]'"
-        else:
-            sigma = np.array([[1, 1], [1, 2], [2, 1]])
-            ref: list = []
+            batch: dict[str, Any] = {"matrices": len(mats),
+                                     "shape": f"({span[0]}..{span[1]}) x {frames}",
+                                     "cells": int(sum(C.size for C in mats))}
+            batch["ours_s"], batch["ours_runs_s"], batch["ours_cpu_s"] = median_of(run_ours,
+                                                                                   batch_repeats)
+            try:
+                import librosa
+            except ImportError as exc:
+                batch["error"] = f"librosa not installed ({exc}); pip install '.[dev]'"
+            else:
+                sigma = np.array([[1, 1], [1, 2], [2, 1]])
+                ref: list = []
 
-            def run_librosa():
-                ref[:] = [librosa.sequence.dtw(C=C, subseq=True, step_sizes_sigma=sigma,
-                                               backtrack=False) for C in mats]
+                def run_librosa():
+                    ref[:] = [librosa.sequence.dtw(C=C, subseq=True, step_sizes_sigma=sigma,
+                                                   backtrack=False) for C in mats]
 
-            batch["librosa_s"], batch["librosa_runs_s"], batch["librosa_cpu_s"] = median_of(
-                run_librosa, batch_repeats)
-            batch["librosa"] = librosa.__version__
-            batch["identical"] = all(np.array_equal(a, b) for a, b in zip(ours, ref))
-            batch["ratio"] = batch["librosa_s"] / batch["ours_s"]
-        batch["ns_per_cell_ours"] = batch["ours_s"] / batch["cells"] * 1e9
-        res["batch"] = batch
+                batch["librosa_s"], batch["librosa_runs_s"], batch["librosa_cpu_s"] = median_of(
+                    run_librosa, batch_repeats)
+                batch["librosa"] = librosa.__version__
+                batch["identical"] = all(np.array_equal(a, b) for a, b in zip(ours, ref))
+                batch["ratio"] = batch["librosa_s"] / batch["ours_s"]
+            batch["ns_per_cell_ours"] = batch["ours_s"] / batch["cells"] * 1e9
+            res["batch"] = batch
     finally:
         if pinned:
             os.sched_setaffinity(0, old_affinity)

@@ -66,7 +66,7 @@ def measure_kws_embedder(kws_model: Path, stream: Path, truth: Path,
       detections checked against ``truth``.
 
     Objects are built outside the timed region; after ``warmup`` untimed rounds (Numba
-    compilation or cache load, interpreter warm-up) the measurements run interleaved, one of
+    compilation of the log-mel frontend's filter, interpreter warm-up) the measurements run interleaved, one of
     each per round, for ``repeats`` rounds (load changes on a shared machine hit them alike);
     each is the median of its runs.
 

@@ -4,13 +4,12 @@ both active.
 :func:`measure_node_memory` starts a private mosquitto broker, calibrates the node on the demo
 calibration clips (``python -m calibration record``), enrolls the demo keywords
 (:func:`bench.kws_demo.enroll_demo_keywords`), runs ``python -m edge run`` on a real-time replay
-twice (a first start, which compiles the Numba kernels into an empty cache, then a restart,
-which loads them from it, as a node in the field runs after its first start) and samples the
-node's memory:
+and samples the node's memory:
 
 * :func:`read_status_kb`: ``VmRSS`` and ``VmHWM`` from ``/proc/<pid>/status``;
 * :func:`tensorflow_mappings`: whether the node mapped TensorFlow (it must not) and which TFLite
-  runtime files it mapped, from ``/proc/<pid>/maps``.
+  runtime files it mapped, from ``/proc/<pid>/maps``; whether it mapped Numba's LLVM
+  (``llvmlite``, about 100 MB; the default bundles do not need it).
 """
 from __future__ import annotations
 
@@ -29,10 +28,7 @@ from bench.kws_demo import enroll_demo_keywords
 from demo.broker import MosquittoBroker
 from firmware_config.defaults import default_config_doc, write_config_doc
 
-__all__ = ["FIRST_START_SECONDS", "read_status_kb", "tensorflow_mappings", "measure_node_memory"]
-
-#: How long the first start (which compiles the Numba kernels into the cache) is sampled.
-FIRST_START_SECONDS = 15.0
+__all__ = ["read_status_kb", "tensorflow_mappings", "measure_node_memory"]
 
 
 def read_status_kb(pid: int) -> dict[str, int]:
@@ -164,9 +160,8 @@ def measure_node_memory(model: Path, calibration_clips: Sequence[Path],
         says the keyword listener runs), ``keyword_events`` (keyword, onset, offset in
         stream seconds, from the log), ``enrollment``, ``tensorflow_loaded`` with
         ``tensorflow_files``, ``tflite_runtime_files``, ``calibration_seconds``,
-        ``exit`` (how the node was stopped and its exit status), all of the restart; and
-        ``first_start``: ``peak_rss_mb``, ``vmhwm_mb``, ``sampled_seconds`` (at most
-        :data:`FIRST_START_SECONDS`) and ``kernels_cached`` (cache index files it wrote).
+        ``numba_loaded`` (llvmlite mapped), ``exit`` (how the node was stopped and its exit
+        status).
 
     Raises
     ------
@@ -195,15 +190,8 @@ def measure_node_memory(model: Path, calibration_clips: Sequence[Path],
             raise RuntimeError(f"calibration record failed (exit {r.returncode}):\n"
                                f"{(r.stdout + r.stderr)[-1500:]}")
 
-        # One Numba cache folder for both starts: the first start compiles the kernels into
-        # it, the restart loads them, as a node in the field does after its first start.
-        env["NUMBA_CACHE_DIR"] = str(tmp / "numba-cache")
-        first_seconds = min(seconds, FIRST_START_SECONDS)
-        log(f"first start for {first_seconds:g} s: the node compiles its Numba kernels")
-        first = _run_node(cfg, env, tmp / "node-first.log", first_seconds, interval)
-        compiled = len(list((tmp / "numba-cache").rglob("*.nbi")))
         log(f"running the node for {seconds:g} s (real-time replay of "
-            f"{len(replay_clips)} clip(s)) against {broker.url}, kernels from the cache")
+            f"{len(replay_clips)} clip(s)) against {broker.url}")
         run = _run_node(cfg, env, tmp / "node.log", seconds, interval)
         samples, log_text, rc, how = run["samples"], run["log"], run["status"], run["stopped_by"]
         windows = len(re.findall(r"\bwindow \d+ score ", log_text))
@@ -222,10 +210,8 @@ def measure_node_memory(model: Path, calibration_clips: Sequence[Path],
         "calibration_seconds": round(cal_seconds, 2),
         "tensorflow_loaded": bool(tf_files), "tensorflow_files": sorted(tf_files),
         "tflite_runtime_files": sorted(rt_files),
+        "numba_loaded": run["numba_loaded"],
         "exit": {"status": rc, "stopped_by": how, "exited_early": exited_early},
-        "first_start": {"peak_rss_mb": max(x["rss_mb"] for x in first["samples"]),
-                        "vmhwm_mb": round(first["hwm_kb"] * 1024 / MB, 2),
-                        "sampled_seconds": first_seconds, "kernels_cached": compiled},
     }
 
 
@@ -238,6 +224,7 @@ def _run_node(cfg: Path, env: dict[str, str], log_path: Path, seconds: float,
     tf_files: set[str] = set()
     rt_files: set[str] = set()
     hwm_kb = 0
+    numba_loaded = False
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)],
                                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
@@ -250,6 +237,7 @@ def _run_node(cfg: Path, env: dict[str, str], log_path: Path, seconds: float,
                 if st.get("VmRSS") and proc.poll() is None:
                     tf_files |= tf
                     rt_files |= rt
+                    numba_loaded = numba_loaded or _maps_llvmlite(proc.pid)
                     hwm_kb = max(hwm_kb, st.get("VmHWM", 0))
                     samples.append({"t_s": round(time.monotonic() - start, 2),
                                     "rss_mb": round(st.get("VmRSS", 0) * 1024 / MB, 2)})
@@ -264,4 +252,13 @@ def _run_node(cfg: Path, env: dict[str, str], log_path: Path, seconds: float,
         raise RuntimeError(f"no memory sample taken from the node:\n{log_text[-1500:]}")
     return {"samples": samples, "log": log_text, "status": rc, "stopped_by": how,
             "exited_early": exited_early, "tf_files": tf_files, "rt_files": rt_files,
-            "hwm_kb": hwm_kb}
+            "hwm_kb": hwm_kb, "numba_loaded": numba_loaded}
+
+
+def _maps_llvmlite(pid: int) -> bool:
+    """Whether the process mapped Numba's LLVM (a file in an ``llvmlite`` package folder)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "/llvmlite/" in f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False

@@ -2,8 +2,9 @@
 Markdown page around it.
 
 * Targets: :data:`RTF_TARGET`, :data:`RSS_TARGET_MB`, :data:`SIZE_RATIO_TARGET`,
-  :data:`KWS_RTF_TARGET`, :data:`KWS_XRT_TARGET`, :data:`KWS_BATCH_RATIO_TARGET`,
-  :data:`LOAD_LOST_TARGET`.
+  :data:`KWS_RTF_TARGET`, :data:`KWS_XRT_TARGET`, :data:`LOAD_LOST_TARGET`. The batch DTW
+  is compared with librosa for identical costs; its speed is information only (it is the
+  reference the streaming DTW is tested against, on no node or trainer path).
 * :func:`build_rows`: one ``{metric, value, target, status}`` row per measurement.
 * :func:`render_markdown`: results table, machine table, notes and errors.
 
@@ -19,7 +20,7 @@ from bench.common import MB
 from bench.kws_demo import KWS_MATCH_COLLAR_S
 
 __all__ = ["RTF_TARGET", "RSS_TARGET_MB", "SIZE_RATIO_TARGET", "KWS_XRT_TARGET", "KWS_LATENCY_TARGET_S",
-           "KWS_BATCH_RATIO_TARGET", "KWS_NODE_RTF_TARGET", "KWS_RTF_TARGET", "LOAD_LOST_TARGET", "build_rows",
+           "KWS_NODE_RTF_TARGET", "KWS_RTF_TARGET", "LOAD_LOST_TARGET", "build_rows",
            "render_markdown"]
 
 RTF_TARGET = 0.02
@@ -27,7 +28,6 @@ RSS_TARGET_MB = 200.0  # issue target: 150 MB
 SIZE_RATIO_TARGET = 1.0 / 3.0
 KWS_XRT_TARGET = 500.0  # seconds of audio per second of compute
 KWS_LATENCY_TARGET_S = 0.5  # keyword end -> decision, median
-KWS_BATCH_RATIO_TARGET = 1.0  # librosa time / ours
 KWS_RTF_TARGET = 0.1  # TACos embedder at the configured segment hop, compute s / audio s
 KWS_NODE_RTF_TARGET = 0.02  # the node's whole keyword path, pretrained frontend included
 LOAD_LOST_TARGET = 0  # MQTT load: events lost or out of order
@@ -83,15 +83,12 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             both = mem.get("kws_active")
             what = ("anomaly detection + keyword spotting active, both models loaded"
                     if both else "anomaly detection only: keyword spotting NOT active")
-            first = mem.get("first_start")
-            if first:
-                row(f"node peak RSS at its first start (compiles {first['kernels_cached']} Numba "
-                    f"kernels into an empty cache; sampled for {first['sampled_seconds']:g} s)",
-                    f"{first['peak_rss_mb']:.1f} MB")
-            row(f"node peak RSS ({what}; {'restarted, kernels from the cache; ' if first else ''}"
-                f"VmRSS sampled every {mem['interval_s']:g} s for {mem['sampled_seconds']:g} s)",
+            row(f"node peak RSS ({what}; VmRSS sampled every {mem['interval_s']:g} s for "
+                f"{mem['sampled_seconds']:g} s)",
                 f"{mem['peak_rss_mb']:.1f} MB", f"<= {RSS_TARGET_MB:g} MB",
                 _status(mem["peak_rss_mb"] <= RSS_TARGET_MB))
+            row("node loaded Numba (LLVM)", "yes" if mem.get("numba_loaded") else "no", "no",
+                _status(not mem.get("numba_loaded")))
             row(f"node VmHWM (kernel peak RSS) at the end ({what})",
                 f"{mem['vmhwm_mb']:.1f} MB",
                 f"<= {RSS_TARGET_MB:g} MB", _status(mem["vmhwm_mb"] <= RSS_TARGET_MB))
@@ -176,6 +173,14 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             f"best run {sp['x_realtime_best']:.0f}x; by CPU time {sp['x_realtime_cpu']:.0f}x; "
             f"found {sp['inserted_found']}/{sp['inserted']} inserted, {sp['detections']} "
             "detections)", f">= {KWS_XRT_TARGET:g}x", _status(sp["x_realtime"] >= KWS_XRT_TARGET))
+        lm = results.get("kws_logmel")
+        if lm:
+            x = lm["spotter"]
+            row(f"KWS streaming DTW as above at the log-mel TACos bundle's "
+                f"{lm['frame_seconds'] * 1e3:g} ms frames, D={lm['dim']} "
+                f"({lm['template_frames_total']} template frames)",
+                f"{x['x_realtime']:.0f}x real time ({x['us_per_frame']:.1f} us/frame; by CPU "
+                f"time {x['x_realtime_cpu']:.0f}x; found {x['inserted_found']}/{x['inserted']})")
         for key, name in (("cost_columns", "of which cost columns (cosine_cost_columns, 4-frame "
                                            "blocks)"),
                           ("update", "bare StreamingSubsequenceDTW.update, 1 frame per call, "
@@ -189,12 +194,11 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, str]]:
         name = (f"KWS batch subsequence_dtw vs librosa.sequence.dtw, {bt['matrices']} cost "
                 f"matrices {bt['shape']}, median of {kws['batch_repeats']}")
         if "error" in bt:
-            row(name, f"ours {bt['ours_s']:.3f} s; librosa: {bt['error']}",
-                f">= {KWS_BATCH_RATIO_TARGET:g}x", "ERROR")
+            row(name, f"ours {bt['ours_s']:.3f} s; librosa: {bt['error']}", "", "ERROR")
         else:
             row(name, f"ours {bt['ours_s']:.3f} s ({bt['ns_per_cell_ours']:.2f} ns/cell), "
-                f"librosa {bt['librosa']} {bt['librosa_s']:.3f} s: {bt['ratio']:.1f}x faster",
-                f">= {KWS_BATCH_RATIO_TARGET:g}x", _status(bt["ratio"] >= KWS_BATCH_RATIO_TARGET))
+                f"librosa {bt['librosa']} (Numba) {bt['librosa_s']:.3f} s: ours takes "
+                f"{1 / bt['ratio']:.2f}x its time")
             row("KWS batch accumulated costs identical to librosa (np.array_equal, all "
                 "matrices)", "yes" if bt["identical"] else "no", "yes",
                 _status(bt["identical"]))
@@ -219,7 +223,7 @@ def _arm64_rows(a: dict[str, Any] | None, row) -> None:
         row(name, "not measured: run `sudo make test-arm64`", "", "SKIPPED")
         return
     f, s = a["first_start_s"], a["second_start_s"]
-    row(name, f"{f['arm64']:g} s (empty Numba cache) / {s['arm64']:g} s (cached kernels); "
+    row(name, f"{f['arm64']:g} s / {s['arm64']:g} s; "
         f"x86_64 {f['x86_64']:g} / {s['x86_64']:g} s; {a['emulated_cpu']}, `make test-arm64` "
         f"of {a['date']}{'' if a['ok'] else ', which FAILED'}")
 
@@ -378,8 +382,9 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, str]]) -> str:
             f"KWS DTW: synthetic full-size set-up ({kws['templates']} templates of "
             f"{kws['template_frames_min_max'][0]}-{kws['template_frames_min_max'][1]} frames, "
             f"random unit vectors, D={kws['dim']}; {kws['frames']} stream frames of "
-            f"{kws['frame_seconds'] * 1e3:g} ms with one noisy shot per keyword inserted), "
-            "process pinned to one CPU, single-threaded Numba kernels; every timing follows "
+            f"{kws['frame_seconds'] * 1e3:g} ms, the default keyword bundle's, with one noisy "
+            "shot per keyword inserted; shots of 0.48-0.96 s), process pinned to one CPU, "
+            "NumPy (no Numba on the node); every timing follows "
             f"a warm-up call and is the median of {kws['repeats']} runs (batch: "
             f"{kws['batch_repeats']}). x real time = stream seconds / wall-clock seconds (the "
             "target is checked on it); 'by CPU time' divides by the thread's CPU time "

@@ -1,12 +1,12 @@
 """``python -m edge run --config node.yaml``: the node, forever.
 
-Compiled kernels survive restarts: Numba caches every ``cache=True`` kernel (streaming DTW,
-keyword spotting, the frontend's) on disk, in ``numba-cache/`` next to the spool
+The default bundles run without Numba (keyword spotting and DTW are NumPy). A node whose
+keyword bundle uses the log-mel frontend (the TACos bundle, ``models/kws_default.tflite``)
+compiles that frontend's high-pass filter with Numba at its first audio block, and that
+kernel survives restarts: Numba caches it on disk, in ``numba-cache/`` next to the spool
 (``spool.path``; ``NUMBA_CACHE_DIR`` set in the environment wins, as in the systemd unit), so
-a node restarted after a power cut loads them instead of compiling them again (compiling
-took 2.4 s of a first start on x86_64 and 14 s in the emulated arm64 root of ``make
-test-arm64``). Numba fixes a kernel's cache folder when the kernel is defined, that is when
-:mod:`edge.node` is imported, so the folder is chosen here before that import. Numba keys
+a node restarted after a power cut loads it instead of compiling it again. Numba reads the
+folder when it is imported, so it is chosen here, before anything can import it. Numba keys
 the cache by the kernel's source file (a hash of its contents), its argument types, the CPU
 and Numba's own version: an updated node compiles once, at its first start. A folder that
 cannot be written falls back to Numba's default (``__pycache__`` next to the source, else
@@ -48,7 +48,7 @@ if __name__ == "__main__" and not os.environ.get("NUMBA_CACHE_DIR"):
     if _cache is not None:
         os.environ["NUMBA_CACHE_DIR"] = str(_cache)
 
-# After NUMBA_CACHE_DIR (see the module docstring): edge.node defines the Numba kernels.
+# After NUMBA_CACHE_DIR (see the module docstring).
 from edge.node import Node  # noqa: E402
 
 

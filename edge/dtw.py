@@ -27,18 +27,23 @@ length in cells (1 on row 0, +1 per step), so the matching cost needs no backtra
 
 Two entry points:
 
-* :func:`subsequence_dtw` - the whole matrix at once (one Numba kernel, row by row: every
-  row depends on the two rows above only, so the inner loop runs along contiguous memory);
+* :func:`subsequence_dtw` - the whole matrix at once, row by row: no step stays in its row
+  (every step advances the template index), so a row depends on the two rows above only and
+  is computed in one vectorised NumPy pass along the stream;
 * :class:`StreamingSubsequenceDTW` - the node's path: ``K`` templates stacked, one new column
-  per stream frame, only the last two columns kept; results equal the batch ones exactly.
+  per stream frame, only the last two columns kept; likewise no step stays in its column, so
+  a column is one vectorised pass over all stacked rows. Results equal the batch ones exactly.
+
+Both relax a cell with :func:`_relax`, the one place that holds librosa's tie-breaking.
 
 Cost helpers: :func:`cosine_cost_matrix` (float64, exact enough to compare with SciPy) and
-:func:`cosine_cost_columns` (the streaming kernel: one column of the stacked cost matrix per
-frame, float32 dot products in a fixed order, so a frame's costs do not depend on how the
+:func:`cosine_cost_columns` (the node's: one column of the stacked cost matrix per frame,
+float32 dot products computed frame by frame, so a frame's costs do not depend on how the
 stream was chunked).
 
-Nothing here imports TensorFlow; Numba kernels are compiled on first use and cached
-(``cache=True``) next to this file.
+Plain NumPy: a node imports neither Numba (its LLVM is about 100 MB of resident memory) nor
+SciPy for keyword spotting. At the node's frame rates (12.5 to 62.5 frames per second) a
+column costs tens of microseconds, a real-time factor well under 0.01 (``make bench``).
 """
 from __future__ import annotations
 
@@ -46,8 +51,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-
-from edge.jit import numba
 
 __all__ = ["SubsequenceDtwResult", "cosine_cost_matrix", "cosine_cost_columns",
            "subsequence_dtw", "StreamingSubsequenceDTW", "STEP_SIZES"]
@@ -135,88 +138,15 @@ def cosine_cost_matrix(template: np.ndarray, stream: np.ndarray) -> np.ndarray:
     return np.clip(C, 0.0, 2.0, out=C)
 
 
-@numba.njit(cache=True, boundscheck=False, fastmath={"reassoc", "contract", "nsz", "arcp"})
-def _cost_columns_kernel(frames, templates, out):  # pragma: no cover - compiled
-    # frames: (n, D) float32 unit rows, n a multiple of 4; templates: (R, D) float32 unit
-    # rows; out: (n, R) float64. A 4 x 4 block (four frames against four template rows)
-    # per pass over D: every loaded value feeds four multiply-adds, and each template row
-    # is read once per four frames. The 16 dot products are reductions of one and the same
-    # vectorised loop whatever n and R are (a short last block repeats row R-1), so a
-    # frame's result never depends on its neighbours or on how the stream was chunked.
-    n, D = frames.shape
-    R = templates.shape[0]
-    last = R - 1
-    for f in range(0, n, 4):
-        g0 = frames[f]
-        g1 = frames[f + 1]
-        g2 = frames[f + 2]
-        g3 = frames[f + 3]
-        for r in range(0, R, 4):
-            ra = r
-            rb = min(r + 1, last)
-            rc = min(r + 2, last)
-            rd = min(r + 3, last)
-            qa = templates[ra]
-            qb = templates[rb]
-            qc = templates[rc]
-            qd = templates[rd]
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            b0 = b1 = b2 = b3 = np.float32(0.0)
-            c0 = c1 = c2 = c3 = np.float32(0.0)
-            e0 = e1 = e2 = e3 = np.float32(0.0)
-            for d in range(D):
-                x0 = g0[d]
-                x1 = g1[d]
-                x2 = g2[d]
-                x3 = g3[d]
-                y = qa[d]
-                a0 += y * x0
-                a1 += y * x1
-                a2 += y * x2
-                a3 += y * x3
-                y = qb[d]
-                b0 += y * x0
-                b1 += y * x1
-                b2 += y * x2
-                b3 += y * x3
-                y = qc[d]
-                c0 += y * x0
-                c1 += y * x1
-                c2 += y * x2
-                c3 += y * x3
-                y = qd[d]
-                e0 += y * x0
-                e1 += y * x1
-                e2 += y * x2
-                e3 += y * x3
-            _put4(out, f, ra, a0, a1, a2, a3)
-            _put4(out, f, rb, b0, b1, b2, b3)
-            _put4(out, f, rc, c0, c1, c2, c3)
-            _put4(out, f, rd, e0, e1, e2, e3)
-
-
-@numba.njit(cache=True, inline="always")
-def _put4(out, f, r, s0, s1, s2, s3):  # pragma: no cover - compiled
-    # cosine distance from a float32 similarity, clipped to [0, 2] (rounding can push a
-    # unit-vector dot product a hair past +-1)
-    out[f, r] = min(max(1.0 - np.float64(s0), 0.0), 2.0)
-    out[f + 1, r] = min(max(1.0 - np.float64(s1), 0.0), 2.0)
-    out[f + 2, r] = min(max(1.0 - np.float64(s2), 0.0), 2.0)
-    out[f + 3, r] = min(max(1.0 - np.float64(s3), 0.0), 2.0)
-
-
 def cosine_cost_columns(frames_unit: np.ndarray, templates_unit: np.ndarray) -> np.ndarray:
     """Cost columns of the stacked cosine cost matrix for a few new stream frames.
 
     The streaming counterpart of :func:`cosine_cost_matrix`: row ``t`` of the result is the
     cost column of stream frame ``t`` against every stacked template row, ready for
-    :meth:`StreamingSubsequenceDTW.update_many`. A Numba kernel computes the float32 dot
-    products in blocks of four frames by four template rows; the arithmetic for one
-    (frame, row) pair is the same whatever the block, so a frame's costs are bit-identical
-    however the stream is cut into chunks (BLAS matrix products are not: their rounding
-    depends on the shapes involved). Frames are processed four at a time (a call with
-    fewer costs as much as one with four), which is also where the speed comes from: each
-    template row is read from memory once per four frames.
+    :meth:`StreamingSubsequenceDTW.update_many`. The float32 dot products are computed one
+    frame at a time (a matrix-vector product of the same shapes for every frame), so a
+    frame's costs are bit-identical however the stream is cut into chunks (a matrix-matrix
+    product is not: BLAS rounds differently depending on the shapes involved).
 
     Parameters
     ----------
@@ -240,16 +170,12 @@ def cosine_cost_columns(frames_unit: np.ndarray, templates_unit: np.ndarray) -> 
     if f.ndim != 2 or q.ndim != 2 or f.shape[1] != q.shape[1] or q.shape[0] == 0:
         raise ValueError(f"need frames (n, D) and templates (R >= 1, D), got {f.shape} and "
                          f"{q.shape}")
-    n = f.shape[0]
-    n4 = -(-n // 4) * 4
-    if n4 != n or not f.flags.c_contiguous:
-        padded = np.zeros((n4, f.shape[1]), np.float32)
-        padded[:n] = f
-        f = padded
-    out = np.empty((n4, q.shape[0]), np.float64)
-    if n4:
-        _cost_columns_kernel(f, q, out)
-    return out[:n]
+    sims = np.empty((f.shape[0], q.shape[0]), np.float32)
+    for t in range(f.shape[0]):
+        np.matmul(q, f[t], out=sims[t])
+    # cosine distance; rounding can push a unit-vector dot product a hair past +-1
+    out = 1.0 - sims.astype(np.float64)
+    return np.clip(out, 0.0, 2.0, out=out)
 
 
 # --------------------------------------------------------------------------------------
@@ -292,85 +218,33 @@ class SubsequenceDtwResult:
         return out
 
 
-@numba.njit(cache=True, boundscheck=False, inline="always")
-def _best3(cc, da, sa, la, db, sb, lb, dc, sc, lc):  # pragma: no cover - compiled
-    # Relax one cell from its three predecessors a = (1, 1), b = (1, 2), c = (2, 1), as
-    # librosa does: candidate D + cc, strict "<", in step order, starting from +inf.
-    # Written with selects, not branches: the winner is data dependent and branches on
-    # it would be mispredicted about every other cell.
-    va = da + cc
-    vb = db + cc
-    vc = dc + cc
-    best = va
-    bs = sa
-    bl = la
-    take = vb < best
-    best = vb if take else best
-    bs = sb if take else bs
-    bl = lb if take else bl
-    take = vc < best
-    best = vc if take else best
-    bs = sc if take else bs
-    bl = lc if take else bl
+def _relax(cost, a, b, c):
+    """Relax cells from their three predecessors, vectorised over the cells.
+
+    ``a``, ``b``, ``c`` are the predecessors' ``(D, start, length)`` arrays for the steps
+    (1, 1), (1, 2), (2, 1), aligned with ``cost``. As librosa does it: candidate
+    ``D + cost``, strict ``<``, in step order, starting from ``+inf``. Returns the cells'
+    ``(D, start, length)``: start -1 and length 0 where no path reaches.
+    """
+    best = a[0] + cost
+    start = a[1]
+    length = a[2]
+    for d, s, n in (b, c):
+        v = d + cost
+        take = v < best
+        best = np.where(take, v, best)
+        start = np.where(take, s, start)
+        length = np.where(take, n, length)
     reach = best < np.inf
-    return best, (bs if reach else -1), (bl + 1 if reach else 0)
-
-
-@numba.njit(cache=True, boundscheck=False)
-def _subseq_dtw_kernel(C, D, S, L):  # pragma: no cover - compiled
-    # Row by row: row i needs rows i-1 and i-2 only, so the inner loop runs along
-    # contiguous memory and its iterations are independent (LLVM vectorises it). The
-    # shifted views make every index the bare loop variable: Numba's negative-index
-    # wrap-around on "j - 1" would otherwise keep LLVM from vectorising.
-    M, N = C.shape
-    inf = np.inf
-    for j in range(N):
-        x = C[0, j]
-        reach = x < inf
-        D[0, j] = x
-        S[0, j] = j if reach else -1
-        L[0, j] = 1 if reach else 0
-    for i in range(1, M):
-        c = C[i]
-        d1 = D[i - 1]
-        s1 = S[i - 1]
-        l1 = L[i - 1]
-        dr = D[i]
-        sr = S[i]
-        lr = L[i]
-        # column 0 has no predecessor
-        dr[0] = inf
-        sr[0] = -1
-        lr[0] = 0
-        # row i-2 for the (2, 1) step; on row 1 there is none: +inf candidates
-        two = i >= 2
-        d2 = D[i - 2] if two else d1
-        s2 = S[i - 2] if two else s1
-        l2 = L[i - 2] if two else l1
-        if N > 1:  # column 1: no (1, 2) step
-            dr[1], sr[1], lr[1] = _best3(c[1], d1[0], s1[0], l1[0], inf, -1, -1,
-                                         d2[0] if two else inf, s2[0], l2[0])
-        # columns 2.. : element k of each view is the cell (i, k + 2) or its predecessor
-        c_ = c[2:]
-        da, sa, la = d1[1:], s1[1:], l1[1:]  # (i-1, j-1): step (1, 1)
-        db, sb, lb = d1, s1, l1  # (i-1, j-2): step (1, 2)
-        dc, sc, lc = d2[1:], s2[1:], l2[1:]  # (i-2, j-1): step (2, 1)
-        do, so, lo = dr[2:], sr[2:], lr[2:]
-        if two:
-            for k in range(N - 2):
-                do[k], so[k], lo[k] = _best3(c_[k], da[k], sa[k], la[k], db[k], sb[k], lb[k],
-                                             dc[k], sc[k], lc[k])
-        else:
-            for k in range(N - 2):
-                do[k], so[k], lo[k] = _best3(c_[k], da[k], sa[k], la[k], db[k], sb[k], lb[k],
-                                             inf, -1, -1)
+    return best, np.where(reach, start, -1), np.where(reach, length + 1, 0)
 
 
 def subsequence_dtw(C) -> SubsequenceDtwResult:
     """Sub-sequence DTW of a template against a stream, from their cost matrix.
 
     Step sizes (1, 1), (1, 2), (2, 1) in (template, stream) index, free start and end in
-    the stream (thesis 6.3.6). One compiled Numba kernel fills the matrices row by row.
+    the stream (thesis 6.3.6). The matrices are filled row by row, each row in one
+    vectorised pass (:func:`_relax`).
 
     Parameters
     ----------
@@ -400,10 +274,22 @@ def subsequence_dtw(C) -> SubsequenceDtwResult:
     """
     C = _as_cost_matrix(C)
     M, N = C.shape
-    D = np.empty((M, N), np.float64)
-    S = np.empty((M, N), np.int64)
-    L = np.empty((M, N), np.int64)
-    _subseq_dtw_kernel(C, D, S, L)
+    # One leading row and two leading columns of padding (+inf, start -1, length 0) stand
+    # for the predecessors outside the matrix; cell (i, j) lives at [i + 1, j + 2].
+    D = np.full((M + 1, N + 2), np.inf)
+    S = np.full((M + 1, N + 2), -1, np.int64)
+    L = np.zeros((M + 1, N + 2), np.int64)
+    reach = C[0] < np.inf  # row 0: a path starts at every reachable cell
+    D[1, 2:] = C[0]
+    S[1, 2:] = np.where(reach, np.arange(N), -1)
+    L[1, 2:] = reach
+    for i in range(2, M + 1):
+        D[i, 2:], S[i, 2:], L[i, 2:] = _relax(
+            C[i - 1],
+            (D[i - 1, 1:-1], S[i - 1, 1:-1], L[i - 1, 1:-1]),  # (i-1, j-1): step (1, 1)
+            (D[i - 1, :-2], S[i - 1, :-2], L[i - 1, :-2]),  # (i-1, j-2): step (1, 2)
+            (D[i - 2, 1:-1], S[i - 2, 1:-1], L[i - 2, 1:-1]))  # (i-2, j-1): step (2, 1)
+    D, S, L = (np.ascontiguousarray(x[1:, 2:]) for x in (D, S, L))
     return SubsequenceDtwResult(D, S, L)
 
 
@@ -412,68 +298,12 @@ def subsequence_dtw(C) -> SubsequenceDtwResult:
 # --------------------------------------------------------------------------------------
 
 
-@numba.njit(cache=True, boundscheck=False)
-def _first_invalid(x):  # pragma: no cover - compiled
-    # flat index of the first NaN or negative value, -1 if none (+inf is allowed)
-    for k in range(x.size):
-        if not x.flat[k] >= 0.0:
-            return k
-    return -1
-
-
-@numba.njit(cache=True, boundscheck=False)
-def _stream_kernel(costs, kind, ends, D, S, L, j0, out_cost, out_start):  # pragma: no cover
-    # costs: (n, R) cost columns of frames j0 .. j0+n-1, the K templates stacked along R;
-    # kind: (R,) 0 on a template's first row, 1 on its second, 2 below; ends: (K,) index
-    # of each template's last row. D, S, L: (3, R + 2) state; column j lives in slot j % 3
-    # (the other two slots hold columns j-1 and j-2, +inf before the stream starts) at
-    # positions 2 .. R+1; positions 0 and 1 are +inf padding so that rows r-1 and r-2
-    # exist for every r. out_cost, out_start: (n, K).
-    # One loop over all stacked rows, no per-template inner loop: the template
-    # boundaries are handled by "kind" with selects, so the loop vectorises.
-    n, R = costs.shape
-    K = ends.shape[0]
-    inf = np.inf
-    for t in range(n):
-        j = j0 + t
-        cur = j % 3
-        p1 = (j + 2) % 3  # slot of column j-1
-        p2 = (j + 1) % 3  # slot of column j-2
-        c = costs[t]
-        # element r of each view is row r of the column (or its predecessor row)
-        do, so, lo = D[cur, 2:], S[cur, 2:], L[cur, 2:]
-        da, sa, la = D[p1, 1:], S[p1, 1:], L[p1, 1:]  # (r-1, j-1): step (1, 1)
-        db, sb, lb = D[p2, 1:], S[p2, 1:], L[p2, 1:]  # (r-1, j-2): step (1, 2)
-        dc, sc, lc = D[p1], S[p1], L[p1]  # (r-2, j-1): step (2, 1)
-        for r in range(R):
-            kd = kind[r]
-            first = kd == 0
-            second = kd == 1
-            # first row: a path starts here (as if from a 0-cost cell with length 0)
-            va = da[r]
-            vsa = sa[r]
-            vla = la[r]
-            vb = db[r]
-            vc = dc[r]
-            va = 0.0 if first else va
-            vsa = j if first else vsa
-            vla = 0 if first else vla
-            vb = inf if first else vb
-            vc = inf if (first or second) else vc
-            do[r], so[r], lo[r] = _best3(c[r], va, vsa, vla, vb, sb[r], lb[r], vc, sc[r], lc[r])
-        for k in range(K):
-            e = ends[k]
-            length = lo[e]
-            out_cost[t, k] = do[e] / length if length > 0 else inf
-            out_start[t, k] = so[e]
-
-
 class StreamingSubsequenceDTW:
     """Sub-sequence DTW of ``K`` templates against a stream, one stream frame at a time.
 
     The templates are stacked along one axis (``R = sum(template_lengths)`` rows); every
-    call adds one column of the accumulated cost (and path start and length) per template
-    in a single Numba call, keeping only the last two columns: memory ``O(R)``, work
+    frame adds one column of the accumulated cost (and path start and length) over all of
+    them in one vectorised pass, keeping only the last two columns: memory ``O(R)``, work
     ``O(R)`` per frame, never a recomputation of the matrix (SPEC, "KWS embedder";
     thesis 6.3.6). The results equal :func:`subsequence_dtw` on the full cost matrices,
     bit for bit.
@@ -508,16 +338,18 @@ class StreamingSubsequenceDTW:
         self.template_lengths = lengths.astype(np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.template_lengths)]).astype(np.int64)
         self.n_rows = int(self.offsets[-1])
-        # row kind for the kernel: 0 first row of a template, 1 second row, 2 the others
-        self._kind = np.full(self.n_rows, 2, np.int8)
-        self._kind[self.offsets[:-1]] = 0
-        second = self.offsets[:-1][self.template_lengths > 1] + 1
-        self._kind[second] = 1
+        # Every row r takes its predecessors from rows r - 1 and r - 2 of the previous
+        # columns (views, shifted by two leading +inf slots); a template's first row takes
+        # none (a path starts there) and its second row has no (2, 1) step: both are fixed
+        # up after the vectorised pass.
+        self._first = self.offsets[:-1]
+        self._second = self.offsets[:-1][self.template_lengths > 1] + 1
         self._ends = self.offsets[1:] - 1
-        # the last three columns, with two leading +inf rows of padding (see the kernel)
-        self._D = np.empty((3, self.n_rows + 2), np.float64)
-        self._S = np.empty((3, self.n_rows + 2), np.int64)
-        self._L = np.empty((3, self.n_rows + 2), np.int64)
+        # the last three columns (column j in slot j % 3), rows at 2 .. R + 1
+        R = self.n_rows
+        self._D = np.empty((3, R + 2), np.float64)
+        self._S = np.empty((3, R + 2), np.int64)
+        self._L = np.empty((3, R + 2), np.int64)
         self.reset()
 
     @property
@@ -534,8 +366,9 @@ class StreamingSubsequenceDTW:
 
     def _check(self, costs: np.ndarray) -> np.ndarray:
         costs = np.ascontiguousarray(costs, dtype=np.float64)
-        bad = _first_invalid(costs)
-        if bad >= 0:
+        ok = costs >= 0.0  # False for NaN too; +inf is allowed
+        if not ok.all():
+            bad = int(np.argmin(ok.ravel()))
             v = costs.flat[bad]
             raise ValueError(f"cost column value {v!r} at flat index {bad} is "
                              f"{'NaN' if np.isnan(v) else 'negative'}; costs must be >= 0")
@@ -571,7 +404,7 @@ class StreamingSubsequenceDTW:
         return cost[0], start[0]
 
     def update_many(self, cost_columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Add ``n`` stream frames in one Numba call (same results as ``n`` updates).
+        """Add ``n`` stream frames (same results as ``n`` updates).
 
         Parameters
         ----------
@@ -600,8 +433,29 @@ class StreamingSubsequenceDTW:
         n = costs.shape[0]
         out_cost = np.empty((n, self.n_templates), np.float64)
         out_start = np.empty((n, self.n_templates), np.int64)
-        if n:
-            _stream_kernel(costs, self._kind, self._ends, self._D, self._S, self._L,
-                           self.frames_seen, out_cost, out_start)
-            self.frames_seen += n
+        R = self.n_rows
+        first, second, ends = self._first, self._second, self._ends
+        for t in range(n):
+            j = self.frames_seen
+            cur, p1, p2 = j % 3, (j + 2) % 3, (j + 1) % 3  # slots of columns j, j-1, j-2
+            D1, S1, L1 = self._D[p1], self._S[p1], self._L[p1]
+            D2, S2, L2 = self._D[p2], self._S[p2], self._L[p2]
+            c = costs[t]
+            up2 = D1[:R].copy()  # row r - 2 of column j - 1: not for a second row
+            up2[second] = np.inf
+            d, s, length = _relax(c, (D1[1:R + 1], S1[1:R + 1], L1[1:R + 1]),
+                                  (D2[1:R + 1], S2[1:R + 1], L2[1:R + 1]),
+                                  (up2, S1[:R], L1[:R]))
+            reach = c[first] < np.inf  # a template's first row: a path starts here
+            d[first] = c[first]
+            s[first] = np.where(reach, j, -1)
+            length[first] = reach
+            self._D[cur, 2:] = d
+            self._S[cur, 2:] = s
+            self._L[cur, 2:] = length
+            n_end = length[ends]
+            out_cost[t] = np.divide(d[ends], n_end, out=np.full(len(ends), np.inf),
+                                    where=n_end > 0)
+            out_start[t] = s[ends]
+            self.frames_seen = j + 1
         return out_cost, out_start

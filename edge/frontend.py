@@ -526,12 +526,16 @@ _BIQUAD = None
 
 
 def _biquad_kernel():
-    """Numba kernel (compiled on first use): transposed direct form II, state in ``z``."""
+    """Numba kernel (compiled on first use): transposed direct form II, state in ``z``.
+
+    Numba is imported here, not with the module: a node whose keyword bundle has its own
+    frontend (:mod:`edge.speech_embedding`) never loads it (its LLVM is about 100 MB).
+    """
     global _BIQUAD
     if _BIQUAD is None:
-        from numba import njit
+        from edge.jit import numba
 
-        @njit(cache=True, nogil=True)
+        @numba.njit(cache=True, nogil=True)
         def biquad(x, b, a, z):
             y = np.empty(x.shape[0], np.float64)
             z1, z2 = z[0], z[1]

@@ -1,4 +1,9 @@
-"""Numba for the node's compiled kernels, imported without SciPy.
+"""Numba for the node's one compiled kernel, imported without SciPy.
+
+The kernel is the log-mel frontend's high-pass filter (:func:`edge.frontend.highpass`), which
+only a node with the log-mel TACos keyword bundle runs; it imports this module at its first
+block. The default bundles never import it: DTW and keyword spotting are NumPy, and Numba's
+LLVM would cost a node about 100 MB.
 
 Where SciPy is installed (it is, for calibration), Numba imports it twice over: ``import numba``
 for a version check, and the first compilation or cache load (``numba.np.arraymath``)
@@ -11,11 +16,11 @@ that imported librosa): then it changes nothing.
 Consequence: in a process that imported this module before SciPy, a kernel that uses
 ``np.dot`` or ``np.linalg`` fails to compile ("scipy 0.16+ is required for linear algebra");
 SciPy itself remains importable as usual. ``tests/test_node_imports.py`` checks that a node
-runs both detectors without importing SciPy, scikit-learn or matplotlib.
+runs both detectors without importing Numba, SciPy, scikit-learn or matplotlib.
 
-* :data:`numba`: the module; kernels use ``from edge.jit import numba`` and ``@numba.njit``
-  (with ``cache=True``: a node loads compiled kernels from its cache folder instead of
-  compiling them at every start; ``python -m edge run`` puts it in ``numba-cache/`` next to
+* :data:`numba`: the module; a kernel uses ``from edge.jit import numba`` and ``@numba.njit``
+  (with ``cache=True``: a node loads the compiled kernel from its cache folder instead of
+  compiling it at every start; ``python -m edge run`` puts it in ``numba-cache/`` next to
   the spool, see :mod:`edge.__main__`; elsewhere Numba's default, ``__pycache__``).
 """
 from __future__ import annotations

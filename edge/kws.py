@@ -66,7 +66,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from edge.dtw import StreamingSubsequenceDTW, cosine_cost_columns
-from edge.jit import numba
 from edge.keywords import EnrolledKeywords
 from edge.model import ModelError, load_bundle
 
@@ -191,63 +190,100 @@ class _Raw:
     at: int = 0  # frame at which the raw detection was decided
 
 
-@numba.njit(cache=True, boundscheck=False)
-def _track_runs(mc, st, tmpl_kw, thr, j0, confirm, in_run, best_cost, best_start, best_end,
-                best_tmpl, decided, cand, out_kw, out_on, out_off, out_cost, out_tmpl,
-                out_at):  # pragma: no cover
-    # Steps 1 and 2 of the module docstring for n frames (j0 .. j0+n-1). mc, st: (n, K)
-    # matching costs and path starts per template; tmpl_kw: (K,) keyword of each template;
-    # thr: (W,); run state per keyword: in_run, best_cost, best_start, best_end (frame),
-    # best_tmpl, decided (the current best was already output). confirm >= 0: a run's best
-    # is output once confirm frames passed without a lower cost ("confirmed" decision);
-    # -1: only when the run closes ("exact"). Writes the candidate cost of every keyword
-    # and frame into cand (n, W) and the raw detections into out_* (capacity n * W), with
-    # out_at the frame at which each was output; returns their number.
-    n, K = mc.shape
-    W = thr.shape[0]
-    cc = np.empty(W, np.float64)
-    cs = np.empty(W, np.int64)
-    ct = np.empty(W, np.int64)
-    count = 0
-    for t in range(n):
-        j = j0 + t
-        for w in range(W):
-            cc[w] = np.inf
-            cs[w] = -1
-            ct[w] = -1
-        for k in range(K):
-            w = tmpl_kw[k]
-            v = mc[t, k]
-            if v < cc[w]:
-                cc[w] = v
-                cs[w] = st[t, k]
-                ct[w] = k
-        for w in range(W):
-            v = cc[w]
-            cand[t, w] = v
-            emit = False
-            if v < thr[w]:
-                if not in_run[w] or v < best_cost[w]:
-                    in_run[w] = True
-                    best_cost[w] = v
-                    best_start[w] = cs[w]
-                    best_end[w] = j
-                    best_tmpl[w] = ct[w]
-                    decided[w] = False
-                emit = confirm >= 0 and not decided[w] and j - best_end[w] >= confirm
-            elif in_run[w]:
-                in_run[w] = False
-                emit = not decided[w]  # closed before its minimum was confirmed
-            if emit:
-                out_kw[count] = w
-                out_on[count] = best_start[w]
-                out_off[count] = best_end[w] + 1
-                out_cost[count] = best_cost[w]
-                out_tmpl[count] = best_tmpl[w]
-                out_at[count] = j
-                count += 1
-            decided[w] = in_run[w] and (decided[w] or emit)
-    return count
+class _RunTracker:
+    """Steps 1 and 2 of the module docstring, frame block by frame block.
+
+    Per keyword: whether a run is open, its best (lowest) candidate so far (cost, path
+    start, frame, template) and whether that best was already output (``decided``). Frames
+    where a keyword's candidate is not below its threshold and no run is open change
+    nothing, so only the frames in and just after runs are visited one by one.
+
+    Parameters
+    ----------
+    tmpl_kw : np.ndarray [shape=(K,), dtype=int64]
+        Keyword index of each template.
+    thresholds : np.ndarray [shape=(W,), dtype=float64]
+    confirm : int
+        ``>= 0``: a run's best is output once ``confirm`` frames passed without a lower
+        cost ("confirmed" decision); ``-1``: only when the run closes ("exact").
+    """
+
+    def __init__(self, tmpl_kw: np.ndarray, thresholds: np.ndarray, confirm: int):
+        self.thr = thresholds
+        self.confirm = confirm
+        self.templates_of = [np.flatnonzero(tmpl_kw == w) for w in range(len(thresholds))]
+        W = len(thresholds)
+        self.in_run = np.zeros(W, bool)
+        self.best_cost = np.full(W, np.inf)
+        self.best_start = np.zeros(W, np.int64)
+        self.best_end = np.zeros(W, np.int64)
+        self.best_tmpl = np.zeros(W, np.int64)
+        self.decided = np.zeros(W, bool)
+
+    def close_all(self, end: int) -> list[_Raw]:
+        """Close every open run (end of stream): the raw detections not yet output."""
+        out = [_Raw(int(w), int(self.best_start[w]), int(self.best_end[w]) + 1,
+                    float(self.best_cost[w]), int(self.best_tmpl[w]), end)
+               for w in np.flatnonzero(self.in_run & ~self.decided)]
+        self.in_run[:] = False
+        self.decided[:] = False
+        return out
+
+    def push(self, mc: np.ndarray, st: np.ndarray, j0: int) -> tuple[np.ndarray, list[_Raw]]:
+        """Track runs over frames ``j0 .. j0 + n - 1``.
+
+        Parameters
+        ----------
+        mc, st : np.ndarray [shape=(n, K)]
+            Matching cost (float64) and path start frame (int64) of every template.
+        j0 : int
+            Absolute index of the first frame.
+
+        Returns
+        -------
+        cand : np.ndarray [shape=(n, W), dtype=float64]
+            Candidate cost of every keyword and frame (step 1).
+        raws : list of _Raw
+            Raw detections output in these frames, in the order of the frame deciding them
+            (``at`` is one past it), then keyword.
+        """
+        n = mc.shape[0]
+        cand = np.empty((n, len(self.thr)), np.float64)
+        raws: list[tuple[int, int, _Raw]] = []
+        rows = np.arange(n)
+        for w, ks in enumerate(self.templates_of):
+            pick = ks[np.argmin(mc[:, ks], axis=1)]  # lowest cost, the first template on ties
+            cost = mc[rows, pick]
+            cand[:, w] = cost
+            below = cost < self.thr[w]
+            # frames in a run and the frame that closes one; nothing happens elsewhere
+            visit = below.copy()
+            visit[1:] |= below[:-1]
+            visit[0] |= self.in_run[w]
+            for t in np.flatnonzero(visit):
+                j = j0 + int(t)
+                emit = False
+                if below[t]:
+                    if not self.in_run[w] or cost[t] < self.best_cost[w]:
+                        self.in_run[w] = True
+                        self.best_cost[w] = cost[t]
+                        self.best_start[w] = st[t, pick[t]]
+                        self.best_end[w] = j
+                        self.best_tmpl[w] = pick[t]
+                        self.decided[w] = False
+                    emit = (self.confirm >= 0 and not self.decided[w]
+                            and j - self.best_end[w] >= self.confirm)
+                elif self.in_run[w]:
+                    self.in_run[w] = False
+                    emit = not self.decided[w]  # closed before its minimum was confirmed
+                if emit:
+                    raws.append((j, w, _Raw(w, int(self.best_start[w]),
+                                            int(self.best_end[w]) + 1,
+                                            float(self.best_cost[w]),
+                                            int(self.best_tmpl[w]), j + 1)))
+                self.decided[w] = self.in_run[w] and (self.decided[w] or emit)
+        raws.sort(key=lambda x: (x[0], x[1]))
+        return cand, [r for _, _, r in raws]
 
 
 def _subtract(pieces: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
@@ -270,9 +306,8 @@ class KeywordSpotter:
     The templates are L2-normalised once and stacked into one ``(sum M, D)`` float32
     matrix; each new frame costs one column of the stacked cosine cost matrix
     (:func:`edge.dtw.cosine_cost_columns`), one column of the accumulated DTW cost per
-    template (:class:`edge.dtw.StreamingSubsequenceDTW`) and a pass of the run tracking, all
-    in Numba. Every pushed frame is processed at once (the cost kernel pads a block to a
-    multiple of four frames itself).
+    template (:class:`edge.dtw.StreamingSubsequenceDTW`) and a pass of the run tracking, in
+    NumPy. Every pushed frame is processed at once.
 
     Parameters
     ----------
@@ -381,12 +416,8 @@ class KeywordSpotter:
         """Forget the stream (pending detections included); the next frame is frame 0."""
         W = len(self.keywords)
         self._dtw.reset()
-        self._in_run = np.zeros(W, np.bool_)
-        self._best_cost = np.full(W, np.inf)
-        self._best_start = np.zeros(W, np.int64)
-        self._best_end = np.zeros(W, np.int64)
-        self._best_tmpl = np.zeros(W, np.int64)
-        self._decided = np.zeros(W, np.bool_)
+        self._runs = _RunTracker(self._tmpl_kw, self._thr,
+                                 self.confirm_frames if self.decision == "confirmed" else -1)
         self._pending: list[_Raw] = []
         self._kept: list[tuple[int, int]] = []  # "confirmed": decided intervals still relevant
         self._trace: list[np.ndarray] = []
@@ -470,47 +501,27 @@ class KeywordSpotter:
             In onset order.
         """
         self._flushed = True
-        end = self._dtw.frames_seen
-        for w in np.flatnonzero(self._in_run & ~self._decided):
-            self._pending.append(_Raw(int(w), int(self._best_start[w]),
-                                      int(self._best_end[w]) + 1, float(self._best_cost[w]),
-                                      int(self._best_tmpl[w]), end))
-        self._in_run[:] = False
+        self._pending.extend(self._runs.close_all(self._dtw.frames_seen))
         return self._finalise(final=True)
 
     # ----------------------------------------------------------------------------------
 
     def _process(self, block: np.ndarray) -> None:
         """Cost columns, DTW and run tracking for the unit-norm frames ``block``."""
-        n = len(block)
         costs = cosine_cost_columns(block, self._Q)
         j0 = self._dtw.frames_seen
         mc, st = self._dtw._update_unchecked(costs)  # costs are in [0, 2] by construction
-        W = len(self.keywords)
-        cand = np.empty((n, W), np.float64)
-        cap = n * W
-        out_kw = np.empty(cap, np.int64)
-        out_on = np.empty(cap, np.int64)
-        out_off = np.empty(cap, np.int64)
-        out_cost = np.empty(cap, np.float64)
-        out_tmpl = np.empty(cap, np.int64)
-        out_at = np.empty(cap, np.int64)
-        confirm = self.confirm_frames if self.decision == "confirmed" else -1
-        count = _track_runs(mc, st, self._tmpl_kw, self._thr, j0, confirm, self._in_run,
-                            self._best_cost, self._best_start, self._best_end,
-                            self._best_tmpl, self._decided, cand, out_kw, out_on, out_off,
-                            out_cost, out_tmpl, out_at)
-        for i in range(count):
-            self._pending.append(_Raw(int(out_kw[i]), int(out_on[i]), int(out_off[i]),
-                                      float(out_cost[i]), int(out_tmpl[i]), int(out_at[i]) + 1))
+        cand, raws = self._runs.push(mc, st, j0)
+        self._pending.extend(raws)
         if self.record_trace:
             self._trace.append(cand)
 
     def _horizon(self) -> float:
         """Earliest frame where a raw detection still to come could start."""
         h = self._dtw.frames_seen - (self.max_span_frames - 1)
-        if self._in_run.any():
-            h = min(h, int(self._best_start[self._in_run].min()))
+        runs = self._runs
+        if runs.in_run.any():
+            h = min(h, int(runs.best_start[runs.in_run].min()))
         return h
 
     def _finalise(self, final: bool) -> list[Detection]:
@@ -664,28 +675,11 @@ class KeywordListener:
             return []
         return self.spotter.push(self.stream.flush()) + self.spotter.flush()
 
-@numba.njit(cache=True, boundscheck=False)
-def _unit_rows_kernel(x, out):  # pragma: no cover - compiled
-    # x, out: (n, D) float32. Returns the first row holding NaN or inf, -1 if none.
-    n, D = x.shape
-    for i in range(n):
-        ss = 0.0
-        for d in range(D):
-            v = np.float64(x[i, d])
-            ss += v * v
-        if not np.isfinite(ss):
-            return i
-        scale = 1.0 / np.sqrt(ss) if ss > 0.0 else 0.0
-        for d in range(D):
-            out[i, d] = np.float32(x[i, d] * scale)
-    return -1
-
-
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm, float32; zero rows stay zero (cost 1 to everything).
 
-    One Numba pass (NumPy's einsum/divide cost ~10 us per call, too much per pushed frame
-    block on a node).
+    The norm is summed in float64, row by row (a frame's result does not depend on the
+    other frames of its block).
 
     Raises
     ------
@@ -693,11 +687,14 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
         If a value is NaN or infinite (also float64 values beyond the float32 range).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
-    bad = _unit_rows_kernel(x, out) if x.size else -1
-    if bad >= 0:
-        raise ValueError(f"frame {bad} of the block contains NaN or infinite values")
-    return out
+    x64 = x.astype(np.float64)
+    ss = np.sum(x64 * x64, axis=1)
+    finite = np.isfinite(ss)
+    if not finite.all():
+        raise ValueError(f"frame {int(np.argmin(finite))} of the block contains NaN or "
+                         "infinite values")
+    scale = np.divide(1.0, np.sqrt(ss), out=np.zeros_like(ss), where=ss > 0.0)
+    return (x64 * scale[:, None]).astype(np.float32)
 
 
 def detect_keywords(frames: np.ndarray, templates: Iterable[Template],

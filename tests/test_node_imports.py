@@ -1,10 +1,11 @@
-"""What a running node imports: never SciPy, scikit-learn, matplotlib, librosa or TensorFlow.
+"""What a running node imports: never Numba, SciPy, scikit-learn, matplotlib, librosa or
+TensorFlow.
 
 They are installed on a node (calibration and enrollment use SciPy, scikit-learn and
-matplotlib), but ``python -m edge run`` must not load them: SciPy's linear algebra alone costs
-a node about 17 MB (Numba imports it unless :mod:`edge.jit` hides it). The real node runs here
-with both detectors on a replay against a real mosquitto, and reports its ``sys.modules`` at
-the end.
+matplotlib; the log-mel keyword frontend uses Numba), but ``python -m edge run`` with the
+default bundles must not load them: Numba's LLVM costs a node about 100 MB of resident memory,
+SciPy's linear algebra about 17 MB. The real node runs here with both detectors on a replay
+against a real mosquitto, and reports its ``sys.modules`` at the end.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from demo.tools import require_tools
 from firmware_config.defaults import default_config_doc, write_config_doc
 from nodeproc import NORMAL, ROOT
 
-NOT_ON_A_NODE = {"scipy", "sklearn", "matplotlib", "librosa", "tensorflow", "keras"}
+NOT_ON_A_NODE = {"numba", "llvmlite", "scipy", "sklearn", "matplotlib", "librosa",
+                 "tensorflow", "keras"}
 
 
 def _modules_after(code: str, env: dict | None = None) -> dict:
@@ -44,7 +46,7 @@ def _modules_after(code: str, env: dict | None = None) -> dict:
 
 def test_importing_the_node_loads_no_heavy_library():
     out = _modules_after("import edge.node, edge.__main__\nout = {}\n")
-    assert "numba" in out["modules"]  # the check below is not vacuous
+    assert {"edge", "numpy", "paho"} <= set(out["modules"])  # not vacuous
     assert not NOT_ON_A_NODE & set(out["modules"]), sorted(NOT_ON_A_NODE & set(out["modules"]))
 
 

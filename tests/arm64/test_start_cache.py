@@ -1,16 +1,16 @@
-"""A node keeps its compiled Numba kernels next to its spool (``edge/__main__.py``).
+"""A node keeps its compiled Numba kernel next to its spool (``edge/__main__.py``).
 
-A node restarted after a power cut must load its kernels, not compile them for minutes (on a
-small board; ``make test-arm64`` measures both starts in an emulated arm64 root). Numba fixes a
-kernel's cache folder when the kernel is defined, so ``python -m edge`` must set
-``NUMBA_CACHE_DIR`` before it imports the node: Numba creates the folder at that moment, which
-is what the second test sees.
+Only a node with the log-mel keyword bundle compiles one (the frontend's high-pass); restarted
+after a power cut it must load it, not compile it again. Numba reads its cache folder when it
+is imported, so ``python -m edge`` must set ``NUMBA_CACHE_DIR`` before anything imports it;
+the default node does not import Numba at all.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from edge.__main__ import numba_cache_dir
@@ -31,14 +31,25 @@ def test_the_cache_is_next_to_the_spool(tmp_path):
     assert numba_cache_dir(["run", "--config", str(tmp_path / "missing.yaml")]) is None
 
 
-def test_the_node_sets_the_cache_before_its_kernels_are_defined(tmp_path):
+def test_the_node_sets_the_cache_before_numba_is_imported(tmp_path):
     cfg = _config(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    r = subprocess.run([sys.executable, "-m", "edge", "run", "--config", str(cfg),
-                        "--replay", str(tmp_path / "missing.flac")], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1, r.stderr  # the missing recording, after the kernels' definition
-    cache = tmp_path / "state" / "numba-cache"
-    assert cache.is_dir() and any(cache.iterdir()), (
-        f"no Numba cache in {cache}: NUMBA_CACHE_DIR was not set before edge.node was "
-        f"imported\n{r.stderr[-1000:]}")
+    code = textwrap.dedent(f"""
+        import runpy, sys
+        sys.argv = ["edge", "run", "--config", {str(cfg)!r}, "--replay",
+                    {str(tmp_path / "missing.flac")!r}]
+        try:
+            runpy.run_module("edge", run_name="__main__", alter_sys=True)
+        except SystemExit as exc:
+            print("EXIT", exc.code)
+        print("NUMBA_LOADED", "numba" in sys.modules)
+        from numba.core import config
+        print("CACHE_DIR", config.CACHE_DIR)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    lines = dict(ln.split(" ", 1) for ln in r.stdout.splitlines() if " " in ln)
+    assert lines.get("EXIT") == "1", r.stdout + r.stderr[-2000:]  # the missing recording
+    assert lines.get("NUMBA_LOADED") == "False", "the default node imported Numba"
+    assert lines.get("CACHE_DIR") == str(tmp_path / "state" / "numba-cache"), (
+        f"NUMBA_CACHE_DIR was not set for a later Numba import\n{r.stdout}{r.stderr[-1000:]}")
