@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from edge.jit import load_numba
+
 __all__ = [
     "AsdFrontendParams",
     "fix_length",
@@ -533,7 +535,7 @@ def _biquad_kernel():
     """
     global _BIQUAD
     if _BIQUAD is None:
-        from edge.jit import numba
+        numba = load_numba()
 
         @numba.njit(cache=True, nogil=True)
         def biquad(x, b, a, z):

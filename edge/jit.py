@@ -1,9 +1,9 @@
 """Numba for the node's one compiled kernel, imported without SciPy.
 
 The kernel is the log-mel frontend's high-pass filter (:func:`edge.frontend.highpass`), which
-only a node with the log-mel TACos keyword bundle runs; it imports this module at its first
-block. The default bundles never import it: DTW and keyword spotting are NumPy, and Numba's
-LLVM would cost a node about 100 MB.
+only a node with the log-mel TACos keyword bundle runs; it calls :func:`load_numba` at its
+first block. Importing this module does not import Numba: with the default bundles a node
+never loads it (DTW and keyword spotting are NumPy; Numba's LLVM would cost about 100 MB).
 
 Where SciPy is installed (it is, for calibration), Numba imports it twice over: ``import numba``
 for a version check, and the first compilation or cache load (``numba.np.arraymath``)
@@ -18,8 +18,8 @@ Consequence: in a process that imported this module before SciPy, a kernel that 
 SciPy itself remains importable as usual. ``tests/test_node_imports.py`` checks that a node
 runs both detectors without importing Numba, SciPy, scikit-learn or matplotlib.
 
-* :data:`numba`: the module; a kernel uses ``from edge.jit import numba`` and ``@numba.njit``
-  (with ``cache=True``: a node loads the compiled kernel from its cache folder instead of
+* :func:`load_numba`: the module, imported on the first call; a kernel is defined with
+  ``numba = load_numba()`` and ``@numba.njit`` (with ``cache=True``: a node loads the compiled kernel from its cache folder instead of
   compiling it at every start; ``python -m edge run`` puts it in ``numba-cache/`` next to
   the spool, see :mod:`edge.__main__`; elsewhere Numba's default, ``__pycache__``).
 """
@@ -29,7 +29,7 @@ import contextlib
 import sys
 from typing import Iterator
 
-__all__ = ["numba"]
+__all__ = ["load_numba"]
 
 
 @contextlib.contextmanager
@@ -46,6 +46,15 @@ def _scipy_hidden() -> Iterator[None]:
             del sys.modules["scipy"]
 
 
-with _scipy_hidden():
-    import numba
-    import numba.np.arraymath  # noqa: F401  # probes for SciPy's BLAS once, on import
+def load_numba():
+    """Numba, imported with SciPy hidden (module docstring) on the first call.
+
+    Returns
+    -------
+    module
+        ``numba``.
+    """
+    with _scipy_hidden():
+        import numba
+        import numba.np.arraymath  # noqa: F401  # probes for SciPy's BLAS once, on import
+    return numba

@@ -431,7 +431,7 @@ class KeywordSpotter:
 
     @property
     def frames_processed(self) -> int:
-        """Frames that went through the DTW (``frames_seen`` minus at most 3 buffered)."""
+        """Frames that went through the DTW (every pushed frame is processed at once)."""
         return self._dtw.frames_seen
 
     @property
@@ -490,7 +490,7 @@ class KeywordSpotter:
         return self._finalise(final=False)
 
     def flush(self) -> list[Detection]:
-        """End of stream: process buffered frames, close open runs, emit everything left.
+        """End of stream: close open runs, emit everything left.
 
         This ends the stream: call :meth:`reset` before pushing another one (the trace is
         kept until then).
