@@ -72,7 +72,7 @@ from edge.model import ModelError, load_bundle
 log = logging.getLogger(__name__)
 
 __all__ = ["CONFIRM_SECONDS", "Template", "Detection", "KeywordSpotter", "KeywordListener",
-           "detect_keywords"]
+           "matching_costs", "detect_keywords"]
 
 #: How long a run's minimum must stand before ``decision="confirmed"`` decides it (seconds).
 CONFIRM_SECONDS = 0.128
@@ -432,7 +432,7 @@ class KeywordSpotter:
     @property
     def frames_processed(self) -> int:
         """Frames that went through the DTW (every pushed frame is processed at once)."""
-        return self._dtw.frames_seen
+        return self._frames_seen
 
     @property
     def trace(self) -> dict[str, np.ndarray]:
@@ -484,9 +484,54 @@ class KeywordSpotter:
         if f.ndim != 2 or f.shape[1] != self.dim:
             raise ValueError(f"frames must have shape (n, {self.dim}), got {np.shape(frames)}")
         unit = _unit_rows(f)  # raises on NaN/inf before anything is consumed
-        self._frames_seen += f.shape[0]
+        if self._dtw.frames_seen != self._frames_seen:
+            raise RuntimeError("this stream was fed with push_matching(); reset() first")
         if len(unit):
-            self._process(unit)
+            costs = cosine_cost_columns(unit, self._Q)
+            self._decide(*self._dtw._update_unchecked(costs))  # costs in [0, 2]
+        return self._finalise(final=False)
+
+    def push_matching(self, matching_cost: np.ndarray,
+                      start_frame: np.ndarray) -> list[Detection]:
+        """Feed the DTW's output for the next frames instead of the frames themselves.
+
+        What :meth:`push` computes from frames and then decides on: a threshold sweep runs
+        a stream's DTW once (:func:`matching_costs`) and decides at every threshold with a
+        new spotter, with the same detections as :meth:`push` of the frames.
+
+        Parameters
+        ----------
+        matching_cost : np.ndarray [shape=(n, K), dtype=float64]
+            Path-length normalised cost of every template's best path ending at each new
+            frame (``+inf`` where none), templates in this spotter's order.
+        start_frame : np.ndarray [shape=(n, K), dtype=int64]
+            Stream frame where each of those paths starts.
+
+        Returns
+        -------
+        list of Detection
+
+        Raises
+        ------
+        ValueError
+            If the shapes do not match ``(n, K)`` or a cost is NaN or negative.
+        RuntimeError
+            After :meth:`flush`, or on a stream already fed with :meth:`push`.
+        """
+        if self._flushed:
+            raise RuntimeError("the stream was flushed; call reset() to start a new one")
+        mc = np.asarray(matching_cost, np.float64)
+        st = np.asarray(start_frame, np.int64)
+        K = len(self.templates)
+        if mc.ndim != 2 or mc.shape[1] != K or st.shape != mc.shape:
+            raise ValueError(f"matching costs and start frames must both have shape (n, {K}), "
+                             f"got {np.shape(matching_cost)} and {np.shape(start_frame)}")
+        if not np.all(mc >= 0.0):
+            raise ValueError("matching costs must be >= 0 (+inf allowed), got NaN or negative")
+        if self._dtw.frames_seen:
+            raise RuntimeError("this stream was fed with push(); reset() first")
+        if len(mc):
+            self._decide(mc, st)
         return self._finalise(final=False)
 
     def flush(self) -> list[Detection]:
@@ -501,24 +546,23 @@ class KeywordSpotter:
             In onset order.
         """
         self._flushed = True
-        self._pending.extend(self._runs.close_all(self._dtw.frames_seen))
+        self._pending.extend(self._runs.close_all(self._frames_seen))
         return self._finalise(final=True)
 
     # ----------------------------------------------------------------------------------
 
-    def _process(self, block: np.ndarray) -> None:
-        """Cost columns, DTW and run tracking for the unit-norm frames ``block``."""
-        costs = cosine_cost_columns(block, self._Q)
-        j0 = self._dtw.frames_seen
-        mc, st = self._dtw._update_unchecked(costs)  # costs are in [0, 2] by construction
-        cand, raws = self._runs.push(mc, st, j0)
+    def _decide(self, mc: np.ndarray, st: np.ndarray) -> None:
+        """Run tracking (steps 1-2) over the next frames' matching costs ``mc`` (n, K) and
+        path starts ``st``."""
+        cand, raws = self._runs.push(mc, st, self._frames_seen)
+        self._frames_seen += len(mc)
         self._pending.extend(raws)
         if self.record_trace:
             self._trace.append(cand)
 
     def _horizon(self) -> float:
         """Earliest frame where a raw detection still to come could start."""
-        h = self._dtw.frames_seen - (self.max_span_frames - 1)
+        h = self._frames_seen - (self.max_span_frames - 1)
         runs = self._runs
         if runs.in_run.any():
             h = min(h, int(runs.best_start[runs.in_run].min()))
@@ -547,7 +591,7 @@ class KeywordSpotter:
         for g in groups:
             if max(r.offset for r in g) <= horizon:
                 order = sorted(g, key=lambda r: (r.cost, r.onset, r.offset, r.keyword, r.template))
-                out.extend(self._resolve(order, [], self._dtw.frames_seen))
+                out.extend(self._resolve(order, [], self._frames_seen))
             else:
                 keep.extend(g)
         self._pending = keep
@@ -564,7 +608,7 @@ class KeywordSpotter:
             out.extend(self._resolve([r], self._kept, r.at))
         # a raw detection still to come starts at or after this frame: older intervals
         # can no longer shorten anything
-        horizon = self._dtw.frames_seen - (self.max_span_frames - 1)
+        horizon = self._frames_seen - (self.max_span_frames - 1)
         self._kept = [(a, b) for a, b in self._kept if b > horizon]
         out.sort(key=lambda d: (d.onset_frame, d.offset_frame, self.keywords.index(d.keyword)))
         return out
@@ -695,6 +739,41 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
                          "infinite values")
     scale = np.divide(1.0, np.sqrt(ss), out=np.zeros_like(ss), where=ss > 0.0)
     return (x64 * scale[:, None]).astype(np.float32)
+
+
+def matching_costs(frames: np.ndarray,
+                   templates: Sequence[Template]) -> tuple[np.ndarray, np.ndarray]:
+    """Every template's matching cost and path start at every frame of a whole stream.
+
+    The DTW half of :meth:`KeywordSpotter.push` (cost columns, then streaming sub-sequence
+    DTW, thesis 6.3.6), for :meth:`KeywordSpotter.push_matching`.
+
+    Parameters
+    ----------
+    frames : np.ndarray [shape=(N, D)]
+        Frame embeddings of the stream.
+    templates : sequence of Template
+        In the order of the spotter that will be fed.
+
+    Returns
+    -------
+    matching_cost : np.ndarray [shape=(N, K), dtype=float64]
+    start_frame : np.ndarray [shape=(N, K), dtype=int64]
+
+    Raises
+    ------
+    ValueError
+        No template, different ``D``, or NaN/inf in the frames.
+    """
+    templates = list(templates)
+    if not templates:
+        raise ValueError("need at least one template")
+    q = _unit_rows(np.concatenate([t.features for t in templates]))
+    f = np.asarray(frames)
+    if f.ndim != 2 or f.shape[1] != q.shape[1]:
+        raise ValueError(f"frames must have shape (N, {q.shape[1]}), got {f.shape}")
+    dtw = StreamingSubsequenceDTW([t.n_frames for t in templates])
+    return dtw._update_unchecked(cosine_cost_columns(_unit_rows(f), q))
 
 
 def detect_keywords(frames: np.ndarray, templates: Iterable[Template],

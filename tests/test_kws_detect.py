@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.dtw import cosine_cost_matrix, subsequence_dtw
-from edge.kws import Detection, KeywordSpotter, Template, detect_keywords
+from edge.kws import Detection, KeywordSpotter, Template, detect_keywords, matching_costs
 
 FS = 0.016  # seconds per frame on the node
 
@@ -99,6 +99,35 @@ def test_chunking_does_not_change_detections(scene):
             sp = KeywordSpotter(templates, thresholds, FS)
             assert push_chunked(sp, stream, rng, max_chunk=[1, 3, 9, 40][seed]) == batch
             assert sp.frames_seen == len(stream)
+
+
+def test_precomputed_matching_costs_give_the_same_detections(scene):
+    """A threshold sweep runs the DTW once (matching_costs) and decides with push_matching."""
+    stream, templates, _ = scene
+    mc, st = matching_costs(stream, templates)
+    assert mc.shape == st.shape == (len(stream), len(templates))
+    for decision in ("exact", "confirmed"):
+        for thresholds in (THRESHOLDS, {"stop": 0.8, "go": 0.85}):
+            direct = KeywordSpotter(templates, thresholds, FS, decision=decision)
+            expected = [d for a in range(0, len(stream), 37)
+                        for d in direct.push(stream[a:a + 37])] + direct.flush()
+            sp = KeywordSpotter(templates, thresholds, FS, decision=decision, record_trace=True)
+            got = []
+            for a in range(0, len(stream), 37):  # in pieces, as a stream arrives
+                got += sp.push_matching(mc[a:a + 37], st[a:a + 37])
+            got += sp.flush()
+            assert got == expected and expected
+            assert [d.decided_frame for d in got] == [d.decided_frame for d in expected]
+    sp = KeywordSpotter(templates, THRESHOLDS, FS)
+    sp.push(stream[:10])
+    with pytest.raises(RuntimeError, match="push"):
+        sp.push_matching(mc[10:20], st[10:20])
+    sp.reset()
+    sp.push_matching(mc[:10], st[:10])
+    with pytest.raises(RuntimeError, match="push_matching"):
+        sp.push(stream[10:20])
+    with pytest.raises(ValueError, match="shape"):
+        sp.push_matching(mc[:, :1], st[:, :1])
 
 
 def test_detections_are_emitted_while_streaming_in_onset_order(scene):

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from calibration.enroll import enroll_keyword
 from calibration.plots import new_figure, save_png
 from edge.audio import load_audio
-from edge.kws import KeywordSpotter, Template
+from edge.kws import KeywordSpotter, Template, matching_costs
 from edge.model import load_bundle
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json
 from trainer.kws_peer import LocalWakePeer, prepare_support_shot
@@ -212,6 +212,14 @@ class _Ours:
 
     def select(self, keyword: str) -> None:
         self.templates, self.node_threshold, self.threshold_source = self.enrolled[keyword]
+        self._matching: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _matching_costs(self, prepared) -> tuple[np.ndarray, np.ndarray]:
+        """The selected keyword's DTW over a prepared stream, run once for all thresholds."""
+        key = id(prepared[0])
+        if key not in self._matching:
+            self._matching[key] = matching_costs(prepared[0], self.templates)
+        return self._matching[key]
 
 
     def prepare(self, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
@@ -234,18 +242,17 @@ class _Ours:
 
     def candidates(self, prepared) -> np.ndarray:
         """Per-frame minimum matching cost over the shots (the values thresholds cut)."""
-        frames, _ = prepared
         sp = KeywordSpotter(self.templates, {self.templates[0].keyword: 0.0}, self.fs,
                             record_trace=True, decision="confirmed")
-        sp.push(frames)
+        sp.push_matching(*self._matching_costs(prepared))
         sp.flush()
         return next(iter(sp.trace.values()))
 
     def detect(self, prepared, threshold: float) -> list[_Det]:
-        frames, avail = prepared
+        _, avail = prepared
         kw = self.templates[0].keyword
         sp = KeywordSpotter(self.templates, {kw: threshold}, self.fs, decision="confirmed")
-        dets = sp.push(frames) + sp.flush()
+        dets = sp.push_matching(*self._matching_costs(prepared)) + sp.flush()
         out = []
         for d in dets:
             # decided when the spotter was given frame decided_frame - 1
