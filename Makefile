@@ -64,7 +64,8 @@ export-tflite: setup
 	$(PY) -m trainer evaluate-kws --protocol events --model models/kws_default.tflite --set-model-threshold --out reports/kws_events
 	$(PY) -m trainer calibrate-kws-thresholds --model models/kws_default.tflite
 	$(PY) -m trainer export-speech-embedding --out models
-	$(PY) -m trainer calibrate-kws-thresholds --model models/kws_speech.tflite
+	$(PY) -m trainer calibrate-kws-thresholds --model models/kws_speech.tflite --synthetic-keywords 0 \
+		--real-keywords stop,left,bed,dog,forward,happy,house,sheila,wow,right,seven,down
 	$(PY) -m trainer evaluate-kws --model models/kws_speech.tflite,models/kws_default.tflite --out reports/kws_eval
 
 evaluate-asd: setup

@@ -51,6 +51,10 @@ class EnrolledKeywords:
     details : dict of str -> dict
         Per keyword: threshold source (``"fa-rate"`` or ``"fallback"``), negative events,
         negative hours, shot durations.
+    cost_norms : dict of str -> list of [float, float]
+        Per keyword, per template: ``[cost_mean, cost_std]`` of its matching cost
+        (:class:`edge.kws.Template`); thresholds are then in those normalised units. Absent
+        for a keyword enrolled with a bundle that does not normalise.
     """
 
     model_id: str
@@ -60,6 +64,12 @@ class EnrolledKeywords:
     details: dict = field(default_factory=dict)
     created: str = ""
     enrollment_id: str = ""
+    cost_norms: dict = field(default_factory=dict)
+
+    def template_cost_norm(self, keyword: str, index: int) -> tuple[float, float]:
+        """``(cost_mean, cost_std)`` of one template; ``(0.0, 1.0)`` (raw costs) without."""
+        norms = self.cost_norms.get(keyword)
+        return (0.0, 1.0) if not norms else (float(norms[index][0]), float(norms[index][1]))
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file, fsync, rename) as ``.npz``; sets ``created`` and
@@ -75,6 +85,7 @@ class EnrolledKeywords:
                 index.append([k, name])
         meta = {"schema": KEYWORDS_SCHEMA, "model_id": self.model_id, "segment_hop": self.segment_hop,
                 "thresholds": self.thresholds, "details": self.details, "index": index,
+                "cost_norms": self.cost_norms,
                 "created": self.created, "enrollment_id": self.enrollment_id}
         buf = io.BytesIO()
         np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
@@ -119,6 +130,13 @@ class EnrolledKeywords:
         missing = set(templates) - set(meta["thresholds"])
         if missing:
             raise EnrollmentError(f"{path}: no threshold for {sorted(missing)}")
+        norms = meta.get("cost_norms", {})
+        for k, v in norms.items():
+            ok = (k in templates and isinstance(v, list) and len(v) == len(templates[k])
+                  and all(isinstance(x, list) and len(x) == 2 for x in v))
+            if not ok:
+                raise EnrollmentError(f"{path}: cost_norms of {k!r} do not match its "
+                                      f"{len(templates.get(k, []))} templates; enroll it again")
         return cls(meta["model_id"], int(meta["segment_hop"]), templates,
                    {k: float(v) for k, v in meta["thresholds"].items()}, meta.get("details", {}),
-                   meta.get("created", ""), meta.get("enrollment_id", ""))
+                   meta.get("created", ""), meta.get("enrollment_id", ""), norms)

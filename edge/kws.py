@@ -88,11 +88,20 @@ class Template:
         Name of the keyword (non-empty).
     features : np.ndarray [shape=(M, D)]
         Frame embeddings of the shot (``M >= 1`` frames, ``D`` dims), stored as float32.
+    cost_mean, cost_std : float
+        Per-template cost normalisation: the spotter compares
+        ``(matching cost - cost_mean) / cost_std`` with the keyword's threshold (default 0
+        and 1: the raw cost). Enrollment sets them from the template's matching costs at its
+        false-alarm candidates on negative audio (z-normalisation per query, as in
+        query-by-example spoken term detection), so that a shot that matches everything
+        does not set the keyword's false-alarm rate alone
+        (:func:`calibration.enroll.template_cost_norms`).
 
     Raises
     ------
     ValueError
-        If the keyword is empty, or the features are not a non-empty 2-D finite array.
+        If the keyword is empty, the features are not a non-empty 2-D finite array, or the
+        normalisation is not finite with ``cost_std > 0``.
 
     Notes
     -----
@@ -102,6 +111,8 @@ class Template:
 
     keyword: str
     features: np.ndarray
+    cost_mean: float = 0.0
+    cost_std: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.keyword, str) or not self.keyword:
@@ -115,6 +126,12 @@ class Template:
         if not np.all(np.isfinite(f)):
             raise ValueError(f"template {self.keyword!r}: features contain NaN or inf")
         object.__setattr__(self, "features", f)
+        mean, std = float(self.cost_mean), float(self.cost_std)
+        if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+            raise ValueError(f"template {self.keyword!r}: cost_mean must be finite and cost_std "
+                             f"finite and > 0, got {self.cost_mean!r} and {self.cost_std!r}")
+        object.__setattr__(self, "cost_mean", mean)
+        object.__setattr__(self, "cost_std", std)
 
     @property
     def n_frames(self) -> int:
@@ -383,6 +400,9 @@ class KeywordSpotter:
         kw_index = {kw: i for i, kw in enumerate(self.keywords)}
         self._tmpl_kw = np.array([kw_index[t.keyword] for t in self.templates], np.int64)
         self._tmpl_len = np.array([t.n_frames for t in self.templates], np.int64)
+        self._cost_mean = np.array([t.cost_mean for t in self.templates])
+        self._cost_std = np.array([t.cost_std for t in self.templates])
+        self._normalised = bool(np.any(self._cost_mean != 0) or np.any(self._cost_std != 1))
         stacked = np.concatenate([t.features for t in self.templates])
         self._Q = np.ascontiguousarray(_unit_rows(stacked))
         self._dtw = StreamingSubsequenceDTW(self._tmpl_len)
@@ -406,8 +426,9 @@ class KeywordSpotter:
         **options
             ``decision``, ``confirm_frames``.
         """
-        templates = [Template(k, t) for k in sorted(enrolled.templates)
-                     for t in enrolled.templates[k]]
+        templates = [Template(k, t, *enrolled.template_cost_norm(k, i))
+                     for k in sorted(enrolled.templates)
+                     for i, t in enumerate(enrolled.templates[k])]
         return cls(templates, enrolled.thresholds, frame_seconds, record_trace, **options)
 
     # ----------------------------------------------------------------------------------
@@ -553,7 +574,9 @@ class KeywordSpotter:
 
     def _decide(self, mc: np.ndarray, st: np.ndarray) -> None:
         """Run tracking (steps 1-2) over the next frames' matching costs ``mc`` (n, K) and
-        path starts ``st``."""
+        path starts ``st``, normalised per template first (:class:`Template`)."""
+        if self._normalised:
+            mc = (mc - self._cost_mean) / self._cost_std
         cand, raws = self._runs.push(mc, st, self._frames_seen)
         self._frames_seen += len(mc)
         self._pending.extend(raws)

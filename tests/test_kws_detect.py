@@ -380,3 +380,26 @@ def test_edge_modules_do_not_import_tensorflow():
             "sys.exit(1 if any(m.split('.')[0] == 'tensorflow' for m in sys.modules) else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_per_template_cost_normalisation(scene):
+    """Template.cost_mean/cost_std: the spotter compares (cost - mean) / std with the
+    threshold; for one template that is the raw detector at threshold mean + std * z, and
+    a template made "promiscuous" by its normalisation no longer decides alone."""
+    stream, templates, _ = scene
+    t = next(x for x in templates if x.keyword == "stop")
+    raw = detect_keywords(stream, [t], {"stop": 0.35}, FS)
+    norm = Template("stop", t.features, cost_mean=0.2, cost_std=0.05)
+    z = detect_keywords(stream, [norm], {"stop": (0.35 - 0.2) / 0.05}, FS)
+    assert raw and [(d.onset_frame, d.offset_frame) for d in z] == \
+        [(d.onset_frame, d.offset_frame) for d in raw]
+    assert [d.cost for d in z] == pytest.approx([(d.cost - 0.2) / 0.05 for d in raw])
+    # the "go" templates shifted by 5: (cost - 5) >= -5 never falls below -5.5
+    shifted = [Template(x.keyword, x.features, cost_mean=5.0 if x.keyword == "go" else 0.0)
+               for x in templates]
+    dets = detect_keywords(stream, shifted, {"stop": 0.35, "go": -5.5}, FS)
+    assert dets and all(d.keyword == "stop" for d in dets)
+    with pytest.raises(ValueError, match="cost_std"):
+        Template("stop", t.features, cost_std=0.0)
+    with pytest.raises(ValueError, match="cost_mean"):
+        Template("stop", t.features, cost_mean=float("nan"))

@@ -115,3 +115,32 @@ def test_frames_are_standardised(embedder, data_dir):
     u = frames / np.linalg.norm(frames, axis=1, keepdims=True)
     i = np.random.default_rng(0).integers(0, len(u), (500, 2))
     assert abs(float((u[i[:, 0]] * u[i[:, 1]]).sum(1).mean())) < 0.3
+
+
+def test_enrollment_normalises_every_template(embedder, words, tmp_path):
+    """The speech_embedding bundle asks for per-template cost normalisation: enrollment
+    stores a mean and std per shot (from the shipped negatives), the thresholds are in those
+    units, the keywords file keeps them and the node's spotter uses them."""
+    from calibration.enroll import enroll_keyword, normalises_costs
+    from edge.keywords import EnrolledKeywords, EnrollmentError
+
+    assert normalises_costs(embedder)
+    shots = [words["stop"][i] for i in (0, 3)]  # the 2nd and 3rd recordings are clipped
+    e = enroll_keyword(embedder, "stop", shots, shot_source="file")
+    norms = e.cost_norms["stop"]
+    assert len(norms) == 2 and all(0.3 < m < 1.2 and 0.01 < s < 0.5 for m, s in norms), norms
+    assert e.thresholds["stop"] < 0  # a z-score: below the negatives' mean
+    path = e.save(tmp_path / "kw.npz")
+    back = EnrolledKeywords.load(path)
+    assert back.cost_norms == {"stop": norms}
+    sp = KeywordSpotter.from_enrolled(back, embedder.frame_seconds)
+    assert [(t.cost_mean, t.cost_std) for t in sp.templates] == [tuple(n) for n in norms]
+    # the other speakers' "stop" lies well below the negatives' costs
+    trace_sp = KeywordSpotter.from_enrolled(back, embedder.frame_seconds, record_trace=True)
+    trace_sp.push(embedder.embed_wave(words["stop"][1]))
+    trace_sp.flush()
+    assert np.nanmin(trace_sp.trace["stop"]) < -1.0
+    back.cost_norms["stop"] = norms[:1]
+    back.save(tmp_path / "bad.npz")
+    with pytest.raises(EnrollmentError, match="cost_norms"):
+        EnrolledKeywords.load(tmp_path / "bad.npz")

@@ -106,6 +106,8 @@ def cmd_calibrate_kws_thresholds(args) -> int:
     """Learn the node's keyword-threshold table on hours of negatives; store it in the bundle."""
     table = kws_thresholds.calibrate_thresholds(args.model, args.data, hours=args.hours,
                                                 n_synthetic=args.synthetic_keywords,
+                                                real_keywords=tuple(w for w in args.real_keywords
+                                                                    .split(",") if w),
                                                 seed=args.seed, progress=not args.quiet)
     if not args.dry_run:
         path = kws_thresholds.write_calibration(args.model, table)
@@ -172,7 +174,13 @@ def main(argv=None) -> int:
     c.add_argument("--hours", type=float, default=2.0,
                    help="hours of calibration negatives, val split (default %(default)s)")
     c.add_argument("--synthetic-keywords", dest="synthetic_keywords", type=int, default=12,
-                   help="synthetic two-word keywords besides stop and left (default %(default)s)")
+                   help="synthetic two-word keywords besides the real ones (default %(default)s)")
+    c.add_argument("--real-keywords", dest="real_keywords",
+                   default=",".join(kws_thresholds.REAL_KEYWORDS),
+                   help="comma-separated real calibration words (default %(default)s, held out "
+                        "of the TACos training; for the pretrained speech_embedding bundle: "
+                        f"{','.join(kws_thresholds.PRETRAINED_REAL_KEYWORDS)} with "
+                        "--synthetic-keywords 0)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
     c.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -125,15 +125,16 @@ def node_threshold_check(run: KwsEvalRun, model_path: str | Path) -> dict[str, A
     emb = load_bundle(Path(model_path), task="kws")
     shots = run.shots
     templates = {kw: [emb.embed_wave(s.audio) for s in ss] for kw, ss in shots.items()}
-    thresholds, sources = {}, {}
+    thresholds, sources, norms = {}, {}, {}
     for kw in templates:
         others = [s.audio for k, ss in shots.items() if k != kw for s in ss]
-        thr, source, _, _ = keyword_threshold(emb, kw, templates[kw], others,
+        thr, source, _, _, norms[kw] = keyword_threshold(emb, kw, templates[kw], others,
                                               false_alarms_per_hour=cfg.fa_per_hour,
                                               fallback=res.threshold)
         thresholds[kw] = thr
         sources[kw] = source if source == "fa-rate" else "fallback (val-tuned global)"
-    tmpl = [Template(kw, t) for kw, ts in templates.items() for t in ts]
+    tmpl = [Template(kw, t, *(norms[kw][i] if norms[kw] else (0.0, 1.0)))
+            for kw, ts in templates.items() for i, t in enumerate(ts)]
     dets = []
     for stream in run.test_streams:
         sp = KeywordSpotter(tmpl, thresholds, emb.frame_seconds)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from calibration.enroll import TEMPLATE_ZNORM
 from edge.audio import load_audio
 from edge.model import BUNDLE_SCHEMA, ModelError
 from edge.speech_embedding import REPRESENTATION, SpeechEmbedder, SpeechEmbeddingParams
@@ -165,6 +166,8 @@ def export_speech_embedding(out_dir: str | Path, name: str = "kws_speech",
                                                      "embedding_model.tflite",
                                              "sha256": emb_sha}}},
         "size_bytes": emb_path.stat().st_size + mel_path.stat().st_size,
+        # thresholds in per-template normalised units (calibration.enroll.template_cost_norms)
+        "cost_normalisation": TEMPLATE_ZNORM,
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
     raw = SpeechEmbedder(emb_path, meta)
@@ -175,7 +178,8 @@ def export_speech_embedding(out_dir: str | Path, name: str = "kws_speech",
         prev = json.loads(old.read_text())
         if prev.get("tflite_sha256") == emb_sha and \
                 prev.get("frontend", {}).get("mel_sha256") == mel_sha and \
-                prev.get("normalisation") == meta["normalisation"]:
+                prev.get("normalisation") == meta["normalisation"] and \
+                prev.get("cost_normalisation") == meta["cost_normalisation"]:
             for key in ("threshold_calibration", "decision_threshold",
                         "decision_threshold_source"):
                 if key in prev:

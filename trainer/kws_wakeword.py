@@ -206,7 +206,8 @@ class _Ours:
         """As ``calibration enroll --from`` per keyword: templates and the node's threshold."""
         for kw, waves in shots.items():
             e = enroll_keyword(self.bundle, kw, waves, false_alarms_per_hour=self.fa_per_hour)
-            self.enrolled[kw] = ([Template(kw, t) for t in e.templates[kw]],
+            self.enrolled[kw] = ([Template(kw, t, *e.template_cost_norm(kw, i))
+                                  for i, t in enumerate(e.templates[kw])],
                                  float(e.thresholds[kw]),
                                  e.details[kw].get("threshold_source", ""))
 
