@@ -531,6 +531,7 @@ class KeywordSpotter:
         Returns
         -------
         list of Detection
+            As :meth:`push`: the detections that became final, in onset order.
 
         Raises
         ------
