@@ -53,7 +53,7 @@ import numpy as np
 
 from edge.audio import load_audio
 from edge.keywords import EnrolledKeywords, EnrollmentError
-from edge.kws import KeywordSpotter, Template
+from edge.kws import Template, matching_costs
 from edge.levels import clipped_fraction, peak_dbfs
 from edge.vad import SpeechInterval, shot_interval
 from firmware_config.errors import HarkError
@@ -61,7 +61,8 @@ from firmware_config.errors import HarkError
 log = logging.getLogger(__name__)
 
 __all__ = ["ShotError", "prepare_shot", "locate_shot", "shot_template", "TEMPLATE_ZNORM",
-           "normalises_costs", "negative_frames", "template_cost_norms", "trace_event_costs", "calibrated_threshold", "fa_rate_threshold",
+           "normalises_costs", "negative_frames", "template_cost_norms", "trace_event_costs",
+           "event_costs", "calibrated_threshold", "fa_rate_threshold",
            "enroll_keyword",
            "shipped_negatives", "keyword_threshold", "MIN_NEGATIVE_EVENTS", "DEFAULT_FALLBACK_THRESHOLD"]
 
@@ -266,12 +267,11 @@ def negative_frames(embedder, negative_waves) -> tuple[np.ndarray | None, float]
     return embedder.embed_wave(stream), len(stream) / sr / 3600.0
 
 
-def template_cost_norms(frames: np.ndarray, templates: list,
-                        frame_seconds: float) -> list[list[float]]:
+def template_cost_norms(matching_cost: np.ndarray, templates: list) -> list[list[float]]:
     """Per-template cost normalisation from negative audio (z-normalisation per query).
 
-    Each template alone runs over the negative frames; its false-alarm candidates
-    (:func:`trace_event_costs`) give the mean and standard deviation its matching cost is
+    Each template's false-alarm candidates on the negative audio (:func:`event_costs` of its
+    own matching-cost column) give the mean and standard deviation its matching cost is
     normalised with (:class:`edge.kws.Template`). In query-by-example spoken term detection
     every query's scores are normalised by their distribution on non-matching audio, so
     that one threshold serves queries that match everything and queries that match little;
@@ -280,10 +280,11 @@ def template_cost_norms(frames: np.ndarray, templates: list,
 
     Parameters
     ----------
-    frames : np.ndarray [shape=(n_frames, D)]
-        Embedded negative audio (:func:`negative_frames`).
+    matching_cost : np.ndarray [shape=(n_frames, K), dtype=float64]
+        The templates' matching costs over embedded negative audio
+        (:func:`edge.kws.matching_costs`).
     templates : list of np.ndarray, each (M, D)
-    frame_seconds : float
+        The ``K`` templates, in the same order.
 
     Returns
     -------
@@ -292,8 +293,8 @@ def template_cost_norms(frames: np.ndarray, templates: list,
         with fewer than two candidates, and ``cost_std`` at least 1e-3.
     """
     out = []
-    for t in templates:
-        c = trace_event_costs(frames, [t], frame_seconds)
+    for k, t in enumerate(templates):
+        c = event_costs(matching_cost[:, k:k + 1], [t])
         if len(c) < 2:
             out.append([0.0, 1.0])
         else:
@@ -301,19 +302,15 @@ def template_cost_norms(frames: np.ndarray, templates: list,
     return out
 
 
-def trace_event_costs(frames: np.ndarray, templates: list, frame_seconds: float,
-                      norms=None) -> np.ndarray:
+def trace_event_costs(frames: np.ndarray, templates: list, norms=None) -> np.ndarray:
     """Costs of the spotter's potential events in a stream of frame embeddings.
 
-    The keyword's candidate cost (minimum matching cost over its templates) per frame; its
-    lowest values, taken greedily at least the mean template length apart (non-maximum
-    suppression), are the events a threshold would turn into detections.
+    :func:`event_costs` of the templates' matching costs over ``frames``.
 
     Parameters
     ----------
     frames : np.ndarray, shape (n_frames, D), float32
     templates : list of np.ndarray, each (M, D)
-    frame_seconds : float
     norms : list of [float, float], optional
         Per-template cost normalisation (:func:`template_cost_norms`); costs are then in
         those units.
@@ -323,12 +320,36 @@ def trace_event_costs(frames: np.ndarray, templates: list, frame_seconds: float,
     np.ndarray, shape (n_events,), float64
         In increasing order.
     """
-    norms = norms or [[0.0, 1.0]] * len(templates)
-    spotter = KeywordSpotter([Template("k", t, *n) for t, n in zip(templates, norms)],
-                             {"k": 0.0}, frame_seconds, record_trace=True)
-    spotter.push(frames)
-    spotter.flush()
-    trace = np.asarray(spotter.trace["k"], np.float64)
+    mc, _ = matching_costs(frames, [Template("k", t) for t in templates])
+    return event_costs(mc, templates, norms)
+
+
+def event_costs(matching_cost: np.ndarray, templates: list, norms=None) -> np.ndarray:
+    """Costs of the spotter's potential events, from its templates' matching costs.
+
+    The keyword's candidate cost (minimum matching cost over its templates, normalised
+    first as the spotter does) per frame; its lowest values, taken greedily at least the
+    mean template length apart (non-maximum suppression), are the events a threshold would
+    turn into detections.
+
+    Parameters
+    ----------
+    matching_cost : np.ndarray [shape=(n_frames, K), dtype=float64]
+        :func:`edge.kws.matching_costs` of the ``K`` templates.
+    templates : list of np.ndarray, each (M, D)
+    norms : list of [float, float], optional
+        Per-template ``[cost_mean, cost_std]``.
+
+    Returns
+    -------
+    np.ndarray, shape (n_events,), float64
+        In increasing order.
+    """
+    mc = np.asarray(matching_cost, np.float64)
+    if norms:
+        n = np.asarray(norms, np.float64)
+        mc = (mc - n[:, 0]) / n[:, 1]
+    trace = mc.min(axis=1)
     width = max(1, int(np.mean([len(t) for t in templates])))
     costs = []
     order = np.argsort(trace)
@@ -441,11 +462,12 @@ def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(
     sr = embedder.frontend.sample_rate
     negs = shipped_negatives(exclude_word=keyword, sample_rate=sr) + list(extra_negatives)
     frames, hours = negative_frames(embedder, negs)
-    norms = None
-    if frames is not None and normalises_costs(embedder):
-        norms = template_cost_norms(frames, templates, embedder.frame_seconds)
-    costs = (np.zeros(0) if frames is None
-             else trace_event_costs(frames, templates, embedder.frame_seconds, norms))
+    norms, costs = None, np.zeros(0)
+    if frames is not None:  # one DTW pass over all templates for norms and events
+        mc, _ = matching_costs(frames, [Template(keyword, t) for t in templates])
+        if normalises_costs(embedder):
+            norms = template_cost_norms(mc, templates)
+        costs = event_costs(mc, templates, norms)
     table = embedder.metadata.get("threshold_calibration")
     if table:
         thr = calibrated_threshold(table, false_alarms_per_hour)

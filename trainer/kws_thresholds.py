@@ -129,8 +129,8 @@ def calibrate_thresholds(model_path: str | Path, data_dir: str | Path, *, hours:
             continue
         templates = e.templates[kw]
         norms = e.cost_norms.get(kw)  # thresholds in the units the node compares
-        costs = np.sort(np.concatenate([trace_event_costs(f, templates, bundle.frame_seconds,
-                                                          norms) for f in frames]))
+        costs = np.sort(np.concatenate([trace_event_costs(f, templates, norms)
+                                        for f in frames]))
         thr = {}
         for rate in RATES:
             k = int(math.floor(rate * neg_hours))  # events allowed below the threshold
