@@ -72,7 +72,7 @@ from edge.model import ModelError, load_bundle
 log = logging.getLogger(__name__)
 
 __all__ = ["CONFIRM_SECONDS", "Template", "Detection", "KeywordSpotter", "KeywordListener",
-           "matching_costs", "detect_keywords"]
+           "enrolled_templates", "matching_costs", "detect_keywords"]
 
 #: How long a run's minimum must stand before ``decision="confirmed"`` decides it (seconds).
 CONFIRM_SECONDS = 0.128
@@ -426,16 +426,13 @@ class KeywordSpotter:
         **options
             ``decision``, ``confirm_frames``.
         """
-        templates = [Template(k, t, *enrolled.template_cost_norm(k, i))
-                     for k in sorted(enrolled.templates)
-                     for i, t in enumerate(enrolled.templates[k])]
+        templates = [t for k in sorted(enrolled.templates) for t in enrolled_templates(enrolled, k)]
         return cls(templates, enrolled.thresholds, frame_seconds, record_trace, **options)
 
     # ----------------------------------------------------------------------------------
 
     def reset(self) -> None:
         """Forget the stream (pending detections included); the next frame is frame 0."""
-        W = len(self.keywords)
         self._dtw.reset()
         self._runs = _RunTracker(self._tmpl_kw, self._thr,
                                  self.confirm_frames if self.decision == "confirmed" else -1)
@@ -763,6 +760,19 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
                          "infinite values")
     scale = np.divide(1.0, np.sqrt(ss), out=np.zeros_like(ss), where=ss > 0.0)
     return (x64 * scale[:, None]).astype(np.float32)
+
+
+def enrolled_templates(enrolled: EnrolledKeywords, keyword: str) -> list[Template]:
+    """One keyword's shots of an enrolled-keywords artifact as templates, with their cost
+    normalisation (``enrolled.cost_norms``) when it has one.
+
+    Raises
+    ------
+    KeyError
+        If ``keyword`` is not enrolled.
+    """
+    return [Template(keyword, t, *enrolled.template_cost_norm(keyword, i))
+            for i, t in enumerate(enrolled.templates[keyword])]
 
 
 def matching_costs(frames: np.ndarray,

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from calibration.enroll import enroll_keyword
 from calibration.plots import new_figure, save_png
 from edge.audio import load_audio
-from edge.kws import KeywordSpotter, Template, matching_costs
+from edge.kws import KeywordSpotter, Template, enrolled_templates, matching_costs
 from edge.model import load_bundle
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json
 from trainer.kws_peer import LocalWakePeer, prepare_support_shot
@@ -206,8 +206,7 @@ class _Ours:
         """As ``calibration enroll --from`` per keyword: templates and the node's threshold."""
         for kw, waves in shots.items():
             e = enroll_keyword(self.bundle, kw, waves, false_alarms_per_hour=self.fa_per_hour)
-            self.enrolled[kw] = ([Template(kw, t, *e.template_cost_norm(kw, i))
-                                  for i, t in enumerate(e.templates[kw])],
+            self.enrolled[kw] = (enrolled_templates(e, kw),
                                  float(e.thresholds[kw]),
                                  e.details[kw].get("threshold_source", ""))
 
