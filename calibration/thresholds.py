@@ -5,7 +5,8 @@ training recordings, so its decision threshold has to be estimated from the
 anomaly scores of normal samples. Every estimator here picks a threshold
 that cuts off the most extreme normal scores (by default about the top
 10 %). The hope is that this threshold also separates normal from anomalous
-recordings.
+recordings. :class:`FalsePositiveRate` (``"fpr"``) states the share it cuts
+off (5 % by default) and adds a margin for how few scores it was fitted on.
 
 The methods and their default hyperparameters follow
 
@@ -63,6 +64,7 @@ __all__ = [
     "OneClassSVMThreshold",
     "GeneralizedESD",
     "CleverSD",
+    "FalsePositiveRate",
     "MultiStage",
     "ESTIMATORS",
     "NON_ITERATIVE_METHODS",
@@ -240,6 +242,10 @@ class ThresholdEstimator:
     method: ClassVar[str] = ""
     #: Iterative methods (GESD, cleverSD, MST) cannot be wrapped by MultiStage.
     _iterative: ClassVar[bool] = False
+    #: Whether MultiStage may wrap the method: non-iterative methods that cut a fixed
+    #: share of scores. A method that targets a stated false-positive rate is not
+    #: refitted on what it flagged (that would move it off its target).
+    _stackable: ClassVar[bool] = True
 
     # ---------------------------------------------------------------- params
     @classmethod
@@ -326,13 +332,18 @@ class ThresholdEstimator:
     def _estimate_threshold(self, x: np.ndarray) -> float:  # pragma: no cover
         raise NotImplementedError
 
-    def fit(self, normal_scores: Any) -> "ThresholdEstimator":
+    def fit(self, normal_scores: Any, n_independent: int | None = None) -> "ThresholdEstimator":
         """Estimate the decision threshold from anomaly scores of normal samples.
 
         Parameters
         ----------
         normal_scores : array-like of shape (n_samples,)
             Finite anomaly scores of normal (non-anomalous) samples, at least 2.
+        n_independent : int or None, default=None
+            How many of the scores are statistically independent (scores of
+            windows that overlap in time are not); between 2 and ``n_samples``.
+            None: all of them. Only estimators that quantify their own
+            uncertainty (:class:`FalsePositiveRate`) use it; the others ignore it.
 
         Returns
         -------
@@ -343,10 +354,18 @@ class ThresholdEstimator:
         ------
         ValueError
             If ``normal_scores`` is not 1-D, has fewer than 2 values, contains
-            NaN/inf or non-numeric values, or if a hyperparameter is invalid.
+            NaN/inf or non-numeric values, if a hyperparameter is invalid, or if
+            ``n_independent`` is not a whole number in ``[2, n_samples]``.
         """
         self._validate_params()
         x = _check_normal_scores(normal_scores)
+        if n_independent is None:
+            n_independent = x.size
+        if (isinstance(n_independent, bool) or not isinstance(n_independent, (int, np.integer))
+                or not 2 <= n_independent <= x.size):
+            raise ValueError(f"n_independent must be a whole number in [2, {x.size}] (the "
+                             f"number of normal_scores), got {n_independent!r}.")
+        self.n_independent_ = int(n_independent)
         threshold = float(self._estimate_threshold(x))
         if not math.isfinite(threshold):  # defensive; should not happen
             raise ValueError(
@@ -885,6 +904,7 @@ class GeneralizedESD(ThresholdEstimator):
 
     method = "gesd"
     _iterative = True
+    _stackable = False
 
     def __init__(self, alpha: float = 0.05) -> None:
         self.alpha = alpha
@@ -962,6 +982,7 @@ class CleverSD(ThresholdEstimator):
 
     method = "cleversd"
     _iterative = True
+    _stackable = False
 
     def __init__(self, beta: float = 2.0) -> None:
         self.beta = beta
@@ -985,6 +1006,112 @@ class CleverSD(ThresholdEstimator):
         if k == 0:
             return float(np.mean(x) + beta * np.std(x))
         return float(tm.x[n - k])
+
+
+
+class FalsePositiveRate(ThresholdEstimator):
+    """A threshold that keeps a stated false-positive rate, with a margin for few scores.
+
+    The other estimators cut off a fixed share of the normal scores (about 10 %) and
+    say nothing about how sure that is. This one fits a log-normal distribution to the
+    normal scores and returns a one-sided *tolerance bound*: with probability
+    ``confidence`` (over the draw of the calibration scores), at most ``target_fpr``
+    of new normal scores from the same distribution exceed it. Few scores widen the
+    margin: the tolerance factor is 2.18 standard deviations (log scale) for 20
+    independent scores at the defaults, 1.76 for 300, and tends to the normal
+    quantile 1.645 of a 5 % tail.
+
+    Scores are shifted so that the smallest is non-negative (``loc = min(0,
+    min(normal_scores))``) and floored at ``1e-3`` times the shifted median before the
+    logarithm, so that a zero score (a duplicate window) does not dominate.
+
+    Parameters
+    ----------
+    target_fpr : float, default=0.05
+        The share of normal windows allowed above the threshold, in ``(0, 0.5)``.
+    confidence : float, default=0.9
+        Probability that the threshold keeps ``target_fpr``, in ``[0.5, 1)``. 0.5 is
+        the plain fitted quantile.
+
+    Attributes
+    ----------
+    threshold_ : float
+        Decision threshold, in the units of the (dimensionless) scores.
+    n_samples_fit_, n_independent_ : int
+        Scores seen by ``fit``, and how many of them the margin counts as independent
+        (``fit``'s ``n_independent``).
+    tolerance_factor_ : float
+        ``k``: the threshold is ``loc + exp(mu + k * sigma)``.
+    mu_, sigma_, loc_ : float
+        The log-normal fit (mean and sample standard deviation of the log scores).
+    fitted_fpr_ : float
+        The fitted distribution's share of normal scores above the threshold (at most
+        ``target_fpr``; the rest of the target is the margin).
+    empirical_fpr_ : float
+        The share of the fitted normal scores above the threshold.
+    min_independent_ : int
+        Independent scores needed before the largest of them alone bounds the rate
+        without any distribution assumed: ``ceil(log(1 - confidence) / log(1 -
+        target_fpr))`` (45 at the defaults). Fewer: the threshold rests on the
+        log-normal tail, and a calibration should say the recording is short.
+
+    Raises
+    ------
+    ValueError
+        On invalid ``normal_scores`` or hyperparameters.
+
+    Notes
+    -----
+    The tolerance factor is Natrella's approximation (NIST/SEMATECH e-Handbook of
+    Statistical Methods, Section 7.2.6.3, "Tolerance intervals for a normal
+    distribution"): with ``z_p`` the normal quantile at ``1 - target_fpr`` and ``z_g``
+    at ``confidence``, ``a = 1 - z_g**2 / (2 (n - 1))``, ``b = z_p**2 - z_g**2 / n`` and
+    ``k = (z_p + sqrt(z_p**2 - a b)) / a`` for ``n`` independent scores.
+
+    References
+    ----------
+    This estimator is not in the thesis; it answers the thesis' observation (Section
+    2.11, Section 4.2) that percentile-style thresholds fitted on few normal scores
+    flag far more normal data than their nominal share, by making the share an
+    explicit, bounded target.
+    """
+
+    method = "fpr"
+    _stackable = False
+
+    def __init__(self, target_fpr: float = 0.05, confidence: float = 0.9) -> None:
+        self.target_fpr = target_fpr
+        self.confidence = confidence
+
+    def _validate_params(self) -> None:
+        _check_real("target_fpr", self.target_fpr, low=0.0, high=0.5, low_open=True,
+                    high_open=True)
+        _check_real("confidence", self.confidence, low=0.5, high=1.0, high_open=True)
+
+    def _estimate_threshold(self, x: np.ndarray) -> float:
+        from statistics import NormalDist
+
+        alpha, gamma, n = float(self.target_fpr), float(self.confidence), self.n_independent_
+        self.min_independent_ = int(math.ceil(math.log(1.0 - gamma) / math.log(1.0 - alpha)))
+        z_p, z_g = NormalDist().inv_cdf(1.0 - alpha), NormalDist().inv_cdf(gamma)
+        a = 1.0 - z_g ** 2 / (2.0 * (n - 1))
+        if a <= 0:
+            raise ValueError(f"{n} independent normal scores are too few for confidence "
+                             f"{gamma:g}; give more scores or a lower confidence.")
+        b = z_p ** 2 - z_g ** 2 / n
+        self.tolerance_factor_ = (z_p + math.sqrt(max(z_p ** 2 - a * b, 0.0))) / a
+        self.loc_ = min(0.0, float(x.min()))
+        y = x - self.loc_
+        logs = np.log(np.maximum(y, 1e-3 * max(float(np.median(y)), 1e-300)))
+        self.mu_, self.sigma_ = float(logs.mean()), float(logs.std(ddof=1))
+        if self.sigma_ == 0.0:  # all scores equal (the degenerate case of every estimator)
+            self.fitted_fpr_ = self.empirical_fpr_ = 0.0
+            return float(x.max())
+        threshold = self.loc_ + math.exp(self.mu_ + self.tolerance_factor_ * self.sigma_)
+        z = (math.log(threshold - self.loc_) - self.mu_) / self.sigma_
+        self.fitted_fpr_ = 1.0 - NormalDist().cdf(z)
+        self.empirical_fpr_ = float(np.mean(x > threshold))
+        return threshold
 
 
 class MultiStage(ThresholdEstimator):
@@ -1036,6 +1163,7 @@ class MultiStage(ThresholdEstimator):
     """
 
     _iterative = True
+    _stackable = False
 
     def __init__(self, estimator: ThresholdEstimator, n_stages: int = 2) -> None:
         self.estimator = estimator
@@ -1051,7 +1179,7 @@ class MultiStage(ThresholdEstimator):
             raise ValueError(
                 f"estimator must be a ThresholdEstimator, got {self.estimator!r}."
             )
-        if self.estimator._iterative:
+        if not self.estimator._stackable:
             raise ValueError(
                 f"MultiStage wraps non-iterative estimators only "
                 f"({', '.join(NON_ITERATIVE_METHODS)}); got "
@@ -1101,11 +1229,12 @@ ESTIMATORS: dict[str, type[ThresholdEstimator]] = {
     "ocsvm": OneClassSVMThreshold,
     "gesd": GeneralizedESD,
     "cleversd": CleverSD,
+    "fpr": FalsePositiveRate,
 }
 
 #: Methods that MultiStage may wrap.
 NON_ITERATIVE_METHODS: tuple[str, ...] = tuple(
-    name for name, cls in ESTIMATORS.items() if not cls._iterative
+    name for name, cls in ESTIMATORS.items() if cls._stackable
 )
 
 #: Every method string accepted by :func:`make_threshold_estimator`.
@@ -1122,7 +1251,8 @@ def make_threshold_estimator(method: str, **params: Any) -> ThresholdEstimator:
     method : str
         One of :data:`THRESHOLD_METHODS` (case-insensitive): ``"gdp"``,
         ``"hp"``, ``"sd"``, ``"mad"``, ``"iqr"``, ``"ocsvm"``, ``"gesd"``,
-        ``"cleversd"``, or ``"mst-<name>"`` for the multi-stage version of a
+        ``"cleversd"``, ``"fpr"`` (a stated false-positive rate with a
+        margin), or ``"mst-<name>"`` for the multi-stage version of a
         non-iterative method (e.g. ``"mst-iqr"``).
     **params
         Hyperparameters of the estimator. For ``"mst-<name>"``, ``stages``

@@ -11,6 +11,7 @@ from calibration.thresholds import (
     NON_ITERATIVE_METHODS,
     THRESHOLD_METHODS,
     CleverSD,
+    FalsePositiveRate,
     GammaPercentile,
     GeneralizedESD,
     HistogramPercentile,
@@ -321,17 +322,80 @@ def test_mst_rejects_iterative_and_bad_stages():
         MultiStage(StandardDeviation(), n_stages=0).fit([1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="estimator"):
         MultiStage("sd").fit([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="non-iterative"):  # refitting would leave its target
+        MultiStage(FalsePositiveRate()).fit([1.0, 2.0, 3.0])
+
+
+# --------------------------------------------------------------------------- fpr
+
+
+def _lognormal_fpr(threshold: float, mu: float = -3.0, sigma: float = 0.6) -> float:
+    """True share of LogNormal(mu, sigma) above ``threshold``."""
+    from statistics import NormalDist
+    return 1.0 - NormalDist(mu, sigma).cdf(np.log(threshold))
+
+
+@pytest.mark.parametrize("n", [8, 20, 60])
+def test_fpr_keeps_its_target_with_the_stated_confidence(n):
+    # 400 calibrations of n log-normal normal scores (cosine distances of this size):
+    # the true false-positive rate is at most 5 % in about 90 % of them; the plain
+    # fitted quantile (confidence 0.5) only in about half.
+    rng = np.random.default_rng(n)
+    kept, plain_kept = [], []
+    for _ in range(400):
+        x = rng.lognormal(-3.0, 0.6, n)
+        kept.append(_lognormal_fpr(FalsePositiveRate().fit(x).threshold_) <= 0.05)
+        plain = FalsePositiveRate(confidence=0.5).fit(x).threshold_
+        plain_kept.append(_lognormal_fpr(plain) <= 0.05)
+    assert 0.85 <= np.mean(kept) <= 0.95
+    assert 0.35 <= np.mean(plain_kept) <= 0.65
+
+
+def test_fpr_margin_shrinks_with_more_independent_scores():
+    x = np.random.default_rng(0).lognormal(-3.0, 0.6, 300)
+    factors = [FalsePositiveRate().fit(x, n_independent=n).tolerance_factor_
+               for n in (3, 20, 60, 300)]
+    assert factors == sorted(factors, reverse=True)
+    assert factors[0] > 4.5 and 1.645 < factors[-1] < 1.8
+    few = FalsePositiveRate().fit(x, n_independent=20)
+    assert few.threshold_ > FalsePositiveRate().fit(x).threshold_
+    assert few.fitted_fpr_ < 0.05 and few.min_independent_ == 45
+    assert few.empirical_fpr_ == np.mean(x > few.threshold_)
+
+
+def test_fpr_rejects_bad_parameters_and_n_independent():
+    x = [0.1, 0.2, 0.3, 0.25]
+    for bad in ({"target_fpr": 0.0}, {"target_fpr": 0.5}, {"confidence": 1.0},
+                {"confidence": 0.4}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FalsePositiveRate(**bad).fit(x)
+    for n in (1, 5, 2.5, True):
+        with pytest.raises(ValueError, match="n_independent"):
+            FalsePositiveRate().fit(x, n_independent=n)
+    with pytest.raises(ValueError, match="too few"):
+        FalsePositiveRate(confidence=0.99).fit(x, n_independent=2)
+    assert FalsePositiveRate().fit([0.2, 0.2, 0.2]).threshold_ == 0.2
+
+
+def test_fpr_is_scale_equivariant_and_takes_negative_scores():
+    x = np.random.default_rng(21).gamma(2.0, 0.1, 800)
+    t = FalsePositiveRate().fit(x).threshold_
+    assert FalsePositiveRate().fit(7.5 * x).threshold_ == pytest.approx(7.5 * t, rel=1e-9)
+    shifted = FalsePositiveRate().fit(x - 0.05)  # negative scores: support starts at the minimum
+    assert shifted.loc_ == pytest.approx(x.min() - 0.05)
+    assert 0.0 < np.mean(x - 0.05 > shifted.threshold_) <= 0.05
 
 
 # --------------------------------------------------------------------------- factory / registry
 
 
 def test_registry_contents():
-    assert set(ESTIMATORS) == {"gdp", "hp", "sd", "mad", "iqr", "ocsvm", "gesd", "cleversd"}
+    assert set(ESTIMATORS) == {"gdp", "hp", "sd", "mad", "iqr", "ocsvm", "gesd", "cleversd",
+                               "fpr"}
     assert set(NON_ITERATIVE_METHODS) == {"gdp", "hp", "sd", "mad", "iqr", "ocsvm"}
     expected = set(ESTIMATORS) | {f"mst-{n}" for n in ("gdp", "hp", "sd", "mad", "iqr", "ocsvm")}
     assert set(THRESHOLD_METHODS) == expected
-    assert len(THRESHOLD_METHODS) == len(expected) == 14
+    assert len(THRESHOLD_METHODS) == len(expected) == 15
     for name, cls in ESTIMATORS.items():
         assert cls.method == name
 
@@ -492,9 +556,9 @@ def test_constant_scores_give_that_constant(method):
     assert est.predict([0.25, 0.2500001]).tolist() == [False, True]
 
 
-@pytest.mark.parametrize("method", [m for m in THRESHOLD_METHODS if "gdp" not in m])
+@pytest.mark.parametrize("method", [m for m in THRESHOLD_METHODS if m not in ("gdp", "mst-gdp", "fpr")])
 def test_location_scale_equivariance(method):
-    # Everything except GDP (whose support is anchored at 0) is affine-equivariant.
+    # Everything except GDP and FPR (whose supports are anchored at 0) is affine-equivariant.
     x = np.random.default_rng(21).gamma(2.0, 0.1, 800)
     a, b = 7.5, -3.0
     t = make_threshold_estimator(method).fit(x).threshold_
