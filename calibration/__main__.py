@@ -47,19 +47,54 @@ def _mic_stream(cfg, seconds: float):
 
 # Below this much normal operation a calibration is accepted with a warning: its threshold
 # rests on few held-out scores and its memory misses normal variation (5 clips flagged 4 of
-# 10 later normal clips).
+# 10 later normal clips). With the ``fpr`` threshold the estimator says how many
+# independent windows its false-positive rate needs (``min_independent``, 45 at 5 % / 0.9).
 MIN_CALIBRATION_MINUTES = 10.0
 MIN_CALIBRATION_WINDOWS = 60  # what 10 min of separate 10 s clips give
 
 
-def _too_little(n_windows: int, seconds: float) -> str | None:
-    """The warning for a calibration on too little normal operation, or None."""
+def _too_little(cal, n_windows: int, seconds: float) -> str | None:
+    """The warning for a calibration on too little normal operation, or None.
+
+    Parameters
+    ----------
+    cal : edge.backend.Calibration
+        Its ``extra`` holds ``n_independent`` (and for ``fpr`` ``min_independent`` and
+        ``target_fpr``) from :func:`calibration.calibrate.fit_calibration`.
+    n_windows : int
+        Windows learned.
+    seconds : float
+        Audio recorded or read.
+    """
+    extra = cal.extra
+    if "min_independent" in extra:
+        need, have = int(extra["min_independent"]), int(extra["n_independent"])
+        if have >= need:
+            return None
+        return (f"warning: calibrated on {have} independent (non-overlapping) windows "
+                f"({seconds / 60:.1f} min of audio); estimating a "
+                f"{100 * extra['target_fpr']:g} % false-positive rate with "
+                f"{100 * extra['confidence']:g} % confidence needs at least {need} "
+                f"({need * cal.window_seconds / 60:.1f} min): the threshold rests on the fitted "
+                "score distribution and has a wide margin, so expect fewer detections; "
+                "record longer")
     if n_windows >= MIN_CALIBRATION_WINDOWS and seconds >= 60 * MIN_CALIBRATION_MINUTES:
         return None
     return (f"warning: calibrated on {n_windows} windows ({seconds / 60:.1f} min of audio), "
             f"fewer than {MIN_CALIBRATION_WINDOWS} windows ({MIN_CALIBRATION_MINUTES:g} min): "
             "expect more false alarms (normal sound flagged anomalous); record at least "
             f"{MIN_CALIBRATION_MINUTES:g} minutes of normal operation")
+
+
+def _expected_fpr(cal) -> str | None:
+    """One line on the false-positive rate the threshold should give, or None."""
+    extra = cal.extra
+    if "target_fpr" not in extra:
+        return None
+    return (f"expected false-positive rate on normal windows: at most "
+            f"{100 * extra['target_fpr']:g} % with {100 * extra['confidence']:g} % confidence "
+            f"(fitted distribution: {100 * extra['fitted_fpr']:.2g} %), if normal operation "
+            "sounds like this recording")
 
 
 def cmd_record(args) -> int:
@@ -93,7 +128,7 @@ def cmd_record(args) -> int:
         if streams is None:
             streams = [_mic_stream(cfg, total)]
         windows = collect_windows(streams, embedder, cfg.asd.window_seconds, cfg.asd.hop_seconds,
-                                  progress=bar.update)
+                                  progress=bar.update, views=cfg.asd.views)
         bar.close()
         cal = fit_calibration(windows, embedder, cfg.asd.n_clusters, cfg.asd.threshold.method,
                               dict(cfg.asd.threshold.params), cfg.asd.window_seconds,
@@ -101,22 +136,30 @@ def cmd_record(args) -> int:
     except (HarkError, ValueError) as exc:  # audio files or device; too few windows
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    warning = _too_little(len(windows), total)
-    if warning:
-        print(warning, file=sys.stderr)
+    for line in (_expected_fpr(cal), _too_little(cal, len(windows), total)):
+        if line:
+            print(line, file=sys.stderr)
     out = Path(args.out) if args.out else cfg.resolve(cfg.asd.calibration)
     cal.save(out)
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     scores = np.asarray(cal.normal_scores)
     above = int((scores > cal.decision_threshold).sum())
-    plot_score_histogram(plot, scores, [],
-                         {f"decision_threshold ({cal.threshold_method})": cal.decision_threshold},
+    target = cal.extra.get("target_fpr")
+    label = (f"decision_threshold ({cal.threshold_method}, target {100 * target:g} %)"
+             if target is not None else f"decision_threshold ({cal.threshold_method})")
+    plot_score_histogram(plot, scores, [], {label: cal.decision_threshold},
                          f"{cfg.topic_root}: calibration {cal.calibration_id}\n{above} of "
-                         f"{len(scores)} calibration windows above the threshold",
+                         f"{len(scores)} calibration windows above the threshold "
+                         f"({100 * above / len(scores):.1f} %"
+                         + (f"; target {100 * target:g} %)" if target is not None else ")"),
                          density=False, normal_label="calibration (normal, held out)")
     print(json.dumps({"calibration": str(out), "calibration_id": cal.calibration_id,
                       "decision_threshold": round(cal.decision_threshold, 6),
                       "threshold_method": cal.threshold_method, "windows": len(windows),
+                      "independent_windows": cal.extra["n_independent"],
+                      "target_fpr": target,
+                      "fitted_fpr": (round(cal.extra["fitted_fpr"], 6)
+                                     if "fitted_fpr" in cal.extra else None),
                       "skipped_silent": windows.skipped_silent,
                       "above_threshold": above, "memory_size": len(cal.memory),
                       "histogram": str(plot)}, indent=2))

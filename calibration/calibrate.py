@@ -11,20 +11,21 @@ in time (overlapping windows share audio and would be near-duplicates).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
 
 from calibration.thresholds import make_threshold_estimator
-from edge.backend import Calibration, normalize_members
+from edge.backend import LOG_DISTANCE_FLOOR, Calibration, normalised_view_score, normalize_members
 from edge.levels import rms_dbfs
 from edge.pipeline import Windower
+from edge.views import EMBEDDING_VIEW, view_members, view_names, window_views
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CalibrationWindows", "WindowCollector", "collect_windows", "kmeans_centers", "held_out_scores",
-           "fit_calibration", "SILENCE_DBFS"]
+           "view_normalisation", "independent_windows", "fit_calibration", "SILENCE_DBFS"]
 
 SILENCE_DBFS = -70.0  # RMS dBFS (edge.levels); quieter windows are not learned as "normal operation"
 
@@ -42,6 +43,12 @@ class CalibrationWindows:
         Window span in samples within its stream.
     skipped_silent : int
         Windows dropped because their level was below :data:`SILENCE_DBFS`.
+    names : tuple of str
+        The views the calibration will score (:func:`edge.views.view_names`).
+    views : dict of str -> np.ndarray, shape (n, D_v), float32
+        The windows' vectors in every view of ``names`` but the embedding.
+    members : dict of str -> int
+        Ensemble members in each view's vector (:func:`edge.views.view_members`).
     """
 
     embeddings: np.ndarray
@@ -49,6 +56,9 @@ class CalibrationWindows:
     start: np.ndarray
     end: np.ndarray
     skipped_silent: int = 0
+    names: tuple[str, ...] = (EMBEDDING_VIEW,)
+    views: dict[str, np.ndarray] = field(default_factory=dict)
+    members: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -64,11 +74,22 @@ class WindowCollector:
     Parameters
     ----------
     embedder : edge.model.AsdEmbedder
+    views : sequence of str
+        Config view names (``asd.views``, :data:`edge.views.VIEWS`); the embedding alone by
+        default.
+
+    Raises
+    ------
+    ValueError
+        Unknown view names.
     """
 
-    def __init__(self, embedder):
+    def __init__(self, embedder, views=(EMBEDDING_VIEW,)):
         self.embedder = embedder
+        self.names = view_names(embedder, views)
+        self._extra = [v for v in self.names if v != EMBEDDING_VIEW]
         self._embs: list[np.ndarray] = []
+        self._vecs: dict[str, list[np.ndarray]] = {v: [] for v in self._extra}
         self._spans: list[tuple[int, int, int]] = []
         self.skipped_silent = 0
 
@@ -77,18 +98,25 @@ class WindowCollector:
         if rms_dbfs(window) < SILENCE_DBFS:
             self.skipped_silent += 1
             return
-        self._embs.append(self.embedder.embed(window))
+        vecs = window_views(self.embedder, window, (EMBEDDING_VIEW, *self._extra))
+        self._embs.append(vecs[EMBEDDING_VIEW])
+        for v in self._extra:
+            self._vecs[v].append(vecs[v])
         self._spans.append((stream, start, start + len(window)))
 
     def result(self) -> CalibrationWindows:
         spans = np.array(self._spans, int).reshape(-1, 3)
         embs = np.array(self._embs, np.float32).reshape(-1, self.embedder.embedding_dim)
+        views = {v: np.array(x, np.float32).reshape(len(x), -1) if x
+                 else np.zeros((0, 0), np.float32) for v, x in self._vecs.items()}
         return CalibrationWindows(embs, spans[:, 0], spans[:, 1], spans[:, 2],
-                                  self.skipped_silent)
+                                  self.skipped_silent, self.names, views,
+                                  {v: view_members(self.embedder, v) for v in self.names})
 
 
 def collect_windows(streams: Iterable[Iterable[np.ndarray]], embedder, window_seconds: float,
-                    hop_seconds: float, progress=None) -> CalibrationWindows:
+                    hop_seconds: float, progress=None,
+                    views=(EMBEDDING_VIEW,)) -> CalibrationWindows:
     """Embed sliding windows of one or more block streams.
 
     Parameters
@@ -99,17 +127,19 @@ def collect_windows(streams: Iterable[Iterable[np.ndarray]], embedder, window_se
     window_seconds, hop_seconds : float
     progress : callable(n_samples) or None
         Called with the number of samples consumed, for progress bars.
+    views : sequence of str
+        Config view names (``asd.views``) to collect; the embedding alone by default.
 
     Raises
     ------
     ValueError
-        If ``window_seconds`` differs from the model's clip length.
+        If ``window_seconds`` differs from the model's clip length, or a view is unknown.
     """
     sr = embedder.frontend.sample_rate
     if abs(window_seconds - embedder.frontend.clip_seconds) > 1e-6:
         raise ValueError(f"asd.window_seconds is {window_seconds} s but the model "
                          f"{embedder.model_id} takes {embedder.frontend.clip_seconds} s clips")
-    collector = WindowCollector(embedder)
+    collector = WindowCollector(embedder, views)
     for s, blocks in enumerate(streams):
         win = Windower(int(round(window_seconds * sr)), int(round(hop_seconds * sr)))
         for block in blocks:
@@ -138,11 +168,26 @@ def kmeans_centers(embeddings: np.ndarray, n_clusters: int, seed: int = 0,
     return normalize_members(km.cluster_centers_, n_members)
 
 
-def held_out_scores(w: CalibrationWindows, n_members: int = 1) -> np.ndarray:
+def _overlap(w: CalibrationWindows) -> np.ndarray:
+    """(n, n) bool: windows of one stream that share audio (each overlaps itself)."""
+    return ((w.stream[:, None] == w.stream[None, :])
+            & (w.start[:, None] < w.end[None, :]) & (w.start[None, :] < w.end[:, None]))
+
+
+def held_out_scores(w: CalibrationWindows, n_members: int = 1,
+                    vectors: np.ndarray | None = None) -> np.ndarray:
     """Anomaly score of each window against the windows that do not overlap it.
 
     Windows that overlap every other window (the middle of a short recording) have no
     held-out partner and get no score.
+
+    Parameters
+    ----------
+    w : CalibrationWindows
+    n_members : int
+        Ensemble members in each vector (distances summed over them).
+    vectors : np.ndarray, shape (n, D_v), optional
+        The windows in another view; default ``w.embeddings``.
 
     Returns
     -------
@@ -153,14 +198,14 @@ def held_out_scores(w: CalibrationWindows, n_members: int = 1) -> np.ndarray:
     ValueError
         If fewer than two windows can be scored (recording too short).
     """
-    overlap = ((w.stream[:, None] == w.stream[None, :])
-               & (w.start[:, None] < w.end[None, :]) & (w.start[None, :] < w.end[:, None]))
+    overlap = _overlap(w)
     scored = ~np.all(overlap, axis=1)
     if scored.sum() < 2:
         raise ValueError("calibration needs at least two non-overlapping windows of normal "
                          "operation: record for longer (at least twice asd.window_seconds)")
     k = n_members  # per member: 1 - cos to the nearest non-overlapping window, summed
-    parts = normalize_members(w.embeddings, k).reshape(len(w), k, -1)
+    x = w.embeddings if vectors is None else vectors
+    parts = normalize_members(x, k).reshape(len(w), k, -1)
     dist = np.zeros(len(w), np.float64)
     for m in range(k):
         sims = parts[:, m] @ parts[:, m].T
@@ -169,22 +214,95 @@ def held_out_scores(w: CalibrationWindows, n_members: int = 1) -> np.ndarray:
     return np.clip(dist[scored], 0.0, 2.0 * k).astype(np.float32)
 
 
+def view_normalisation(w: CalibrationWindows) -> tuple[dict[str, dict], np.ndarray]:
+    """Each view's held-out log-distance statistics and the combined held-out scores.
+
+    Every view of ``w.names`` is scored as :func:`held_out_scores` scores the embedding;
+    its log distances give ``log_mean`` and ``log_std`` (GenRep's domain normalisation,
+    ``004_d4225f15e0df5a46.txt`` Section 2.3, per view), and the views combine by
+    :func:`edge.backend.normalised_view_score`.
+
+    Returns
+    -------
+    norms : dict of str -> {"log_mean", "log_std", "members"}
+    scores : np.ndarray, shape (n_scored,), float32
+        The combined held-out score of every scored window.
+
+    Raises
+    ------
+    ValueError
+        Too few windows (:func:`held_out_scores`).
+    """
+    dists, norms = {}, {}
+    for v in w.names:
+        d = held_out_scores(w, w.members[v], None if v == EMBEDDING_VIEW else w.views[v])
+        logs = np.log(d.astype(np.float64) + LOG_DISTANCE_FLOOR)
+        dists[v] = d
+        norms[v] = {"log_mean": float(logs.mean()), "log_std": max(float(logs.std()), 1e-6),
+                    "members": int(w.members[v])}
+    return norms, normalised_view_score(dists, norms)
+
+
+def independent_windows(w: CalibrationWindows) -> int:
+    """How many calibration windows do not overlap one another: the independent ones.
+
+    Windows every ``hop`` of ``window`` seconds share audio with their neighbours, so
+    their held-out scores are not independent draws; the threshold's margin for few
+    scores (:class:`calibration.thresholds.FalsePositiveRate`) counts this many.
+
+    Returns
+    -------
+    int
+        Per stream, the windows taken greedily in time order that start at or after the
+        previous one's end, summed over the streams; at least 0.
+    """
+    n = 0
+    for s in np.unique(w.stream):
+        last_end = -1
+        for start, end in sorted(zip(w.start[w.stream == s], w.end[w.stream == s])):
+            if start >= last_end:
+                n += 1
+                last_end = end
+    return n
+
+
 def fit_calibration(w: CalibrationWindows, embedder, n_clusters: int, threshold_method: str,
                     threshold_params: dict | None = None, window_seconds: float = 10.0,
                     hop_seconds: float = 2.0, seed: int = 0) -> Calibration:
-    """Build the memory and estimate the decision threshold from normal scores only."""
+    """Build the memory and estimate the decision threshold from normal scores only.
+
+    The threshold estimator is fitted on :func:`held_out_scores` (several views: the
+    combined scores of :func:`view_normalisation`), counting :func:`independent_windows` of
+    them as independent. What it reports about its own
+    reliability goes into ``Calibration.extra``: ``n_independent``, and for ``fpr``
+    ``target_fpr``, ``confidence``, ``fitted_fpr`` and ``min_independent``.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two usable windows, or none that can be held out.
+    """
     if len(w) < 2:
         raise ValueError(f"only {len(w)} usable calibration window(s) "
                          f"({w.skipped_silent} silent ones skipped): record for longer")
     n_members = getattr(embedder, "n_members", 1)
-    scores = held_out_scores(w, n_members)
-    est = make_threshold_estimator(threshold_method, **(threshold_params or {})).fit(scores)
+    if w.names == (EMBEDDING_VIEW,):
+        norms, scores = {}, held_out_scores(w, n_members)
+    else:
+        norms, scores = view_normalisation(w)
+    n_independent = int(np.clip(independent_windows(w), 2, len(scores)))
+    est = make_threshold_estimator(threshold_method, **(threshold_params or {}))
+    est.fit(scores, n_independent=n_independent)
+    extra = {"n_windows": len(w), "skipped_silent": w.skipped_silent,
+             "threshold_params": threshold_params or {}, "n_independent": n_independent}
+    if hasattr(est, "fitted_fpr_"):
+        extra.update(target_fpr=float(est.target_fpr), confidence=float(est.confidence),
+                     fitted_fpr=float(est.fitted_fpr_), min_independent=est.min_independent_)
     centers = kmeans_centers(w.embeddings, n_clusters, seed, n_members)
     memory = np.concatenate([centers, w.embeddings])
     return Calibration(memory=memory, n_centers=len(centers),
                        decision_threshold=float(est.threshold_), threshold_method=threshold_method,
                        normal_scores=scores, model_id=embedder.model_id,
                        model_sha256=embedder.sha256, window_seconds=window_seconds,
-                       hop_seconds=hop_seconds, n_members=n_members,
-                       extra={"n_windows": len(w), "skipped_silent": w.skipped_silent,
-                              "threshold_params": threshold_params or {}})
+                       hop_seconds=hop_seconds, n_members=n_members, extra=extra,
+                       views=dict(w.views), view_norms=norms)

@@ -21,10 +21,20 @@ import numpy as np
 from firmware_config.fileio import atomic_write_bytes, is_npz_file
 from firmware_config.errors import HarkError
 
-__all__ = ["CalibrationError", "normalize_members", "min_cosine_distance", "Calibration",
-           "CALIBRATION_SCHEMA"]
+__all__ = ["CalibrationError", "normalize_members", "min_cosine_distance", "normalised_view_score",
+           "Calibration", "CALIBRATION_SCHEMA", "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR"]
 
-CALIBRATION_SCHEMA = 1
+#: 2: several views (``views``, ``view_norms``); 1 (still read): the embedding view only.
+CALIBRATION_SCHEMA = 2
+#: Added to cosine distances before their logarithm (a window identical to a memory row).
+LOG_DISTANCE_FLOOR = 1e-6
+#: Smallest spread of a view's held-out log distances used to normalise it: calibration
+#: audio whose windows are all alike (a constant tone) would otherwise turn any change
+#: into an astronomically large score.
+LOG_STD_FLOOR = 0.1
+#: Bound on the mean standardised log distance, so that the score stays finite
+#: (``exp(50)`` is about 5e21).
+MAX_MEAN_Z = 50.0
 
 
 class CalibrationError(HarkError, RuntimeError):
@@ -83,6 +93,35 @@ def min_cosine_distance(embeddings: np.ndarray, memory: np.ndarray,
     return d if np.ndim(embeddings) == 2 else d[0]
 
 
+def normalised_view_score(distances: dict[str, np.ndarray],
+                          norms: dict[str, dict[str, float]]) -> np.ndarray:
+    """Combine the views' distances: ``exp(mean_v z_v)``, ``z_v`` the standardised log distance.
+
+    ``z_v = (log(d_v + LOG_DISTANCE_FLOOR) - log_mean_v) / log_std_v`` with the mean and
+    standard deviation of view ``v``'s held-out calibration log distances: each view's
+    distances in units of its own spread on normal sound (GenRep's domain normalisation,
+    ``004_d4225f15e0df5a46.txt`` Section 2.3, Z-score per memory bank; here per view, on
+    log distances, since cosine distances of normal windows are skewed). The mean over the
+    views is exponentiated so that the score stays positive, as the threshold estimators
+    expect: 1 is a typical calibration window, larger is more anomalous.
+
+    Parameters
+    ----------
+    distances : dict of str -> np.ndarray, shape (n,), float
+        Minimum cosine distance of ``n`` windows in every view of ``norms``.
+    norms : dict of str -> {"log_mean": float, "log_std": float, ...}
+
+    Returns
+    -------
+    np.ndarray, shape (n,), float32, > 0 and finite
+        The mean ``z`` is clipped to ``[-MAX_MEAN_Z, MAX_MEAN_Z]``; each ``log_std`` counts
+        as at least :data:`LOG_STD_FLOOR`.
+    """
+    z = [(np.log(np.asarray(distances[v], np.float64) + LOG_DISTANCE_FLOOR) - n["log_mean"])
+         / max(n["log_std"], LOG_STD_FLOOR) for v, n in norms.items()]
+    return np.exp(np.clip(np.mean(z, axis=0), -MAX_MEAN_Z, MAX_MEAN_Z)).astype(np.float32)
+
+
 @dataclass
 class Calibration:
     """The on-site calibration: backend memory and decision threshold.
@@ -109,6 +148,14 @@ class Calibration:
         UTC ISO-8601.
     calibration_id : str
         Content hash prefix, reported in every event.
+    views : dict of str -> np.ndarray, shape (m_v, D_v), float32
+        Memories of the views other than the embedding (:mod:`edge.views`): every
+        calibration window's vector, member-normalised. Empty for a single-view calibration.
+    view_norms : dict of str -> dict
+        For a multi-view calibration, every scored view (``"embedding"`` first) with
+        ``log_mean`` and ``log_std`` of its held-out log distances and ``members`` (the
+        ensemble members its vector holds). Empty: the embedding view alone, scored by its
+        raw cosine distance (:meth:`anomaly_score`).
     """
 
     memory: np.ndarray
@@ -125,19 +172,67 @@ class Calibration:
     extra: dict[str, Any] = field(default_factory=dict)
     calibration_id: str = ""
     n_members: int = 1
+    views: dict[str, np.ndarray] = field(default_factory=dict)
+    view_norms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.memory = normalize_members(self.memory, self.n_members)
         self.normal_scores = np.asarray(self.normal_scores, np.float32)
+        self.views = {v: normalize_members(m, int(self.view_norms[v]["members"]))
+                      for v, m in self.views.items()}
         if not self.calibration_id:
             h = hashlib.sha256(self.memory.tobytes())
-            h.update(f"{self.decision_threshold:.9g}{self.model_sha256}{self.created}".encode())
+            for v in sorted(self.views):
+                h.update(self.views[v].tobytes())
+            h.update(f"{self.decision_threshold:.9g}{self.model_sha256}{self.created}"
+                     f"{json.dumps(self.view_norms, sort_keys=True)}".encode())
             self.calibration_id = "cal-" + h.hexdigest()[:12]
 
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        """The views this calibration scores (:mod:`edge.views`); ``("embedding",)`` alone
+        for a single-view one."""
+        return tuple(self.view_norms) if self.view_norms else ("embedding",)
+
+    def score_views(self, vectors: dict[str, np.ndarray]) -> np.ndarray:
+        """Anomaly scores of windows given in every view (higher = more anomalous).
+
+        Single-view: the embedding's minimum cosine distance (:meth:`anomaly_score`).
+        Several views: each view's minimum cosine distance to its own memory, combined by
+        :func:`normalised_view_score`.
+
+        Parameters
+        ----------
+        vectors : dict of str -> np.ndarray, shape (n, D_v) or (D_v,), float
+            Every name of :attr:`view_names` (:func:`edge.views.window_views`).
+
+        Returns
+        -------
+        np.ndarray, shape (n,), float32
+
+        Raises
+        ------
+        ValueError
+            A view of the calibration is missing from ``vectors``.
+        """
+        missing = [v for v in self.view_names if v not in vectors]
+        if missing:
+            raise ValueError(f"calibration {self.calibration_id} scores the views "
+                             f"{list(self.view_names)}; missing {missing}")
+        if not self.view_norms:
+            return self.anomaly_score(vectors["embedding"])
+        dist = {v: min_cosine_distance(np.atleast_2d(vectors[v]),
+                                       self.memory if v == "embedding" else self.views[v],
+                                       int(n["members"]))
+                for v, n in self.view_norms.items()}
+        return normalised_view_score(dist, self.view_norms)
+
     def anomaly_score(self, embeddings: np.ndarray) -> np.ndarray:
-        """Anomaly scores: the minimum cosine distance to the memory (higher = more anomalous).
+        """Anomaly scores of a single-view calibration: the minimum cosine distance to the
+        memory (higher = more anomalous).
 
         Thesis Section 5.3.1 (line 1500ff); ensembles as in :func:`min_cosine_distance`.
+        A multi-view calibration scores with :meth:`score_views`.
 
         Parameters
         ----------
@@ -146,7 +241,15 @@ class Calibration:
         Returns
         -------
         np.ndarray, shape (n,), float32
+
+        Raises
+        ------
+        ValueError
+            The calibration scores several views.
         """
+        if self.view_norms:
+            raise ValueError(f"calibration {self.calibration_id} scores the views "
+                             f"{list(self.view_names)}: use score_views")
         return min_cosine_distance(np.atleast_2d(embeddings), self.memory, self.n_members)
 
     def is_anomalous(self, anomaly_score):
@@ -175,13 +278,14 @@ class Calibration:
                 "threshold_method": self.threshold_method, "model_id": self.model_id,
                 "model_sha256": self.model_sha256, "window_seconds": self.window_seconds,
                 "hop_seconds": self.hop_seconds, "created": self.created, "extra": self.extra,
-                "n_members": self.n_members}
+                "n_members": self.n_members, "view_norms": self.view_norms}
 
     def save(self, path: str | Path) -> Path:
         """Write the artifact (``.npz``) atomically."""
         buf = io.BytesIO()
         np.savez(buf, memory=self.memory, normal_scores=self.normal_scores,
-                 meta=np.frombuffer(json.dumps(self._meta()).encode(), dtype=np.uint8))
+                 meta=np.frombuffer(json.dumps(self._meta()).encode(), dtype=np.uint8),
+                 **{f"view_{v}": m for v, m in self.views.items()})
         return atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -213,13 +317,22 @@ class Calibration:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(bytes(z["meta"]).decode())
                 memory, scores = z["memory"], z["normal_scores"]
+                views = {k[len("view_"):]: z[k] for k in z.files if k.startswith("view_")}
         except Exception as exc:
             raise CalibrationError(f"calibration {path} is corrupt or not a calibration "
                                    f"artifact: {exc}") from exc
-        if meta.get("schema") != CALIBRATION_SCHEMA:
+        if meta.get("schema") not in (1, CALIBRATION_SCHEMA):
             raise CalibrationError(f"calibration {path}: unsupported schema {meta.get('schema')}")
-        if memory.ndim != 2 or not np.all(np.isfinite(memory)) or len(memory) == 0:
-            raise CalibrationError(f"calibration {path}: memory is empty or not finite")
+        norms = meta.get("view_norms") or {}
+        for m in (memory, *views.values()):
+            if m.ndim != 2 or not np.all(np.isfinite(m)) or len(m) == 0:
+                raise CalibrationError(f"calibration {path}: memory is empty or not finite")
+        expect = set(norms) - {"embedding"}
+        if set(views) != expect or any(
+                not (isinstance(n, dict) and n.get("log_std", 0) > 0 and "log_mean" in n
+                     and int(n.get("members", 0)) >= 1) for n in norms.values()):
+            raise CalibrationError(f"calibration {path}: its views {sorted(views)} and their "
+                                   f"normalisation {sorted(norms)} do not match")
         if model_sha256 is not None and meta["model_sha256"] != model_sha256:
             raise CalibrationError(
                 f"calibration {path} was made with model {meta['model_id']}, not the configured "
@@ -228,4 +341,4 @@ class Calibration:
                                    "model_id", "model_sha256", "window_seconds", "hop_seconds",
                                    "created", "extra", "calibration_id")}
         kw["n_members"] = int(meta.get("n_members", 1))
-        return cls(memory=memory, normal_scores=scores, **kw)
+        return cls(memory=memory, normal_scores=scores, views=views, view_norms=norms, **kw)

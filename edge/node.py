@@ -35,6 +35,7 @@ from edge.model import ModelError, load_bundle
 from edge.mqtt import MqttPublisher
 from edge.pipeline import Windower
 from edge.spool import Spool
+from edge.views import window_views
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,9 @@ __all__ = ["Node"]
 class _Learning:
     """A calibration being learned from the live stream (first start or ``cmd/recalibrate``)."""
 
-    def __init__(self, embedder, seconds: float, method: str, request_id=None, requested=False):
-        self.collector = WindowCollector(embedder)
+    def __init__(self, embedder, seconds: float, method: str, request_id=None, requested=False,
+                 views=("embedding",)):
+        self.collector = WindowCollector(embedder, views)
         self.embedder = embedder
         self.seconds = seconds
         self.method = method
@@ -236,7 +238,8 @@ class Node:
         with self.lock:
             if self.learning is not None:
                 return self.learning
-            self.learning = _Learning(self.embedder, seconds, method, request_id, requested)
+            self.learning = _Learning(self.embedder, seconds, method, request_id, requested,
+                                      self.cfg.asd.views)
             return None
 
     def reset_stream(self) -> None:
@@ -279,7 +282,7 @@ class Node:
         """Anomaly score of one window, shape (n_samples,) float32, and its decision
         (:meth:`edge.backend.Calibration.is_anomalous`)."""
         cal = self.calibration
-        score = float(cal.anomaly_score(self.embedder.embed(window)[None])[0])
+        score = float(cal.score_views(window_views(self.embedder, window, cal.view_names))[0])
         return score, cal.is_anomalous(score)
 
     def _publish_keywords(self, detections, t0: float) -> None:

@@ -143,7 +143,7 @@ class HomeAssistantSection(_Section):
 #: The decision-threshold estimators a config may name (``asd.threshold.method``, and
 #: ``threshold_method`` of ``cmd/recalibrate``): :data:`calibration.thresholds.THRESHOLD_METHODS`,
 #: spelled out here so the config stays a leaf (a test keeps the two equal).
-THRESHOLD_METHODS = ("gdp", "hp", "sd", "mad", "iqr", "ocsvm", "gesd", "cleversd",
+THRESHOLD_METHODS = ("gdp", "hp", "sd", "mad", "iqr", "ocsvm", "gesd", "cleversd", "fpr",
                      "mst-gdp", "mst-hp", "mst-sd", "mst-mad", "mst-iqr", "mst-ocsvm")
 
 
@@ -154,8 +154,13 @@ def check_threshold_method(v: str | None) -> str | None:
     return v
 
 
+#: ``asd.views`` by default: :data:`edge.views.VIEWS`, spelled out here so the config stays
+#: a leaf; chosen by the leave-one-machine-type-out evaluation (README).
+DEFAULT_ASD_VIEWS = ("embedding", "branches", "stft_statistics")
+
+
 class ThresholdSection(_Section):
-    method: str = Field("mst-iqr", description="decision threshold estimator")
+    method: str = Field("fpr", description="decision threshold estimator")
     params: dict[str, Union[float, int]] = Field(default_factory=dict)
 
     _method = field_validator("method")(check_threshold_method)
@@ -174,6 +179,17 @@ class AsdSection(_Section):
         description="without a calibration, learn normal operation this long first (0: refuse)")
     num_threads: int = Field(1, ge=1, le=16)
     threshold: ThresholdSection = Field(default_factory=ThresholdSection)
+    views: list[Literal["embedding", "branches", "stft_statistics"]] = Field(
+        default_factory=lambda: list(DEFAULT_ASD_VIEWS), min_length=1,
+        description="views of a window scored at calibration, each against its own memory "
+                    "(edge.views); the calibration artifact keeps them")
+
+    @field_validator("views")
+    @classmethod
+    def _distinct_views(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"views {v}: each view at most once")
+        return v
 
     @model_validator(mode="after")
     def _hop(self):

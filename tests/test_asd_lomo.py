@@ -15,7 +15,8 @@ import pytest
 
 from calibration.thresholds import NotFittedError
 from edge.audio import load_audio
-from trainer.asd_baselines import StftStatsBaseline, stft_statistics
+from edge.views import stft_statistics
+from trainer.asd_baselines import StftStatsBaseline
 from trainer.asd_lomo import (
     MACHINE_TYPES,
     bootstrap_metrics,
@@ -204,13 +205,19 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "trainer", "evaluate-asd", str(root),
                         "--protocol", "leave-one-machine-out", "--config", str(recipe),
                         "--ae-epochs", "2", "--bootstrap", "20", "--min-test-normal", "2",
+                        "--systems", "ours,adapted,ae,stft",
                         "--out", str(out), "--quiet"], cwd=ROOT, capture_output=True,
                        text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((out / "report.json").read_text())
     assert rep["protocol"] == "leave-one-machine-out"
     assert set(rep["types"]) == {"fan", "pump"}
-    assert len(rep["systems"]) == 3
+    # the node's default views and, from the same model, the embedding alone; two baselines
+    assert set(rep["systems"]) == {"ours (int8)", "ours (int8), embedding view only",
+                                   "ours (float)", "ours, site-adapted (int8)",
+                                   "DCASE 2023 AE baseline (calibration clips)",
+                                   "STFT mean/std + cosine (no learning)"}
+    assert rep["node"]["views"] == ["embedding", "branches", "stft_statistics"]
     fan, pump = rep["types"]["fan"], rep["types"]["pump"]
     assert fan["counts"]["train_types"] == ["pump"] and fan["counts"]["train_clips"] == 6
     assert pump["counts"]["train_types"] == ["fan"] and pump["counts"]["train_clips"] == 8
@@ -223,7 +230,7 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
         for name, m in rep["types"][t]["systems"].items():
             assert len(m["test_scores"]) == len(rep["types"][t]["test_files"])
             assert m["decision_threshold"] is not None and 0 <= m["recall"] <= 1, name
-            assert m["threshold_method"] == "mst-iqr"
+            assert m["threshold_method"] == "fpr"
             assert m["ci"]["auc_all"] is not None
         for p in rep["types"][t]["plots"]:
             assert Path(p).stat().st_size > 1000
@@ -233,5 +240,22 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
     for s in rep["systems"].values():
         assert s["official_score"] is not None and 0 < s["official_score"] <= 1
         assert s["types"] == ["fan", "pump"]
+    for t in ("fan", "pump"):
+        ours = rep["types"][t]["systems"]
+        assert ours["ours (int8)"]["meta"]["views"] == ["embedding", "branch_spectrogram",
+                                                        "branch_spectrum", "stft_statistics"]
+        assert ours["ours (int8), embedding view only"]["meta"]["views"] == ["embedding"]
+        assert ours["ours (float)"]["meta"]["views"] == ours["ours (int8)"]["meta"]["views"]
+        # the float model is not the int8 one: its scores differ, a little
+        f32, i8 = (np.array(ours[k]["test_scores"]) for k in ("ours (float)", "ours (int8)"))
+        assert not np.array_equal(f32, i8) and np.corrcoef(f32, i8)[0, 1] > 0.5
+        assert (ours["ours (int8)"]["meta"]["model"]
+                == ours["ours (int8), embedding view only"]["meta"]["model"])
+        # site adaptation: the fold's calibration clips (never its test clips) are classes
+        adapted = json.loads((out / "models" / f"lomo_{t}_adapted.json").read_text())
+        n_cal = sum(rep["types"][t]["counts"]["calibration"].values())
+        assert [c for c in adapted["classes"] if c.startswith("site_")] == [
+            f"site_section_{i:03d}" for i in range(n_cal)]
+        assert adapted["training_config"]["ssl"] == ["statex", "featex"]
     md = (out / "report.md").read_text()
     assert "Leave-one-machine-type-out" in md and "ours (int8)" in md and "recall" in md

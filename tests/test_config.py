@@ -20,7 +20,8 @@ def test_default_config_is_valid_and_resolves_paths():
     cfg = load_config(DEFAULT)
     assert cfg.topic_root == "hark/default/node-01"
     assert cfg.resolve(cfg.asd.model) == (ROOT / "models" / "asd_default.tflite").resolve()
-    assert cfg.asd.threshold.method == "mst-iqr"
+    assert cfg.asd.threshold.method == "fpr"
+    assert dict(cfg.asd.threshold.params) == {}  # fpr's own: 5 % with 90 % confidence
     assert len(cfg.sha256) == 64
 
 

@@ -69,7 +69,7 @@ def test_microphone_to_mqtt(tmp_path, calibration_file, embedder):
         assert ev["anomalous"] == (ev["anomaly_score"] > ev["threshold"])
         assert ev["decision"] == ("anomalous" if ev["anomalous"] else "normal")
         assert _ts(ev["window"]["end"]) - _ts(ev["window"]["start"]) == pytest.approx(10, abs=0.01)
-        assert 0.0 <= ev["anomaly_score"] <= 2.0
+        assert ev["anomaly_score"] > 0.0  # exp(mean z) of the default views (edge.backend)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     heartbeats = [m.json() for m in col.messages("hark/default/test-node/heartbeat")]
     assert heartbeats and heartbeats[-1]["level_dbfs"] > -60  # it heard the fan

@@ -79,15 +79,17 @@ def test_no_input_device_names_the_setting(monkeypatch):
 
 
 def test_record_on_few_clips_warns_and_counts_windows_above(tmp_path, monkeypatch, capsys):
-    """3 clips: no TqdmWarning and no negative remaining time from the progress bar, a
-    warning that 3 windows are too few, and the plot says how many lie above the threshold."""
+    """3 clips: no TqdmWarning and no negative remaining time from the progress bar, the
+    expected false-positive rate, a warning that 3 independent windows are too few to
+    estimate it, and the plot says how many lie above the threshold and the target."""
     import calibration.__main__ as cli
 
     drawn = {}
     monkeypatch.setattr(cli, "plot_score_histogram",
                         lambda path, normal, anomalous, thresholds, title, **kw:
                         drawn.update(normal=normal, thresholds=thresholds, title=title))
-    cfg = node_config(tmp_path, 1883, tmp_path / "cal.npz")
+    cfg = node_config(tmp_path, 1883, tmp_path / "cal.npz",
+                      threshold={"method": "fpr", "params": {}})  # the default's estimator
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert cli.main(["record", "--config", str(cfg), "--from",
@@ -96,12 +98,18 @@ def test_record_on_few_clips_warns_and_counts_windows_above(tmp_path, monkeypatc
     assert not [w for w in caught if "Tqdm" in type(w.message).__name__], \
         [str(w.message) for w in caught]
     assert "<-" not in err and "30/30 s" in err, err[-500:]
-    assert "calibrated on 3 windows (0.5 min of audio)" in err, err[-500:]
-    assert "expect more false alarms" in err and "at least 10 minutes" in err, err[-500:]
-    threshold = next(iter(drawn["thresholds"].values()))
+    assert "at most 5 % with 90 % confidence" in err, err[-800:]
+    assert "calibrated on 3 independent (non-overlapping) windows (0.5 min of audio)" in err, \
+        err[-800:]
+    assert "needs at least 45 (7.5 min)" in err and "record longer" in err, err[-800:]
+    label, threshold = next(iter(drawn["thresholds"].items()))
+    assert label == "decision_threshold (fpr, target 5 %)"
     above = int((drawn["normal"] > threshold).sum())
     assert f"{above} of 3 calibration windows above the threshold" in drawn["title"]
-    assert json.loads(out)["above_threshold"] == above
+    assert "target 5 %" in drawn["title"]
+    report = json.loads(out)
+    assert report["above_threshold"] == above and report["independent_windows"] == 3
+    assert report["target_fpr"] == 0.05 and 0 < report["fitted_fpr"] < 0.05
 
 
 def test_demo_summary_explains_speech_windows_and_false_keywords():

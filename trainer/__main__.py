@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chat
 import numpy as np
 
 from firmware_config.errors import HarkError
-from trainer import asd_eval, kws_eval, kws_speech_embedding, kws_thresholds
+from trainer import asd_adapt, asd_eval, kws_eval, kws_speech_embedding, kws_thresholds
 from trainer.kws_data import (
     default_data_dir,
     list_words,
@@ -197,13 +197,18 @@ def main(argv=None) -> int:
     a = sub.add_parser("evaluate-asd", help="evaluate anomaly detection the DCASE way (ours, "
                        "float and int8, vs the DCASE 2023 autoencoder baseline)")
     asd_eval.add_cli_arguments(a)
+    s = sub.add_parser("adapt-asd", help="site adaptation: retrain the anomaly embedder with a "
+                       "site's normal recordings as extra classes; write the int8 bundle and "
+                       "its calibration, ready to flash")
+    asd_adapt.add_cli_arguments(s)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"train-asd": cmd_train_asd, "train-kws": cmd_train_kws,
                 "evaluate-kws": cmd_evaluate_kws, "evaluate-asd": cmd_evaluate_asd,
                 "calibrate-kws-thresholds": cmd_calibrate_kws_thresholds,
-                "export-speech-embedding": cmd_export_speech_embedding}[args.cmd](args)
+                "export-speech-embedding": cmd_export_speech_embedding,
+                "adapt-asd": asd_adapt.run_cli}[args.cmd](args)
     except (HarkError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ well a node does on a machine type its embedder never heard. The floor any learn
 has to clear there is a representation that learned nothing at all; this module is that
 floor (SPEC "ASD embedder", first-shot generalisation).
 
-Features (:func:`stft_statistics`)
+Features (:func:`edge.views.stft_statistics`, the node's ``stft_statistics`` view)
     Log-magnitude STFT of the whole clip, ``20 log10(max(|X[t, f]|, floor))`` with a periodic
     Hann window of ``n_fft`` samples (1024), hop ``hop_length`` (512), frames not centred
     (:func:`edge.frontend.magnitude_spectrogram`); for each frequency bin the mean and the
@@ -19,7 +19,7 @@ Score (:class:`StftStatsBaseline`)
     scores of the calibration clips (each against the others), as the node's calibration
     holds out every window's own audio.
 
-Entry points: :func:`stft_statistics`, :class:`StftStatsBaseline`.
+Entry point: :class:`StftStatsBaseline`.
 """
 from __future__ import annotations
 
@@ -29,46 +29,9 @@ import numpy as np
 
 from calibration.thresholds import NotFittedError
 from edge.backend import min_cosine_distance
-from edge.frontend import as_mono, magnitude_spectrogram
+from edge.views import stft_statistics
 
-__all__ = ["stft_statistics", "StftStatsBaseline"]
-
-
-def stft_statistics(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int = 512,
-                    floor: float = 1e-5) -> np.ndarray:
-    """Per-bin mean and standard deviation over time of the log-magnitude STFT, L2-normalised.
-
-    Parameters
-    ----------
-    waveform : np.ndarray, shape (n_samples,), float
-        Mono waveform in [-1, 1]; at least ``n_fft`` samples.
-    n_fft : int, keyword-only
-        STFT window length in samples (periodic Hann), 1024.
-    hop_length : int, keyword-only
-        STFT hop in samples, 512.
-    floor : float, keyword-only
-        Magnitude floor before the logarithm (-100 dB re 1).
-
-    Returns
-    -------
-    np.ndarray, shape (2 * (n_fft // 2 + 1),), float32
-        ``[mean_t L[t, :], std_t L[t, :]]`` with ``L`` in dB, scaled to unit L2 norm.
-
-    Raises
-    ------
-    ValueError
-        If the waveform is not 1-D, not finite, or shorter than ``n_fft``.
-    """
-    y = as_mono(waveform, np.float32)
-    if len(y) < n_fft:
-        raise ValueError(f"the waveform has {len(y)} samples; the STFT statistics need at "
-                         f"least n_fft = {n_fft}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("the waveform contains NaN or infinite samples")
-    mag = magnitude_spectrogram(y, n_fft, hop_length)  # (frames, bins)
-    log_mag = 20.0 * np.log10(np.maximum(mag, floor))
-    v = np.concatenate([log_mag.mean(axis=0), log_mag.std(axis=0)]).astype(np.float64)
-    return (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32)
+__all__ = ["StftStatsBaseline"]
 
 
 class StftStatsBaseline:

@@ -471,7 +471,9 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--systems",
                    help="comma-separated: ours (float and int8), ae (DCASE 2023 autoencoder "
                         "baseline); leave-one-machine-out also stft (STFT statistics + cosine) "
-                        "(default: ours,ae; leave-one-machine-out: ours,ae,stft)")
+                        "and adapted (ours with site adaptation on the calibration clips, "
+                        "trainer adapt-asd) (default: ours,ae; leave-one-machine-out: "
+                        "ours,ae,stft)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)

@@ -73,12 +73,16 @@ from calibration.calibrate import collect_windows, fit_calibration
 from calibration.plots import plot_score_histogram
 from calibration.thresholds import make_threshold_estimator
 from edge.audio import load_audio
+from edge.backend import normalize_members
+from edge.frontend import asd_features
 from edge.model import AsdEmbedder
 from edge.pipeline import Windower
+from edge.views import window_views
 from firmware_config.defaults import DEFAULT_CONFIG
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json
 from firmware_config.schema import load_config
 from trainer.ae_baseline import AeBaselineParams, AutoencoderBaseline
+from trainer.asd_adapt import site_recipe, site_training_items
 from trainer.asd_baselines import StftStatsBaseline
 from trainer.asd_metrics import dcase_section_metrics, official_score, official_score_of_sections
 from trainer.asd_plots import plot_roc_curves, plot_section_lines
@@ -102,8 +106,32 @@ FOLDER_ALIASES: dict[str, str] = {"dcase2020_id00": "slider"}
 
 #: System key -> name in the report.
 SYSTEMS: dict[str, str] = {"ours": "ours (int8)",
+                           "adapted": "ours, site-adapted (int8)",
                            "ae": "DCASE 2023 AE baseline (calibration clips)",
                            "stft": "STFT mean/std + cosine (no learning)"}
+#: Our embedder scored by its embedding alone, reported beside the node's configured views
+#: (``asd.views``) when those are more than the embedding.
+OURS_EMBEDDING_ONLY = "ours (int8), embedding view only"
+#: The float Keras model the int8 bundle was converted from, scored like the node scores.
+OURS_FLOAT = "ours (float)"
+
+
+class _FloatEmbedder:
+    """The float Keras model behind the int8 bundle ``emb``, with the bundle's interface
+    (``embed``, ``frontend``, ``metadata``, ``embedding_dim``, ``n_members``, ``model_id``,
+    ``sha256``), so that it is calibrated and scored exactly as the node scores the bundle."""
+
+    def __init__(self, model, emb: AsdEmbedder):
+        self.model = model
+        self.frontend, self.metadata = emb.frontend, emb.metadata
+        self.embedding_dim, self.n_members = emb.embedding_dim, emb.n_members
+        self.model_id, self.sha256 = f"{emb.model_id}-float", emb.sha256
+        self._names = [t.name.split(":")[0] for t in model.inputs]
+
+    def embed(self, waveform: np.ndarray) -> np.ndarray:
+        feats = asd_features(waveform, self.frontend)
+        x = self.model({n: feats[n][None] for n in self._names}, training=False)
+        return normalize_members(np.asarray(x, np.float32), self.n_members)[0]
 
 _TYPE_BY_LOWER = {t.lower(): t for t in MACHINE_TYPES}
 _DCASE2020_STEM = re.compile(r"^(normal|anomaly)_id_\d+_\d+$")
@@ -467,12 +495,27 @@ def _threshold(method: str, params: dict, normal_scores: np.ndarray) -> float | 
 
 
 def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clusters: int,
-              out_dir: Path, progress: bool) -> dict[str, Any]:
-    """Train without the held-out type, export int8, calibrate and score as the node does."""
+              out_dir: Path, progress: bool, adapted: bool = False) -> dict[str, dict[str, Any]]:
+    """Train without the held-out type, export int8, calibrate and score as the node does.
+
+    Returns one result per view set: the node's ``asd.views`` (:data:`SYSTEMS` ``"ours"``),
+    when they are more than the embedding the embedding alone (:data:`OURS_EMBEDDING_ONLY`),
+    and the float model before int8 conversion with the node's views (:data:`OURS_FLOAT`),
+    all from the same trained model. ``adapted``: site
+    adaptation (:mod:`trainer.asd_adapt`): the calibration clips join the training data,
+    each its own class, with the SSL head on; the node's views only
+    (:data:`SYSTEMS` ``"adapted"``).
+    """
     from trainer.train import TrainingSet, export_asd_bundle, train_asd
 
-    cfg = dataclasses.replace(cfg, name=f"lomo_{split.held_out}")
-    data = TrainingSet([(c.path, c.label) for c in split.train], cfg.frontend, progress)
+    items = [(c.path, c.label) for c in split.train]
+    if adapted:
+        cfg = site_recipe(cfg, f"lomo_{split.held_out}_adapted")
+        items += site_training_items([c.path for c in split.calibration],
+                                     [c.label.domain for c in split.calibration])
+    else:
+        cfg = dataclasses.replace(cfg, name=f"lomo_{split.held_out}")
+    data = TrainingSet(items, cfg.frontend, progress)
     t0 = time.monotonic()
     model, history = train_asd(cfg, data, progress)
     train_s = time.monotonic() - t0
@@ -482,23 +525,38 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
     export_s = time.monotonic() - t0 - train_s
     emb = AsdEmbedder(path)
     a = node.asd
-    windows = collect_windows(([waves[c.path]] for c in split.calibration), emb,
-                              a.window_seconds, a.hop_seconds)
-    cal = fit_calibration(windows, emb, n_clusters, a.threshold.method,
-                          dict(a.threshold.params), a.window_seconds, a.hop_seconds, cfg.seed)
     sr = emb.frontend.sample_rate
     win, hop = int(round(a.window_seconds * sr)), int(round(a.hop_seconds * sr))
-    test = np.array([cal.anomaly_score(np.stack([emb.embed(w) for w in
-                                                 _windows(waves[c.path], win, hop)])).max()
-                     for c in split.test], np.float32)
     meta = json.loads(path.with_suffix(".json").read_text())
-    return {"test": test, "threshold": float(cal.decision_threshold),
+    out: dict[str, dict[str, Any]] = {}
+    # The node's configured views; when they are more than the embedding, the embedding
+    # alone beside them; and the float model behind the int8 bundle (node's views).
+    own = SYSTEMS["adapted"] if adapted else SYSTEMS["ours"]
+    runs = [(own, emb, tuple(a.views))]
+    if not adapted:
+        if tuple(a.views) != ("embedding",):
+            runs.append((OURS_EMBEDDING_ONLY, emb, ("embedding",)))
+        runs.append((OURS_FLOAT, _FloatEmbedder(model, emb), tuple(a.views)))
+    for name, embedder, views in runs:
+        windows = collect_windows(([waves[c.path]] for c in split.calibration), embedder,
+                                  a.window_seconds, a.hop_seconds, views=views)
+        cal = fit_calibration(windows, embedder, n_clusters, a.threshold.method,
+                              dict(a.threshold.params), a.window_seconds, a.hop_seconds,
+                              cfg.seed)
+        test = np.array([max(float(cal.score_views(window_views(embedder, w,
+                                                                cal.view_names))[0])
+                             for w in _windows(waves[c.path], win, hop))
+                         for c in split.test], np.float32)
+        out[name] = {
+            "test": test, "threshold": float(cal.decision_threshold),
             "calibration_scores": cal.normal_scores,
             "meta": {"model": str(path), "train_seconds": train_s, "export_seconds": export_s,
+                     "views": list(cal.view_names),
                      "classes": len(data.classes), "final_loss": meta.get("final_loss"),
                      "int8_vs_float_cosine": meta.get("int8_vs_float_cosine"),
                      "calibration_windows": len(windows), "memory_rows": len(cal.memory),
                      "calibration_id": cal.calibration_id}}
+    return out
 
 
 def _run_ae(split: LomoSplit, waves: dict[Path, np.ndarray], epochs: int, seed: int,
@@ -550,7 +608,11 @@ def _markdown(rep: dict[str, Any]) -> str:
         "exported to int8 and calibrated on a few normal clips of the held-out type as the node "
         f"calibrates (windows of {rep['node']['window_seconds']:g} s every "
         f"{rep['node']['hop_seconds']:g} s, {rep['node']['n_clusters']} k-means clusters + every "
-        f"window, threshold `{rep['node']['threshold_method']}` on held-out window scores); a "
+        f"window, threshold `{rep['node']['threshold_method']}` "
+        f"{json.dumps(rep['node']['threshold_params'])} on held-out window scores; views "
+        f"{', '.join(rep['node'].get('views', ['embedding']))}, each against its own memory and "
+        "standardised on its held-out log distances, averaged, as `edge.views` describes; "
+        f"`{OURS_EMBEDDING_ONLY}`: the same model scored by its embedding alone); a "
         "clip's score is its highest window score. The DCASE 2023 autoencoder baseline is "
         "trained on the same calibration clips only (threshold on its in-sample scores); the "
         "STFT baseline (per-bin mean and std of the log-magnitude STFT, Hann 1024, hop 512, "
@@ -642,7 +704,7 @@ def run_cli(args) -> int:
                              f"(found {', '.join(types)})")
         types = wanted
     cfg = None
-    if "ours" in systems:
+    if {"ours", "adapted"} & set(systems):
         from trainer.train import load_train_config
 
         cfg = load_train_config(args.config)
@@ -679,8 +741,10 @@ def run_cli(args) -> int:
         doms = np.array([c.label.domain for c in split.test])
         results: dict[str, dict[str, Any]] = {}
         if "ours" in systems:
-            results[SYSTEMS["ours"]] = _run_ours(cfg, split, waves, node, n_clusters,
-                                                      out_dir, progress)
+            results.update(_run_ours(cfg, split, waves, node, n_clusters, out_dir, progress))
+        if "adapted" in systems:
+            results.update(_run_ours(cfg, split, waves, node, n_clusters, out_dir, progress,
+                                     adapted=True))
         if "ae" in systems:
             results[SYSTEMS["ae"]] = _run_ae(split, waves, args.ae_epochs, args.seed, method,
                                              tparams, progress)
@@ -688,7 +752,7 @@ def run_cli(args) -> int:
             results[SYSTEMS["stft"]] = _run_stft(split, waves, method, tparams)
         for name, r in results.items():
             seconds[name] += r["meta"]["train_seconds"]
-        if "ours" in systems or "ae" in systems:
+        if {"ours", "adapted", "ae"} & set(systems):
             import tensorflow as tf
 
             tf.keras.backend.clear_session()
@@ -726,7 +790,8 @@ def run_cli(args) -> int:
 
     in_sum = [t for t, u in per_type.items() if u.get("in_summary")]
     summary: dict[str, Any] = {}
-    for name in (SYSTEMS[s] for s in systems):
+    names = [n for t in in_sum for n in per_type[t]["systems"]]
+    for name in dict.fromkeys(names):  # every system reported, in order of appearance
         res = [per_type[t]["systems"][name] for t in in_sum]
         reps = [official_score(
             [boots[t][name][k][b] for t in in_sum for k in ("auc_source", "auc_target", "pauc")
@@ -753,7 +818,8 @@ def run_cli(args) -> int:
                       {"epochs": None, "steps_per_epoch": None, "batch_size": None})},
         "node": {"config": str(args.node_config), "window_seconds": node.asd.window_seconds,
                  "hop_seconds": node.asd.hop_seconds, "n_clusters": n_clusters,
-                 "threshold_method": method, "threshold_params": tparams},
+                 "threshold_method": method, "threshold_params": tparams,
+                 "views": list(node.asd.views)},
         "calibration_caps": {"source": args.calibration_clips,
                              "target": args.calibration_target_clips},
         "machine_types": {t: sum(c.machine == t for c in clips) for t in

@@ -211,7 +211,10 @@ class TrainingSet:
                 frontend, spectrum_step=spectrum_step_for(self.waveforms, frontend))
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, base: Path, progress: bool = True) -> "TrainingSet":
+    def from_config(cls, cfg: TrainConfig, base: Path, progress: bool = True,
+                    extra_items: list[tuple[Path, ClipLabel]] = ()) -> "TrainingSet":
+        """The recipe's sources (relative to its data root under ``base``), followed by
+        ``extra_items`` (a site's recordings, :mod:`trainer.asd_adapt`)."""
         root = cfg.resolved_data_root(base)
         items: list[tuple[Path, ClipLabel]] = []
         for s in cfg.sources:
@@ -221,7 +224,7 @@ class TrainingSet:
             if not found:
                 raise FileNotFoundError(f"source {s.path!r} (files={s.files!r}) matched no clip")
             items += found
-        return cls(items, cfg.frontend, progress)
+        return cls(items + list(extra_items), cfg.frontend, progress)
 
     def __len__(self) -> int:
         return len(self.paths)
