@@ -7,6 +7,11 @@ estimated from normal scores only. A window's own embedding is in the memory, so
 score would trivially be 0; the scores the threshold is fit on are therefore *held out*:
 each window is scored against the memory built from the windows that do not overlap it
 in time (overlapping windows share audio and would be near-duplicates).
+
+With several views (``asd.views``, :mod:`edge.views`) every view is held out the same way;
+its held-out log distances normalise it (:func:`view_normalisation`) and the threshold is
+fitted on the combined held-out scores, counting only the non-overlapping windows as
+independent (:func:`independent_windows`).
 """
 from __future__ import annotations
 

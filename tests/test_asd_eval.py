@@ -150,7 +150,7 @@ def test_evaluate_asd_cli_end_to_end(layouts, tmp_path):
         expect = official_score_of_sections([u["systems"][name] for u in summary_units])
         assert s["summary"]["official_score"] == pytest.approx(expect)
         assert 0 < expect <= 1
-        assert len(s["summary"]["mean_f1"]) == 14
+        assert len(s["summary"]["mean_f1"]) == 15  # every threshold method, fpr included
     mimii = rep["units"]["mimii_fan_id00_section_00"]
     assert len(mimii["systems"]["ours (int8)"]["test_scores"]) == 8
     for p in mimii["plots"]:
