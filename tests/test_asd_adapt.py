@@ -12,7 +12,7 @@ import pytest
 
 from edge.backend import Calibration
 from edge.model import load_bundle
-from trainer.asd_adapt import site_recordings, site_training_items
+from trainer.asd_adapt import site_recipe, site_recordings, site_training_items, ssl_list
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,19 @@ def test_site_recordings_and_classes(tmp_path, mimii):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no audio files"):
         site_recordings([tmp_path / "empty"])
+
+
+def test_site_recipe_and_ssl_option():
+    from trainer.train import TrainConfig
+
+    base = TrainConfig(sources=[], mixup_probability=1.0)
+    assert ssl_list("none") == [] and ssl_list(" statex , featex") == ["statex", "featex"]
+    with_ssl = site_recipe(base, "press3")
+    assert (with_ssl.name, with_ssl.ssl, with_ssl.effective_mixup_probability) == (
+        "press3", ["statex", "featex"], 0.5)  # thesis 5.7.2: mixup 0.5 with SSL
+    plain = site_recipe(base, "press3", ssl_list("none"))
+    assert plain.ssl == [] and plain.effective_mixup_probability == 1.0
+    assert base.name != "press3" and base.ssl == []  # the recipe itself is not changed
 
 
 def test_adapt_cli_writes_a_bundle_and_its_calibration(tmp_path, data_dir, mimii):

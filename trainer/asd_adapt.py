@@ -34,7 +34,7 @@ from edge.model import AsdEmbedder
 from firmware_config.schema import load_config
 from trainer.data import AUDIO_SUFFIXES, ClipLabel
 
-__all__ = ["SITE_MACHINE", "DEFAULT_SITE_SSL", "site_training_items", "site_recipe",
+__all__ = ["SITE_MACHINE", "DEFAULT_SITE_SSL", "site_training_items", "site_recipe", "ssl_list",
            "add_cli_arguments", "run_cli"]
 
 #: Machine name of a site's recordings in the training classes.
@@ -105,6 +105,12 @@ def site_recipe(cfg, name: str, ssl: Sequence[str] = DEFAULT_SITE_SSL):
                                mixup_probability=cfg.mixup_probability if not ssl else None)
 
 
+def ssl_list(text: str) -> list[str]:
+    """``--ssl`` text: ``"statex,featex"`` -> ``["statex", "featex"]``; ``"none"`` -> ``[]``."""
+    return [] if text.strip().lower() == "none" else [s.strip() for s in text.split(",")
+                                                       if s.strip()]
+
+
 def add_cli_arguments(p) -> None:
     """The options of ``python -m trainer adapt-asd``."""
     root = Path(__file__).resolve().parent.parent
@@ -137,8 +143,7 @@ def run_cli(args) -> int:
     root = Path(__file__).resolve().parent.parent
     node = load_config(args.node_config)
     files = site_recordings(args.files)
-    ssl = [] if args.ssl.strip().lower() == "none" else [
-        s.strip() for s in args.ssl.split(",") if s.strip()]
+    ssl = ssl_list(args.ssl)
     cfg = site_recipe(load_train_config(args.config), args.name, ssl)
     for key in ("epochs", "steps_per_epoch"):
         if getattr(args, key) is not None:

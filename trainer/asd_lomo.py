@@ -82,7 +82,7 @@ from firmware_config.defaults import DEFAULT_CONFIG
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json
 from firmware_config.schema import load_config
 from trainer.ae_baseline import AeBaselineParams, AutoencoderBaseline
-from trainer.asd_adapt import site_recipe, site_training_items
+from trainer.asd_adapt import DEFAULT_SITE_SSL, site_recipe, site_training_items, ssl_list
 from trainer.asd_baselines import StftStatsBaseline
 from trainer.asd_metrics import dcase_section_metrics, official_score, official_score_of_sections
 from trainer.asd_plots import plot_roc_curves, plot_section_lines
@@ -495,7 +495,8 @@ def _threshold(method: str, params: dict, normal_scores: np.ndarray) -> float | 
 
 
 def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clusters: int,
-              out_dir: Path, progress: bool, adapted: bool = False) -> dict[str, dict[str, Any]]:
+              out_dir: Path, progress: bool, adapted: bool = False,
+              adapt_ssl: Sequence[str] = DEFAULT_SITE_SSL) -> dict[str, dict[str, Any]]:
     """Train without the held-out type, export int8, calibrate and score as the node does.
 
     Returns one result per view set: the node's ``asd.views`` (:data:`SYSTEMS` ``"ours"``),
@@ -503,14 +504,14 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
     and the float model before int8 conversion with the node's views (:data:`OURS_FLOAT`),
     all from the same trained model. ``adapted``: site
     adaptation (:mod:`trainer.asd_adapt`): the calibration clips join the training data,
-    each its own class, with the SSL head on; the node's views only
+    each its own class, with the SSL head ``adapt_ssl``; the node's views only
     (:data:`SYSTEMS` ``"adapted"``).
     """
     from trainer.train import TrainingSet, export_asd_bundle, train_asd
 
     items = [(c.path, c.label) for c in split.train]
     if adapted:
-        cfg = site_recipe(cfg, f"lomo_{split.held_out}_adapted")
+        cfg = site_recipe(cfg, f"lomo_{split.held_out}_adapted", adapt_ssl)
         items += site_training_items([c.path for c in split.calibration],
                                      [c.label.domain for c in split.calibration])
     else:
@@ -672,6 +673,9 @@ def add_cli_arguments(p) -> None:
                    help="most source-domain calibration clips per type (default: %(default)s)")
     g.add_argument("--calibration-target-clips", dest="calibration_target_clips", type=int,
                    default=5, help="most target-domain calibration clips (default: %(default)s)")
+    g.add_argument("--adapt-ssl", dest="adapt_ssl", default=",".join(DEFAULT_SITE_SSL),
+                   help="SSL augmentations of the site-adapted system (--systems adapted), "
+                        "comma-separated, or 'none' (default: %(default)s)")
     g.add_argument("--bootstrap", type=int, default=300,
                    help="bootstrap resamples for the confidence intervals (default: %(default)s)")
     g.add_argument("--node-config", dest="node_config", default=str(DEFAULT_CONFIG),
@@ -744,7 +748,7 @@ def run_cli(args) -> int:
             results.update(_run_ours(cfg, split, waves, node, n_clusters, out_dir, progress))
         if "adapted" in systems:
             results.update(_run_ours(cfg, split, waves, node, n_clusters, out_dir, progress,
-                                     adapted=True))
+                                     adapted=True, adapt_ssl=ssl_list(args.adapt_ssl)))
         if "ae" in systems:
             results[SYSTEMS["ae"]] = _run_ae(split, waves, args.ae_epochs, args.seed, method,
                                              tparams, progress)
