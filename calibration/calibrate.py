@@ -203,15 +203,18 @@ def held_out_scores(w: CalibrationWindows, n_members: int = 1,
     ValueError
         If fewer than two windows can be scored (recording too short).
     """
-    overlap = _overlap(w)
+    return _held_out(w.embeddings if vectors is None else vectors, n_members, _overlap(w))
+
+
+def _held_out(x: np.ndarray, k: int, overlap: np.ndarray) -> np.ndarray:
+    """:func:`held_out_scores` of vectors ``x`` (n, D) given the windows' ``overlap``."""
     scored = ~np.all(overlap, axis=1)
     if scored.sum() < 2:
         raise ValueError("calibration needs at least two non-overlapping windows of normal "
                          "operation: record for longer (at least twice asd.window_seconds)")
-    k = n_members  # per member: 1 - cos to the nearest non-overlapping window, summed
-    x = w.embeddings if vectors is None else vectors
-    parts = normalize_members(x, k).reshape(len(w), k, -1)
-    dist = np.zeros(len(w), np.float64)
+    # per member: 1 - cos to the nearest non-overlapping window, summed
+    parts = normalize_members(x, k).reshape(len(x), k, -1)
+    dist = np.zeros(len(x), np.float64)
     for m in range(k):
         sims = parts[:, m] @ parts[:, m].T
         sims[overlap] = -np.inf
@@ -239,8 +242,10 @@ def view_normalisation(w: CalibrationWindows) -> tuple[dict[str, dict], np.ndarr
         Too few windows (:func:`held_out_scores`).
     """
     dists, norms = {}, {}
+    overlap = _overlap(w)  # the same windows in every view
     for v in w.names:
-        d = held_out_scores(w, w.members[v], None if v == EMBEDDING_VIEW else w.views[v])
+        d = _held_out(w.embeddings if v == EMBEDDING_VIEW else w.views[v], w.members[v],
+                      overlap)
         logs = np.log(d.astype(np.float64) + LOG_DISTANCE_FLOOR)
         dists[v] = d
         norms[v] = {"log_mean": float(logs.mean()), "log_std": max(float(logs.std()), 1e-6),

@@ -83,14 +83,21 @@ def min_cosine_distance(embeddings: np.ndarray, memory: np.ndarray,
     np.ndarray, shape (n,) or scalar, float32, in [0, 2 * n_members]
         ``sum_k (1 - max_j cos(e_k, memory_jk))`` over members ``k``.
     """
-    k = n_members
-    e = normalize_members(np.atleast_2d(embeddings), k)
-    m = normalize_members(memory, k)
-    n, dim = e.shape
-    sims = np.einsum("nkd,mkd->knm", e.reshape(n, k, dim // k), m.reshape(len(m), k, dim // k))
-    d = (1.0 - k * sims.max(axis=2)).sum(axis=0)
-    d = np.clip(d, 0.0, 2.0 * k).astype(np.float32)
+    d = _min_distance_to_normalised(embeddings, normalize_members(memory, n_members), n_members)
     return d if np.ndim(embeddings) == 2 else d[0]
+
+
+def _min_distance_to_normalised(embeddings: np.ndarray, memory: np.ndarray,
+                                k: int) -> np.ndarray:
+    """:func:`min_cosine_distance` against a memory that :func:`normalize_members` has
+    already normalised (a calibration's, once at load), shape (n,) float32: the node scores
+    every window without normalising the memory again."""
+    e = normalize_members(np.atleast_2d(embeddings), k)
+    n, dim = e.shape
+    sims = np.einsum("nkd,mkd->knm", e.reshape(n, k, dim // k),
+                     memory.reshape(len(memory), k, dim // k))
+    d = (1.0 - k * sims.max(axis=2)).sum(axis=0)
+    return np.clip(d, 0.0, 2.0 * k).astype(np.float32)
 
 
 def normalised_view_score(distances: dict[str, np.ndarray],
@@ -221,9 +228,9 @@ class Calibration:
                              f"{list(self.view_names)}; missing {missing}")
         if not self.view_norms:
             return self.anomaly_score(vectors["embedding"])
-        dist = {v: min_cosine_distance(np.atleast_2d(vectors[v]),
-                                       self.memory if v == "embedding" else self.views[v],
-                                       int(n["members"]))
+        dist = {v: _min_distance_to_normalised(
+                    vectors[v], self.memory if v == "embedding" else self.views[v],
+                    int(n["members"]))
                 for v, n in self.view_norms.items()}
         return normalised_view_score(dist, self.view_norms)
 
@@ -250,7 +257,7 @@ class Calibration:
         if self.view_norms:
             raise ValueError(f"calibration {self.calibration_id} scores the views "
                              f"{list(self.view_names)}: use score_views")
-        return min_cosine_distance(np.atleast_2d(embeddings), self.memory, self.n_members)
+        return _min_distance_to_normalised(embeddings, self.memory, self.n_members)
 
     def is_anomalous(self, anomaly_score):
         """The decision rule: anomalous when ``anomaly_score > decision_threshold`` (strictly).

@@ -73,7 +73,6 @@ from calibration.calibrate import collect_windows, fit_calibration
 from calibration.plots import plot_score_histogram
 from calibration.thresholds import make_threshold_estimator
 from edge.audio import load_audio
-from edge.backend import normalize_members
 from edge.frontend import asd_features
 from edge.model import AsdEmbedder
 from edge.pipeline import Windower
@@ -126,12 +125,13 @@ class _FloatEmbedder:
         self.frontend, self.metadata = emb.frontend, emb.metadata
         self.embedding_dim, self.n_members = emb.embedding_dim, emb.n_members
         self.model_id, self.sha256 = f"{emb.model_id}-float", emb.sha256
-        self._names = [t.name.split(":")[0] for t in model.inputs]
 
     def embed(self, waveform: np.ndarray) -> np.ndarray:
+        from trainer.train import float_embeddings
+
         feats = asd_features(waveform, self.frontend)
-        x = self.model({n: feats[n][None] for n in self._names}, training=False)
-        return normalize_members(np.asarray(x, np.float32), self.n_members)[0]
+        return float_embeddings(self.model, {n: v[None] for n, v in feats.items()},
+                                self.n_members)[0]
 
 _TYPE_BY_LOWER = {t.lower(): t for t in MACHINE_TYPES}
 _DCASE2020_STEM = re.compile(r"^(normal|anomaly)_id_\d+_\d+$")
