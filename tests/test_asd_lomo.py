@@ -17,15 +17,8 @@ from calibration.thresholds import NotFittedError
 from edge.audio import load_audio
 from edge.views import stft_statistics
 from trainer.asd_baselines import StftStatsBaseline
-from trainer.asd_lomo import (
-    MACHINE_TYPES,
-    bootstrap_metrics,
-    list_typed_clips,
-    lomo_split,
-    machine_type_of,
-    rates_at_threshold,
-    type_metrics,
-)
+from trainer.asd_lomo_data import MACHINE_TYPES, list_typed_clips, lomo_split, machine_type_of
+from trainer.asd_lomo_report import bootstrap_metrics, rates_at_threshold, type_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

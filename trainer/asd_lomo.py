@@ -9,10 +9,11 @@ has to beat side by side (SPEC "ASD embedder", first-shot generalisation).
 
 Protocol
 --------
-1. Every audio file below ``DATA`` is labelled with a **machine type** (:func:`list_typed_clips`):
-   the names of the DCASE 2020-2023 and MIMII sources are normalised, so fan from MIMII, DCASE
-   2020 and DCASE 2023 is one type (:data:`MACHINE_TYPES`, :data:`FOLDER_ALIASES`).
-2. For every held-out type ``T`` (:func:`lomo_split`):
+1. Every audio file below ``DATA`` is labelled with a **machine type**
+   (:func:`~trainer.asd_lomo_data.list_typed_clips`): the names of the DCASE 2020-2023 and
+   MIMII sources are normalised, so fan from MIMII, DCASE 2020 and DCASE 2023 is one type
+   (:data:`~trainer.asd_lomo_data.MACHINE_TYPES`, :data:`~trainer.asd_lomo_data.FOLDER_ALIASES`).
+2. For every held-out type ``T`` (:func:`~trainer.asd_lomo_data.lomo_split`):
 
    * **training**: every normal clip of every other type; no clip of ``T``;
    * **calibration**: a few normal clips of ``T``, stratified over its recordings (data set
@@ -37,22 +38,24 @@ Protocol
    * **STFT statistics** (:mod:`trainer.asd_baselines`): no learning; threshold on
      leave-one-clip-out scores of the calibration clips.
 
-4. Metrics per held-out type (:func:`type_metrics`, :mod:`trainer.asd_metrics`): AUC source and
-   target (normal clips of the domain + all anomalies; only for a domain with at least
-   ``min_test_normal`` normal test clips, otherwise one or two clips would decide it), pAUC
-   (max_fpr 0.1), AUC over all test clips, the type's official score (harmonic mean of its
-   AUCs and pAUC); at the node's decision threshold: false-positive rate on the test normals
-   per domain and recall on the anomalies (:func:`rates_at_threshold`). 95 % confidence
-   intervals from a paired, stratified bootstrap over clips (:func:`bootstrap_metrics`).
+4. Metrics per held-out type (:func:`~trainer.asd_lomo_report.type_metrics`,
+   :mod:`trainer.asd_metrics`): AUC source and target (normal clips of the domain + all
+   anomalies; only for a domain with at least ``min_test_normal`` normal test clips,
+   otherwise one or two clips would decide it), pAUC (max_fpr 0.1), AUC over all test clips,
+   the type's official score (harmonic mean of its AUCs and pAUC); at the node's decision
+   threshold: false-positive rate on the test normals per domain and recall on the anomalies
+   (:func:`~trainer.asd_lomo_report.rates_at_threshold`). 95 % confidence intervals from a
+   paired, stratified bootstrap over clips (:func:`~trainer.asd_lomo_report.bootstrap_metrics`).
    Overall: the official score over the types in the summary (at least ``min_test_normal``
    normal and one anomalous test clip), i.e. the harmonic mean of their AUCs and pAUCs, with
    a bootstrap interval from the same resamples.
 5. ``report.json``, ``report.md``, ROC curves and score histograms per type go to ``--out``
    (default ``reports/asd_lomo/``).
 
-Entry points: :func:`list_typed_clips`, :func:`lomo_split`, :func:`type_metrics`,
-:func:`rates_at_threshold`, :func:`bootstrap_metrics`, :func:`add_cli_arguments`,
-:func:`run_cli`.
+Labels and split: :mod:`trainer.asd_lomo_data`; metrics and report:
+:mod:`trainer.asd_lomo_report`; this module: the systems and the command line.
+
+Entry points: :func:`add_cli_arguments`, :func:`run_cli`.
 """
 from __future__ import annotations
 
@@ -63,7 +66,6 @@ import re
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -83,34 +85,29 @@ from firmware_config.schema import load_config
 from trainer.ae_baseline import AeBaselineParams, AutoencoderBaseline
 from trainer.asd_adapt import DEFAULT_SITE_SSL, site_recipe, site_training_items, ssl_list
 from trainer.asd_baselines import StftStatsBaseline
-from trainer.asd_metrics import dcase_section_metrics, official_score, official_score_of_sections
-from trainer.asd_plots import plot_roc_curves, plot_section_lines
-from trainer.data import AUDIO_SUFFIXES, ClipLabel, parse_dcase_name
+from trainer.asd_lomo_data import LomoSplit, list_typed_clips, lomo_split
+from trainer.asd_lomo_report import (
+    OURS_EMBEDDING_ONLY,
+    bootstrap_ci,
+    bootstrap_metrics,
+    lomo_markdown,
+    rates_at_threshold,
+    type_metrics,
+)
+from trainer.asd_metrics import official_score, official_score_of_sections
+from trainer.asd_plots import plot_roc_curves
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MACHINE_TYPES", "FOLDER_ALIASES", "TypedClip", "machine_type_of", "list_typed_clips",
-           "LomoSplit", "lomo_split", "type_metrics", "rates_at_threshold", "bootstrap_metrics",
-           "SYSTEMS", "add_cli_arguments", "run_cli"]
+__all__ = ["SYSTEMS", "add_cli_arguments", "run_cli"]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-#: The machine types of DCASE 2020-2023 Task 2 and MIMII, spelled as DCASE spells them.
-MACHINE_TYPES: tuple[str, ...] = ("ToyCar", "ToyConveyor", "ToyTrain", "bearing", "fan",
-                                  "gearbox", "pump", "slider", "valve")
-
-#: Folders whose name carries no type: ``dcase2020_id00`` holds a file byte-identical to a
-#: DCASE 2020 slider id_00 clip (shared data README), so it is slider.
-FOLDER_ALIASES: dict[str, str] = {"dcase2020_id00": "slider"}
 
 #: System key -> name in the report.
 SYSTEMS: dict[str, str] = {"ours": "ours (int8)",
                            "adapted": "ours, site-adapted (int8)",
                            "ae": "DCASE 2023 AE baseline (calibration clips)",
                            "stft": "STFT mean/std + cosine (no learning)"}
-#: Our embedder scored by its embedding alone, reported beside the node's configured views
-#: (``asd.views``) when those are more than the embedding.
-OURS_EMBEDDING_ONLY = "ours (int8), embedding view only"
 #: The float Keras model the int8 bundle was converted from, scored like the node scores.
 OURS_FLOAT = "ours (float)"
 
@@ -132,348 +129,6 @@ class _FloatEmbedder:
         feats = asd_features(waveform, self.frontend)
         return float_embeddings(self.model, {n: v[None] for n, v in feats.items()},
                                 self.n_members)[0]
-
-_TYPE_BY_LOWER = {t.lower(): t for t in MACHINE_TYPES}
-_DCASE2020_STEM = re.compile(r"^(normal|anomaly)_id_\d+_\d+$")
-
-
-# --------------------------------------------------------------------------- labelling
-
-
-@dataclass(frozen=True)
-class TypedClip:
-    """One labelled recording with its normalised machine type.
-
-    Attributes
-    ----------
-    path : Path
-    label : ClipLabel
-        ``label.machine`` is the normalised type (one of :data:`MACHINE_TYPES`).
-    dataset : str
-        The first folder below the data folder (which recording campaign it came from).
-    """
-
-    path: Path
-    label: ClipLabel
-    dataset: str
-
-    @property
-    def machine(self) -> str:
-        """The normalised machine type."""
-        return self.label.machine
-
-    @property
-    def unit(self) -> str:
-        """``<dataset>/section_<ss>``: one recorded machine (the calibration is stratified
-        over these)."""
-        return f"{self.dataset}/section_{self.label.section}"
-
-
-def machine_type_of(names: Sequence[str]) -> str | None:
-    """The machine type named by the first of ``names`` that names one.
-
-    A name names a type when it is one (case-insensitive), is in :data:`FOLDER_ALIASES`, or
-    one of its ``_``/``-``-separated tokens is one (``mimii_fan_id00`` -> ``fan``).
-
-    Parameters
-    ----------
-    names : sequence of str
-        Candidates in order of preference, e.g. the machine of a DCASE name, then the
-        folders from the file upwards.
-
-    Returns
-    -------
-    str or None
-        One of :data:`MACHINE_TYPES`.
-    """
-    for name in names:
-        if name.lower() in _TYPE_BY_LOWER:
-            return _TYPE_BY_LOWER[name.lower()]
-        if name in FOLDER_ALIASES:
-            return FOLDER_ALIASES[name]
-        for token in re.split(r"[_\-\s]+", name):
-            if token.lower() in _TYPE_BY_LOWER:
-                return _TYPE_BY_LOWER[token.lower()]
-    return None
-
-
-def _parse(path: Path) -> ClipLabel | None:
-    """Labels from a DCASE 2022+ name, the official dev layout, or a DCASE 2020 / MIMII
-    name or folder (machine left as ``"?"`` where the name does not carry it)."""
-    try:
-        return parse_dcase_name(path)
-    except ValueError:
-        pass
-    if path.stem.startswith("section_") and path.parent.name in ("train", "test"):
-        try:
-            return parse_dcase_name(path.with_name(
-                f"{path.parent.parent.name}_{path.parent.name}_{path.name}"))
-        except ValueError:
-            pass
-    if _DCASE2020_STEM.match(path.stem) or \
-            path.parent.name.lower() in ("normal", "abnormal", "anomaly"):
-        return parse_dcase_name(path, machine_hint="?")
-    return None
-
-
-def list_typed_clips(data_dir: str | Path) -> tuple[list[TypedClip], list[Path]]:
-    """Label every audio file below ``data_dir`` with its normalised machine type.
-
-    The type is taken from the DCASE name when it carries one, else from the nearest folder
-    that names one (:func:`machine_type_of`).
-
-    Parameters
-    ----------
-    data_dir : str or Path
-
-    Returns
-    -------
-    clips : list of TypedClip, sorted by path
-    skipped : list of Path
-        Audio files whose labels or machine type could not be read.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``data_dir`` does not exist or holds no labelled audio file.
-    """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"evaluation data folder not found: {data_dir}")
-    clips: list[TypedClip] = []
-    skipped: list[Path] = []
-    for f in sorted(data_dir.rglob("*")):
-        if f.suffix.lower() not in AUDIO_SUFFIXES or not f.is_file():
-            continue
-        lab = _parse(f)
-        folders = f.relative_to(data_dir).parts[:-1]
-        mtype = machine_type_of([lab.machine, *reversed(folders)]) if lab else None
-        if lab is None or mtype is None:
-            skipped.append(f)
-            continue
-        clips.append(TypedClip(f, dataclasses.replace(lab, machine=mtype),
-                               folders[0] if folders else ""))
-    if not clips:
-        raise FileNotFoundError(
-            f"no audio with a known machine type under {data_dir}: expected DCASE names or "
-            f"folders naming one of {', '.join(MACHINE_TYPES)}")
-    return clips, skipped
-
-
-# --------------------------------------------------------------------------- split
-
-
-@dataclass
-class LomoSplit:
-    """The clips of one fold: training without the held-out type, calibration and test of it.
-
-    Attributes
-    ----------
-    held_out : str
-    train : list of TypedClip
-        Normal clips of every other type.
-    calibration : list of TypedClip
-        Normal clips of ``held_out``.
-    test : list of TypedClip
-        The other normal and all anomalous clips of ``held_out``.
-    """
-
-    held_out: str
-    train: list[TypedClip]
-    calibration: list[TypedClip]
-    test: list[TypedClip]
-
-    def counts(self) -> dict[str, Any]:
-        """Clip counts: training clips and types, calibration and test clips per domain."""
-        def per_domain(clips):
-            return {d: sum(c.label.domain == d for c in clips) for d in ("source", "target")}
-
-        normal = [c for c in self.test if not c.label.is_anomaly]
-        return {"train_clips": len(self.train),
-                "train_types": sorted({c.machine for c in self.train}),
-                "calibration": per_domain(self.calibration),
-                "test_normal": per_domain(normal),
-                "test_anomalous": len(self.test) - len(normal)}
-
-
-def _stratified(pool: list[TypedClip], k: int, rng: np.random.Generator) -> list[TypedClip]:
-    """``k`` clips of ``pool`` spread over its units in proportion to their sizes."""
-    groups: dict[str, list[TypedClip]] = defaultdict(list)
-    for c in pool:
-        groups[c.unit].append(c)
-    keyed = []
-    for g, (unit, items) in enumerate(sorted(groups.items())):
-        order = rng.permutation(len(items))
-        offset = rng.uniform()  # breaks ties between units at random, reproducibly
-        keyed += [((r + 0.5) / len(items), offset, g, items[i]) for r, i in enumerate(order)]
-    keyed.sort(key=lambda t: t[:3])
-    return [t[3] for t in keyed[:k]]
-
-
-def lomo_split(clips: Sequence[TypedClip], held_out: str, *, n_source: int = 30,
-               n_target: int = 5, min_calibration: int = 2, seed: int = 0) -> LomoSplit:
-    """Training, calibration and test clips of the fold that holds out one machine type.
-
-    Parameters
-    ----------
-    clips : sequence of TypedClip
-    held_out : str
-        The machine type never heard in training.
-    n_source, n_target : int, keyword-only
-        Most calibration clips per domain ("a few minutes" of normal operation).
-    min_calibration : int, keyword-only
-        Fewest calibration clips; the node needs two non-overlapping windows.
-    seed : int, keyword-only
-        Seed of the (stratified) choice of calibration clips.
-
-    Returns
-    -------
-    LomoSplit
-        Each domain gives ``min(cap, n_normal_of_domain // 2)`` calibration clips, spread over
-        the type's units; when that is fewer than ``min_calibration``, more are taken (from
-        the larger domain) as long as one normal test clip remains.
-
-    Raises
-    ------
-    ValueError
-        If ``held_out`` has no clip, or too few normal clips for ``min_calibration``
-        calibration clips and one normal test clip.
-    """
-    own = [c for c in clips if c.machine == held_out]
-    if not own:
-        raise ValueError(f"no clip of machine type {held_out!r}")
-    rng = np.random.default_rng(seed)
-    normals = [c for c in own if not c.label.is_anomaly]
-    pools = {d: [c for c in normals if c.label.domain == d] for d in ("source", "target")}
-    chosen: list[TypedClip] = []
-    for dom, cap in (("source", n_source), ("target", n_target)):
-        chosen += _stratified(pools[dom], min(cap, len(pools[dom]) // 2), rng)
-    if len(chosen) < min_calibration:
-        if len(normals) < min_calibration + 1:
-            raise ValueError(f"machine type {held_out!r} has {len(normals)} normal clip(s): "
-                             f"need {min_calibration} for calibration and one for testing")
-        for dom in sorted(pools, key=lambda d: -len(pools[d])):
-            rest = [c for c in pools[dom] if c not in chosen]
-            room = len(normals) - len(chosen) - 1
-            chosen += _stratified(rest, max(0, min(min_calibration - len(chosen), room)), rng)
-    cal = set(chosen)
-    train = [c for c in clips if c.machine != held_out and not c.label.is_anomaly]
-    return LomoSplit(held_out, train, sorted(cal, key=lambda c: str(c.path)),
-                     [c for c in own if c not in cal])
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def type_metrics(y_true: np.ndarray, domains: np.ndarray, scores: np.ndarray, *,
-                 min_test_normal: int = 3, max_fpr: float = 0.1) -> dict[str, Any]:
-    """Threshold-free metrics of one system on one held-out type.
-
-    Parameters
-    ----------
-    y_true : np.ndarray, shape (n,), int (1 = anomaly)
-    domains : np.ndarray, shape (n,), str
-    scores : np.ndarray, shape (n,), float
-    min_test_normal : int, keyword-only
-        A domain's AUC needs at least this many normal test clips of the domain (else
-        ``None``): with one normal clip it is the rank of one recording.
-    max_fpr : float, keyword-only
-
-    Returns
-    -------
-    dict
-        :func:`trainer.asd_metrics.dcase_section_metrics` keys plus ``official``: the harmonic
-        mean of the defined AUC source, AUC target and pAUC.
-    """
-    m: dict[str, Any] = dcase_section_metrics(y_true, scores, domains, max_fpr=max_fpr)
-    for dom in ("source", "target"):
-        if m[f"n_normal_{dom}"] < min_test_normal:
-            m[f"auc_{dom}"] = None
-    m["official"] = official_score([m["auc_source"], m["auc_target"], m["pauc"]])
-    return m
-
-
-def rates_at_threshold(y_true: np.ndarray, domains: np.ndarray, scores: np.ndarray,
-                       threshold: float | None) -> dict[str, float | None]:
-    """False-positive rate on the normal clips (per domain) and recall on the anomalies.
-
-    The decision rule is the node's: anomalous when ``score > threshold``.
-
-    Returns
-    -------
-    dict
-        ``fpr_source``, ``fpr_target``, ``fpr`` (all normals), ``recall``; ``None`` where there
-        is no clip of that kind or no threshold.
-    """
-    y = np.asarray(y_true).astype(bool)
-    d = np.asarray(domains).astype(str)
-    s = np.asarray(scores, np.float64)
-    out: dict[str, float | None] = {}
-
-    def rate(mask):
-        return None if threshold is None or not mask.any() else float(np.mean(s[mask] > threshold))
-
-    out["fpr_source"] = rate(~y & (d == "source"))
-    out["fpr_target"] = rate(~y & (d == "target"))
-    out["fpr"] = rate(~y)
-    out["recall"] = rate(y)
-    return out
-
-
-_BOOT_KEYS = ("auc_source", "auc_target", "pauc", "auc_all", "official")
-
-
-def bootstrap_metrics(y_true: np.ndarray, domains: np.ndarray, scores: dict[str, np.ndarray],
-                      *, n_boot: int = 300, seed: int = 0, min_test_normal: int = 3,
-                      max_fpr: float = 0.1) -> dict[str, dict[str, np.ndarray]]:
-    """Paired, stratified bootstrap of :func:`type_metrics` over clips.
-
-    Every resample draws, with replacement, as many clips from each stratum (normal source,
-    normal target, anomalous) as it holds, and the same resample is scored for every system
-    (paired). A metric undefined on the original clips stays undefined.
-
-    Parameters
-    ----------
-    y_true : np.ndarray, shape (n,), int
-    domains : np.ndarray, shape (n,), str
-    scores : dict of str -> np.ndarray, each shape (n,)
-        System name -> anomaly scores of the same clips.
-    n_boot : int, keyword-only
-        Resamples (0: none).
-
-    Returns
-    -------
-    dict of str -> dict of str -> np.ndarray, shape (n_boot,), float
-        System -> metric (``auc_source``, ``auc_target``, ``pauc``, ``auc_all``,
-        ``official``) -> replicate values (NaN where undefined).
-    """
-    y = np.asarray(y_true).astype(int)
-    d = np.asarray(domains).astype(str)
-    strata = [np.flatnonzero(m) for m in ((y == 0) & (d == "source"), (y == 0) & (d == "target"),
-                                          y == 1) if m.any()]
-    rng = np.random.default_rng(seed)
-    out = {name: {k: np.full(n_boot, np.nan) for k in _BOOT_KEYS} for name in scores}
-    base = {name: type_metrics(y, d, s, min_test_normal=min_test_normal, max_fpr=max_fpr)
-            for name, s in scores.items()}
-    for b in range(n_boot):
-        idx = np.concatenate([rng.choice(ix, len(ix)) for ix in strata])
-        for name, s in scores.items():
-            m = type_metrics(y[idx], d[idx], np.asarray(s)[idx], min_test_normal=0,
-                             max_fpr=max_fpr)
-            for k in ("auc_source", "auc_target", "pauc", "auc_all"):
-                if base[name][k] is not None and m[k] is not None:
-                    out[name][k][b] = m[k]
-            kept = [out[name][k][b] for k in ("auc_source", "auc_target", "pauc")
-                    if base[name][k] is not None and np.isfinite(out[name][k][b])]
-            v = official_score(kept)
-            out[name]["official"][b] = np.nan if v is None else v
-    return out
-
-
-def _ci(values: np.ndarray) -> list[float] | None:
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    return None if not len(v) else [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
 
 
 # --------------------------------------------------------------------------- systems
@@ -580,86 +235,6 @@ def _run_stft(split: LomoSplit, waves: dict[Path, np.ndarray], method: str,
             "threshold": _threshold(method, params, base.held_out_scores_),
             "calibration_scores": base.held_out_scores_,
             "meta": {"train_seconds": 0.0, "n_fft": base.n_fft, "hop_length": base.hop_length}}
-
-
-# --------------------------------------------------------------------------- report
-
-
-def _pct(v) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
-
-
-def _with_ci(r: dict[str, Any], key: str) -> str:
-    ci = r["ci"].get(key)
-    if r.get(key) is None:
-        return "n/a"
-    return _pct(r[key]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
-
-
-def _markdown(rep: dict[str, Any]) -> str:
-    names = list(rep["systems"])
-    summary_types = [t for t, u in rep["types"].items() if u.get("in_summary")]
-    lines = [
-        "# Leave-one-machine-type-out evaluation", "",
-        f"Data: `{rep['data']}`; produced by `python -m trainer evaluate-asd --protocol "
-        f"leave-one-machine-out` in {rep['runtime_seconds'] / 60:.1f} min. For every machine "
-        "type, our embedder is trained without any clip of it (all other types' normal clips; "
-        f"recipe `{rep['recipe']['config']}`, {rep['recipe']['epochs']} epochs x "
-        f"{rep['recipe']['steps_per_epoch']} steps, batch {rep['recipe']['batch_size']}), "
-        "exported to int8 and calibrated on a few normal clips of the held-out type as the node "
-        f"calibrates (windows of {rep['node']['window_seconds']:g} s every "
-        f"{rep['node']['hop_seconds']:g} s, {rep['node']['n_clusters']} k-means clusters + every "
-        f"window, threshold `{rep['node']['threshold_method']}` "
-        f"{json.dumps(rep['node']['threshold_params'])} on held-out window scores; views "
-        f"{', '.join(rep['node'].get('views', ['embedding']))}, each against its own memory and "
-        "standardised on its held-out log distances, averaged, as `edge.views` describes; "
-        f"`{OURS_EMBEDDING_ONLY}`: the same model scored by its embedding alone); a "
-        "clip's score is its highest window score. The DCASE 2023 autoencoder baseline is "
-        "trained on the same calibration clips only (threshold on its in-sample scores); the "
-        "STFT baseline (per-bin mean and std of the log-magnitude STFT, Hann 1024, hop 512, "
-        "nearest calibration clip by cosine) learns nothing (threshold on leave-one-out "
-        "calibration scores). All systems are tested on the same clips: the type's other "
-        "normal clips and all its anomalous ones.", "",
-        f"AUC per domain: normal test clips of the domain + all anomalies, reported only for a "
-        f"domain with at least {rep['min_test_normal']} normal test clips; pAUC: max_fpr 0.1; "
-        "official: harmonic mean of the defined AUCs and pAUC; FPR (normal test clips, source/"
-        "target) and recall at the node's own decision threshold (score > threshold). "
-        f"[x, y]: 95 % bootstrap interval ({rep['n_bootstrap']} paired resamples of clips, "
-        "stratified by class and domain). Values in percent. The summary covers the types with "
-        f"at least {rep['min_test_normal']} normal and one anomalous test clip: "
-        f"{', '.join(summary_types) or 'none'}.", "",
-        "## Summary", "",
-        "| system | official score [95% CI] | h-mean AUC source | h-mean pAUC | mean FPR at "
-        "threshold | mean recall at threshold | training time |",
-        "|---|---|---|---|---|---|---|"]
-    for n in names:
-        s = rep["systems"][n]
-        ci = s["official_score_ci"]
-        lines.append(
-            f"| {n} | **{_pct(s['official_score'])}**"
-            + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
-            + f" | {_pct(s['hmean_auc_source'])} | {_pct(s['hmean_pauc'])} | "
-            f"{_pct(s['mean_fpr'])} | {_pct(s['mean_recall'])} | {s['train_seconds']:.0f} s |")
-    lines += ["", "## Per held-out machine type", "",
-              "| held-out type | in summary | training clips | calibration clips (src/tgt) | "
-              "test normal (src/tgt) / anomalous | system | AUC source | AUC target | pAUC | "
-              "official | FPR at threshold (src/tgt) | recall at threshold |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for t, u in rep["types"].items():
-        if "error" in u:
-            lines.append(f"| {t} | no | | | | {u['error']} | | | | | | |")
-            continue
-        k = u["counts"]
-        for n, r in u["systems"].items():
-            lines.append(
-                f"| {t} | {'yes' if u['in_summary'] else 'no'} | {k['train_clips']} | "
-                f"{k['calibration']['source']}/{k['calibration']['target']} | "
-                f"{k['test_normal']['source']}/{k['test_normal']['target']} / "
-                f"{k['test_anomalous']} | {n} | {_with_ci(r, 'auc_source')} | "
-                f"{_with_ci(r, 'auc_target')} | {_with_ci(r, 'pauc')} | {_pct(r['official'])} | "
-                f"{_pct(r['fpr_source'])}/{_pct(r['fpr_target'])} | {_pct(r['recall'])} |")
-    lines += plot_section_lines(rep["types"], rep.get("skipped_files"), "without a machine type")
-    return "\n".join(lines) + "\n"
 
 
 def add_cli_arguments(p) -> None:
@@ -771,7 +346,7 @@ def run_cli(args) -> int:
                                      min_test_normal=min_test_normal)
         for name, r in results.items():
             m = type_metrics(y, doms, r["test"], min_test_normal=min_test_normal)
-            m["ci"] = {k: _ci(v) for k, v in boots[t][name].items()}
+            m["ci"] = {k: bootstrap_ci(v) for k, v in boots[t][name].items()}
             m.update(rates_at_threshold(y, doms, r["test"], r["threshold"]))
             m.update(decision_threshold=r["threshold"], threshold_method=method,
                      test_scores=[float(v) for v in r["test"]],
@@ -802,7 +377,8 @@ def run_cli(args) -> int:
              if np.isfinite(boots[t][name][k][b])]) for b in range(args.bootstrap)]
         summary[name] = {
             "official_score": official_score_of_sections(res),
-            "official_score_ci": _ci(np.array([np.nan if v is None else v for v in reps])),
+            "official_score_ci": bootstrap_ci(
+                np.array([np.nan if v is None else v for v in reps])),
             "hmean_auc_source": official_score(r["auc_source"] for r in res),
             "hmean_auc_target": official_score(r["auc_target"] for r in res),
             "hmean_pauc": official_score(r["pauc"] for r in res),
@@ -830,7 +406,7 @@ def run_cli(args) -> int:
                           sorted({c.machine for c in clips})},
         "skipped_files": [str(p) for p in skipped], "systems": summary, "types": per_type}
     atomic_write_json(out_dir / "report.json", report)
-    atomic_write_bytes(out_dir / "report.md", _markdown(report).encode())
+    atomic_write_bytes(out_dir / "report.md", lomo_markdown(report).encode())
     print(json.dumps({"report": str(out_dir / "report.md"),
                       "official_score": {n: s["official_score"] for n, s in summary.items()},
                       "runtime_seconds": round(report["runtime_seconds"])}, indent=2))

@@ -1,0 +1,228 @@
+"""Per-type metrics and the report of the leave-one-machine-type-out evaluation
+(:mod:`trainer.asd_lomo`).
+
+Threshold-free metrics of one system on one held-out type (:func:`type_metrics`: AUC per
+domain, pAUC, AUC over all test clips, the type's official score, from
+:mod:`trainer.asd_metrics`), the rates at the node's decision threshold
+(:func:`rates_at_threshold`), 95 % confidence intervals from a paired, stratified bootstrap
+over clips (:func:`bootstrap_metrics`, :func:`bootstrap_ci`) and the markdown report
+(:func:`lomo_markdown`).
+
+Pure NumPy / scikit-learn (no TensorFlow).
+
+Entry points: :func:`type_metrics`, :func:`rates_at_threshold`, :func:`bootstrap_metrics`,
+:func:`bootstrap_ci`, :func:`lomo_markdown`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from trainer.asd_metrics import dcase_section_metrics, official_score
+from trainer.asd_plots import plot_section_lines
+
+__all__ = ["OURS_EMBEDDING_ONLY", "type_metrics", "rates_at_threshold", "bootstrap_metrics",
+           "bootstrap_ci", "lomo_markdown"]
+
+#: Our embedder scored by its embedding alone, reported beside the node's configured views
+#: (``asd.views``) when those are more than the embedding.
+OURS_EMBEDDING_ONLY = "ours (int8), embedding view only"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def type_metrics(y_true: np.ndarray, domains: np.ndarray, scores: np.ndarray, *,
+                 min_test_normal: int = 3, max_fpr: float = 0.1) -> dict[str, Any]:
+    """Threshold-free metrics of one system on one held-out type.
+
+    Parameters
+    ----------
+    y_true : np.ndarray, shape (n,), int (1 = anomaly)
+    domains : np.ndarray, shape (n,), str
+    scores : np.ndarray, shape (n,), float
+    min_test_normal : int, keyword-only
+        A domain's AUC needs at least this many normal test clips of the domain (else
+        ``None``): with one normal clip it is the rank of one recording.
+    max_fpr : float, keyword-only
+
+    Returns
+    -------
+    dict
+        :func:`trainer.asd_metrics.dcase_section_metrics` keys plus ``official``: the harmonic
+        mean of the defined AUC source, AUC target and pAUC.
+    """
+    m: dict[str, Any] = dcase_section_metrics(y_true, scores, domains, max_fpr=max_fpr)
+    for dom in ("source", "target"):
+        if m[f"n_normal_{dom}"] < min_test_normal:
+            m[f"auc_{dom}"] = None
+    m["official"] = official_score([m["auc_source"], m["auc_target"], m["pauc"]])
+    return m
+
+
+def rates_at_threshold(y_true: np.ndarray, domains: np.ndarray, scores: np.ndarray,
+                       threshold: float | None) -> dict[str, float | None]:
+    """False-positive rate on the normal clips (per domain) and recall on the anomalies.
+
+    The decision rule is the node's: anomalous when ``score > threshold``.
+
+    Returns
+    -------
+    dict
+        ``fpr_source``, ``fpr_target``, ``fpr`` (all normals), ``recall``; ``None`` where there
+        is no clip of that kind or no threshold.
+    """
+    y = np.asarray(y_true).astype(bool)
+    d = np.asarray(domains).astype(str)
+    s = np.asarray(scores, np.float64)
+    out: dict[str, float | None] = {}
+
+    def rate(mask):
+        return None if threshold is None or not mask.any() else float(np.mean(s[mask] > threshold))
+
+    out["fpr_source"] = rate(~y & (d == "source"))
+    out["fpr_target"] = rate(~y & (d == "target"))
+    out["fpr"] = rate(~y)
+    out["recall"] = rate(y)
+    return out
+
+
+_BOOT_KEYS = ("auc_source", "auc_target", "pauc", "auc_all", "official")
+
+
+def bootstrap_metrics(y_true: np.ndarray, domains: np.ndarray, scores: dict[str, np.ndarray],
+                      *, n_boot: int = 300, seed: int = 0, min_test_normal: int = 3,
+                      max_fpr: float = 0.1) -> dict[str, dict[str, np.ndarray]]:
+    """Paired, stratified bootstrap of :func:`type_metrics` over clips.
+
+    Every resample draws, with replacement, as many clips from each stratum (normal source,
+    normal target, anomalous) as it holds, and the same resample is scored for every system
+    (paired). A metric undefined on the original clips stays undefined.
+
+    Parameters
+    ----------
+    y_true : np.ndarray, shape (n,), int
+    domains : np.ndarray, shape (n,), str
+    scores : dict of str -> np.ndarray, each shape (n,)
+        System name -> anomaly scores of the same clips.
+    n_boot : int, keyword-only
+        Resamples (0: none).
+
+    Returns
+    -------
+    dict of str -> dict of str -> np.ndarray, shape (n_boot,), float
+        System -> metric (``auc_source``, ``auc_target``, ``pauc``, ``auc_all``,
+        ``official``) -> replicate values (NaN where undefined).
+    """
+    y = np.asarray(y_true).astype(int)
+    d = np.asarray(domains).astype(str)
+    strata = [np.flatnonzero(m) for m in ((y == 0) & (d == "source"), (y == 0) & (d == "target"),
+                                          y == 1) if m.any()]
+    rng = np.random.default_rng(seed)
+    out = {name: {k: np.full(n_boot, np.nan) for k in _BOOT_KEYS} for name in scores}
+    base = {name: type_metrics(y, d, s, min_test_normal=min_test_normal, max_fpr=max_fpr)
+            for name, s in scores.items()}
+    for b in range(n_boot):
+        idx = np.concatenate([rng.choice(ix, len(ix)) for ix in strata])
+        for name, s in scores.items():
+            m = type_metrics(y[idx], d[idx], np.asarray(s)[idx], min_test_normal=0,
+                             max_fpr=max_fpr)
+            for k in ("auc_source", "auc_target", "pauc", "auc_all"):
+                if base[name][k] is not None and m[k] is not None:
+                    out[name][k][b] = m[k]
+            kept = [out[name][k][b] for k in ("auc_source", "auc_target", "pauc")
+                    if base[name][k] is not None and np.isfinite(out[name][k][b])]
+            v = official_score(kept)
+            out[name]["official"][b] = np.nan if v is None else v
+    return out
+
+
+def bootstrap_ci(values: np.ndarray) -> list[float] | None:
+    """The 95 % percentile interval of bootstrap replicates (NaN ignored); ``None`` when
+    none is finite."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return None if not len(v) else [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _with_ci(r: dict[str, Any], key: str) -> str:
+    ci = r["ci"].get(key)
+    if r.get(key) is None:
+        return "n/a"
+    return _pct(r[key]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+
+
+def lomo_markdown(rep: dict[str, Any]) -> str:
+    names = list(rep["systems"])
+    summary_types = [t for t, u in rep["types"].items() if u.get("in_summary")]
+    lines = [
+        "# Leave-one-machine-type-out evaluation", "",
+        f"Data: `{rep['data']}`; produced by `python -m trainer evaluate-asd --protocol "
+        f"leave-one-machine-out` in {rep['runtime_seconds'] / 60:.1f} min. For every machine "
+        "type, our embedder is trained without any clip of it (all other types' normal clips; "
+        f"recipe `{rep['recipe']['config']}`, {rep['recipe']['epochs']} epochs x "
+        f"{rep['recipe']['steps_per_epoch']} steps, batch {rep['recipe']['batch_size']}), "
+        "exported to int8 and calibrated on a few normal clips of the held-out type as the node "
+        f"calibrates (windows of {rep['node']['window_seconds']:g} s every "
+        f"{rep['node']['hop_seconds']:g} s, {rep['node']['n_clusters']} k-means clusters + every "
+        f"window, threshold `{rep['node']['threshold_method']}` "
+        f"{json.dumps(rep['node']['threshold_params'])} on held-out window scores; views "
+        f"{', '.join(rep['node'].get('views', ['embedding']))}, each against its own memory and "
+        "standardised on its held-out log distances, averaged, as `edge.views` describes; "
+        f"`{OURS_EMBEDDING_ONLY}`: the same model scored by its embedding alone); a "
+        "clip's score is its highest window score. The DCASE 2023 autoencoder baseline is "
+        "trained on the same calibration clips only (threshold on its in-sample scores); the "
+        "STFT baseline (per-bin mean and std of the log-magnitude STFT, Hann 1024, hop 512, "
+        "nearest calibration clip by cosine) learns nothing (threshold on leave-one-out "
+        "calibration scores). All systems are tested on the same clips: the type's other "
+        "normal clips and all its anomalous ones.", "",
+        f"AUC per domain: normal test clips of the domain + all anomalies, reported only for a "
+        f"domain with at least {rep['min_test_normal']} normal test clips; pAUC: max_fpr 0.1; "
+        "official: harmonic mean of the defined AUCs and pAUC; FPR (normal test clips, source/"
+        "target) and recall at the node's own decision threshold (score > threshold). "
+        f"[x, y]: 95 % bootstrap interval ({rep['n_bootstrap']} paired resamples of clips, "
+        "stratified by class and domain). Values in percent. The summary covers the types with "
+        f"at least {rep['min_test_normal']} normal and one anomalous test clip: "
+        f"{', '.join(summary_types) or 'none'}.", "",
+        "## Summary", "",
+        "| system | official score [95% CI] | h-mean AUC source | h-mean pAUC | mean FPR at "
+        "threshold | mean recall at threshold | training time |",
+        "|---|---|---|---|---|---|---|"]
+    for n in names:
+        s = rep["systems"][n]
+        ci = s["official_score_ci"]
+        lines.append(
+            f"| {n} | **{_pct(s['official_score'])}**"
+            + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+            + f" | {_pct(s['hmean_auc_source'])} | {_pct(s['hmean_pauc'])} | "
+            f"{_pct(s['mean_fpr'])} | {_pct(s['mean_recall'])} | {s['train_seconds']:.0f} s |")
+    lines += ["", "## Per held-out machine type", "",
+              "| held-out type | in summary | training clips | calibration clips (src/tgt) | "
+              "test normal (src/tgt) / anomalous | system | AUC source | AUC target | pAUC | "
+              "official | FPR at threshold (src/tgt) | recall at threshold |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for t, u in rep["types"].items():
+        if "error" in u:
+            lines.append(f"| {t} | no | | | | {u['error']} | | | | | | |")
+            continue
+        k = u["counts"]
+        for n, r in u["systems"].items():
+            lines.append(
+                f"| {t} | {'yes' if u['in_summary'] else 'no'} | {k['train_clips']} | "
+                f"{k['calibration']['source']}/{k['calibration']['target']} | "
+                f"{k['test_normal']['source']}/{k['test_normal']['target']} / "
+                f"{k['test_anomalous']} | {n} | {_with_ci(r, 'auc_source')} | "
+                f"{_with_ci(r, 'auc_target')} | {_with_ci(r, 'pauc')} | {_pct(r['official'])} | "
+                f"{_pct(r['fpr_source'])}/{_pct(r['fpr_target'])} | {_pct(r['recall'])} |")
+    lines += plot_section_lines(rep["types"], rep.get("skipped_files"), "without a machine type")
+    return "\n".join(lines) + "\n"
