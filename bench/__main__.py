@@ -24,7 +24,7 @@ Measurements, each checked against its target (one module each; :func:`main` run
    ``--kws-repeats``, ``--skip-kws``, ``--kws-only``). The demo keyword stream (21.7 s of
    real speech) fed in 0.1 s blocks through :meth:`edge.model.KwsEmbedder.stream` at the
    configured ``kws.segment_hop`` (target ``<= 0.1``) and at hop 1 (the thesis), through the
-   frontend alone and through the node's whole path (:class:`edge.kws.KeywordListener`),
+   frontend alone and through the node's whole path (:class:`edge.kws_listener.KeywordListener`),
    whose detections are checked against the stream's truth (``stream.json``).
 5. **Keyword-spotting DTW backend on one core** (:mod:`bench.kws_dtw`; ``--skip-kws``,
    ``--kws-only``). Synthetic full-size scene at the default keyword bundle's frame hop: the

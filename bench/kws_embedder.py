@@ -3,7 +3,7 @@ the node's whole keyword-spotting path.
 
 :func:`measure_kws_embedder` feeds the demo keyword stream in 0.1 s blocks through
 :meth:`edge.model.KwsEmbedder.stream` (at the configured ``kws.segment_hop`` and at hop 1), through
-the streaming frontend alone and through :class:`edge.kws.KeywordListener` (embedding plus
+the streaming frontend alone and through :class:`edge.kws_listener.KeywordListener` (embedding plus
 :class:`edge.kws.KeywordSpotter`, the demo keywords enrolled), interleaved round by round; the
 listener's detections are counted against the stream's truth
 (:func:`bench.kws_demo.keyword_match_counts`).
@@ -22,8 +22,8 @@ from bench.common import DEFAULT_MODEL, log, pin_to_one_cpu
 from bench.kws_demo import (KWS_MATCH_COLLAR_S, enroll_demo_keywords, keyword_match_counts,
                             load_kws_truth)
 from edge.audio import load_audio
-from edge.frontend import KwsFrontendParams, KwsStreamFrontend
-from edge.kws import KeywordListener
+from edge.kws_frontend import KwsFrontendParams, KwsStreamFrontend
+from edge.kws_listener import KeywordListener
 from edge.model import load_bundle
 from edge.speech_embedding import WINDOW_FRAMES
 from firmware_config.defaults import default_config_doc, write_config_doc
@@ -60,14 +60,14 @@ def measure_kws_embedder(kws_model: Path, stream: Path, truth: Path,
     * through :meth:`edge.model.KwsEmbedder.stream` (``push`` per block, then ``flush``:
       streaming log-Mel, int8 segment embeddings and their per-frame averaging), at the
       configured segment hop and at every hop of ``extra_hops``;
-    * through the streaming frontend alone (:class:`edge.frontend.KwsStreamFrontend`);
-    * through :class:`edge.kws.KeywordListener` built from that config, as the node does
+    * through the streaming frontend alone (:class:`edge.kws_frontend.KwsStreamFrontend`);
+    * through :class:`edge.kws_listener.KeywordListener` built from that config, as the node does
       (embedding plus :class:`edge.kws.KeywordSpotter` with the enrolled keywords), its
       detections checked against ``truth``.
 
     Objects are built outside the timed region; after ``warmup`` untimed rounds (Numba
-    compilation of the log-mel frontend's filter, interpreter warm-up) the measurements run interleaved, one of
-    each per round, for ``repeats`` rounds (load changes on a shared machine hit them alike);
+    compilation of the log-mel frontend's filter, interpreter warm-up) the measurements run
+    interleaved, one of each per round, for ``repeats`` rounds (load changes on a shared machine hit them alike);
     each is the median of its runs.
 
     Parameters

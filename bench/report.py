@@ -383,7 +383,7 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, str]]) -> str:
             "factor = compute seconds / audio seconds; ms per segment = compute time / "
             "segments embedded (frontend and averaging included). The "
             f"configured hop is `kws.segment_hop` = {ke['configured_hop']} of "
-            "firmware_config/default.yaml. The node path is `edge.kws.KeywordListener` built "
+            "firmware_config/default.yaml. The node path is `edge.kws_listener.KeywordListener` built "
             "from that config with the demo keywords enrolled by `python -m calibration "
             "enroll`. A Raspberry Pi (Cortex-A72/A76) is roughly 5-10x slower per core than "
             "this machine, so multiply these real-time factors by 5-10 for a Pi: the "

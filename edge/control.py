@@ -31,8 +31,8 @@ from edge.commands import COMMANDS, Command, CommandError, parse_command
 from firmware_config.fileio import atomic_write_bytes
 from edge.health import AudioHealth
 from edge.keywords import EnrollmentError
-from edge.kws import KeywordListener
-from edge.model import ModelError
+from edge.kws_listener import KeywordListener
+from edge.model import ModelError, load_asd
 from edge.mqtt import MqttSetupError
 from firmware_config.schema import ConfigError, parse_config_text
 
@@ -277,7 +277,7 @@ class NodeControl:
                         if new.kws.enabled else None)
             if _same_listener(node.keywords, keywords):
                 keywords = node.keywords  # mid-stream: keep its frames and pending detections
-            embedder, calibration = (node.load_asd(new, node.embedder) if new.asd.enabled
+            embedder, calibration = (load_asd(new, node.embedder) if new.asd.enabled
                                      else (None, None))
             if calibration is None and embedder is node.embedder and \
                     new.resolve(new.asd.calibration) == old.resolve(old.asd.calibration):
@@ -328,9 +328,7 @@ class NodeControl:
             job = node.learning
             if job is not None and embedder is not node.embedder:
                 node.learning = None  # learning with another model is moot
-                if job.requested:
-                    self.reply("recalibrate", "failed", "cancelled: the config changed the "
-                               "anomaly model", job.request_id)
+                job.cancel("the config changed the anomaly model")
             node.cfg, node.keywords = new, keywords
             node.embedder, node.calibration = embedder, calibration
             if embedder is not None and calibration is None and node.learning is None:

@@ -1,7 +1,7 @@
 """Numba for the node's one compiled kernel, imported without SciPy.
 
-The kernel is the log-mel frontend's high-pass filter (:func:`edge.frontend.highpass`), which
-only a node with the log-mel TACos keyword bundle runs; it calls :func:`load_numba` at its
+The kernel is the log-mel frontend's high-pass filter (:func:`edge.kws_frontend.highpass`),
+which only a node with the log-mel TACos keyword bundle runs; it calls :func:`load_numba` at its
 first block. Importing this module does not import Numba: with the default bundles a node
 never loads it (DTW and keyword spotting are NumPy; Numba's LLVM would cost about 100 MB).
 

@@ -1,7 +1,7 @@
 """The enrolled-keywords artifact: templates and per-keyword thresholds a node spots with.
 
 Written by ``python -m calibration enroll`` (:func:`calibration.enroll.enroll_keyword` builds
-it) and read by the node (:class:`edge.kws.KeywordListener`), beside its siblings the ASD
+it) and read by the node (:class:`edge.kws_listener.KeywordListener`), beside its siblings the ASD
 calibration (:class:`edge.backend.Calibration`) and the model bundles (:mod:`edge.model`).
 Like them it is checked on load (schema version, consistency) and fails with a message that
 names the file.

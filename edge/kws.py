@@ -59,7 +59,6 @@ Frame ``j`` starts at ``j * frame_seconds`` (one embedding every 16 ms on the no
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -67,12 +66,10 @@ import numpy as np
 
 from edge.dtw import StreamingSubsequenceDTW, cosine_cost_columns
 from edge.keywords import EnrolledKeywords
-from edge.model import ModelError, load_bundle
+from edge.kws_runs import RawDetection, RunTracker, overlap_groups, resolve_overlaps
 
-log = logging.getLogger(__name__)
-
-__all__ = ["CONFIRM_SECONDS", "Template", "Detection", "KeywordSpotter", "KeywordListener",
-           "enrolled_templates", "matching_costs", "detect_keywords"]
+__all__ = ["CONFIRM_SECONDS", "Template", "Detection", "KeywordSpotter", "enrolled_templates",
+           "matching_costs", "detect_keywords"]
 
 #: How long a run's minimum must stand before ``decision="confirmed"`` decides it (seconds).
 CONFIRM_SECONDS = 0.128
@@ -195,128 +192,6 @@ class Detection:
                 "template_index": int(self.template_index)}
 
 
-@dataclass(frozen=True)
-class _Raw:
-    """A run's detection before overlap resolution (frames; offset exclusive)."""
-
-    keyword: int
-    onset: int
-    offset: int
-    cost: float
-    template: int
-    at: int = 0  # frame at which the raw detection was decided
-
-
-class _RunTracker:
-    """Steps 1 and 2 of the module docstring, frame block by frame block.
-
-    Per keyword: whether a run is open, its best (lowest) candidate so far (cost, path
-    start, frame, template) and whether that best was already output (``decided``). Frames
-    where a keyword's candidate is not below its threshold and no run is open change
-    nothing, so only the frames in and just after runs are visited one by one.
-
-    Parameters
-    ----------
-    tmpl_kw : np.ndarray [shape=(K,), dtype=int64]
-        Keyword index of each template.
-    thresholds : np.ndarray [shape=(W,), dtype=float64]
-    confirm : int
-        ``>= 0``: a run's best is output once ``confirm`` frames passed without a lower
-        cost ("confirmed" decision); ``-1``: only when the run closes ("exact").
-    """
-
-    def __init__(self, tmpl_kw: np.ndarray, thresholds: np.ndarray, confirm: int):
-        self.thr = thresholds
-        self.confirm = confirm
-        self.templates_of = [np.flatnonzero(tmpl_kw == w) for w in range(len(thresholds))]
-        W = len(thresholds)
-        self.in_run = np.zeros(W, bool)
-        self.best_cost = np.full(W, np.inf)
-        self.best_start = np.zeros(W, np.int64)
-        self.best_end = np.zeros(W, np.int64)
-        self.best_tmpl = np.zeros(W, np.int64)
-        self.decided = np.zeros(W, bool)
-
-    def close_all(self, end: int) -> list[_Raw]:
-        """Close every open run (end of stream): the raw detections not yet output."""
-        out = [_Raw(int(w), int(self.best_start[w]), int(self.best_end[w]) + 1,
-                    float(self.best_cost[w]), int(self.best_tmpl[w]), end)
-               for w in np.flatnonzero(self.in_run & ~self.decided)]
-        self.in_run[:] = False
-        self.decided[:] = False
-        return out
-
-    def push(self, mc: np.ndarray, st: np.ndarray, j0: int) -> tuple[np.ndarray, list[_Raw]]:
-        """Track runs over frames ``j0 .. j0 + n - 1``.
-
-        Parameters
-        ----------
-        mc, st : np.ndarray [shape=(n, K)]
-            Matching cost (float64) and path start frame (int64) of every template.
-        j0 : int
-            Absolute index of the first frame.
-
-        Returns
-        -------
-        cand : np.ndarray [shape=(n, W), dtype=float64]
-            Candidate cost of every keyword and frame (step 1).
-        raws : list of _Raw
-            Raw detections output in these frames, in the order of the frame deciding them
-            (``at`` is one past it), then keyword.
-        """
-        n = mc.shape[0]
-        cand = np.empty((n, len(self.thr)), np.float64)
-        raws: list[tuple[int, int, _Raw]] = []
-        rows = np.arange(n)
-        for w, ks in enumerate(self.templates_of):
-            pick = ks[np.argmin(mc[:, ks], axis=1)]  # lowest cost, the first template on ties
-            cost = mc[rows, pick]
-            cand[:, w] = cost
-            below = cost < self.thr[w]
-            # frames in a run and the frame that closes one; nothing happens elsewhere
-            visit = below.copy()
-            visit[1:] |= below[:-1]
-            visit[0] |= self.in_run[w]
-            for t in np.flatnonzero(visit):
-                j = j0 + int(t)
-                emit = False
-                if below[t]:
-                    if not self.in_run[w] or cost[t] < self.best_cost[w]:
-                        self.in_run[w] = True
-                        self.best_cost[w] = cost[t]
-                        self.best_start[w] = st[t, pick[t]]
-                        self.best_end[w] = j
-                        self.best_tmpl[w] = pick[t]
-                        self.decided[w] = False
-                    emit = (self.confirm >= 0 and not self.decided[w]
-                            and j - self.best_end[w] >= self.confirm)
-                elif self.in_run[w]:
-                    self.in_run[w] = False
-                    emit = not self.decided[w]  # closed before its minimum was confirmed
-                if emit:
-                    raws.append((j, w, _Raw(w, int(self.best_start[w]),
-                                            int(self.best_end[w]) + 1,
-                                            float(self.best_cost[w]),
-                                            int(self.best_tmpl[w]), j + 1)))
-                self.decided[w] = self.in_run[w] and (self.decided[w] or emit)
-        raws.sort(key=lambda x: (x[0], x[1]))
-        return cand, [r for _, _, r in raws]
-
-
-def _subtract(pieces: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
-    """Remove ``[a, b)`` from every half-open interval in ``pieces``."""
-    out = []
-    for lo, hi in pieces:
-        if b <= lo or a >= hi:
-            out.append((lo, hi))
-            continue
-        if lo < a:
-            out.append((lo, a))
-        if b < hi:
-            out.append((b, hi))
-    return out
-
-
 class KeywordSpotter:
     """Streaming few-shot keyword spotter (thesis 6.3.6); see the module docstring.
 
@@ -434,9 +309,9 @@ class KeywordSpotter:
     def reset(self) -> None:
         """Forget the stream (pending detections included); the next frame is frame 0."""
         self._dtw.reset()
-        self._runs = _RunTracker(self._tmpl_kw, self._thr,
+        self._runs = RunTracker(self._tmpl_kw, self._thr,
                                  self.confirm_frames if self.decision == "confirmed" else -1)
-        self._pending: list[_Raw] = []
+        self._pending: list[RawDetection] = []
         self._kept: list[tuple[int, int]] = []  # "confirmed": decided intervals still relevant
         self._trace: list[np.ndarray] = []
         self._frames_seen = 0
@@ -595,21 +470,9 @@ class KeywordSpotter:
         if not self._pending:
             return []
         horizon = np.inf if final else self._horizon()
-        raws = sorted(self._pending, key=lambda r: (r.onset, r.offset, r.keyword, r.template))
-        # connected groups of overlapping intervals: sorted by onset, a raw detection joins
-        # the current group when it starts before the group's end
-        groups: list[list[_Raw]] = []
-        end = None
-        for r in raws:
-            if end is not None and r.onset < end:
-                groups[-1].append(r)
-                end = max(end, r.offset)
-            else:
-                groups.append([r])
-                end = r.offset
         out: list[Detection] = []
-        keep: list[_Raw] = []
-        for g in groups:
+        keep: list[RawDetection] = []
+        for g in overlap_groups(self._pending):
             if max(r.offset for r in g) <= horizon:
                 order = sorted(g, key=lambda r: (r.cost, r.onset, r.offset, r.keyword, r.template))
                 out.extend(self._resolve(order, [], self._frames_seen))
@@ -634,21 +497,11 @@ class KeywordSpotter:
         out.sort(key=lambda d: (d.onset_frame, d.offset_frame, self.keywords.index(d.keyword)))
         return out
 
-    def _resolve(self, order: Sequence[_Raw], kept: list[tuple[int, int]],
+    def _resolve(self, order: Sequence[RawDetection], kept: list[tuple[int, int]],
                  decided: int) -> list[Detection]:
-        """Steps 3 and 4 of the module docstring: ``order`` in the order of precedence,
-        against the intervals already ``kept`` (extended in place)."""
+        """Steps 3 and 4 (:func:`edge.kws_runs.resolve_overlaps`) as detections."""
         out = []
-        for r in order:
-            pieces = [(r.onset, r.offset)]
-            for a, b in kept:
-                pieces = _subtract(pieces, a, b)
-            if not pieces:
-                continue
-            on, off = max(pieces, key=lambda p: (p[1] - p[0], -p[0]))
-            if 2 * (off - on) < self._tmpl_len[r.template]:
-                continue
-            kept.append((on, off))
+        for r, on, off in resolve_overlaps(order, kept, self._tmpl_len):
             kw = self.keywords[r.keyword]
             out.append(Detection(keyword=kw, onset_s=on * self.frame_seconds,
                                  offset_s=off * self.frame_seconds, cost=r.cost,
@@ -657,88 +510,6 @@ class KeywordSpotter:
                                  decided_frame=decided))
         return out
 
-
-
-
-class KeywordListener:
-    """Streaming keyword spotting as the node runs it: audio blocks in, detections out.
-
-    The KWS model bundle and the enrolled keywords of a node config, wired together: each
-    :meth:`push` runs the streaming frontend and int8 embedder
-    (:meth:`edge.model.KwsEmbedder.stream`, per-frame averaged segment embeddings) and the
-    :class:`KeywordSpotter` over them. Capture and transport stay outside (openWakeWord's
-    "audio chunk in, scores out").
-
-    Parameters
-    ----------
-    cfg : firmware_config.schema.NodeConfig
-        Uses the ``kws`` section (``model``, ``keywords``, ``num_threads``, ``segment_hop``).
-    running : edge.model.KwsEmbedder, optional
-        The embedder in use; kept if ``kws.model`` is still the same model (config apply).
-
-    Attributes
-    ----------
-    embedder : edge.model.KwsEmbedder
-    enrolled : edge.keywords.EnrolledKeywords or None
-        ``None`` until keywords are enrolled (the listener is then idle).
-
-    Raises
-    ------
-    ModelError
-        Missing/corrupt model, or keywords enrolled with another model.
-    edge.keywords.EnrollmentError
-        A corrupt keywords file.
-    """
-
-    def __init__(self, cfg, running=None):
-        k = cfg.kws
-        try:
-            self.embedder = load_bundle(cfg.resolve(k.model), "kws", k.num_threads,
-                                        running=running, segment_hop=k.segment_hop)
-        except ModelError as exc:
-            raise ModelError(f"kws.model: {exc}") from None
-        path = cfg.resolve(k.keywords)
-        self.enrolled: EnrolledKeywords | None = None
-        self.spotter: KeywordSpotter | None = None
-        if not path.exists():
-            log.warning("no keywords enrolled at %s: keyword spotting is idle (enroll with "
-                        "`python -m calibration enroll --config ... --keyword NAME --shots 5`)",
-                        path)
-            return
-        enrolled = EnrolledKeywords.load(path)
-        if enrolled.model_id != self.embedder.model_id:
-            raise ModelError(f"keywords in {path} were enrolled with model {enrolled.model_id}, "
-                             f"but kws.model is {self.embedder.model_id}; enroll them again")
-        self.enrolled = enrolled
-        self.stream = self.embedder.stream()
-        self.spotter = KeywordSpotter.from_enrolled(enrolled, self.embedder.frame_seconds,
-                                                    decision="confirmed")
-
-    @property
-    def active(self) -> bool:
-        """True when keywords are enrolled (else :meth:`push` returns nothing)."""
-        return self.spotter is not None
-
-    def reset(self) -> None:
-        """Forget the stream so far (after a gap in the audio, e.g. a reopened device)."""
-        if self.active:
-            self.stream = self.embedder.stream()
-            self.spotter = KeywordSpotter.from_enrolled(self.enrolled,
-                                                        self.embedder.frame_seconds,
-                                                        decision="confirmed")
-
-    def push(self, block: np.ndarray) -> list[Detection]:
-        """Feed audio, shape (n_samples,) float32 at the model's rate; returns the detections
-        that became final (:class:`Detection`, seconds from the stream start)."""
-        if not self.active:
-            return []
-        return self.spotter.push(self.stream.push(block))
-
-    def flush(self) -> list[Detection]:
-        """End of a finite stream: the remaining detections."""
-        if not self.active:
-            return []
-        return self.spotter.push(self.stream.flush()) + self.spotter.flush()
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm, float32; zero rows stay zero (cost 1 to everything).

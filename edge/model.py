@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 
 from edge import speech_embedding
-from edge.backend import normalize_members
+from edge.backend import Calibration, normalize_members
 from edge.tflite import ModelError, load_interpreter_class, make_interpreter
+from edge.frontend import AsdFrontendParams, asd_features
+from edge.kws_frontend import (KwsFrontendParams, KwsStreamFrontend, kws_logmel, kws_segments,
+                               segment_starts)
 from firmware_config.fileio import sha256_file
-from edge.frontend import (AsdFrontendParams, KwsFrontendParams, KwsStreamFrontend, asd_features,
-                           kws_logmel, kws_segments, segment_starts)
 
 __all__ = ["ModelError", "BUNDLE_SCHEMA", "load_interpreter_class", "AsdEmbedder", "KwsEmbedder",
-           "KwsStreamEmbedder", "load_bundle"]
+           "KwsStreamEmbedder", "load_bundle", "load_asd"]
 
 BUNDLE_SCHEMA = 1
 
@@ -256,7 +257,7 @@ class KwsEmbedder:
                              f"expected {(T, self.embedding_dim)}")
 
     def embed_segments(self, segments: np.ndarray) -> np.ndarray:
-        """Embed normalised segments (from :func:`edge.frontend.kws_segments`).
+        """Embed normalised segments (from :func:`edge.kws_frontend.kws_segments`).
 
         Parameters
         ----------
@@ -438,3 +439,48 @@ def load_bundle(tflite_path: str | Path, task: str | None = None, num_threads: i
     if meta_task == "kws":
         return KwsEmbedder(path, num_threads=num_threads, **kwargs)
     raise ModelError(f"{path}: unknown model task {meta_task!r}")
+
+
+def load_asd(cfg, running=None):
+    """The anomaly embedder and calibration of a node config, checked against each other.
+
+    Parameters
+    ----------
+    cfg : firmware_config.schema.NodeConfig
+        Uses ``asd.model``, ``asd.calibration``, ``asd.num_threads``,
+        ``asd.window_seconds``, ``asd.auto_calibration_seconds`` and ``audio.sample_rate``.
+    running : AsdEmbedder, optional
+        The embedder in use; kept if ``asd.model`` is still the same model (config apply).
+
+    Returns
+    -------
+    embedder : AsdEmbedder
+    calibration : edge.backend.Calibration or None
+        None when there is none yet and the node may learn one
+        (``asd.auto_calibration_seconds > 0``).
+
+    Raises
+    ------
+    ModelError
+        Missing or corrupt model (message starts ``asd.model:``), or a model whose clip
+        length or sample rate differs from the config's.
+    edge.backend.CalibrationError
+        A corrupt calibration, or one made for another model; a missing one when
+        ``asd.auto_calibration_seconds`` is 0.
+    """
+    a = cfg.asd
+    try:
+        embedder = load_bundle(cfg.resolve(a.model), "asd", a.num_threads, running=running)
+    except ModelError as exc:
+        raise ModelError(f"asd.model: {exc}") from None
+    fe = embedder.frontend
+    if abs(fe.clip_seconds - a.window_seconds) > 1e-6:
+        raise ModelError(f"asd.window_seconds is {a.window_seconds} s but the model "
+                         f"{embedder.model_id} takes {fe.clip_seconds} s clips")
+    if fe.sample_rate != cfg.audio.sample_rate:
+        raise ModelError(f"audio.sample_rate {cfg.audio.sample_rate} Hz differs from the "
+                         f"model's {fe.sample_rate} Hz")
+    cal_path = cfg.resolve(a.calibration)
+    if cal_path.exists() or a.auto_calibration_seconds == 0:
+        return embedder, Calibration.load(cal_path, embedder.sha256)
+    return embedder, None

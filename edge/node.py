@@ -2,7 +2,7 @@
 -> MQTT.
 
 Two listeners share one audio stream: anomaly detection on overlapping windows (asd) and
-keyword spotting on a frame stream (kws, :class:`edge.kws.KeywordListener`: streaming TACos
+keyword spotting on a frame stream (kws, :class:`edge.kws_listener.KeywordListener`: streaming TACos
 embeddings and streaming sub-sequence DTW, thesis 6.3). Audio health (device lost, silence,
 clipping) is reported as ``event/health``. Without a calibration the node first learns one
 from the stream (the same windows it will score), and ``cmd/recalibrate`` learns a new one
@@ -22,16 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from calibration.calibrate import WindowCollector, fit_calibration
 from edge import payloads
 from edge.audio import open_source
-from edge.backend import Calibration
 from edge.control import NodeControl, with_replay
 from edge.discovery import discovery_messages
 from edge.health import AudioHealth
-from edge.kws import KeywordListener
+from edge.kws_listener import KeywordListener
+from edge.learning import StreamLearning
 from edge.levels import peak_dbfs, rms_dbfs
-from edge.model import ModelError, load_bundle
+from edge.model import load_asd
 from edge.mqtt import MqttPublisher
 from edge.pipeline import Windower
 from edge.spool import Spool
@@ -40,54 +39,6 @@ from edge.views import window_views
 log = logging.getLogger(__name__)
 
 __all__ = ["Node"]
-
-
-class _Learning:
-    """A calibration being learned from the live stream (first start or ``cmd/recalibrate``)."""
-
-    def __init__(self, embedder, seconds: float, method: str, request_id=None, requested=False,
-                 views=("embedding",)):
-        self.collector = WindowCollector(embedder, views)
-        self.embedder = embedder
-        self.seconds = seconds
-        self.method = method
-        self.request_id = request_id
-        self.requested = requested  # a command asked for it (reply when done)
-        self.first_start: int | None = None
-        self.learned_s = 0.0  # seconds of audio learned so far
-
-    def add(self, start: int, window: np.ndarray, sample_rate: int, asd) -> bool:
-        """Collect one normal window (``start`` in samples); True once ``seconds`` are in."""
-        if self.first_start is None:
-            self.first_start = start
-        self.collector.add(0, start, window)
-        self.learned_s = (start - self.first_start) / sample_rate + asd.window_seconds
-        return self.learned_s >= self.seconds
-
-    def fit(self, asd):
-        """The calibration of the windows collected (``asd``: the config's section; the
-        threshold's params apply when the method is the configured one).
-
-        Raises
-        ------
-        ValueError
-            Too few usable windows.
-        """
-        params = dict(asd.threshold.params) if self.method == asd.threshold.method else {}
-        return fit_calibration(self.collector.result(), self.embedder, asd.n_clusters,
-                               self.method, params, asd.window_seconds, asd.hop_seconds)
-
-    def unfinished(self, finished: bool) -> str:
-        """What to say when the stream ended (``finished``: a replay ran out) before it did."""
-        what = "recalibration" if self.requested else "calibration"
-        why = "the replay ended" if finished else "the node stopped"
-        msg = (f"{what} did not finish: {why} after {self.learned_s:g} s of normal operation "
-               f"learned of the {self.seconds:g} s needed; nothing was saved")
-        if not self.requested:
-            msg += (" and no window was scored; replay or run at least "
-                    f"{self.seconds:g} s of normal operation (asd.auto_calibration_seconds), "
-                    "or calibrate with `python -m calibration record`")
-        return msg
 
 
 class Node:
@@ -124,7 +75,7 @@ class Node:
         Held while an audio block is processed, while parts are swapped and while the
         ``state`` snapshot is built.
     control : edge.control.NodeControl
-    learning : _Learning or None
+    learning : edge.learning.StreamLearning or None
         The calibration being learned from the stream, if any.
 
     Raises
@@ -149,8 +100,8 @@ class Node:
         self.lock = threading.RLock()
         self.keywords = KeywordListener(cfg) if cfg.kws.enabled else None
         self.keyword_events = 0
-        self.embedder, self.calibration = self.load_asd(cfg) if cfg.asd.enabled else (None, None)
-        self.learning: _Learning | None = None
+        self.embedder, self.calibration = load_asd(cfg) if cfg.asd.enabled else (None, None)
+        self.learning: StreamLearning | None = None
         if self.embedder is not None and self.calibration is None:
             log.warning("no calibration at %s: learning normal operation for the first %g s "
                         "(keep the machine running normally)", cfg.resolve(cfg.asd.calibration),
@@ -177,28 +128,6 @@ class Node:
         self.reset_stream()
 
     # -- building blocks (also used by the control plane to apply a new config) ------------
-    @staticmethod
-    def load_asd(cfg, running=None):
-        """The anomaly embedder and calibration of ``cfg`` (the calibration is None if there
-        is none yet and the node may learn one); the ``running`` embedder is kept if the
-        model has not changed."""
-        a = cfg.asd
-        try:
-            embedder = load_bundle(cfg.resolve(a.model), "asd", a.num_threads, running=running)
-        except ModelError as exc:
-            raise ModelError(f"asd.model: {exc}") from None
-        fe = embedder.frontend
-        if abs(fe.clip_seconds - a.window_seconds) > 1e-6:
-            raise ModelError(f"asd.window_seconds is {a.window_seconds} s but the model "
-                             f"{embedder.model_id} takes {fe.clip_seconds} s clips")
-        if fe.sample_rate != cfg.audio.sample_rate:
-            raise ModelError(f"audio.sample_rate {cfg.audio.sample_rate} Hz differs from the "
-                             f"model's {fe.sample_rate} Hz")
-        cal_path = cfg.resolve(a.calibration)
-        if cal_path.exists() or a.auto_calibration_seconds == 0:
-            return embedder, Calibration.load(cal_path, embedder.sha256)
-        return embedder, None
-
     def make_publisher(self, cfg) -> MqttPublisher:
         """An MQTT publisher for ``cfg`` that sends this node's state and discovery documents
         and hands commands to the control plane."""
@@ -226,20 +155,21 @@ class Node:
             self._origin = time.time() - getattr(source, "duration_seconds", 0.0)
 
     def start_learning(self, seconds: float, method: str, request_id=None,
-                       requested: bool = False) -> _Learning | None:
+                       requested: bool = False) -> StreamLearning | None:
         """Begin learning a calibration from the stream for ``seconds``.
 
         Returns
         -------
-        _Learning or None
+        edge.learning.StreamLearning or None
             None when learning began; the job already under way otherwise (nothing is
             started then).
         """
         with self.lock:
             if self.learning is not None:
                 return self.learning
-            self.learning = _Learning(self.embedder, seconds, method, request_id, requested,
-                                      self.cfg.asd.views)
+            self.learning = StreamLearning(self.embedder, seconds, method, request_id,
+                                           requested, self.cfg.asd.views,
+                                           self.control.reply if requested else None)
             return None
 
     def reset_stream(self) -> None:
@@ -315,33 +245,15 @@ class Node:
         """Collect one normal window; fit, save and swap in the calibration once enough are
         in (the first calibration, or ``cmd/recalibrate``: scoring goes on meanwhile)."""
         job = self.learning
-        a = self.cfg.asd
-        if not job.add(start, window, self.cfg.audio.sample_rate, a):
+        if not job.add(start, window, self.cfg.audio.sample_rate, self.cfg.asd):
             return
-        try:
-            cal = job.fit(a)
-            path = self.cfg.resolve(a.calibration)
-            cal.save(path)
-        except (ValueError, OSError) as exc:
-            log.error("calibration from the stream failed (%s); learning for another %g s",
-                      exc, job.seconds)
-            self.learning = None
-            if job.requested:
-                self.control.reply("recalibrate", "failed", f"calibration failed: {exc}",
-                                   job.request_id)
-            else:
+        self.learning = None
+        cal = job.finish(self.cfg)
+        if cal is None:  # logged and answered; a first calibration tries again
+            if not job.requested:
                 self.start_learning(job.seconds, job.method)
             return
         self.calibration = cal
-        self.learning = None
-        n = cal.extra["n_windows"]
-        log.info("calibrated on %d windows: %s, decision_threshold %.5f (%s), saved to %s",
-                 n, cal.calibration_id, cal.decision_threshold, cal.threshold_method, path)
-        if job.requested:
-            self.control.reply("recalibrate", "done", f"calibrated on {n} windows",
-                               job.request_id, calibration_id=cal.calibration_id,
-                               decision_threshold=cal.decision_threshold,
-                               threshold_method=cal.threshold_method)
         self.publisher.publish_state()
 
     # -- main loop -----------------------------------------------------------------------
@@ -392,7 +304,8 @@ class Node:
             finished = self.source.finite and not stop.is_set()
             halt.set()
             control.join(timeout=2.0)
-            self._learning_unfinished(finished)
+            if self.learning is not None:
+                self.learning.report_unfinished(finished)
             publisher = self.publisher
             publisher.flush(30.0 if finished else 5.0, abort=stop if finished else None)
             with self.lock:
@@ -400,17 +313,6 @@ class Node:
             publisher.publish_state()  # the last state: retained, says offline
             publisher.stop(flush_timeout=0)
             self.spool.close()
-
-    def _learning_unfinished(self, finished: bool) -> None:
-        """Say clearly that a calibration being learned did not finish (the replay was too
-        short, or the node was stopped); a requested one is answered ``failed``."""
-        job = self.learning
-        if job is None:
-            return
-        msg = job.unfinished(finished)
-        log.warning("%s", msg)
-        if job.requested:
-            self.control.reply("recalibrate", "failed", msg, job.request_id)
 
     def _log_start(self) -> None:
         cfg, cal = self.cfg, self.calibration

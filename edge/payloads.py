@@ -63,7 +63,7 @@ def state(cfg, *, uptime_s: float, embedder, calibration, keywords, learning, so
         The anomaly model (None: anomaly detection disabled).
     calibration : edge.backend.Calibration or None
         None while the node learns its first calibration.
-    keywords : edge.kws.KeywordListener or None
+    keywords : edge.kws_listener.KeywordListener or None
         None: keyword spotting disabled.
     learning : object or None
         A calibration being learned (``seconds``, ``method``, ``request_id``).

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.frontend import KwsFrontendParams, as_mono, highpass
+from edge.frontend import as_mono
+from edge.kws_frontend import KwsFrontendParams, highpass
 from edge.levels import FLOOR_DBFS, frame_rms_dbfs, peak_dbfs
 
 __all__ = ["SpeechInterval", "shot_interval", "speech_interval"]

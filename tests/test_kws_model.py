@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.frontend import (KwsFrontendParams, KwsStreamFrontend, kws_logmel, kws_segments,
-                           mel_filterbank)
+from edge.frontend import mel_filterbank
+from edge.kws_frontend import (KwsFrontendParams, KwsStreamFrontend, highpass, kws_logmel,
+                               kws_segments)
 from edge.vad import speech_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,8 +219,6 @@ def test_vad_ignores_far_clicks_and_zero_padding(words):
 
 def test_highpass_equals_scipy_butterworth():
     from scipy.signal import butter, sosfilt
-
-    from edge.frontend import highpass
 
     p = KwsFrontendParams()
     y = np.random.default_rng(0).standard_normal(20000).astype(np.float32)

@@ -3,7 +3,7 @@
 * ``firmware_config/`` (config, its errors, file I/O) is the leaf: it imports nothing else of
   the project;
 * ``edge/`` (what runs on the node) never imports ``trainer/``, ``bench/`` or ``demo/``, and
-  imports ``calibration/`` only in ``edge/node.py`` (the node's auto-calibration);
+  imports ``calibration/`` only in ``edge/learning.py`` (the node's auto-calibration);
 * ``calibration/`` (runs on the node too) never imports ``trainer/``, ``bench/`` or ``demo/``;
 * project-internal imports sit at the top of each file, so the graph is visible; the only
   lazy ones are of the trainer modules that load TensorFlow;
@@ -66,7 +66,7 @@ def test_node_packages_never_import_the_workstation_side(package):
 
 def test_edge_imports_calibration_only_for_auto_calibration():
     bad = [f"{p}:{n} imports {m}" for p, n, m, _ in _edges("edge")
-           if m.split(".")[0] == "calibration" and p != "edge/node.py"]
+           if m.split(".")[0] == "calibration" and p != "edge/learning.py"]
     assert not bad, bad
 
 

@@ -27,10 +27,9 @@ from demo.collector import MqttCollector, mqtt_publish
 from edge.backend import Calibration, CalibrationError
 from edge.control import NodeControl
 from edge.keywords import EnrolledKeywords, EnrollmentError
-from edge.kws import KeywordListener
-from edge.model import SHIPPED_MODELS, ModelError, load_bundle
+from edge.kws_listener import KeywordListener
+from edge.model import SHIPPED_MODELS, ModelError, load_asd, load_bundle
 from edge.tflite import without_runtime_noise
-from edge.node import Node
 from firmware_config.schema import ConfigError, NodeConfig, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +83,7 @@ def test_minimal_config_one_folder_below_the_project_finds_the_shipped_models(tm
     (project / "etc" / "node.yaml").write_text(MINIMAL)
     cfg = load_config(project / "etc" / "node.yaml")
     assert cfg.resolve(cfg.asd.model) == ASD_MODEL.resolve()      # through project/models
-    embedder, _ = Node.load_asd(cfg)
+    embedder, _ = load_asd(cfg)
     assert embedder.model_id and cfg.resolve(cfg.kws.model) == KWS_MODEL.resolve()
     assert cfg.resolve(cfg.spool.path) == (project / "var" / "spool.sqlite").resolve()
 
@@ -95,7 +94,7 @@ def test_missing_shipped_model_points_to_the_shipped_models_and_names_the_key(tm
     (folder / "node.yaml").write_text(MINIMAL)
     cfg = load_config(folder / "node.yaml")
     with pytest.raises(ModelError) as ei:
-        Node.load_asd(cfg)
+        load_asd(cfg)
     msg = str(ei.value)
     assert msg.startswith("asd.model: model file not found: "), msg
     assert f"the shipped models are in {SHIPPED_MODELS}/" in msg and "export-tflite" not in msg

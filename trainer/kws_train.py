@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.audio import load_audio
-from edge.frontend import KwsFrontendParams, kws_logmel, kws_segments, segment_starts
+from edge.kws_frontend import KwsFrontendParams, kws_logmel, kws_segments, segment_starts
 from edge.model import KwsEmbedder
 from edge.vad import speech_interval
 from firmware_config.fileio import atomic_write_json

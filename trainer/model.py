@@ -178,7 +178,7 @@ def build_kws_embedder(frontend, params: KwsModelParams = KwsModelParams()) -> k
 
     Parameters
     ----------
-    frontend : edge.frontend.KwsFrontendParams
+    frontend : edge.kws_frontend.KwsFrontendParams
     params : KwsModelParams
 
     Returns
