@@ -51,6 +51,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from calibration.enroll import ShotError, locate_shot
 from edge.audio import load_audio
 from edge.vad import speech_interval
 from trainer.kws_data import NOISE_SPLITS, list_words, speaker_split
@@ -560,12 +561,27 @@ class Shot:
                 "start_s": round(self.start_s, 4), "end_s": round(self.end_s, 4)}
 
 
+def _shot_clip(utt) -> Clip | None:
+    """:func:`load_clip`, and None too when enrollment would reject the recording."""
+    c = load_clip(utt)
+    if c is None:
+        return None
+    try:
+        locate_shot(load_audio(utt.path, SAMPLE_RATE), SAMPLE_RATE, min_seconds=0.2,
+                    max_seconds=2.0, name=str(utt.path), source="file")
+    except ShotError:
+        return None
+    return c
+
+
 def enrollment_shots(data_dir: str | Path, keywords: Sequence[str], k: int = 5,
                      seed: int = 0) -> dict[str, list[Shot]]:
     """``k`` trimmed shots per keyword from train-split speakers (module docstring).
 
     One speaker with at least ``k`` usable recordings of the word is preferred (picked at
-    random among those); otherwise the shots come one each from several speakers.
+    random among those); otherwise the shots come one each from several speakers. A usable
+    recording is one enrollment accepts with the node's default limits (0.2-2.0 s of speech,
+    not clipped): a user whose shot is rejected says it again.
 
     Raises
     ------
@@ -588,7 +604,7 @@ def enrollment_shots(data_dir: str | Path, keywords: Sequence[str], k: int = 5,
         for spk in [s for s in order if len(by_spk[s]) >= k]:  # one speaker if possible
             clips = []
             for i in rng.permutation(len(by_spk[spk])):
-                c = load_clip(by_spk[spk][int(i)])
+                c = _shot_clip(by_spk[spk][int(i)])
                 if c is not None:
                     clips.append(c)
                 if len(clips) == k:
@@ -601,7 +617,7 @@ def enrollment_shots(data_dir: str | Path, keywords: Sequence[str], k: int = 5,
             while len(shots) < k and any(queues.values()):
                 for s in order:
                     if queues[s] and len(shots) < k:
-                        c = load_clip(queues[s].pop(0))
+                        c = _shot_clip(queues[s].pop(0))
                         if c is not None:
                             shots.append(Shot(kw, c.speaker, c.path, c.start_s, c.end_s, c.audio))
         if len(shots) < k:
