@@ -3,11 +3,16 @@
 * ``python -m calibration record --config node.yaml --minutes 10`` (or ``--from FILES``):
   learn normal machine operation (anomaly detection);
 * ``python -m calibration enroll --config node.yaml --keyword stop --shots 5`` (or
-  ``--from FILES``): enroll a keyword from a few spoken shots.
+  ``--from FILES``): enroll a keyword from a few spoken shots;
+* ``python -m calibration background --config node.yaml --minutes 60`` (or ``--from
+  FILES``): record the site's ordinary sound (no keyword said) so that every keyword's
+  threshold is fitted on it (:func:`calibration.keyword_thresholds.tail_fit_threshold`);
+  enrolled keywords are updated at once, later enrollments use it too.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
@@ -16,18 +21,20 @@ from pathlib import Path
 import numpy as np
 
 from calibration.calibrate import collect_windows, fit_calibration
-from calibration.enroll import ShotError, enroll_keyword
+from calibration.enroll import ShotError, enroll_keyword, update_thresholds
+from calibration.keyword_thresholds import SITE_FIT_MIN_HOURS
 from calibration.plots import plot_score_histogram
 from edge.audio import FileSource, MicrophoneSource, load_audio
 from edge.keywords import EnrolledKeywords
 from edge.model import ModelError, load_bundle
 from firmware_config.errors import HarkError
+from firmware_config.fileio import atomic_write_bytes
 from firmware_config.schema import load_config_or_exit
 
 
-def _mic_stream(cfg, seconds: float):
+def _mic_stream(cfg, seconds: float, what: str = "normal operation"):
     src = MicrophoneSource.from_config(cfg.audio, min_ring_seconds=5.0).start()
-    print(f"recording {seconds:g} s of normal operation from {src.device_name!r}",
+    print(f"recording {seconds:g} s of {what} from {src.device_name!r}",
           file=sys.stderr, flush=True)
     need = int(seconds * cfg.audio.sample_rate)
     got = 0
@@ -241,7 +248,12 @@ def cmd_enroll(args) -> int:
             waves = _record_shots(cfg, keyword, args.shots or 5, args.shot_seconds)
             names = [f"shot {i + 1}" for i in range(len(waves))]
         negatives = [load_audio(f, sr) for f in (args.negatives or [])]
+        bg_path = background_path(cfg)
+        background = [load_audio(bg_path, sr)] if bg_path.exists() else []
+        if background:
+            print(f"thresholds fitted on the site background {bg_path}", file=sys.stderr)
         enrolled = enroll_keyword(embedder, keyword, waves, existing=existing, negatives=negatives,
+                                  background=background,
                                   false_alarms_per_hour=k.false_alarms_per_hour,
                                   fallback_threshold=k.fallback_threshold,
                                   min_seconds=k.min_shot_seconds, max_seconds=k.max_shot_seconds,
@@ -259,6 +271,70 @@ def cmd_enroll(args) -> int:
                       "enrolled": {kw: {"threshold": round(enrolled.thresholds[kw], 4),
                                         **enrolled.details[kw]}
                                    for kw in sorted(enrolled.templates)}}, indent=2))
+    return 0
+
+
+def background_path(cfg) -> Path:
+    """Where ``background`` keeps the site's recorded sound: next to ``kws.keywords``,
+    ``<its stem>_background.flac``."""
+    kw = cfg.resolve(cfg.kws.keywords)
+    return kw.with_name(kw.stem + "_background.flac")
+
+
+def cmd_background(args) -> int:
+    import soundfile as sf
+
+    cfg = load_config_or_exit(args.config)
+    k = cfg.kws
+    sr = cfg.audio.sample_rate
+    try:
+        embedder = load_bundle(cfg.resolve(k.model), task="kws", num_threads=k.num_threads,
+                               segment_hop=k.segment_hop)
+    except ModelError as exc:
+        print(f"error: kws.model: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.files:
+            audio = np.concatenate([load_audio(f, sr) for f in args.files])
+        else:
+            seconds = args.minutes * 60.0
+            if not seconds > 0:
+                print("error: --minutes must be above 0", file=sys.stderr)
+                return 2
+            audio = np.concatenate(list(_mic_stream(cfg, seconds, "the site's ordinary "
+                                                    "sound (say no keyword)")))
+    except HarkError as exc:  # audio files or device
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    hours = len(audio) / sr / 3600.0
+    if hours < SITE_FIT_MIN_HOURS:
+        print(f"warning: {60 * hours:.1f} min of background; thresholds are fitted on it from "
+              f"{60 * SITE_FIT_MIN_HOURS:g} min on (until then the model's calibrated table "
+              "sets them)", file=sys.stderr)
+    out = Path(args.out) if args.out else background_path(cfg)
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(audio, np.float32), sr, format="FLAC")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, buf.getvalue())
+    result = {"background": str(out), "minutes": round(60 * hours, 2), "keywords": {}}
+    kw_path = cfg.resolve(k.keywords)
+    if kw_path.exists() and not args.out:
+        try:
+            enrolled = EnrolledKeywords.load(kw_path)
+            before = dict(enrolled.thresholds)
+            update_thresholds(embedder, enrolled, background=[audio],
+                              false_alarms_per_hour=k.false_alarms_per_hour,
+                              fallback_threshold=k.fallback_threshold)
+        except HarkError as exc:  # keywords file of another model, corrupt file
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        enrolled.save(kw_path)
+        result["keywords_file"] = str(kw_path)
+        result["keywords"] = {kw: {"threshold_before": round(before[kw], 4),
+                                   "threshold": round(enrolled.thresholds[kw], 4),
+                                   "source": enrolled.details[kw]["threshold_source"]}
+                              for kw in sorted(enrolled.thresholds)}
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -292,9 +368,21 @@ def main(argv=None) -> int:
                    help="extra recordings without the keyword (site background, other speech) "
                         "for the threshold")
     e.add_argument("--out", help="keywords file (default: the config's kws.keywords)")
+    b = sub.add_parser("background", help="record the site's ordinary sound (no keyword) and "
+                                          "fit every keyword's threshold on it")
+    b.add_argument("--config", required=True, help="node config YAML")
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--minutes", type=float, default=60.0,
+                   help="minutes to record from the configured input (default %(default)s; "
+                        f"thresholds are fitted from {60 * SITE_FIT_MIN_HOURS:g} min on)")
+    g.add_argument("--from", dest="files", nargs="+", metavar="FILE",
+                   help="use these recordings of the site's sound instead of recording")
+    b.add_argument("--out", help="where to keep the recording (default: next to kws.keywords; "
+                                 "with --out the keywords file is left alone)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return {"record": cmd_record, "enroll": cmd_enroll}[args.cmd](args)
+    return {"record": cmd_record, "enroll": cmd_enroll,
+            "background": cmd_background}[args.cmd](args)
 
 
 if __name__ == "__main__":

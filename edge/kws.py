@@ -92,7 +92,7 @@ class Template:
         false-alarm candidates on negative audio (z-normalisation per query, as in
         query-by-example spoken term detection), so that a shot that matches everything
         does not set the keyword's false-alarm rate alone
-        (:func:`calibration.enroll.template_cost_norms`).
+        (:func:`calibration.keyword_thresholds.template_cost_norms`).
 
     Raises
     ------

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from calibration.enroll import calibrated_threshold, enroll_keyword
+from calibration.enroll import enroll_keyword
+from calibration.keyword_thresholds import calibrated_threshold
 from edge.audio import load_audio
 from edge.model import load_bundle
 

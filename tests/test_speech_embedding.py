@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.enroll import locate_shot, shot_template
+from calibration.enroll import enroll_keyword, locate_shot, shot_template
+from calibration.keyword_thresholds import normalises_costs
 from edge.audio import load_audio
+from edge.keywords import EnrolledKeywords, EnrollmentError
 from edge.kws import KeywordSpotter, Template
 from edge.model import ModelError, load_bundle
 from edge.speech_embedding import PAD_SAMPLES, SpeechEmbedder
@@ -121,9 +123,6 @@ def test_enrollment_normalises_every_template(embedder, words, tmp_path):
     """The speech_embedding bundle asks for per-template cost normalisation: enrollment
     stores a mean and std per shot (from the shipped negatives), the thresholds are in those
     units, the keywords file keeps them and the node's spotter uses them."""
-    from calibration.enroll import enroll_keyword, normalises_costs
-    from edge.keywords import EnrolledKeywords, EnrollmentError
-
     assert normalises_costs(embedder)
     shots = [words["stop"][i] for i in (0, 3)]  # the 2nd and 3rd recordings are clipped
     e = enroll_keyword(embedder, "stop", shots, shot_source="file")

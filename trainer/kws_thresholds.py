@@ -9,7 +9,7 @@ every keyword (1 FA/h: 0.25-0.40 over 26 keywords), and statistics of the shippe
 do not predict the rest (residual spread 0.031 with them, 0.035 without; the linear fits learned
 on synthetic keywords transfer worse to real ones). So the calibration learns, per rate of
 :data:`RATES`, the median over calibration keywords of that threshold, and the node uses it
-for every keyword (:func:`calibration.enroll.calibrated_threshold`):
+for every keyword (:func:`calibration.keyword_thresholds.calibrated_threshold`):
 
 * calibration keywords: real held-out words (:data:`REAL_KEYWORDS`) and synthetic two-word
   phrases, each spoken by 5 espeak-ng voices; never an evaluation keyword;
@@ -17,7 +17,7 @@ for every keyword (:func:`calibration.enroll.calibrated_threshold`):
   disjoint from the evaluation's test split);
 * false alarms at a threshold: the keyword spotter's events, local minima of the
   candidate-cost trace below it at least a template length apart
-  (:func:`calibration.enroll.trace_event_costs`).
+  (:func:`calibration.keyword_thresholds.trace_event_costs`).
 
 The table lives in the KWS bundle's metadata (``threshold_calibration``), so a retrained model
 is recalibrated with it. Per-keyword thresholds stay in the table's report for inspection.
@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from calibration.enroll import ShotError, enroll_keyword, trace_event_costs
+from calibration.enroll import ShotError, enroll_keyword
+from calibration.keyword_thresholds import trace_event_costs
 from edge.audio import load_audio
 from edge.model import load_bundle
 from firmware_config.fileio import atomic_write_json

@@ -91,6 +91,11 @@ class WakewordConfig:
         The target the node's enrollment sets its threshold for (``kws.false_alarms_per_hour``).
     block_seconds : float
         Audio block length of the streaming replay (latency).
+    site_background_minutes : float
+        Minutes of the site's ordinary sound recorded for enrollment (``python -m
+        calibration background``), played by val-split negatives (other speakers, other
+        sentences, the val part of the noise: never a recording of the test negatives);
+        ours is then also enrolled with it (``node_threshold_site``). 0: not measured.
     seed : int
     """
 
@@ -104,6 +109,7 @@ class WakewordConfig:
     fa_rates: tuple[float, ...] = (1.0, 0.5)
     node_fa_per_hour: float = 1.0
     block_seconds: float = 0.1
+    site_background_minutes: float = 60.0
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,20 +204,31 @@ class _Ours:
         self.fs = float(self.bundle.frame_seconds)
         self.fa_per_hour = fa_per_hour
         self.enrolled: dict[str, tuple[list[Template], float, str]] = {}
+        self.site_thresholds: dict[str, tuple[float, str]] = {}
         self.templates: list[Template] = []
         self.node_threshold = math.nan
         self.threshold_source = ""
+        self.site_threshold: tuple[float, str] | None = None
 
-    def enroll(self, shots: dict[str, Sequence[np.ndarray]]) -> None:
-        """As ``calibration enroll --from`` per keyword: templates and the node's threshold."""
+    def enroll(self, shots: dict[str, Sequence[np.ndarray]],
+               background: Sequence[np.ndarray] = ()) -> None:
+        """As ``calibration enroll --from`` per keyword: templates and the node's threshold;
+        with ``background`` (the site's recorded sound) also the threshold enrollment
+        fits on it (the templates and their normalisation do not depend on it)."""
         for kw, waves in shots.items():
             e = enroll_keyword(self.bundle, kw, waves, false_alarms_per_hour=self.fa_per_hour)
             self.enrolled[kw] = (enrolled_templates(e, kw),
                                  float(e.thresholds[kw]),
                                  e.details[kw].get("threshold_source", ""))
+            if len(background):
+                s = enroll_keyword(self.bundle, kw, waves, background=background,
+                                   false_alarms_per_hour=self.fa_per_hour)
+                self.site_thresholds[kw] = (float(s.thresholds[kw]),
+                                            s.details[kw].get("threshold_source", ""))
 
     def select(self, keyword: str) -> None:
         self.templates, self.node_threshold, self.threshold_source = self.enrolled[keyword]
+        self.site_threshold = self.site_thresholds.get(keyword)
         self._matching: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _matching_costs(self, prepared) -> tuple[np.ndarray, np.ndarray]:
@@ -430,9 +447,17 @@ def evaluate_wakeword(data_dir: str | Path, cfg: WakewordConfig,
                               "keywords": {}}
     # whole recordings, as a user passes them to `calibration enroll --from`
     waves = {kw: [load_audio(sh.path, SAMPLE_RATE) for sh in shots[kw]] for kw in cfg.keywords}
+    background = ([s.audio for s in negative_streams(data_dir, cfg, split="val",
+                                                     hours=cfg.site_background_minutes / 60.0)]
+                  if cfg.site_background_minutes > 0 else [])
+    report["site_background_hours"] = round(sum(len(b) for b in background)
+                                            / SAMPLE_RATE / 3600.0, 3)
     neg_prep = {}
     for name, s in sys_objs.items():
-        s.enroll(waves)
+        if isinstance(s, _Ours):
+            s.enroll(waves, background)
+        else:
+            s.enroll(waves)
         neg_prep[name] = [s.prepare(x) for x in tqdm(neg, desc=f"{name}: negatives",
                                                      disable=not progress, leave=False)]
     for kw in cfg.keywords:
@@ -459,6 +484,10 @@ def evaluate_wakeword(data_dir: str | Path, cfg: WakewordConfig,
                 res["node_threshold"] = {
                     **_point(s, s.node_threshold, pp, npp, refs, hours).to_dict(),
                     "source": s.threshold_source}
+                if s.site_threshold is not None:
+                    res["node_threshold_site"] = {
+                        **_point(s, s.site_threshold[0], pp, npp, refs, hours).to_dict(),
+                        "source": s.site_threshold[1]}
             entry["systems"][name] = res
         report["keywords"][kw] = entry
     report["runtime_s"] = round(time.time() - t0, 1)
@@ -487,8 +516,9 @@ def _markdown(rep: dict[str, Any]) -> str:
              "the keyword's speech, streaming in "
              f"{cfg['block_seconds']:g} s blocks.", "",
              "| keyword | system | miss @ 1 FA/h | miss @ 0.5 FA/h | node threshold: FA/h "
-             "(count) | recall | F1 | latency median |",
-             "|---|---|---|---|---|---|---|---|"]
+             "(count) | recall | F1 | latency median | with site background: FA/h (count) "
+             "| recall |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for kw, e in rep["keywords"].items():
         for name, r in e["systems"].items():
             nt = r.get("node_threshold")
@@ -496,8 +526,18 @@ def _markdown(rep: dict[str, Any]) -> str:
                 f"{nt['fa_per_hour']:.2f} ({nt['false_alarms']} in {nt['hours']:.2f} h)",
                 f"{nt['hits']}/{nt['n_ref']}", f"{nt['f1']:.3f}",
                 "n/a" if nt["latency_median_s"] is None else f"{nt['latency_median_s']:.2f} s")
+            st = r.get("node_threshold_site")
+            site = ("n/a", "n/a") if st is None else (
+                f"{st['fa_per_hour']:.2f} ({st['false_alarms']}; {st['source']})",
+                f"{st['hits']}/{st['n_ref']}")
             lines.append(f"| {kw} | {name} | {_pct(r.get('at_1_fa_per_hour'))} | "
-                         f"{_pct(r.get('at_0.5_fa_per_hour'))} | " + " | ".join(node) + " |")
+                         f"{_pct(r.get('at_0.5_fa_per_hour'))} | " + " | ".join(node + site)
+                         + " |")
+    if rep.get("site_background_hours"):
+        lines += ["", f"Site background: {60 * rep['site_background_hours']:.0f} min of "
+                  "val-split negative audio (other speakers, sentences and noise than the test "
+                  "negatives) passed to enrollment as the site's recorded sound "
+                  "(`python -m calibration background`); the threshold is then fitted on it."]
     lines += ["", f"Runtime {rep['runtime_s']:.0f} s. DET curves: `det_<keyword>.png`.", ""]
     return "\n".join(lines)
 
@@ -509,10 +549,13 @@ def _plot_det(kw: str, entry: dict[str, Any], path: Path) -> Path:
         pts = sorted(r["det"], key=lambda p: p["fa_per_hour"])
         x = [max(p["fa_per_hour"], 0.05) for p in pts]
         ax.step(x, [100 * p["miss_rate"] for p in pts], where="post", label=name)
-        nt = r.get("node_threshold")
-        if nt:
-            ax.plot([max(nt["fa_per_hour"], 0.05)], [100 * nt["miss_rate"]], "o",
-                    label=f"{name}: node threshold")
+        for key, what, marker in (("node_threshold", "node threshold", "o"),
+                                  ("node_threshold_site", "node threshold, site background",
+                                   "s")):
+            nt = r.get(key)
+            if nt:
+                ax.plot([max(nt["fa_per_hour"], 0.05)], [100 * nt["miss_rate"]], marker,
+                        label=f"{name}: {what}")
     ax.axvline(1.0, color="grey", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("false alarms per hour")
