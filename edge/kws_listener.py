@@ -71,8 +71,7 @@ class KeywordListener:
                              f"but kws.model is {self.embedder.model_id}; enroll them again")
         self.enrolled = enrolled
         self.stream = self.embedder.stream()
-        self.spotter = KeywordSpotter.from_enrolled(enrolled, self.embedder.frame_seconds,
-                                                    decision="confirmed")
+        self.spotter = self._spotter()
 
     @property
     def active(self) -> bool:
@@ -83,9 +82,14 @@ class KeywordListener:
         """Forget the stream so far (after a gap in the audio, e.g. a reopened device)."""
         if self.active:
             self.stream = self.embedder.stream()
-            self.spotter = KeywordSpotter.from_enrolled(self.enrolled,
-                                                        self.embedder.frame_seconds,
-                                                        decision="confirmed")
+            self.spotter = self._spotter()
+
+    def _spotter(self) -> KeywordSpotter:
+        """A spotter for the enrolled keywords that decides as the node does: once a run's
+        minimum is confirmed, after the embedder's ``confirm_frames``."""
+        return KeywordSpotter.from_enrolled(self.enrolled, self.embedder.frame_seconds,
+                                            decision="confirmed",
+                                            confirm_frames=self.embedder.confirm_frames)
 
     def push(self, block: np.ndarray) -> list[Detection]:
         """Feed audio, shape (n_samples,) float32 at the model's rate; returns the detections

@@ -220,12 +220,16 @@ class KwsEmbedder:
     embedding_dim : int
     frame_seconds : float
         Seconds per embedding frame (0.016).
+    confirm_frames : None
+        The spotter's default (:data:`edge.kws.CONFIRM_SECONDS`: 8 frames of 16 ms).
 
     Raises
     ------
     ModelError
         Missing/corrupt files, wrong task, or tensor shapes that disagree with the metadata.
     """
+
+    confirm_frames = None
 
     def __init__(self, tflite_path: str | Path, num_threads: int = 1, segment_hop: int | None = None):
         path = Path(tflite_path)

@@ -14,12 +14,16 @@ from calibration.keyword_thresholds import normalises_costs
 from edge.audio import load_audio
 from edge.keywords import EnrolledKeywords, EnrollmentError
 from edge.kws import KeywordSpotter, Template
+from edge.kws_listener import KeywordListener
 from edge.model import ModelError, load_bundle
 from edge.speech_embedding import PAD_SAMPLES, SpeechEmbedder
+from firmware_config.defaults import default_config_doc, write_config_doc
 from firmware_config.fileio import sha256_file
+from firmware_config.schema import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "models" / "kws_speech.tflite"
+SR = 16000
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +147,27 @@ def test_enrollment_normalises_every_template(embedder, words, tmp_path):
     back.save(tmp_path / "bad.npz")
     with pytest.raises(EnrollmentError, match="cost_norms"):
         EnrolledKeywords.load(tmp_path / "bad.npz")
+
+
+def test_node_listener_decides_a_minimum_as_it_is_seen(embedder, words, tmp_path):
+    """The speech_embedding bundle's frames are 80 ms apart and cover 0.78 s each, so the
+    node's listener confirms nothing (``confirm_frames`` 0): a keyword is decided with the
+    frame its path ends on, where the spotter's default would wait one more frame."""
+    assert embedder.confirm_frames == 0
+    e = enroll_keyword(embedder, "stop", [words["stop"][i] for i in (0, 3)],
+                       shot_source="file")
+    e.thresholds["stop"] = 0.0  # z-score: any clear match of another speaker's "stop"
+    e.save(tmp_path / "kw.npz")
+    doc = default_config_doc(node={"id": "kws-node"}, asd={"enabled": False},
+                             kws={"keywords": str(tmp_path / "kw.npz")},
+                             spool={"path": str(tmp_path / "spool.sqlite")})
+    listener = KeywordListener(load_config(write_config_doc(tmp_path / "node.yaml", doc)))
+    assert listener.spotter.confirm_frames == 0
+    silence = np.zeros(SR // 2, np.float32)
+    stream = np.concatenate([silence, words["stop"][1], silence, silence])
+    dets = []
+    for a in range(0, len(stream), SR // 10):  # 0.1 s blocks, as the node reads them
+        dets += listener.push(stream[a:a + SR // 10])
+    dets += listener.flush()
+    assert dets, "the other speaker's 'stop' was not found"
+    assert dets[0].decided_frame == dets[0].offset_frame, dets[0]

@@ -260,7 +260,8 @@ class _Ours:
     def candidates(self, prepared) -> np.ndarray:
         """Per-frame minimum matching cost over the shots (the values thresholds cut)."""
         sp = KeywordSpotter(self.templates, {self.templates[0].keyword: 0.0}, self.fs,
-                            record_trace=True, decision="confirmed")
+                            record_trace=True, decision="confirmed",
+                            confirm_frames=self.bundle.confirm_frames)
         sp.push_matching(*self._matching_costs(prepared))
         sp.flush()
         return next(iter(sp.trace.values()))
@@ -268,7 +269,8 @@ class _Ours:
     def detect(self, prepared, threshold: float) -> list[_Det]:
         _, avail = prepared
         kw = self.templates[0].keyword
-        sp = KeywordSpotter(self.templates, {kw: threshold}, self.fs, decision="confirmed")
+        sp = KeywordSpotter(self.templates, {kw: threshold}, self.fs, decision="confirmed",
+                            confirm_frames=self.bundle.confirm_frames)
         dets = sp.push_matching(*self._matching_costs(prepared)) + sp.flush()
         out = []
         for d in dets:
