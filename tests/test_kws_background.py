@@ -7,6 +7,7 @@ the site's ordinary sound and refits every enrolled keyword's threshold on it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ import pytest
 import soundfile as sf
 
 from calibration.keyword_thresholds import SITE_FIT_MIN_HOURS, tail_fit_threshold
+from demo.tools import require_tools
+from demo.virtual_mic import VirtualMicrophone
 from edge.audio import load_audio
 from edge.keywords import EnrolledKeywords
 from firmware_config.defaults import default_config_doc, write_config_doc
@@ -136,3 +139,37 @@ def test_background_shorter_than_the_fit_needs_warns_and_keeps_the_table(tmp_pat
     assert "min of background; thresholds are fitted on it from 15 min on" in r.stderr
     assert EnrolledKeywords.load(keywords).details["computer"]["threshold_source"] == \
         "calibrated"
+
+
+@pytest.mark.e2e
+def test_background_records_the_site_from_the_virtual_microphone(tmp_path):
+    """``background --minutes`` records through the configured input (a real PulseAudio
+    virtual microphone here): the kept file holds that much audio of what was played."""
+    missing = require_tools(mqtt=False, audio=True)
+    if missing:
+        pytest.skip("missing: " + ", ".join(missing))
+    speech = ROOT / "demo" / "clips" / "kws" / "stream.flac"  # 22.8 s of spoken words
+    with VirtualMicrophone() as vm:
+        doc = default_config_doc(node={"id": "kws-node"}, asd={"enabled": False},
+                                 audio={"device": vm.device_name},
+                                 kws={"keywords": str(tmp_path / "keywords.npz")},
+                                 spool={"path": str(tmp_path / "spool.sqlite")})
+        cfg = write_config_doc(tmp_path / "node.yaml", doc)
+        proc = subprocess.Popen([sys.executable, "-m", "calibration", "background", "--config",
+                                 str(cfg), "--minutes", "0.2"], cwd=ROOT,
+                                env={**os.environ, **vm.env, "PYTHONUNBUFFERED": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = ""
+        while "recording 12 s of the site's ordinary sound" not in first:
+            line = proc.stderr.readline()
+            assert line, "background ended before recording: " + first
+            first += line
+        vm.play([speech], wait=True)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, first + err
+    assert "thresholds are fitted on it from 15 min on" in err
+    kept = Path(json.loads(out)["background"])
+    assert kept == tmp_path / "keywords_background.flac"
+    audio, sr = sf.read(kept, dtype="float32")
+    assert sr == SR and len(audio) == 12 * SR
+    assert np.sqrt(np.mean(audio[SR:] ** 2)) > 1e-3  # the words, not digital silence
