@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from calibration.calibrate import collect_windows, fit_calibration
 from calibration.enroll import ShotError, enroll_keyword, update_thresholds
@@ -219,6 +220,17 @@ def _positive_seconds(text: str) -> float:
     return x
 
 
+def _kws_model(cfg):
+    """The config's KWS bundle, or None after printing why it cannot be loaded."""
+    k = cfg.kws
+    try:
+        return load_bundle(cfg.resolve(k.model), task="kws", num_threads=k.num_threads,
+                           segment_hop=k.segment_hop)
+    except ModelError as exc:
+        print(f"error: kws.model: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_enroll(args) -> int:
     cfg = load_config_or_exit(args.config)
     k = cfg.kws
@@ -227,11 +239,8 @@ def cmd_enroll(args) -> int:
         print(f"error: --keyword {args.keyword!r}: use letters, digits, '-', '_' or spaces",
               file=sys.stderr)
         return 2
-    try:
-        embedder = load_bundle(cfg.resolve(k.model), task="kws", num_threads=k.num_threads,
-                               segment_hop=k.segment_hop)
-    except ModelError as exc:
-        print(f"error: kws.model: {exc}", file=sys.stderr)
+    embedder = _kws_model(cfg)
+    if embedder is None:
         return 1
     out = Path(args.out) if args.out else cfg.resolve(k.keywords)
     sr = cfg.audio.sample_rate
@@ -282,16 +291,11 @@ def background_path(cfg) -> Path:
 
 
 def cmd_background(args) -> int:
-    import soundfile as sf
-
     cfg = load_config_or_exit(args.config)
     k = cfg.kws
     sr = cfg.audio.sample_rate
-    try:
-        embedder = load_bundle(cfg.resolve(k.model), task="kws", num_threads=k.num_threads,
-                               segment_hop=k.segment_hop)
-    except ModelError as exc:
-        print(f"error: kws.model: {exc}", file=sys.stderr)
+    embedder = _kws_model(cfg)
+    if embedder is None:
         return 1
     try:
         if args.files:
