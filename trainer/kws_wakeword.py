@@ -48,6 +48,7 @@ import numpy as np
 from tqdm import tqdm
 
 from calibration.enroll import enroll_keyword
+from calibration.keyword_thresholds import keyword_threshold, negative_frames
 from calibration.plots import new_figure, save_png
 from edge.audio import load_audio
 from edge.kws import KeywordSpotter, Template, enrolled_templates, matching_costs
@@ -215,16 +216,17 @@ class _Ours:
         """As ``calibration enroll --from`` per keyword: templates and the node's threshold;
         with ``background`` (the site's recorded sound) also the threshold enrollment
         fits on it (the templates and their normalisation do not depend on it)."""
+        bg = negative_frames(self.bundle, list(background)) if len(background) else None
         for kw, waves in shots.items():
             e = enroll_keyword(self.bundle, kw, waves, false_alarms_per_hour=self.fa_per_hour)
             self.enrolled[kw] = (enrolled_templates(e, kw),
                                  float(e.thresholds[kw]),
                                  e.details[kw].get("threshold_source", ""))
-            if len(background):
-                s = enroll_keyword(self.bundle, kw, waves, background=background,
-                                   false_alarms_per_hour=self.fa_per_hour)
-                self.site_thresholds[kw] = (float(s.thresholds[kw]),
-                                            s.details[kw].get("threshold_source", ""))
+            if bg is not None:  # what enrollment with the site recording sets (embedded once)
+                thr, source, *_ = keyword_threshold(
+                    self.bundle, kw, e.templates[kw], false_alarms_per_hour=self.fa_per_hour,
+                    fallback=float(e.thresholds[kw]), background=bg)
+                self.site_thresholds[kw] = (thr, source)
 
     def select(self, keyword: str) -> None:
         self.templates, self.node_threshold, self.threshold_source = self.enrolled[keyword]
