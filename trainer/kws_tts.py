@@ -1,4 +1,4 @@
-"""Synthetic continuous speech from an offline TTS engine (espeak-ng), reproducibly.
+"""Synthetic speech from offline TTS engines (espeak-ng, flite), reproducibly.
 
 Negative audio for keyword evaluation needs hours of speech that contains no keyword; real
 recordings run out. :func:`synthetic_sentences` speaks random sentences of dictionary words
@@ -6,18 +6,22 @@ recordings run out. :func:`synthetic_sentences` speaks random sentences of dicti
 as a separate program, never imported), varying the voice, speaking rate and pitch. Every
 clip is described in a manifest (engine, voice, rate, pitch, text), derived from a seed, and
 cached on disk by the hash of its description, so a second run reads the same audio.
+:func:`synthesize` speaks one text with either engine: espeak-ng (GPL-3) or flite (BSD-like
+licence, Debian's ``flite`` package, voices kal, kal16, awb, rms and slt); both run as separate
+programs.
 
 Words containing any of the ``exclude`` strings (the keywords under evaluation, e.g.
 "computer" also excludes "computers") are never spoken.
 
 Contents
 --------
-ESPEAK_VOICES
-    The voices and variants drawn from.
+ESPEAK_VOICES, FLITE_VOICES
+    The voices (and espeak-ng variants) drawn from.
 TtsClip, synthetic_sentences
     Random sentences as 16 kHz float32 clips with their manifest entries.
-random_phrases, speak
-    Random short phrases (synthetic keywords) and one text in several voices (its shots).
+random_phrases, speak, synthesize, tts_voices
+    Random short phrases (synthetic keywords), one text in several voices (its shots), one
+    text in one voice of either engine, and every installed engine's voices.
 """
 from __future__ import annotations
 
@@ -34,13 +38,15 @@ import numpy as np
 
 from edge.audio import load_audio
 
-__all__ = ["ESPEAK_VOICES", "WORD_LIST", "TtsClip", "synthetic_sentences", "random_phrases",
-           "speak"]
+__all__ = ["ESPEAK_VOICES", "FLITE_VOICES", "WORD_LIST", "TtsClip", "synthetic_sentences",
+           "random_phrases", "speak", "synthesize", "tts_voices", "dictionary_words"]
 
 #: espeak-ng voices (English accents) and voice variants (``+m1`` ... ``+f4``) drawn from.
 ESPEAK_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
                  "en-gb-x-gbcwmd")
 _VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+f1", "+f2", "+f3", "+f4")
+#: flite's built-in voices (Debian ``flite`` 2.2); slt is the female one.
+FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 #: Debian's ``wamerican`` word list.
 WORD_LIST = Path("/usr/share/dict/american-english")
 SAMPLE_RATE = 16000
@@ -54,9 +60,10 @@ class TtsClip:
     ----------
     engine, voice, text : str
     rate_wpm, pitch : int
-        espeak-ng's ``-s`` (words per minute) and ``-p`` (0-99).
+        espeak-ng's ``-s`` (words per minute) and ``-p`` (0-99); flite maps both
+        (:func:`synthesize`).
     audio : np.ndarray, shape (n,), float32
-        16 kHz mono, as espeak-ng produced it (resampled from 22.05 kHz).
+        16 kHz mono, as the engine produced it (espeak-ng resampled from 22.05 kHz).
     """
 
     engine: str
@@ -74,7 +81,15 @@ class TtsClip:
         return d
 
 
-def _words(exclude: Sequence[str]) -> list[str]:
+def dictionary_words(exclude: Sequence[str]) -> list[str]:
+    """Lower-case ASCII words of 2-10 letters from :data:`WORD_LIST`, none containing a word of
+    ``exclude`` (keywords; ``"smart_mirror"`` excludes "smart" and "mirror").
+
+    Raises
+    ------
+    FileNotFoundError
+        The word list is not installed.
+    """
     if not WORD_LIST.is_file():
         raise FileNotFoundError(f"word list {WORD_LIST} not found: install Debian's wamerican "
                                 "(`apt-get install wamerican`)")
@@ -111,6 +126,84 @@ def _espeak() -> str:
     return espeak
 
 
+def _flite_speak(flite: str, voice: str, rate: int, pitch: int, text: str,
+                 cache: Path) -> np.ndarray:
+    """flite with espeak-ng's controls mapped: rate (words per minute) to a duration stretch
+    ``175 / rate``, pitch (0-99) to a mean F0 of 85-145 Hz (150-230 Hz for slt)."""
+    key = hashlib.sha256(json.dumps(["flite", voice, rate, pitch, text]).encode()).hexdigest()[:20]
+    path = cache / f"{key}.wav"
+    if not path.is_file():
+        f0 = 150 + 0.8 * pitch if voice == "slt" else 85 + 0.6 * pitch
+        with tempfile.NamedTemporaryFile(suffix=".wav", dir=cache, delete=False) as tmp:
+            tmp_path = Path(tmp.name)
+        try:
+            subprocess.run([flite, "-voice", voice, "--setf", f"duration_stretch={175 / rate:.3f}",
+                            "--setf", f"int_f0_target_mean={f0:.0f}", "-t", text,
+                            "-o", str(tmp_path)], check=True, capture_output=True, timeout=60)
+            tmp_path.replace(path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
+    return load_audio(path, SAMPLE_RATE)
+
+
+def tts_voices() -> list[tuple[str, str]]:
+    """``(engine, voice)`` for every voice of every installed engine: espeak-ng's English
+    voices with each variant, and flite's voices when flite is installed.
+
+    Raises
+    ------
+    FileNotFoundError
+        espeak-ng is not installed.
+    """
+    _espeak()
+    out = [("espeak-ng", v + var) for v in ESPEAK_VOICES for var in _VARIANTS]
+    if shutil.which("flite"):
+        out += [("flite", v) for v in FLITE_VOICES]
+    return out
+
+
+def synthesize(engine: str, voice: str, rate: int, pitch: int, text: str, *,
+               cache_dir: str | Path | None = None) -> TtsClip:
+    """``text`` spoken by one voice of one engine (cached on disk by its description).
+
+    Parameters
+    ----------
+    engine : {"espeak-ng", "flite"}
+    voice : str
+        An espeak-ng voice with optional variant (``"en-gb+f2"``) or a flite voice (``"slt"``).
+    rate : int
+        Words per minute (espeak-ng's ``-s``; flite: duration stretch ``175 / rate``).
+    pitch : int
+        0-99 (espeak-ng's ``-p``; flite: the voice's mean F0, see :func:`_flite_speak`).
+    text : str
+    cache_dir : path, optional
+
+    Returns
+    -------
+    TtsClip
+        16 kHz float32 audio.
+
+    Raises
+    ------
+    FileNotFoundError
+        The engine is not installed.
+    ValueError
+        An unknown engine.
+    """
+    cache = _cache(cache_dir)
+    if engine == "espeak-ng":
+        y = _speak(_espeak(), voice, rate, pitch, text, cache)
+    elif engine == "flite":
+        flite = shutil.which("flite")
+        if flite is None:
+            raise FileNotFoundError("flite not found: install it (`apt-get install flite`; "
+                                    "`make setup` does when run as root)")
+        y = _flite_speak(flite, voice, rate, pitch, text, cache)
+    else:
+        raise ValueError(f"engine must be 'espeak-ng' or 'flite', got {engine!r}")
+    return TtsClip(engine, voice, rate, pitch, text, y)
+
+
 def _cache(cache_dir: str | Path | None) -> Path:
     cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "hark-tts"
     cache.mkdir(parents=True, exist_ok=True)
@@ -120,7 +213,7 @@ def _cache(cache_dir: str | Path | None) -> Path:
 def random_phrases(n: int, *, n_words: int = 2, seed: int = 0,
                    exclude: Sequence[str] = ()) -> list[str]:
     """``n`` random phrases of ``n_words`` dictionary words (none containing ``exclude``)."""
-    words = _words(exclude)
+    words = dictionary_words(exclude)
     rng = np.random.default_rng([seed, 4242])
     return [" ".join(words[int(i)] for i in rng.integers(len(words), size=n_words))
             for _ in range(n)]
@@ -171,7 +264,7 @@ def synthetic_sentences(seconds: float, *, seed: int = 0, exclude: Sequence[str]
         espeak-ng or the word list is not installed (the message says how to install them).
     """
     espeak, cache = _espeak(), _cache(cache_dir)
-    words = _words(exclude)
+    words = dictionary_words(exclude)
     rng = np.random.default_rng([seed, 7913])
     out: list[TtsClip] = []
     total = 0.0

@@ -1,0 +1,58 @@
+"""The synthetic vocabulary: words and phrases spoken by espeak-ng and flite, with a manifest."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from trainer.kws_tts import dictionary_words
+from trainer.kws_vocabulary import build_vocabulary, read_vocabulary
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+
+
+@pytest.fixture(scope="module")
+def vocabulary(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vocab")
+    build_vocabulary(out, n_texts=12, voices_per_text=3, seed=5)
+    return out
+
+
+def test_vocabulary_is_reproducible_and_described_clip_by_clip(vocabulary, tmp_path):
+    manifest, clips = read_vocabulary(vocabulary)
+    assert len(clips) == 36 and len({c.text for c, _ in clips}) == 12
+    assert manifest["seed"] == 5 and "espeak-ng" in manifest["engines"]
+    for c, audio in clips:
+        assert c.engine in manifest["engines"] and c.voice and c.text
+        assert 130 <= c.rate_wpm <= 200 and audio.dtype == np.float32
+        assert abs(len(audio) / 16000 - c.seconds) < 0.01 and np.abs(audio).max() > 0.05
+    # three voices per text, all different
+    for text in {c.text for c, _ in clips}:
+        assert len({(c.engine, c.voice) for c, _ in clips if c.text == text}) == 3
+    again = tmp_path / "again"
+    build_vocabulary(again, n_texts=12, voices_per_text=3, seed=5)
+    assert json.loads((again / "manifest.json").read_text())["clips"] == \
+        json.loads((vocabulary / "manifest.json").read_text())["clips"]
+
+
+def test_vocabulary_never_speaks_a_dev_keyword_or_its_words():
+    words = dictionary_words(("alexa", "computer", "smart_mirror", "view_glass"))
+    assert len(words) > 20000
+    for bad in ("computer", "computers", "smart", "smartest", "mirror", "view", "review", "glass"):
+        assert bad not in words
+    assert "window" in words
+
+
+def test_a_missing_clip_is_named(vocabulary, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(vocabulary, broken)
+    first = json.loads((broken / "manifest.json").read_text())["clips"][0]["file"]
+    (broken / first).unlink()
+    with pytest.raises(FileNotFoundError, match=first):
+        read_vocabulary(broken)
+    with pytest.raises(FileNotFoundError, match="build-vocabulary"):
+        read_vocabulary(tmp_path / "nothing")
+
+
