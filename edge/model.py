@@ -21,7 +21,7 @@ import numpy as np
 
 from edge import speech_embedding
 from edge.backend import Calibration, normalize_members
-from edge.tflite import ModelError, load_interpreter_class, make_interpreter
+from edge.tflite import ModelError, dequantize, load_interpreter_class, make_interpreter, quantize
 from edge.frontend import AsdFrontendParams, asd_features
 from edge.kws_frontend import (KwsFrontendParams, KwsStreamFrontend, kws_logmel, kws_segments,
                                segment_starts)
@@ -76,24 +76,6 @@ def _missing_model_hint(path: Path) -> str:
 def _a(task: str) -> str:
     """``'asd'`` -> ``"an 'asd'"``, ``'kws'`` -> ``"a 'kws'"`` (for "expected an 'asd' model")."""
     return f"{'an' if str(task)[:1].lower() in tuple('aeiou') else 'a'} {task!r}"
-
-
-def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
-    """Float input -> the tensor's dtype with its (scale, zero point)."""
-    if detail["dtype"] == np.float32:
-        return x.astype(np.float32)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(detail["dtype"])
-    q = np.round(x / scale + zero)
-    return np.clip(q, info.min, info.max).astype(detail["dtype"])
-
-
-def _dequantize(out: np.ndarray, detail: dict) -> np.ndarray:
-    """A (possibly int8) output tensor as float32."""
-    if detail["dtype"] != np.float32:
-        scale, zero = detail["quantization"]
-        out = (out.astype(np.float32) - zero) * scale
-    return out.astype(np.float32)
 
 
 class AsdEmbedder:
@@ -180,9 +162,9 @@ class AsdEmbedder:
             slice is normalised on its own first (see :func:`normalize_members`).
         """
         for name, d in self._inputs.items():
-            self._interp.set_tensor(d["index"], _quantize(features[name][None], d))
+            self._interp.set_tensor(d["index"], quantize(features[name][None], d))
         self._interp.invoke()
-        out = _dequantize(self._interp.get_tensor(self._output["index"])[0], self._output)
+        out = dequantize(self._interp.get_tensor(self._output["index"])[0], self._output)
         return normalize_members(out, self.n_members)
 
     def embed(self, waveform: np.ndarray) -> np.ndarray:
@@ -273,9 +255,9 @@ class KwsEmbedder:
         """
         out = np.empty((len(segments), self.frontend.segment_frames, self.embedding_dim), np.float32)
         for i, seg in enumerate(segments):
-            self._interp.set_tensor(self._input["index"], _quantize(seg[None], self._input))
+            self._interp.set_tensor(self._input["index"], quantize(seg[None], self._input))
             self._interp.invoke()
-            out[i] = _dequantize(self._interp.get_tensor(self._output["index"])[0], self._output)
+            out[i] = dequantize(self._interp.get_tensor(self._output["index"])[0], self._output)
         return out
 
     def segment_starts(self, n_frames: int) -> np.ndarray:

@@ -19,6 +19,10 @@ scale fitted on train-split speech and noise by :mod:`trainer.kws_speech_embeddi
 frames all point the same way, which squeezes the cosine distances of the DTW (PCA whitening
 on top measured no better on the wake-word evaluation).
 
+3. optionally a *head* (``metadata["head"]``, a third int8 TFLite file): a per-frame network
+   trained with the TACos loss on the standardised frames (:mod:`trainer.kws_head`), whose
+   output replaces the frame.
+
 The stream is padded with :data:`PAD_SAMPLES` of silence at both ends, so that embedding ``k``
 is centred on ``k * frame_seconds`` of the stream (as the TACos bundles' frames are) and the
 ends of a recording get embeddings too. :class:`SpeechEmbeddingStream` gives exactly the
@@ -37,14 +41,16 @@ from typing import Any
 
 import numpy as np
 
-from edge.tflite import ModelError, make_interpreter
+from edge.tflite import ModelError, dequantize, make_interpreter, quantize
 from firmware_config.fileio import sha256_file
 
-__all__ = ["REPRESENTATION", "MEL_HOP", "MEL_WINDOW", "WINDOW_FRAMES", "PAD_SAMPLES",
+__all__ = ["REPRESENTATION", "RAW_DIM", "MEL_HOP", "MEL_WINDOW", "WINDOW_FRAMES", "PAD_SAMPLES",
            "SpeechEmbeddingParams", "SpeechEmbedder", "SpeechEmbeddingStream"]
 
 #: ``metadata["representation"]`` of a speech_embedding bundle.
 REPRESENTATION = "speech_embedding"
+#: Dimension of the pretrained model's embeddings (before any head).
+RAW_DIM = 96
 #: Samples between mel frames (10 ms) and samples per mel window.
 MEL_HOP, MEL_WINDOW = 160, 512
 #: Mel frames per embedding window.
@@ -112,7 +118,8 @@ class SpeechEmbedder:
     ----------
     tflite_path : str or Path
         The embedding model (``.tflite``) of the bundle; its ``.json`` metadata has
-        ``representation: "speech_embedding"`` and the mel model's name and SHA-256.
+        ``representation: "speech_embedding"`` and the mel model's name and SHA-256; with a
+        ``head`` (``{"model": file name, "sha256": ...}``) the head's output is the frame.
     metadata : dict
         The bundle's metadata (already read and checked by :func:`edge.model.load_bundle`).
     num_threads : int
@@ -125,7 +132,7 @@ class SpeechEmbedder:
     frontend : SpeechEmbeddingParams
     model_id, sha256 : str
     embedding_dim : int
-        96.
+        96, or the head's output dimension.
     segment_hop : int
     frame_seconds : float
         Seconds per embedding frame (``segment_hop * 0.01``).
@@ -139,7 +146,7 @@ class SpeechEmbedder:
     Raises
     ------
     edge.model.ModelError
-        A missing or altered mel model, or tensor shapes other than the models'.
+        A missing or altered mel model or head, or tensor shapes other than the models'.
     """
 
     confirm_frames = 0
@@ -170,11 +177,11 @@ class SpeechEmbedder:
         self.embedding_dim = int(metadata["embedding_dim"])
         norm = metadata.get("normalisation") or {}
         try:
-            self._mean = np.asarray(norm.get("mean", np.zeros(self.embedding_dim)), np.float32)
-            self._scale = np.asarray(norm.get("scale", np.ones(self.embedding_dim)), np.float32)
-            if self._mean.shape != (self.embedding_dim,) or \
-                    self._scale.shape != (self.embedding_dim,) or not np.all(self._scale > 0):
-                raise ValueError(f"mean and scale must be {self.embedding_dim} numbers, scale > 0")
+            self._mean = np.asarray(norm.get("mean", np.zeros(RAW_DIM)), np.float32)
+            self._scale = np.asarray(norm.get("scale", np.ones(RAW_DIM)), np.float32)
+            if self._mean.shape != (RAW_DIM,) or \
+                    self._scale.shape != (RAW_DIM,) or not np.all(self._scale > 0):
+                raise ValueError(f"mean and scale must be {RAW_DIM} numbers, scale > 0")
         except (TypeError, ValueError) as exc:
             raise ModelError(f"model metadata {meta_path}: normalisation: {exc}") from exc
         self.frame_seconds = self.segment_hop * MEL_HOP / self.frontend.sample_rate
@@ -189,9 +196,36 @@ class SpeechEmbedder:
         if tuple(self._emb_in["shape"][1:3]) != (WINDOW_FRAMES, 32):
             raise ModelError(f"{path}: input has shape {tuple(self._emb_in['shape'])}, expected "
                              f"(1, {WINDOW_FRAMES}, 32, 1)")
-        if int(self._emb_out["shape"][-1]) != self.embedding_dim:
+        if int(self._emb_out["shape"][-1]) != RAW_DIM:
             raise ModelError(f"{path}: output has shape {tuple(self._emb_out['shape'])}, "
-                             f"expected embedding_dim {self.embedding_dim}")
+                             f"expected {RAW_DIM}")
+        self._head = None
+        if metadata.get("head"):
+            self._head = self._load_head(metadata["head"], meta_path, num_threads)
+        elif self.embedding_dim != RAW_DIM:
+            raise ModelError(f"{meta_path}: embedding_dim {self.embedding_dim} without a head "
+                             f"(the pretrained model gives {RAW_DIM})")
+
+    def _load_head(self, head: Any, meta_path: Path, num_threads: int):
+        if not isinstance(head, dict) or not isinstance(head.get("model"), str) or \
+                not isinstance(head.get("sha256"), str):
+            raise ModelError(f"model metadata {meta_path}: head must be {{model: file name, "
+                             f"sha256: ...}}, got {head!r}")
+        head_path = self.path.parent / head["model"]
+        if not head_path.is_file():
+            raise ModelError(f"{meta_path}: its head {head_path} is missing")
+        digest = sha256_file(head_path)
+        if digest != head["sha256"]:
+            raise ModelError(f"head {head_path} does not match {meta_path}: sha256 "
+                             f"{digest[:12]}… != {head['sha256'][:12]}…")
+        interp = make_interpreter(head_path, num_threads)
+        d_in, d_out = interp.get_input_details()[0], interp.get_output_details()[0]
+        if tuple(d_in["shape"]) != (1, RAW_DIM) or \
+                tuple(d_out["shape"]) != (1, self.embedding_dim):
+            raise ModelError(f"head {head_path}: shapes {tuple(d_in['shape'])} -> "
+                             f"{tuple(d_out['shape'])}, expected (1, {RAW_DIM}) -> "
+                             f"(1, {self.embedding_dim})")
+        return interp, d_in, d_out
 
     def mel_frames(self, audio: np.ndarray) -> np.ndarray:
         """Scaled mel frames of ``audio`` (samples already padded as the stream pads them),
@@ -225,19 +259,42 @@ class SpeechEmbedder:
     def embed_windows(self, mel: np.ndarray, starts) -> np.ndarray:
         """Embeddings of the 76-frame mel windows starting at ``starts``, standardised with
         the bundle's ``normalisation`` (``(e - mean) / scale`` per dimension; see
-        :func:`trainer.kws_speech_embedding.fit_normalisation`).
+        :func:`trainer.kws_speech_embedding.fit_normalisation`), then through the head if
+        the bundle has one.
 
         Returns
         -------
-        np.ndarray, shape (len(starts), 96), float32, not L2-normalised
+        np.ndarray, shape (len(starts), embedding_dim), float32, not L2-normalised
         """
-        out = np.empty((len(starts), self.embedding_dim), np.float32)
+        out = np.empty((len(starts), RAW_DIM), np.float32)
         for i, s in enumerate(starts):
             self._emb.set_tensor(self._emb_in["index"],
                                  mel[s:s + WINDOW_FRAMES][None, :, :, None])
             self._emb.invoke()
             out[i] = np.reshape(self._emb.get_tensor(self._emb_out["index"]), -1)
-        return (out - self._mean) / self._scale
+        out = (out - self._mean) / self._scale
+        return out if self._head is None else self.apply_head(out)
+
+    def apply_head(self, frames: np.ndarray) -> np.ndarray:
+        """The bundle's head on standardised frames (identity without a head).
+
+        Parameters
+        ----------
+        frames : np.ndarray, shape (n, 96), float32
+
+        Returns
+        -------
+        np.ndarray, shape (n, embedding_dim), float32
+        """
+        if self._head is None:
+            return np.asarray(frames, np.float32)
+        interp, d_in, d_out = self._head
+        out = np.empty((len(frames), self.embedding_dim), np.float32)
+        for i, f in enumerate(frames):
+            interp.set_tensor(d_in["index"], quantize(f[None], d_in))
+            interp.invoke()
+            out[i] = dequantize(interp.get_tensor(d_out["index"]), d_out)[0]
+        return out
 
     def embed_wave(self, y: np.ndarray) -> np.ndarray:
         """Frame embeddings of a 16 kHz mono recording, one per ``frame_seconds``.

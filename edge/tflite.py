@@ -7,6 +7,8 @@
 Contents
 --------
 ModelError, load_interpreter_class, make_interpreter, without_runtime_noise
+quantize, dequantize
+    Float arrays to and from an int8 tensor with its (scale, zero point).
 """
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from firmware_config.errors import HarkError
 
-__all__ = ["ModelError", "load_interpreter_class", "make_interpreter", "without_runtime_noise"]
+__all__ = ["ModelError", "load_interpreter_class", "make_interpreter", "without_runtime_noise",
+           "quantize", "dequantize"]
 
 #: What the runtime prints on stderr for every interpreter, however well things go.
 _RUNTIME_NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
@@ -88,3 +93,21 @@ def make_interpreter(path: Path, num_threads: int, input_shape=None):
     except Exception as exc:
         raise ModelError(f"cannot load TFLite model {path}: {exc}") from exc
     return interp
+
+
+def quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float input -> the tensor's dtype with its (scale, zero point)."""
+    if detail["dtype"] == np.float32:
+        return x.astype(np.float32)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    q = np.round(x / scale + zero)
+    return np.clip(q, info.min, info.max).astype(detail["dtype"])
+
+
+def dequantize(out: np.ndarray, detail: dict) -> np.ndarray:
+    """A (possibly int8) output tensor as float32."""
+    if detail["dtype"] != np.float32:
+        scale, zero = detail["quantization"]
+        out = (out.astype(np.float32) - zero) * scale
+    return out.astype(np.float32)

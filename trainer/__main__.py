@@ -12,8 +12,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chat
 
 import numpy as np
 
+from edge.model import load_bundle
 from firmware_config.errors import HarkError
-from trainer import asd_adapt, asd_eval, kws_eval, kws_speech_embedding, kws_thresholds
+from trainer import (
+    asd_adapt,
+    asd_eval,
+    kws_eval,
+    kws_head,
+    kws_speech_embedding,
+    kws_thresholds,
+    kws_vocabulary,
+)
 from trainer.kws_data import (
     default_data_dir,
     list_words,
@@ -127,6 +136,56 @@ def cmd_export_speech_embedding(args) -> int:
     return 0
 
 
+def cmd_build_vocabulary(args) -> int:
+    """Speak a synthetic vocabulary with the installed TTS engines (clips and a manifest)."""
+    path = kws_vocabulary.build_vocabulary(args.out, n_texts=args.texts,
+                                           voices_per_text=args.voices_per_text,
+                                           phrase_fraction=args.phrase_fraction, seed=args.seed,
+                                           progress=not args.quiet)
+    manifest = json.loads(path.read_text())
+    clips = manifest["clips"]
+    print(json.dumps({"manifest": str(path), "clips": len(clips),
+                      "texts": len({c["text"] for c in clips}),
+                      "hours": round(sum(c["seconds"] for c in clips) / 3600, 2),
+                      "engines": {e: sum(c["engine"] == e for c in clips)
+                                  for e in manifest["engines"]}}, indent=2))
+    return 0
+
+
+def cmd_train_kws_head(args) -> int:
+    """Train a TACos head on speech_embedding frames; write the bundle with its int8 head."""
+    cfg = kws_head.read_head_config(
+        args.config, name=args.name, steps=args.steps, seed=args.seed, objective=args.objective,
+        sources=[s for s in args.sources.split(",") if s] if args.sources else None,
+        max_real_words=args.max_real_words)
+    base = load_bundle(args.base)
+    data = kws_head.build_head_training_set(base, args.data, args.vocabulary, cfg,
+                                            progress=not args.quiet)
+    model, history = kws_head.train_head(cfg, data, progress=not args.quiet)
+    vocab = None
+    if args.vocabulary and "synthetic" in cfg.sources:
+        man = json.loads((Path(args.vocabulary) / "manifest.json").read_text())
+        vocab = {"folder": str(args.vocabulary), "seed": man["seed"], "engines": man["engines"],
+                 "clips": len(man["clips"])}
+    path = kws_head.export_head_bundle(model, base, data, cfg, args.out, history, vocab)
+    if not args.no_thresholds:  # the table the node's thresholds (and cost normalisation) need
+        table = kws_thresholds.calibrate_thresholds(
+            path, args.data, hours=2.0, n_synthetic=0,
+            real_keywords=kws_thresholds.PRETRAINED_REAL_KEYWORDS, seed=cfg.seed,
+            progress=not args.quiet)
+        kws_thresholds.write_calibration(path, table)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    print(json.dumps({"model": str(path), "model_id": meta["model_id"],
+                      "training_counts": meta["head"]["training_counts"],
+                      "final_loss": history[-1] if history else None,
+                      "int8_vs_float_cosine": meta["head"]["int8_vs_float_cosine"]}, indent=2))
+    if args.no_thresholds:
+        print("next: python -m trainer calibrate-kws-thresholds --model " + str(path) +
+              " --synthetic-keywords 0 --real-keywords " +
+              ",".join(kws_thresholds.PRETRAINED_REAL_KEYWORDS), file=sys.stderr)
+    return 0
+
+
 def cmd_evaluate_asd(args) -> int:
     """ASD evaluation (ours float/int8 vs the DCASE 2023 autoencoder baseline)."""
     return asd_eval.run_cli(args)
@@ -194,6 +253,46 @@ def main(argv=None) -> int:
                         "$HARK_DATA or %(default)s)")
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--quiet", action="store_true", help="no progress bars")
+    v = sub.add_parser("build-vocabulary",
+                       help="speak thousands of dictionary words and short phrases with the "
+                            "offline TTS engines (espeak-ng, flite): clips and a manifest to "
+                            "train keyword representations on")
+    v.add_argument("--out", required=True, help="folder for clips/ and manifest.json")
+    v.add_argument("--texts", type=int, default=3000,
+                   help="distinct words or phrases (default %(default)s)")
+    v.add_argument("--voices-per-text", dest="voices_per_text", type=int, default=4,
+                   help="voices per text (default %(default)s)")
+    v.add_argument("--phrase-fraction", dest="phrase_fraction", type=float, default=0.25,
+                   help="share of two-word phrases (default %(default)s)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--quiet", action="store_true", help="no progress bars")
+    h = sub.add_parser("train-kws-head",
+                       help="train a TACos head on the pretrained speech_embedding frames (real "
+                            "words, the synthetic vocabulary, or both) and export the bundle "
+                            "with its int8 head")
+    h.add_argument("--config", default=str(ROOT / "trainer/configs/kws_speech_tacos.yaml"),
+                   help="head recipe YAML (fields of trainer.kws_head.HeadConfig; default: "
+                        "%(default)s)")
+    h.add_argument("--base", default=str(ROOT / "models" / "kws_speech.tflite"),
+                   help="speech_embedding bundle without a head (default: %(default)s)")
+    h.add_argument("--vocabulary", help="synthetic vocabulary folder (build-vocabulary)")
+    h.add_argument("--sources", help="comma-separated: real, synthetic (default: the recipe's, "
+                                     "real,synthetic)")
+    h.add_argument("--data", default=default_data_dir(),
+                   help="shared data folder with kws/ and noise/ (default: $HARK_DATA or %(default)s)")
+    h.add_argument("--out", default=str(ROOT / "models"), help="bundle folder (default: models/)")
+    h.add_argument("--name", help="bundle name (default: the recipe's, kws_speech_tacos)")
+    h.add_argument("--objective", choices=kws_head.OBJECTIVES,
+                   help="tacos, teacher or tacos+teacher (default: the recipe's)")
+    h.add_argument("--steps", type=int, help="override the recipe's steps")
+    h.add_argument("--max-real-words", dest="max_real_words", type=int,
+                   help="at most this many real recordings (quick runs)")
+    h.add_argument("--seed", type=int)
+    h.add_argument("--no-thresholds", dest="no_thresholds", action="store_true",
+                   help="skip the threshold table (calibrate-kws-thresholds on 2 h of val "
+                        "negatives with the held-out real words); without it the node neither "
+                        "normalises costs nor sets calibrated thresholds")
+    h.add_argument("--quiet", action="store_true", help="no progress bars")
     a = sub.add_parser("evaluate-asd", help="evaluate anomaly detection the DCASE way (ours, "
                        "float and int8, vs the DCASE 2023 autoencoder baseline)")
     asd_eval.add_cli_arguments(a)
@@ -208,6 +307,8 @@ def main(argv=None) -> int:
                 "evaluate-kws": cmd_evaluate_kws, "evaluate-asd": cmd_evaluate_asd,
                 "calibrate-kws-thresholds": cmd_calibrate_kws_thresholds,
                 "export-speech-embedding": cmd_export_speech_embedding,
+                "build-vocabulary": cmd_build_vocabulary,
+                "train-kws-head": cmd_train_kws_head,
                 "adapt-asd": asd_adapt.run_cli}[args.cmd](args)
     except (HarkError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,10 +19,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edge.audio import load_audio
 from trainer.data import AUDIO_SUFFIXES
 
-__all__ = ["Utterance", "list_words", "speaker_split", "split_of", "background_files", "load_background", "default_data_dir", "SPLITS", "NOISE_SPLITS"]
+__all__ = ["Utterance", "list_words", "speaker_split", "split_of", "background_files", "load_background", "load_machine_noise", "default_data_dir", "SPLITS", "NOISE_SPLITS"]
 
 SPLITS = {"train": (0, 70), "val": (70, 80), "test": (80, 100)}
 
@@ -133,6 +135,29 @@ def background_files(data_dir: str | Path) -> list[Path]:
 
 
 NOISE_SPLITS = {"train": (0.0, 0.7), "val": (0.7, 0.8), "test": (0.8, 1.0)}
+
+
+def load_machine_noise(data_dir: str | Path, sample_rate: int = 16000) -> list[np.ndarray]:
+    """Every machine recording under ``asd/`` (MIMII, DCASE: fans, pumps, sliders, valves,
+    toy cars and conveyors, gearboxes, bearings; normal and anomalous) as noise for keyword
+    training: the sound a node hears around speech, and none of the noise types of the
+    keyword evaluation's streams (``noise/``).
+
+    Returns
+    -------
+    list of np.ndarray, float32, mono at ``sample_rate``
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``asd/`` folder or no recording in it.
+    """
+    root = Path(data_dir) / "asd"
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES) \
+        if root.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"no machine recordings under {root}")
+    return [load_audio(p, sample_rate) for p in files]
 
 
 def load_background(data_dir: str | Path, split: str, sample_rate: int = 16000):
