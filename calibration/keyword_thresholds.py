@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MIN_NEGATIVE_EVENTS", "DEFAULT_FALLBACK_THRESHOLD", "SITE_FIT_MIN_HOURS",
            "TAIL_EVENTS", "TEMPLATE_ZNORM", "shipped_negatives", "normalises_costs",
-           "negative_frames", "template_cost_norms", "trace_event_costs", "event_costs",
+           "negative_frames", "template_cost_norms", "keyword_cost_norms", "trace_event_costs",
+           "event_costs",
            "calibrated_threshold", "fa_rate_threshold", "tail_fit_threshold",
            "keyword_threshold"]
 
@@ -345,6 +346,39 @@ def tail_fit_threshold(costs: np.ndarray, hours: float, false_alarms_per_hour: f
     u = c[n_tail]
     beta = max(float(np.mean(u - c[:n_tail])), 1e-9)
     return float(u - beta * np.log(n_tail / target))
+
+
+def keyword_cost_norms(embedder, keyword: str, templates: list,
+                       extra_negatives=()) -> list[list[float]] | None:
+    """The per-template cost normalisation enrollment computes, whether or not the bundle has
+    a threshold table yet (:func:`keyword_threshold` keeps it only with one, since its
+    fallback thresholds are raw costs). ``calibrate-kws-thresholds`` needs it to build the
+    first table of a new bundle in the units the node will compare.
+
+    Parameters
+    ----------
+    embedder : edge.model.KwsEmbedder
+    keyword : str
+        Its recordings are left out of the shipped negatives.
+    templates : list of np.ndarray, each (M, D)
+    extra_negatives : list of np.ndarray
+        More 16 kHz recordings without the keyword.
+
+    Returns
+    -------
+    list of [float, float], or None
+        :func:`template_cost_norms`; None when the bundle does not normalise costs
+        (:func:`normalises_costs`) or there is no negative audio.
+    """
+    if not normalises_costs(embedder):
+        return None
+    negs = shipped_negatives(exclude_word=keyword, sample_rate=embedder.frontend.sample_rate) + \
+        list(extra_negatives)
+    frames, _ = negative_frames(embedder, negs)
+    if frames is None:
+        return None
+    mc, _ = matching_costs(frames, [Template(keyword, t) for t in templates])
+    return template_cost_norms(mc, templates)
 
 
 def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(), *,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +63,30 @@ def test_calibrate_kws_thresholds_tiny(tmp_path, kws_model, data_dir, capsys):
     thr = [table["threshold"][str(r)] for r in table["rates"]]
     assert all(0 < t < 2 for t in thr) and thr == sorted(thr)  # more FA/h, looser threshold
     assert table["negative_hours"] >= 0.05
+
+
+def test_a_new_bundles_first_table_is_in_the_units_the_node_compares(tmp_path, data_dir,
+                                                                      capsys):
+    """A normalising bundle without a table (a freshly trained head) gets the same table as
+    the same bundle with one: thresholds in per-template normalised units, never raw costs."""
+    from trainer.__main__ import main
+
+    src = Path(__file__).resolve().parent.parent / "models"
+    tables = []
+    for keep in (True, False):
+        d = tmp_path / f"keep_{keep}"
+        d.mkdir()
+        for f in ("kws_speech.tflite", "kws_speech_mel.tflite"):
+            shutil.copy(src / f, d / f)
+        meta = json.loads((src / "kws_speech.json").read_text())
+        if not keep:
+            meta.pop("threshold_calibration")
+        (d / "kws_speech.json").write_text(json.dumps(meta))
+        rc = main(["calibrate-kws-thresholds", "--model", str(d / "kws_speech.tflite"),
+                   "--data", str(data_dir), "--hours", "0.05", "--synthetic-keywords", "0",
+                   "--real-keywords", "stop,left", "--quiet"])
+        assert rc == 0
+        capsys.readouterr()
+        tables.append(json.loads((d / "kws_speech.json").read_text())["threshold_calibration"])
+    assert tables[0]["threshold"] == tables[1]["threshold"]
+    assert tables[1]["threshold"]["1.0"] < -1.0  # z-normalised, not a raw cosine cost

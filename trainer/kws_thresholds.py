@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from calibration.enroll import ShotError, enroll_keyword
-from calibration.keyword_thresholds import trace_event_costs
+from calibration.keyword_thresholds import keyword_cost_norms, trace_event_costs
 from edge.audio import load_audio
 from edge.model import load_bundle
 from firmware_config.fileio import atomic_write_json
@@ -130,6 +130,8 @@ def calibrate_thresholds(model_path: str | Path, data_dir: str | Path, *, hours:
             continue
         templates = e.templates[kw]
         norms = e.cost_norms.get(kw)  # thresholds in the units the node compares
+        if norms is None:  # a new bundle without a table yet: its first table, same units
+            norms = keyword_cost_norms(bundle, kw, templates)
         costs = np.sort(np.concatenate([trace_event_costs(f, templates, norms)
                                         for f in frames]))
         thr = {}
