@@ -372,13 +372,19 @@ def keyword_cost_norms(embedder, keyword: str, templates: list,
     """
     if not normalises_costs(embedder):
         return None
+    mc, _ = _negative_matching(embedder, keyword, templates, extra_negatives)
+    return None if mc is None else template_cost_norms(mc, templates)
+
+
+def _negative_matching(embedder, keyword: str, templates: list, extra_negatives):
+    """The templates' matching costs over the shipped negatives (without ``keyword``) and
+    ``extra_negatives``, and those hours; ``(None, hours)`` without negative audio."""
     negs = shipped_negatives(exclude_word=keyword, sample_rate=embedder.frontend.sample_rate) + \
         list(extra_negatives)
-    frames, _ = negative_frames(embedder, negs)
+    frames, hours = negative_frames(embedder, negs)
     if frames is None:
-        return None
-    mc, _ = matching_costs(frames, [Template(keyword, t) for t in templates])
-    return template_cost_norms(mc, templates)
+        return None, hours
+    return matching_costs(frames, [Template(keyword, t) for t in templates])[0], hours
 
 
 def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(), *,
@@ -420,13 +426,11 @@ def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(
         Per-template cost normalisation (:func:`template_cost_norms`) when the bundle
         normalises (:func:`normalises_costs`); the threshold is then in those units.
     """
-    sr = embedder.frontend.sample_rate
-    negs = shipped_negatives(exclude_word=keyword, sample_rate=sr) + list(extra_negatives)
-    frames, hours = negative_frames(embedder, negs)
     query = [Template(keyword, t) for t in templates]
+    # one DTW pass over all templates for norms and events
+    mc, hours = _negative_matching(embedder, keyword, templates, extra_negatives)
     norms, costs = None, np.zeros(0)
-    if frames is not None:  # one DTW pass over all templates for norms and events
-        mc, _ = matching_costs(frames, query)
+    if mc is not None:
         if normalises_costs(embedder):
             norms = template_cost_norms(mc, templates)
         costs = event_costs(mc, templates, norms)

@@ -70,3 +70,13 @@ def calibration_file(tmp_path_factory) -> Path:
     assert out["windows"] == len(CAL_CLIPS)
     assert Path(out["histogram"]).stat().st_size > 1000
     return cal
+
+
+@pytest.fixture(scope="session")
+def vocabulary(tmp_path_factory) -> Path:
+    """A tiny synthetic vocabulary (12 texts x 3 voices, seed 5; needs espeak-ng)."""
+    from trainer.kws_vocabulary import build_vocabulary
+
+    out = tmp_path_factory.mktemp("vocab")
+    build_vocabulary(out, n_texts=12, voices_per_text=3, seed=5)
+    return out

@@ -19,18 +19,10 @@ from trainer.kws_head import (
     room_impulse_response,
     train_head,
 )
-from trainer.kws_vocabulary import build_vocabulary
 from trainer.losses import relative_position_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
-
-
-@pytest.fixture(scope="module")
-def vocabulary(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vocab")
-    build_vocabulary(out, n_texts=12, voices_per_text=3, seed=5)
-    return out
 
 
 def test_position_labels_follow_definition_6_3_and_extend_it():

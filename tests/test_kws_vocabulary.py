@@ -13,13 +13,6 @@ from trainer.kws_vocabulary import build_vocabulary, read_vocabulary
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 
 
-@pytest.fixture(scope="module")
-def vocabulary(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vocab")
-    build_vocabulary(out, n_texts=12, voices_per_text=3, seed=5)
-    return out
-
-
 def test_vocabulary_is_reproducible_and_described_clip_by_clip(vocabulary, tmp_path):
     manifest, clips = read_vocabulary(vocabulary)
     assert len(clips) == 36 and len({c.text for c, _ in clips}) == 12
