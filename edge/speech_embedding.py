@@ -20,8 +20,8 @@ frames all point the same way, which squeezes the cosine distances of the DTW (P
 on top measured no better on the wake-word evaluation).
 
 3. optionally a *head* (``metadata["head"]``, a third int8 TFLite file): a per-frame network
-   trained with the TACos loss on the standardised frames (:mod:`trainer.kws_head`), whose
-   output replaces the frame.
+   trained on the standardised frames (:mod:`trainer.kws_head`: the TACos loss, a clean-speech
+   teacher, or both), whose output replaces the frame.
 
 The stream is padded with :data:`PAD_SAMPLES` of silence at both ends, so that embedding ``k``
 is centred on ``k * frame_seconds`` of the stream (as the TACos bundles' frames are) and the
@@ -108,6 +108,23 @@ class SpeechEmbeddingParams:
         return {"kind": REPRESENTATION, **asdict(self)}
 
 
+def _checked_file(path: Path, sha256: str, what: str, meta_path: Path, hint: str = "") -> Path:
+    """``path``, after checking it exists and has the SHA-256 the bundle's metadata records.
+
+    Raises
+    ------
+    edge.model.ModelError
+        Naming the file, what it is and the metadata file.
+    """
+    if not path.is_file():
+        raise ModelError(f"{meta_path}: its {what} {path} is missing{hint}")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise ModelError(f"{what} {path} does not match {meta_path}: sha256 "
+                         f"{digest[:12]}… != {sha256[:12]}…")
+    return path
+
+
 class SpeechEmbedder:
     """A speech_embedding KWS bundle: the mel and embedding TFLite models (module docstring).
 
@@ -161,15 +178,10 @@ class SpeechEmbedder:
             self.frontend = SpeechEmbeddingParams.from_dict(metadata["frontend"])
         except (TypeError, ValueError) as exc:
             raise ModelError(f"model metadata {meta_path}: {exc}") from exc
-        mel_path = path.parent / self.frontend.mel_model
-        if not mel_path.is_file():
-            raise ModelError(f"{meta_path}: its mel model {mel_path} is missing (a "
-                             "speech_embedding bundle is three files: .tflite, .json and the "
-                             "mel model)")
-        digest = sha256_file(mel_path)
-        if digest != self.frontend.mel_sha256:
-            raise ModelError(f"mel model {mel_path} does not match {meta_path}: sha256 "
-                             f"{digest[:12]}… != {self.frontend.mel_sha256[:12]}…")
+        mel_path = _checked_file(path.parent / self.frontend.mel_model,
+                                 self.frontend.mel_sha256, "mel model", meta_path,
+                                 " (a speech_embedding bundle is three files: .tflite, .json "
+                                 "and the mel model)")
         self.segment_hop = int(segment_hop or self.frontend.segment_hop)
         if not 1 <= self.segment_hop <= WINDOW_FRAMES:
             raise ModelError(f"segment_hop must be 1..{WINDOW_FRAMES} mel frames for a "
@@ -211,13 +223,8 @@ class SpeechEmbedder:
                 not isinstance(head.get("sha256"), str):
             raise ModelError(f"model metadata {meta_path}: head must be {{model: file name, "
                              f"sha256: ...}}, got {head!r}")
-        head_path = self.path.parent / head["model"]
-        if not head_path.is_file():
-            raise ModelError(f"{meta_path}: its head {head_path} is missing")
-        digest = sha256_file(head_path)
-        if digest != head["sha256"]:
-            raise ModelError(f"head {head_path} does not match {meta_path}: sha256 "
-                             f"{digest[:12]}… != {head['sha256'][:12]}…")
+        head_path = _checked_file(self.path.parent / head["model"], head["sha256"], "head",
+                                  meta_path)
         interp = make_interpreter(head_path, num_threads)
         d_in, d_out = interp.get_input_details()[0], interp.get_output_details()[0]
         if tuple(d_in["shape"]) != (1, RAW_DIM) or \

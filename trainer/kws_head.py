@@ -31,7 +31,7 @@ and a random gain.
 Contents
 --------
 HeadConfig, read_head_config, HeadTrainingSet, build_head_training_set, train_head,
-export_head_bundle, room_impulse_response, position_labels
+export_head_bundle, room_impulse_response
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ from trainer.kws_wakeword import WAKEWORD_KEYWORDS
 log = logging.getLogger(__name__)
 
 __all__ = ["HeadConfig", "HeadTrainingSet", "build_head_training_set", "train_head",
-           "export_head_bundle", "read_head_config", "room_impulse_response", "position_labels",
+           "export_head_bundle", "read_head_config", "room_impulse_response",
            "SOURCES", "OBJECTIVES", "NOISES"]
 
 SAMPLE_RATE = 16000
@@ -156,28 +156,6 @@ class HeadConfig:
             raise ValueError("n_positions and n_centers must be at least 1, hidden at least 0")
 
 
-def position_labels(n_seg: int, n_pos: int) -> np.ndarray:
-    """Relative-position labels of Definition 6.3 (eqs. 67-68) for any ``n_seg``.
-
-    Segment ``i`` (1-based) is active on positions ``1 + floor((i - 1) n_pos / n_seg) ...
-    ceil(i n_pos / n_seg)``, with equal probability; for ``n_seg <= n_pos`` this is
-    :func:`trainer.losses.relative_position_labels`, for longer words a segment covers the one
-    or two positions its share of the word overlaps.
-
-    Returns
-    -------
-    np.ndarray, shape (n_seg, n_pos), float32, rows sum to 1
-    """
-    if n_seg < 1 or n_pos < 1:
-        raise ValueError(f"need n_seg >= 1 and n_pos >= 1, got {n_seg}, {n_pos}")
-    lab = np.zeros((n_seg, n_pos), np.float32)
-    for i in range(1, n_seg + 1):
-        lo = 1 + (i - 1) * n_pos // n_seg
-        hi = max(lo, -(-(i * n_pos) // n_seg))
-        lab[i - 1, lo - 1:hi] = 1.0
-    return lab / lab.sum(axis=1, keepdims=True)
-
-
 def room_impulse_response(rt60_s: float, rng: np.random.Generator,
                           sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """A synthetic room impulse response: a direct path, then Gaussian noise decaying by 60 dB
@@ -261,13 +239,15 @@ class HeadTrainingSet:
         """One batch: ``x`` (n, 1, 96) frames, ``y`` (n, K + P) labels, ``w`` (n,) weights
         (``1 / (N_seg n_samples)``, eq. 73), ``t`` (n, 96) the teacher's frames (the clean
         recording's; background frames are their own)."""
+        from trainer.losses import relative_position_labels  # TensorFlow: training only
+
         K, P = len(self.classes), cfg.n_positions
         xs, ys, ws, ts = [], [], [], []
         for i in rng.integers(len(self.words), size=cfg.batch_size):
             k, f = self.words[int(i)]
             lab = np.zeros((len(f), K + P), np.float32)
             lab[:, k] = 1.0
-            lab[:, K:] = position_labels(len(f), P)
+            lab[:, K:] = relative_position_labels(len(f), P, allow_longer=True)
             xs.append(f); ys.append(lab); ws.append(np.full(len(f), 1.0 / len(f), np.float32))
             ts.append(self.words[self.clean_of[int(i)]][1])
         n_no = max(1, int(round(cfg.batch_size * cfg.no_speech_fraction)))

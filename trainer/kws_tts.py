@@ -103,19 +103,26 @@ def dictionary_words(exclude: Sequence[str]) -> list[str]:
     return out
 
 
-def _speak(espeak: str, voice: str, rate: int, pitch: int, text: str, cache: Path) -> np.ndarray:
-    key = hashlib.sha256(json.dumps([voice, rate, pitch, text]).encode()).hexdigest()[:20]
-    path = cache / f"{key}.wav"
+def _cached_wav(key: list, command, cache: Path) -> np.ndarray:
+    """Run an engine once per description ``key``: ``command(out_path)`` gives the program's
+    arguments that write a WAV file; the file is kept in ``cache`` under the key's hash
+    (written atomically) and read back at 16 kHz."""
+    path = cache / (hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20] + ".wav")
     if not path.is_file():
         with tempfile.NamedTemporaryFile(suffix=".wav", dir=cache, delete=False) as tmp:
             tmp_path = Path(tmp.name)
         try:
-            subprocess.run([espeak, "-v", voice, "-s", str(rate), "-p", str(pitch), "-w",
-                            str(tmp_path), text], check=True, capture_output=True, timeout=60)
+            subprocess.run(command(tmp_path), check=True, capture_output=True, timeout=60)
             tmp_path.replace(path)
         finally:
             tmp_path.unlink(missing_ok=True)
     return load_audio(path, SAMPLE_RATE)
+
+
+def _speak(espeak: str, voice: str, rate: int, pitch: int, text: str, cache: Path) -> np.ndarray:
+    return _cached_wav([voice, rate, pitch, text],
+                       lambda out: [espeak, "-v", voice, "-s", str(rate), "-p", str(pitch),
+                                    "-w", str(out), text], cache)
 
 
 def _espeak() -> str:
@@ -130,20 +137,12 @@ def _flite_speak(flite: str, voice: str, rate: int, pitch: int, text: str,
                  cache: Path) -> np.ndarray:
     """flite with espeak-ng's controls mapped: rate (words per minute) to a duration stretch
     ``175 / rate``, pitch (0-99) to a mean F0 of 85-145 Hz (150-230 Hz for slt)."""
-    key = hashlib.sha256(json.dumps(["flite", voice, rate, pitch, text]).encode()).hexdigest()[:20]
-    path = cache / f"{key}.wav"
-    if not path.is_file():
-        f0 = 150 + 0.8 * pitch if voice == "slt" else 85 + 0.6 * pitch
-        with tempfile.NamedTemporaryFile(suffix=".wav", dir=cache, delete=False) as tmp:
-            tmp_path = Path(tmp.name)
-        try:
-            subprocess.run([flite, "-voice", voice, "--setf", f"duration_stretch={175 / rate:.3f}",
-                            "--setf", f"int_f0_target_mean={f0:.0f}", "-t", text,
-                            "-o", str(tmp_path)], check=True, capture_output=True, timeout=60)
-            tmp_path.replace(path)
-        finally:
-            tmp_path.unlink(missing_ok=True)
-    return load_audio(path, SAMPLE_RATE)
+    f0 = 150 + 0.8 * pitch if voice == "slt" else 85 + 0.6 * pitch
+    return _cached_wav(["flite", voice, rate, pitch, text],
+                       lambda out: [flite, "-voice", voice, "--setf",
+                                    f"duration_stretch={175 / rate:.3f}", "--setf",
+                                    f"int_f0_target_mean={f0:.0f}", "-t", text, "-o", str(out)],
+                       cache)
 
 
 def tts_voices() -> list[tuple[str, str]]:

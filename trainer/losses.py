@@ -199,12 +199,20 @@ class AdaProj(_CenteredLoss):
         return -tf.reduce_sum(y_true * log_prob, axis=1)
 
 
-def relative_position_labels(n_seg: int, n_pos: int) -> np.ndarray:
+def relative_position_labels(n_seg: int, n_pos: int, *, allow_longer: bool = False) -> np.ndarray:
     """Categorical encoding of relative position (thesis Definition 6.3, eqs. 67-68).
 
     Segment ``i`` (1-based) of a sample with ``n_seg`` segments is active on positions
     ``1 + floor((i - 1) * n_pos / n_seg) ... ceil(i * n_pos / n_seg)``, each with equal
     probability.
+
+    Parameters
+    ----------
+    n_seg, n_pos : int
+    allow_longer : bool
+        Allow ``n_seg > n_pos`` (not in the definition, where ``N_pos`` is the most segments
+        of any sample): each segment then covers the one or two positions its share of the
+        sample overlaps (:mod:`trainer.kws_head`, whose words may outnumber the positions).
 
     Returns
     -------
@@ -213,14 +221,14 @@ def relative_position_labels(n_seg: int, n_pos: int) -> np.ndarray:
     Raises
     ------
     ValueError
-        If ``n_seg`` exceeds ``n_pos`` or either is below 1.
+        If ``n_seg`` exceeds ``n_pos`` (without ``allow_longer``) or either is below 1.
     """
-    if not 1 <= n_seg <= n_pos:
+    if n_seg < 1 or n_pos < 1 or (n_seg > n_pos and not allow_longer):
         raise ValueError(f"need 1 <= n_seg <= n_pos, got n_seg={n_seg}, n_pos={n_pos}")
     lab = np.zeros((n_seg, n_pos), np.float32)
     for i in range(1, n_seg + 1):
         lo = 1 + (i - 1) * n_pos // n_seg
-        hi = -(-(i * n_pos) // n_seg)  # ceil
+        hi = max(lo, -(-(i * n_pos) // n_seg))  # ceil
         lab[i - 1, lo - 1:hi] = 1.0
     return lab / lab.sum(axis=1, keepdims=True)
 
