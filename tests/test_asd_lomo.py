@@ -238,6 +238,17 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
         assert ours["ours (int8)"]["meta"]["views"] == ["embedding", "branch_spectrogram",
                                                         "branch_spectrum", "stft_statistics"]
         assert ours["ours (int8), embedding view only"]["meta"]["views"] == ["embedding"]
+        # the embedding-spread check: the held-out type's normal clips, and the training
+        # clips in the bundle's training report
+        counts = rep["types"][t]["counts"]
+        spread = ours["ours (int8)"]["meta"]["embedding_spread"]
+        assert spread["n"] == (counts["calibration"]["source"] + counts["calibration"]["target"]
+                               + counts["test_normal"]["source"]
+                               + counts["test_normal"]["target"])
+        assert 0 <= spread["chance_agreement"] <= 1 and 0 <= spread["nn_label_agreement"] <= 1
+        assert -1 <= spread["cosine"]["min"] <= spread["cosine"]["max"] <= 1 + 1e-6
+        bundle = json.loads((out / "models" / f"lomo_{t}.json").read_text())
+        assert bundle["embedding_spread"]["n"] == counts["train_clips"]
         assert ours["ours (float)"]["meta"]["views"] == ours["ours (int8)"]["meta"]["views"]
         # the float model is not the int8 one: its scores differ, a little
         f32, i8 = (np.array(ours[k]["test_scores"]) for k in ("ours (float)", "ours (int8)"))
@@ -252,3 +263,4 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
         assert adapted["training_config"]["ssl"] == ["statex", "featex"]
     md = (out / "report.md").read_text()
     assert "Leave-one-machine-type-out" in md and "ours (int8)" in md and "recall" in md
+    assert "## Embedding spread on the held-out type" in md

@@ -46,9 +46,12 @@ def cmd_train_asd(args) -> int:
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     data = TrainingSet.from_config(cfg, ROOT, progress=not args.quiet)
+    n_pseudo = sum(bool(a) for a in data.pseudo_attributes)
     print(f"training on {len(data)} normal clips, {len(data.classes)} classes "
-          f"(machine x section x attributes), loss {cfg.loss}, SSL {cfg.ssl or 'off'}, "
-          f"ensemble of {cfg.ensemble_size}", file=sys.stderr)
+          f"({' x '.join(cfg.class_labels)}"
+          f"{f'; pseudo-attributes for {n_pseudo} clips' if n_pseudo else ''}), "
+          f"loss {cfg.loss}, SSL {cfg.ssl or 'off'}, ensemble of {cfg.ensemble_size}",
+          file=sys.stderr)
     model, history = train_asd(cfg, data, progress=not args.quiet)
     path = export_asd_bundle(model, data, cfg, args.out, history)
     if args.keras_out:
@@ -59,6 +62,7 @@ def cmd_train_asd(args) -> int:
                       "int8_bytes": meta["size_bytes"],
                       "float_bytes": meta["float_tflite_size_bytes"],
                       "int8_vs_float_cosine": meta["int8_vs_float_cosine"],
+                      "embedding_spread": meta.get("embedding_spread"),
                       "final_loss": meta["final_loss"]}, indent=2))
     return 0
 

@@ -320,7 +320,7 @@ def _run_ours(cfg, train: list[EvalClip], test: list[EvalClip], out_dir: Path,
         train_asd,
     )
 
-    data = TrainingSet([(c.path, c.label) for c in train], cfg.frontend, progress)
+    data = TrainingSet.for_recipe([(c.path, c.label) for c in train], cfg, progress)
     frontend = data.frontend
     print(f"ours: {len(data)} training clips, {len(data.classes)} classes, loss {cfg.loss}, "
           f"SSL {cfg.ssl or 'off'}, ensemble of {cfg.ensemble_size}", file=sys.stderr)

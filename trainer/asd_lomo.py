@@ -95,6 +95,8 @@ from trainer.asd_lomo_report import (
     type_metrics,
 )
 from trainer.asd_metrics import official_score, official_score_of_sections
+from trainer.data import CLASS_LABELS
+from trainer.embedding_spread import embedding_spread
 from trainer.asd_plots import plot_roc_curves
 
 log = logging.getLogger(__name__)
@@ -171,7 +173,7 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
                                      [c.label.domain for c in split.calibration])
     else:
         cfg = dataclasses.replace(cfg, name=f"lomo_{split.held_out}")
-    data = TrainingSet(items, cfg.frontend, progress)
+    data = TrainingSet.for_recipe(items, cfg, progress)
     t0 = time.monotonic()
     model, history = train_asd(cfg, data, progress)
     train_s = time.monotonic() - t0
@@ -203,6 +205,10 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
                                                                 cal.view_names))[0])
                              for w in _windows(waves[c.path], win, hop))
                          for c in split.test], np.float32)
+        normals = [c for c in split.calibration + split.test if not c.label.is_anomaly]
+        spread = (embedding_spread(np.stack([embedder.embed(waves[c.path]) for c in normals]),
+                                   [c.label.class_key(CLASS_LABELS) for c in normals])
+                  if len(normals) >= 2 else None)
         out[name] = {
             "test": test, "threshold": float(cal.decision_threshold),
             "calibration_scores": cal.normal_scores,
@@ -211,7 +217,8 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
                      "classes": len(data.classes), "final_loss": meta.get("final_loss"),
                      "int8_vs_float_cosine": meta.get("int8_vs_float_cosine"),
                      "calibration_windows": len(windows), "memory_rows": len(cal.memory),
-                     "calibration_id": cal.calibration_id}}
+                     "calibration_id": cal.calibration_id,
+                     "embedding_spread": spread}}
     return out
 
 
@@ -394,7 +401,8 @@ def run_cli(args) -> int:
         "min_test_normal": min_test_normal,
         "recipe": {"config": str(args.config),
                    **({k: getattr(cfg, k) for k in ("epochs", "steps_per_epoch", "batch_size",
-                                                    "ensemble_size", "loss")} if cfg else
+                                                    "ensemble_size", "loss", "class_labels",
+                                                    "pseudo_labels")} if cfg else
                       {"epochs": None, "steps_per_epoch": None, "batch_size": None})},
         "node": {"config": str(args.node_config), "window_seconds": node.asd.window_seconds,
                  "hop_seconds": node.asd.hop_seconds, "n_clusters": n_clusters,

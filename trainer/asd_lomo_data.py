@@ -153,8 +153,9 @@ def list_typed_clips(data_dir: str | Path) -> tuple[list[TypedClip], list[Path]]
         if lab is None or mtype is None:
             skipped.append(f)
             continue
-        clips.append(TypedClip(f, dataclasses.replace(lab, machine=mtype),
-                               folders[0] if folders else ""))
+        dataset = folders[0] if folders else ""
+        clips.append(TypedClip(f, dataclasses.replace(lab, machine=mtype, dataset=dataset),
+                               dataset))
     if not clips:
         raise FileNotFoundError(
             f"no audio with a known machine type under {data_dir}: expected DCASE names or "

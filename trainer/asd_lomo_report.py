@@ -162,6 +162,31 @@ def _with_ci(r: dict[str, Any], key: str) -> str:
     return _pct(r[key]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
 
 
+def _spread_lines(types: dict[str, Any]) -> list[str]:
+    """The embedding-spread table: how our embedders spread the held-out type's normal clips
+    (:func:`trainer.embedding_spread.embedding_spread`)."""
+    rows = []
+    for t, u in types.items():
+        for n, r in u.get("systems", {}).items():
+            sp = (r.get("meta") or {}).get("embedding_spread")
+            if sp:
+                c = sp["cosine"]
+                rows.append(f"| {t} | {n} | {sp['n']} | {sp['n_labels']} | {c['p05']:.3f} / "
+                            f"{c['median']:.3f} / {c['p95']:.3f} | "
+                            f"{100 * sp['nn_label_agreement']:.0f} | "
+                            f"{100 * sp['chance_agreement']:.0f} |")
+    if not rows:
+        return []
+    return ["", "## Embedding spread on the held-out type", "",
+            "Normal clips of the held-out type (calibration and test), one embedding per clip. "
+            "Conditions: dataset x section x attributes. A collapsed space has every pairwise "
+            "cosine near 1 and a nearest neighbour that shares the clip's condition no more "
+            "often than chance.", "",
+            "| held-out type | system | clips | conditions | pairwise cosine p5 / median / p95 | "
+            "nearest neighbour, same condition (%) | chance (%) |",
+            "|---|---|---|---|---|---|---|", *rows]
+
+
 def lomo_markdown(rep: dict[str, Any]) -> str:
     names = list(rep["systems"])
     summary_types = [t for t, u in rep["types"].items() if u.get("in_summary")]
@@ -224,5 +249,6 @@ def lomo_markdown(rep: dict[str, Any]) -> str:
                 f"{k['test_anomalous']} | {n} | {_with_ci(r, 'auc_source')} | "
                 f"{_with_ci(r, 'auc_target')} | {_with_ci(r, 'pauc')} | {_pct(r['official'])} | "
                 f"{_pct(r['fpr_source'])}/{_pct(r['fpr_target'])} | {_pct(r['recall'])} |")
+    lines += _spread_lines(rep["types"])
     lines += plot_section_lines(rep["types"], rep.get("skipped_files"), "without a machine type")
     return "\n".join(lines) + "\n"

@@ -5,7 +5,9 @@ DCASE 2020-2024 Task 2 names look like
 (2022+) or ``<normal|anomaly>_id_<nn>_<nnnnnnnn>.wav`` (2020). The auxiliary
 classification task uses machine type x section x attribute combinations as classes
 (thesis Section 5.3.1); a dataset without attributes falls back to machine type (or the
-folder name when even that is not recorded).
+folder name when even that is not recorded). A recipe may add the source dataset to the
+class (:data:`CLASS_LABELS`, :meth:`ClipLabel.class_key`), and pseudo-attributes where the
+attributes are missing (:mod:`trainer.pseudo_labels`).
 """
 from __future__ import annotations
 
@@ -15,9 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-__all__ = ["ClipLabel", "parse_dcase_name", "list_clips", "training_data_hash"]
+__all__ = ["ClipLabel", "CLASS_LABELS", "DEFAULT_CLASS_LABELS", "parse_dcase_name", "list_clips",
+           "training_data_hash"]
 
 AUDIO_SUFFIXES = (".wav", ".flac")
+
+#: The labels a training class may be made of, in the order they are joined.
+CLASS_LABELS = ("machine", "section", "attributes", "dataset")
+#: The thesis' classes (Section 5.3.1): machine type x section x attributes.
+DEFAULT_CLASS_LABELS = ("machine", "section", "attributes")
 
 _DCASE2022 = re.compile(
     r"^(?P<machine>[A-Za-z0-9-]+)_(?:train|test)_section_(?P<section>\d+)_"
@@ -41,6 +49,8 @@ class ClipLabel:
     is_anomaly : bool
     attributes : str
         Attribute string, e.g. ``"vel_9_loc_A"``; empty when absent.
+    dataset : str
+        The recording campaign (source folder) the clip came from; empty when unknown.
     """
 
     machine: str
@@ -48,13 +58,33 @@ class ClipLabel:
     domain: str
     is_anomaly: bool
     attributes: str = ""
+    dataset: str = ""
 
     @property
     def class_name(self) -> str:
         """Auxiliary-task class: machine x section x attributes."""
-        parts = [self.machine, f"section_{self.section}"]
-        if self.attributes:
+        return self.class_key(DEFAULT_CLASS_LABELS)
+
+    def class_key(self, labels=DEFAULT_CLASS_LABELS) -> str:
+        """The auxiliary-task class made of ``labels`` (a subset of :data:`CLASS_LABELS`,
+        joined in that order; empty attributes and datasets are left out).
+
+        Raises
+        ------
+        ValueError
+            If ``labels`` names an unknown label or lacks ``"machine"``.
+        """
+        bad = set(labels) - set(CLASS_LABELS)
+        if bad or "machine" not in labels:
+            raise ValueError(f"class labels must include 'machine' and come from "
+                             f"{CLASS_LABELS}, got {list(labels)}")
+        parts = [self.machine]
+        if "section" in labels:
+            parts.append(f"section_{self.section}")
+        if "attributes" in labels and self.attributes:
             parts.append(self.attributes)
+        if "dataset" in labels and self.dataset:
+            parts.append(f"from_{self.dataset}")
         return "_".join(parts)
 
 

@@ -8,12 +8,13 @@ combined as in Section 5.7.2 (Figure 25); ensembles of independently trained mem
 """ 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import yaml
@@ -23,7 +24,15 @@ from edge.backend import normalize_members
 from edge.frontend import AsdFrontendParams, asd_features, spectrum_step_for
 from edge.model import AsdEmbedder
 from firmware_config.fileio import atomic_write_json
-from trainer.data import ClipLabel, list_clips, training_data_hash
+from trainer.data import (
+    CLASS_LABELS,
+    DEFAULT_CLASS_LABELS,
+    ClipLabel,
+    list_clips,
+    training_data_hash,
+)
+from trainer.embedding_spread import embedding_spread
+from trainer.pseudo_labels import PSEUDO_LABEL_FEATURES, clip_features, pseudo_attribute_labels
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +81,17 @@ class TrainConfig:
     ensemble_size : int
         Independently trained members (seeds ``seed``, ``seed + 1``, ...); their anomaly
         scores are summed (thesis Section 5.8). Exported as one model.
+    class_labels : list of {"machine", "section", "attributes", "dataset"}
+        The labels a class is made of (:meth:`trainer.data.ClipLabel.class_key`); the
+        thesis uses machine x section x attributes (Section 5.3.1); ``dataset`` adds the
+        recording campaign.
+    pseudo_labels : {"none", "stft_statistics", "embedding"}
+        Feature space in which clips without attributes are clustered into
+        pseudo-attributes (:mod:`trainer.pseudo_labels`, Fujimura et al. Section III-B):
+        per-clip STFT statistics, or (``"embedding"``, the paper's "Class") the embeddings
+        of a first model trained on the available labels, which doubles the training.
+    pseudo_max_clusters : int
+        Most pseudo-attributes per class.
     """
 
     sources: list[DataSource]
@@ -92,8 +112,18 @@ class TrainConfig:
     representative_samples: int = 64
     frontend: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    class_labels: list[str] = field(default_factory=lambda: list(DEFAULT_CLASS_LABELS))
+    pseudo_labels: str = "none"
+    pseudo_max_clusters: int = 4
 
     def __post_init__(self):
+        bad = [c for c in self.class_labels if c not in CLASS_LABELS]
+        if bad or "machine" not in self.class_labels:
+            raise ValueError(f"class_labels must include 'machine' and come from "
+                             f"{CLASS_LABELS}, got {self.class_labels!r}")
+        if self.pseudo_labels not in PSEUDO_LABEL_FEATURES:
+            raise ValueError(f"pseudo_labels must be one of {PSEUDO_LABEL_FEATURES}, "
+                             f"got {self.pseudo_labels!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         bad = [m for m in self.ssl if m not in SSL_METHODS]
@@ -105,7 +135,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {v}")
-        for name in ("ensemble_size", "n_centers", "ssl_n_centers", "epochs", "batch_size"):
+        for name in ("ensemble_size", "n_centers", "ssl_n_centers", "epochs", "batch_size",
+                     "pseudo_max_clusters"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -169,6 +200,14 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raise ValueError(f"{path}: {exc}") from exc
 
 
+def _dataset_name(source_path: str) -> str:
+    """The recording campaign of a recipe source: its first folder below ``asd/``
+    (``asd/mimii_fan_id00/normal`` -> ``mimii_fan_id00``), as the leave-one-machine-type-out
+    evaluation names it (:class:`trainer.asd_lomo_data.TypedClip`)."""
+    parts = Path(source_path).parts
+    return parts[1] if len(parts) > 1 and parts[0] == "asd" else parts[0]
+
+
 class TrainingSet:
     """Normal training clips held in memory, with class indices.
 
@@ -177,17 +216,24 @@ class TrainingSet:
     waveforms : list of np.ndarray, each (n_samples_i,), float32
     labels : list of ClipLabel
     classes : list of str
-        Sorted class names (machine x section x attributes).
+        Sorted class names (``class_labels`` of :class:`TrainConfig`, by default machine x
+        section x attributes; with pseudo-attributes where the attributes are missing).
+    class_names : list of str
+        Each clip's class.
+    pseudo_attributes : list of str
+        Each clip's pseudo-attribute (:mod:`trainer.pseudo_labels`), ``""`` when none.
     y : np.ndarray, shape (n_clips,), int
     paths : list of Path
     """
 
     def __init__(self, items: list[tuple[Path, ClipLabel]],
-                 frontend: AsdFrontendParams | dict[str, Any], progress: bool = True):
+                 frontend: AsdFrontendParams | dict[str, Any], progress: bool = True, *,
+                 class_labels: Sequence[str] = DEFAULT_CLASS_LABELS,
+                 pseudo_labels: str = "none", pseudo_max_clusters: int = 4, seed: int = 0):
         """``frontend`` may be the recipe's ``frontend`` mapping, where ``spectrum_step:
-        auto`` is resolved from these clips (:func:`edge.frontend.spectrum_step_for`)."""
-        import dataclasses
-
+        auto`` is resolved from these clips (:func:`edge.frontend.spectrum_step_for`).
+        ``class_labels``, ``pseudo_labels``, ``pseudo_max_clusters``: the classes
+        (:class:`TrainConfig`); ``seed`` seeds the pseudo-label clustering."""
         from tqdm import tqdm
 
         auto = False
@@ -200,15 +246,49 @@ class TrainingSet:
 
         self.paths = [p for p, _ in items]
         self.labels = [lab for _, lab in items]
-        self.classes = sorted({lab.class_name for lab in self.labels})
-        index = {c: i for i, c in enumerate(self.classes)}
-        self.y = np.array([index[lab.class_name] for lab in self.labels])
         self.frontend = frontend
         self.waveforms = [load_audio(p, frontend.sample_rate)
                           for p in tqdm(self.paths, desc="loading clips", disable=not progress)]
         if auto:
             self.frontend = dataclasses.replace(
                 frontend, spectrum_step=spectrum_step_for(self.waveforms, frontend))
+        self._base_names = [lab.class_key(class_labels) for lab in self.labels]
+        self.assign_pseudo_attributes(None)
+        if pseudo_labels not in ("none", "embedding"):  # "embedding": train_asd's first pass
+            self.assign_pseudo_attributes(clip_features(self.waveforms, pseudo_labels),
+                                          max_clusters=pseudo_max_clusters, seed=seed)
+
+    def assign_pseudo_attributes(self, features: np.ndarray | None, *, max_clusters: int = 4,
+                                 seed: int = 0) -> int:
+        """Split the classes of clips without attributes by clustering ``features``
+        (:func:`trainer.pseudo_labels.pseudo_attribute_labels`, Fujimura et al. Section
+        III-B); ``None`` removes the pseudo-attributes. Returns the number of clips given one.
+
+        Parameters
+        ----------
+        features : np.ndarray, shape (n_clips, n_features), float, or None
+            One vector per clip, e.g. :func:`trainer.pseudo_labels.clip_features` or the
+            embeddings of a model trained on the available labels.
+        """
+        groups = ["" if lab.attributes else n for lab, n in zip(self.labels, self._base_names)]
+        self.pseudo_attributes = ([""] * len(groups) if features is None else
+                                  pseudo_attribute_labels(features, groups,
+                                                          max_clusters=max_clusters, seed=seed))
+        self.class_names = [f"{n}_{a}" if a else n
+                            for n, a in zip(self._base_names, self.pseudo_attributes)]
+        self.classes = sorted(set(self.class_names))
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.y = np.array([index[n] for n in self.class_names])
+        return sum(bool(a) for a in self.pseudo_attributes)
+
+    @classmethod
+    def for_recipe(cls, items: list[tuple[Path, ClipLabel]], cfg: "TrainConfig",
+                   progress: bool = True) -> "TrainingSet":
+        """``items`` with the recipe's frontend and classes (``class_labels``,
+        ``pseudo_labels``)."""
+        return cls(items, cfg.frontend, progress, class_labels=cfg.class_labels,
+                   pseudo_labels=cfg.pseudo_labels,
+                   pseudo_max_clusters=cfg.pseudo_max_clusters, seed=cfg.seed)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, base: Path, progress: bool = True,
@@ -218,13 +298,15 @@ class TrainingSet:
         root = cfg.resolved_data_root(base)
         items: list[tuple[Path, ClipLabel]] = []
         for s in cfg.sources:
-            found = list_clips(root / s.path, machine_hint=s.machine, split=s.split)
+            dataset = _dataset_name(s.path)
+            found = [(p, dataclasses.replace(lab, dataset=dataset)) for p, lab in
+                     list_clips(root / s.path, machine_hint=s.machine, split=s.split)]
             if s.files:
                 found = [(p, lab) for p, lab in found if fnmatch.fnmatch(p.name, s.files)]
             if not found:
                 raise FileNotFoundError(f"source {s.path!r} (files={s.files!r}) matched no clip")
             items += found
-        return cls(items + list(extra_items), cfg.frontend, progress)
+        return cls.for_recipe(items + list(extra_items), cfg, progress)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -428,6 +510,17 @@ def train_asd(cfg: TrainConfig, data: TrainingSet, progress: bool = True):
     from trainer.model import build_ensemble
 
     steps = cfg.steps_per_epoch or max(1, int(np.ceil(len(data) / cfg.batch_size)))
+    if cfg.pseudo_labels == "embedding":
+        # Fujimura et al.'s "Class" feature space: a model trained on the available labels
+        # embeds the clips, whose classes without attributes are then split by clustering.
+        with tqdm(total=cfg.epochs * steps, desc="first model (pseudo-labels)", unit="step",
+                  disable=not progress) as first_bar:
+            first, _ = _train_member(cfg, data, cfg.seed, steps, first_bar, 0)
+        n = data.assign_pseudo_attributes(float_embeddings(first, data.features()),
+                                          max_clusters=cfg.pseudo_max_clusters, seed=cfg.seed)
+        log.info("pseudo-attributes for %d clips from a first model: %d classes", n,
+                 len(data.classes))
+        del first
     bar = tqdm(total=cfg.ensemble_size * cfg.epochs * steps, desc="training", unit="step",
                disable=not progress)
     members, histories = [], []
@@ -462,14 +555,14 @@ def float_embeddings(model, features: dict[str, np.ndarray], n_members: int = 1,
 def export_asd_bundle(model, data: TrainingSet, cfg: TrainConfig, out_dir, history=None,
                       extra: dict | None = None) -> Path:
     """Convert to full-integer int8, write ``<out_dir>/<cfg.name>.{tflite,json}`` and record
-    the int8-vs-float embedding cosine on the training clips in the metadata.
+    the int8-vs-float embedding cosine on the training clips in the metadata, and the
+    spread of their int8 embeddings (:func:`trainer.embedding_spread.embedding_spread`,
+    ``embedding_spread``: pairwise cosine percentiles, nearest-neighbour class agreement).
 
     Returns
     -------
     Path of the ``.tflite``.
     """
-    import dataclasses
-
     from trainer.export import (
         convert_float,
         convert_int8,
@@ -509,5 +602,7 @@ def export_asd_bundle(model, data: TrainingSet, cfg: TrainConfig, out_dir, histo
     cos = cosine_similarity_rows(ref, q)
     meta = dict(emb.metadata)
     meta["int8_vs_float_cosine"] = {"min": float(cos.min()), "mean": float(cos.mean())}
+    if len(data) >= 2:
+        meta["embedding_spread"] = embedding_spread(q, data.class_names)
     atomic_write_json(path.with_suffix(".json"), meta)
     return path
