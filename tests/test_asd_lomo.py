@@ -264,3 +264,10 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
     md = (out / "report.md").read_text()
     assert "Leave-one-machine-type-out" in md and "ours (int8)" in md and "recall" in md
     assert "## Embedding spread on the held-out type" in md
+    assert "## int8 minus float" in md
+    for t in ("fan", "pump"):
+        d = rep["types"][t]["int8_minus_float"]["auc_all"]
+        sys_ = rep["types"][t]["systems"]
+        assert d["delta"] == pytest.approx(sys_["ours (int8)"]["auc_all"]
+                                           - sys_["ours (float)"]["auc_all"])
+        assert d["ci"][0] <= d["ci"][1]

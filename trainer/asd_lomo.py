@@ -360,6 +360,15 @@ def run_cli(args) -> int:
                      calibration_scores=[float(v) for v in r["calibration_scores"]],
                      meta=r["meta"])
             entry["systems"][name] = m
+        own, ref = SYSTEMS["ours"], OURS_FLOAT
+        if own in results and ref in results:
+            # int8 conversion's cost, paired: the same bootstrap resamples for both models
+            entry["int8_minus_float"] = {
+                k: {"delta": (None if entry["systems"][own][k] is None
+                              or entry["systems"][ref][k] is None
+                              else entry["systems"][own][k] - entry["systems"][ref][k]),
+                    "ci": bootstrap_ci(boots[t][own][k] - boots[t][ref][k])}
+                for k in ("auc_source", "auc_all", "pauc")}
         if y.any() and n_normal:
             curves = {f"{n} (AUC {100 * m['auc_all']:.1f})": (y, np.asarray(m["test_scores"]))
                       for n, m in entry["systems"].items()}
