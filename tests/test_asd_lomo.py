@@ -176,10 +176,9 @@ def _link(src: Path, dst: Path) -> None:
     os.symlink(src, dst)
 
 
-@pytest.mark.slow
-def test_lomo_cli_end_to_end(data_dir, tmp_path):
-    """Two machine types (fan from MIMII, pump from the DCASE 2020 samples), a tiny model."""
-    pytest.importorskip("tensorflow")
+def _two_types(data_dir: Path, tmp_path: Path) -> Path:
+    """A data folder of two machine types: 8 normal + 4 anomalous MIMII fan clips, 6 normal +
+    4 anomalous DCASE 2020 pump clips (links to the shared data)."""
     asd = data_dir / "asd"
     root = tmp_path / "asd"
     for sub, n in (("normal", 8), ("abnormal", 4)):
@@ -189,6 +188,43 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
     for pattern, n in (("normal_*", 6), ("anomaly_*", 4)):
         for f in sorted(pump.glob(pattern))[:n]:
             _link(f, root / "mimii_dcase2020_samples" / "pump" / f.name)
+    return root
+
+
+def test_lomo_seeds_summarise_each_draw(data_dir, tmp_path):
+    """``--seeds 0,1``: one full evaluation per seed (the seed reaches the calibration split)
+    and a summary whose per-seed values are those of the seeds' reports."""
+    root = _two_types(data_dir, tmp_path)
+    out = tmp_path / "report"
+    r = subprocess.run([sys.executable, "-m", "trainer", "evaluate-asd", str(root),
+                        "--protocol", "leave-one-machine-out", "--systems", "stft",
+                        "--bootstrap", "20", "--min-test-normal", "2", "--seeds", "0,1",
+                        "--out", str(out), "--quiet"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    reps = {s: json.loads((out / f"seed_{s}" / "report.json").read_text()) for s in (0, 1)}
+    assert (reps[0]["types"]["fan"]["calibration_files"]
+            != reps[1]["types"]["fan"]["calibration_files"])
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [0, 1]
+    name = "STFT mean/std + cosine (no learning)"
+    official = summary["systems"][name]["official_score"]
+    assert official["per_seed"] == [reps[s]["systems"][name]["official_score"] for s in (0, 1)]
+    assert official["mean"] == pytest.approx(np.mean(official["per_seed"]))
+    fan = summary["types"]["fan"][name]
+    assert fan["auc_source"]["per_seed"] == [reps[s]["types"]["fan"]["systems"][name]
+                                             ["auc_source"] for s in (0, 1)]
+    assert fan["normal_clips"] == sum(reps[s]["types"]["fan"]["counts"]["test_normal"]["source"]
+                                      for s in (0, 1))
+    assert fan["anomalies"] == 8 and 0 <= fan["found"] <= 8
+    assert "over several draws" in (out / "seeds.md").read_text()
+
+
+@pytest.mark.slow
+def test_lomo_cli_end_to_end(data_dir, tmp_path):
+    """Two machine types (fan from MIMII, pump from the DCASE 2020 samples), a tiny model."""
+    pytest.importorskip("tensorflow")
+    root = _two_types(data_dir, tmp_path)
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
         "sources: [{path: unused}]\nepochs: 1\nsteps_per_epoch: 2\nbatch_size: 4\n"

@@ -24,7 +24,7 @@ from trainer.asd_metrics import dcase_section_metrics, official_score
 from trainer.asd_plots import plot_section_lines
 
 __all__ = ["OURS_EMBEDDING_ONLY", "type_metrics", "rates_at_threshold", "bootstrap_metrics",
-           "bootstrap_ci", "lomo_markdown"]
+           "bootstrap_ci", "lomo_markdown", "seeds_summary", "seeds_markdown"]
 
 #: Our embedder scored by its embedding alone, reported beside the node's configured views
 #: (``asd.views``) when those are more than the embedding.
@@ -160,6 +160,82 @@ def _with_ci(r: dict[str, Any], key: str) -> str:
     if r.get(key) is None:
         return "n/a"
     return _pct(r[key]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+
+
+def seeds_summary(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Summary over several draws of the evaluation (``--seeds``).
+
+    Parameters
+    ----------
+    runs : dict of int -> dict
+        Seed -> ``report.json`` of that seed's evaluation.
+
+    Returns
+    -------
+    dict
+        ``seeds``; ``systems``: name -> ``official_score`` (``per_seed``, ``mean``, ``min``,
+        ``max``); ``types``: held-out type -> system -> ``auc_source`` / ``pauc``
+        (``per_seed``, ``mean``), ``false_positives`` / ``normal_clips`` (source domain) and
+        ``found`` / ``anomalies`` at the threshold, summed over the seeds. A value undefined
+        in a seed is ``None`` there and left out of the mean.
+    """
+    def stats(values):
+        v = [x for x in values if x is not None]
+        return {"per_seed": values, "mean": float(np.mean(v)) if v else None,
+                "min": min(v) if v else None, "max": max(v) if v else None}
+
+    seeds = sorted(runs)
+    names = list(dict.fromkeys(n for s in seeds for n in runs[s]["systems"]))
+    systems = {n: {"official_score": stats([runs[s]["systems"].get(n, {}).get("official_score")
+                                            for s in seeds])} for n in names}
+    types: dict[str, Any] = {}
+    for t in dict.fromkeys(t for s in seeds for t in runs[s]["types"]):
+        types[t] = {}
+        for n in names:
+            per = [runs[s]["types"].get(t, {}).get("systems", {}).get(n) for s in seeds]
+            counts = [runs[s]["types"].get(t, {}).get("counts") for s in seeds]
+            if not any(per):
+                continue
+            fp = nn = tp = na = 0
+            for m, k in zip(per, counts):
+                if not m:
+                    continue
+                if m["fpr_source"] is not None:
+                    fp += round(m["fpr_source"] * k["test_normal"]["source"])
+                    nn += k["test_normal"]["source"]
+                if m["recall"] is not None:
+                    tp += round(m["recall"] * k["test_anomalous"])
+                    na += k["test_anomalous"]
+            types[t][n] = {k: stats([m.get(k) if m else None for m in per])
+                           for k in ("auc_source", "pauc")}
+            types[t][n].update(false_positives=fp, normal_clips=nn, found=tp, anomalies=na)
+    return {"seeds": seeds, "systems": systems, "types": types}
+
+
+def seeds_markdown(summary: dict[str, Any]) -> str:
+    """``seeds.md``: the official score and every type's AUC per seed and on average."""
+    seeds = summary["seeds"]
+    head = " / ".join(str(s) for s in seeds)
+
+    def cell(st):
+        vals = " / ".join(_pct(v) for v in st["per_seed"])
+        return "n/a" if st["mean"] is None else f"{_pct(st['mean'])} ({vals})"
+
+    lines = ["# Leave-one-machine-type-out evaluation over several draws", "",
+             f"Seeds {head}: each draw trains, splits the calibration clips and resamples with "
+             "its own seed (reports in `seed_<s>/`). Values in percent: the mean over the "
+             "seeds, then each seed.", "", "## Official score", "",
+             "| system | official score |", "|---|---|"]
+    lines += [f"| {n} | {cell(v['official_score'])} |" for n, v in summary["systems"].items()]
+    lines += ["", "## Per held-out machine type", "",
+              "| held-out type | system | AUC source | pAUC | false positives (source normal "
+              "test clips, all seeds) | anomalies found |", "|---|---|---|---|---|---|"]
+    for t, per in summary["types"].items():
+        for n, v in per.items():
+            lines.append(f"| {t} | {n} | {cell(v['auc_source'])} | {cell(v['pauc'])} | "
+                         f"{v['false_positives']}/{v['normal_clips']} | "
+                         f"{v['found']}/{v['anomalies']} |")
+    return "\n".join(lines) + "\n"
 
 
 def _int8_lines(types: dict[str, Any]) -> list[str]:
