@@ -212,6 +212,7 @@ class SpeechEmbedder:
             raise ModelError(f"{path}: output has shape {tuple(self._emb_out['shape'])}, "
                              f"expected {RAW_DIM}")
         self._head = None
+        self._head_batch = 1  # rows the head interpreter is allocated for
         if metadata.get("head"):
             self._head = self._load_head(metadata["head"], meta_path, num_threads)
         elif self.embedding_dim != RAW_DIM:
@@ -295,13 +296,16 @@ class SpeechEmbedder:
         """
         if self._head is None:
             return np.asarray(frames, np.float32)
+        if not len(frames):
+            return np.empty((0, self.embedding_dim), np.float32)
         interp, d_in, d_out = self._head
-        out = np.empty((len(frames), self.embedding_dim), np.float32)
-        for i, f in enumerate(frames):
-            interp.set_tensor(d_in["index"], quantize(f[None], d_in))
-            interp.invoke()
-            out[i] = dequantize(interp.get_tensor(d_out["index"]), d_out)[0]
-        return out
+        if self._head_batch != len(frames):  # one invoke for all frames of a block
+            interp.resize_tensor_input(d_in["index"], [len(frames), RAW_DIM])
+            interp.allocate_tensors()
+            self._head_batch = len(frames)
+        interp.set_tensor(d_in["index"], quantize(np.asarray(frames, np.float32), d_in))
+        interp.invoke()
+        return dequantize(interp.get_tensor(d_out["index"]), d_out)
 
     def embed_wave(self, y: np.ndarray) -> np.ndarray:
         """Frame embeddings of a 16 kHz mono recording, one per ``frame_seconds``.
