@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-__all__ = ["ClipLabel", "CLASS_LABELS", "DEFAULT_CLASS_LABELS", "parse_dcase_name", "list_clips",
-           "training_data_hash"]
+__all__ = ["ClipLabel", "CLASS_LABELS", "DEFAULT_CLASS_LABELS", "check_class_labels",
+           "parse_dcase_name", "list_clips", "training_data_hash"]
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 
@@ -32,6 +32,14 @@ _DCASE2022 = re.compile(
     r"(?P<domain>source|target)_(?:train|test)_(?P<condition>normal|anomaly)_"
     r"(?P<index>\d+)(?:_(?P<attributes>.+))?$")
 _DCASE2020 = re.compile(r"^(?P<condition>normal|anomaly)_id_(?P<section>\d+)_(?P<index>\d+)$")
+
+
+def check_class_labels(labels) -> None:
+    """Raise ``ValueError`` unless ``labels`` include ``"machine"`` and come from
+    :data:`CLASS_LABELS`."""
+    if set(labels) - set(CLASS_LABELS) or "machine" not in labels:
+        raise ValueError(f"class_labels must include 'machine' and come from {CLASS_LABELS}, "
+                         f"got {list(labels)}")
 
 
 @dataclass(frozen=True)
@@ -74,10 +82,7 @@ class ClipLabel:
         ValueError
             If ``labels`` names an unknown label or lacks ``"machine"``.
         """
-        bad = set(labels) - set(CLASS_LABELS)
-        if bad or "machine" not in labels:
-            raise ValueError(f"class labels must include 'machine' and come from "
-                             f"{CLASS_LABELS}, got {list(labels)}")
+        check_class_labels(labels)
         parts = [self.machine]
         if "section" in labels:
             parts.append(f"section_{self.section}")

@@ -25,9 +25,9 @@ from edge.frontend import AsdFrontendParams, asd_features, spectrum_step_for
 from edge.model import AsdEmbedder
 from firmware_config.fileio import atomic_write_json
 from trainer.data import (
-    CLASS_LABELS,
     DEFAULT_CLASS_LABELS,
     ClipLabel,
+    check_class_labels,
     list_clips,
     training_data_hash,
 )
@@ -117,10 +117,7 @@ class TrainConfig:
     pseudo_max_clusters: int = 4
 
     def __post_init__(self):
-        bad = [c for c in self.class_labels if c not in CLASS_LABELS]
-        if bad or "machine" not in self.class_labels:
-            raise ValueError(f"class_labels must include 'machine' and come from "
-                             f"{CLASS_LABELS}, got {self.class_labels!r}")
+        check_class_labels(self.class_labels)
         if self.pseudo_labels not in PSEUDO_LABEL_FEATURES:
             raise ValueError(f"pseudo_labels must be one of {PSEUDO_LABEL_FEATURES}, "
                              f"got {self.pseudo_labels!r}")
