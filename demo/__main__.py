@@ -1,9 +1,10 @@
 """``make demo``: a node calibrates on, then monitors, real fan sounds and speech from a virtual microphone.
 
 1. start mosquitto on a free loopback port and a PulseAudio null-sink virtual microphone;
-2. ``python -m calibration record`` captures 60 s of real normal fan sound played into it;
-   ``python -m calibration enroll`` enrolls the keywords "stop" and "computer" from 5 real
-   shots each, with thresholds for 10 false alarms per hour (node default: 1);
+2. ``python -m calibration record`` captures 60 s of real normal sound of a fan the default
+   embedder never heard (MIMII fan id_02) played into it; ``python -m calibration enroll``
+   enrolls the keywords "stop" and "computer" from 5 real shots each, with thresholds for the
+   node's default of 1 false alarm per hour;
 3. ``python -m edge run`` starts; 20 s of held-out normal and then 20 s of anomalous fan
    sound are played, then 22 s of speech by other speakers over background noise with
    3 x "stop", 3 x "computer" and 6 other words;

@@ -34,6 +34,18 @@ def mimii(data_dir) -> dict[str, list[Path]]:
 
 
 @pytest.fixture(scope="session")
+def site_fan(data_dir) -> dict[str, list[Path]]:
+    """A fan the default embedder never heard (MIMII / DCASE 2020 fan id_02, the demo's
+    machine): ``calibration`` the demo's 6 calibration clips (normal 03, 06-10), ``normal``
+    the other 4 normal clips (11-14), ``abnormal`` all 10 anomalous clips; 10 s each."""
+    base = data_dir / "asd" / "mimii_dcase2020_samples" / "fan"
+    normal = sorted(base.glob("normal_id_02_*.flac"))
+    assert len(normal) == 10, f"expected 10 normal fan id_02 clips in {base}"
+    return {"calibration": normal[:6], "normal": normal[6:],
+            "abnormal": sorted(base.glob("anomaly_id_02_*.flac"))}
+
+
+@pytest.fixture(scope="session")
 def default_model() -> Path:
     p = ROOT / "models" / "asd_default.tflite"
     assert p.is_file(), "the default model bundle is missing: run `make export-tflite`"

@@ -25,7 +25,7 @@ from firmware_config.schema import parse_config
 SR = 16000
 BLOCK = 1600  # the node's 0.1 s blocks
 CLIPS = Path(__file__).resolve().parent.parent / "demo" / "clips"
-FAN = CLIPS / "fan_id00_test_normal_normal_00000012.flac"  # 10 s, about -44 dBFS
+FAN = CLIPS / "fan_id02_test_normal_normal_00000011.flac"  # 10 s, about -43 dBFS
 SPEECH = CLIPS / "kws" / "stream.flac"  # 22.8 s of spoken words, peak well below 1
 
 _missing_audio = require_tools(mqtt=False, audio=True)

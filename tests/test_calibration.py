@@ -18,39 +18,40 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def mimii_calibration(embedder, mimii):
-    cal_files = mimii["normal"][6:12]  # the demo's calibration clips
-    w = collect_windows([FileSource([f]).blocks() for f in cal_files], embedder, 10.0, 2.0)
+def site_calibration(embedder, site_fan):
+    w = collect_windows([FileSource([f]).blocks() for f in site_fan["calibration"]],
+                        embedder, 10.0, 2.0)
     return fit_calibration(w, embedder, 16, "mst-iqr", {}, 10.0, 2.0)
 
 
-def test_anomalous_fan_scores_higher_than_normal(embedder, mimii, mimii_calibration):
-    """MIMII fan id_00: normal clips 14-19 (never seen) vs all 20 abnormal clips."""
-    cal = mimii_calibration
+def test_anomalous_fan_scores_higher_than_normal(embedder, site_fan, site_calibration):
+    """A fan the model never heard (fan id_02, the demo's calibration clips): its 4 other
+    normal clips vs its 10 anomalous clips, which are not louder than normal."""
+    cal = site_calibration
     normal = [float(cal.anomaly_score(embedder.embed(load_audio(f)))[0])
-              for f in mimii["normal"][14:]]
+              for f in site_fan["normal"]]
     abnormal = [float(cal.anomaly_score(embedder.embed(load_audio(f)))[0])
-                for f in mimii["abnormal"]]
+                for f in site_fan["abnormal"]]
     auc = roc_auc_score([0] * len(normal) + [1] * len(abnormal), normal + abnormal)
     tpr = np.mean(np.array(abnormal) > cal.decision_threshold)
     fpr = np.mean(np.array(normal) > cal.decision_threshold)
-    print(f"\nMIMII fan id_00: normal mean {np.mean(normal):.5f} (n={len(normal)}), anomalous "
+    print(f"\nfan id_02: normal mean {np.mean(normal):.5f} (n={len(normal)}), anomalous "
           f"mean {np.mean(abnormal):.5f} (n={len(abnormal)}), AUC {auc:.3f}; threshold "
           f"{cal.decision_threshold:.5f}: TPR {tpr:.2f} FPR {fpr:.2f}")
     assert np.mean(abnormal) > np.mean(normal)
-    assert auc >= 0.7  # 0.97 with the shipped model; the bound leaves room for retraining
+    assert auc >= 0.7  # 1.00 with the shipped model; the bound leaves room for retraining
 
 
 ALL_VIEWS = ("embedding", "branches", "stft_statistics")
 
 
-def test_views_each_normalised_on_held_out_calibration_scores(tmp_path, embedder, mimii):
-    """The default views on real MIMII fan clips: every view is standardised on its own
-    held-out distances, the combined score separates anomalies, and the artifact keeps
-    each view's memory."""
+def test_views_each_normalised_on_held_out_calibration_scores(tmp_path, embedder, site_fan):
+    """The default views on real clips of a fan the model never heard: every view is
+    standardised on its own held-out distances, the combined score separates anomalies, and
+    the artifact keeps each view's memory."""
     from edge.views import window_views
 
-    files = mimii["normal"][6:12]
+    files = site_fan["calibration"]
     w = collect_windows([FileSource([f]).blocks() for f in files], embedder, 10.0, 2.0,
                         views=ALL_VIEWS)
     assert w.names == ("embedding", "branch_spectrogram", "branch_spectrum", "stft_statistics")
@@ -72,10 +73,10 @@ def test_views_each_normalised_on_held_out_calibration_scores(tmp_path, embedder
     def score(f):
         return float(back.score_views(window_views(embedder, load_audio(f)[:160000],
                                                    back.view_names))[0])
-    normal = [score(f) for f in mimii["normal"][14:]]
-    abnormal = [score(f) for f in mimii["abnormal"]]
+    normal = [score(f) for f in site_fan["normal"]]
+    abnormal = [score(f) for f in site_fan["abnormal"]]
     auc = roc_auc_score([0] * len(normal) + [1] * len(abnormal), normal + abnormal)
-    print(f"\nMIMII fan id_00, default views: AUC {auc:.3f}")
+    print(f"\nfan id_02, default views: AUC {auc:.3f}")
     assert auc >= 0.7
     with pytest.raises(ValueError, match="score_views"):
         back.anomaly_score(w.embeddings)
@@ -117,8 +118,8 @@ def test_held_out_scores_exclude_overlapping_windows(embedder, mimii):
         held_out_scores(collect_windows([[y[:160000 + 32000]]], embedder, 10.0, 2.0))
 
 
-def test_artifact_roundtrip_and_model_check(tmp_path, mimii_calibration, embedder):
-    cal = mimii_calibration
+def test_artifact_roundtrip_and_model_check(tmp_path, site_calibration, embedder):
+    cal = site_calibration
     p = cal.save(tmp_path / "cal.npz")
     assert [f.name for f in tmp_path.iterdir()] == ["cal.npz"]  # no temp files left behind
     back = Calibration.load(p, embedder.sha256)
