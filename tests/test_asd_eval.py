@@ -44,6 +44,9 @@ def layouts(tmp_path, data_dir):
     for f in sorted(asd.glob("dcase2023_dev_samples/valve_*.wav")):
         split = "train" if "_train_" in f.name else "test"
         _link(f, root / "dev_data" / "valve" / split / f.name.split("_", 2)[2])
+    # DCASE 2020 names in one folder per machine type (mimii_dcase2020_samples/<machine>/).
+    for f in sorted((asd / "mimii_dcase2020_samples" / "pump").glob("*_id_00_*.flac")):
+        _link(f, root / "mimii_dcase2020_samples" / "pump" / f.name)
     (root / "notes.wav").write_bytes(b"")  # no labels: skipped, not fatal
     return root
 
@@ -55,7 +58,11 @@ def test_labels_and_splits(layouts):
     for c in clips:
         by.setdefault(c.unit, []).append(c)
     assert set(by) == {"mimii_fan_id00_section_00", "dcase2020_id00_section_00",
-                       "bearing_section_00", "valve_section_00"}
+                       "bearing_section_00", "valve_section_00", "pump_section_00"}
+    # machine type from the folder the file is in, section from the machine id
+    p = by["pump_section_00"]
+    assert {c.label.machine for c in p} == {"pump"} and len(p) == 7
+    assert sum(c.split == "test" and not c.label.is_anomaly for c in p) == 2
     # MIMII folders: first half of the normal clips train, the rest and all anomalies test.
     m = by["mimii_fan_id00_section_00"]
     train = sorted(c.path.name for c in m if c.split == "train")
@@ -144,7 +151,7 @@ def test_evaluate_asd_cli_end_to_end(layouts, tmp_path):
     assert set(rep["systems"]) == {"ours (float)", "ours (int8)", "DCASE 2023 AE baseline"}
     summary_units = [u for u in rep["units"].values() if u["in_summary"]]
     assert {n for n, u in rep["units"].items() if u["in_summary"]} == \
-        {"mimii_fan_id00_section_00", "dcase2020_id00_section_00"}
+        {"mimii_fan_id00_section_00", "dcase2020_id00_section_00", "pump_section_00"}
     for name, s in rep["systems"].items():
         # The summary's official score is the harmonic mean over the units' metrics.
         expect = official_score_of_sections([u["systems"][name] for u in summary_units])

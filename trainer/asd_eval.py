@@ -123,9 +123,13 @@ def _label_of(path: Path) -> ClipLabel | None:
             return lab
         except ValueError:
             pass
-    # DCASE 2020 (<machine>/<train|test>/normal_id_00_...) and MIMII (<id>/<normal|abnormal>/).
-    if re.match(r"^(normal|anomaly)_id_\d+_\d+$", path.stem) or \
-            path.parent.name.lower() in ("normal", "abnormal", "anomaly"):
+    # DCASE 2020 (<machine>/<train|test>/normal_id_00_... or <machine>/normal_id_00_...) and
+    # MIMII (<machine id>/<normal|abnormal>/).
+    if re.match(r"^(normal|anomaly)_id_\d+_\d+$", path.stem):
+        folder = path.parent.parent if path.parent.name.lower() in ("train", "test") \
+            else path.parent
+        return parse_dcase_name(path, machine_hint=folder.name)
+    if path.parent.name.lower() in ("normal", "abnormal", "anomaly"):
         return parse_dcase_name(path, machine_hint=path.parent.parent.name)
     return None
 
