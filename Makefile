@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-SYSTEM_PACKAGES := mosquitto mosquitto-clients libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins openssl openssh-client openssh-server espeak-ng flite wamerican
+SYSTEM_PACKAGES := mosquitto mosquitto-clients libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins openssl openssh-client openssh-server espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k wamerican
 CONFIG ?= firmware_config/default.yaml
 
 .PHONY: help setup system-deps venv run demo test test-arm64 export-tflite evaluate-asd bench clean

@@ -1,4 +1,5 @@
-"""The synthetic vocabulary: words and phrases spoken by espeak-ng and flite, with a manifest."""
+"""The synthetic vocabulary: words and phrases spoken by espeak-ng, flite and festival, with a
+manifest."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from trainer.kws_tts import dictionary_words
+from trainer.kws_tts import dictionary_words, synthesize, tts_voices
 from trainer.kws_vocabulary import build_vocabulary, read_vocabulary
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
@@ -49,3 +50,26 @@ def test_a_missing_clip_is_named(vocabulary, tmp_path):
         read_vocabulary(tmp_path / "nothing")
 
 
+
+
+@pytest.mark.skipif(shutil.which("text2wave") is None, reason="festival not installed")
+def test_festival_voices_follow_rate_and_pitch(tmp_path):
+    """festival's two diphone voices are offered, and espeak-ng's rate and pitch controls
+    reach them: half the words per minute about doubles the duration, and pitch 10 vs 90
+    moves the median F0 (pYIN) by tens of Hz (measured: 86 vs 165 Hz)."""
+    import librosa
+
+    assert {("festival", "kal_diphone"), ("festival", "ked_diphone")} <= set(tts_voices())
+    slow = synthesize("festival", "ked_diphone", 120, 50, "window frame", cache_dir=tmp_path)
+    fast = synthesize("festival", "ked_diphone", 240, 50, "window frame", cache_dir=tmp_path)
+    assert slow.audio.dtype == np.float32 and np.abs(slow.audio).max() > 0.05
+    assert 1.5 < len(slow.audio) / len(fast.audio) < 2.5
+
+    def median_f0(pitch):
+        y = synthesize("festival", "kal_diphone", 175, pitch, "a long low window",
+                       cache_dir=tmp_path).audio
+        f0, _, _ = librosa.pyin(y, fmin=50, fmax=300, sr=16000)
+        return float(np.nanmedian(f0))
+    assert median_f0(90) - median_f0(10) > 40
+    with pytest.raises(FileNotFoundError, match="'rab_diphone'"):
+        synthesize("festival", "rab_diphone", 175, 50, "window", cache_dir=tmp_path)

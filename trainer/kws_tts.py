@@ -1,4 +1,4 @@
-"""Synthetic speech from offline TTS engines (espeak-ng, flite), reproducibly.
+"""Synthetic speech from offline TTS engines (espeak-ng, flite, festival), reproducibly.
 
 Negative audio for keyword evaluation needs hours of speech that contains no keyword; real
 recordings run out. :func:`synthetic_sentences` speaks random sentences of dictionary words
@@ -6,22 +6,23 @@ recordings run out. :func:`synthetic_sentences` speaks random sentences of dicti
 as a separate program, never imported), varying the voice, speaking rate and pitch. Every
 clip is described in a manifest (engine, voice, rate, pitch, text), derived from a seed, and
 cached on disk by the hash of its description, so a second run reads the same audio.
-:func:`synthesize` speaks one text with either engine: espeak-ng (GPL-3) or flite (BSD-like
-licence, Debian's ``flite`` package, voices kal, kal16, awb, rms and slt); both run as separate
-programs.
+:func:`synthesize` speaks one text with one engine: espeak-ng (GPL-3), flite (BSD-like
+licence, Debian's ``flite`` package, voices kal, kal16, awb, rms and slt) or festival (its
+``text2wave``; X11-style licence; the diphone voices of Debian's ``festvox-kallpc16k`` and
+``festvox-kdlpc16k``, two American English male speakers). All run as separate programs.
 
 Words containing any of the ``exclude`` strings (the keywords under evaluation, e.g.
 "computer" also excludes "computers") are never spoken.
 
 Contents
 --------
-ESPEAK_VOICES, FLITE_VOICES
+ESPEAK_VOICES, FLITE_VOICES, FESTIVAL_VOICES
     The voices (and espeak-ng variants) drawn from.
 TtsClip, synthetic_sentences
     Random sentences as 16 kHz float32 clips with their manifest entries.
 random_phrases, speak, synthesize, tts_voices
     Random short phrases (synthetic keywords), one text in several voices (its shots), one
-    text in one voice of either engine, and every installed engine's voices.
+    text in one voice of one engine, and every installed engine's voices.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import numpy as np
 
 from edge.audio import load_audio
 
-__all__ = ["ESPEAK_VOICES", "FLITE_VOICES", "WORD_LIST", "TtsClip", "synthetic_sentences",
+__all__ = ["ESPEAK_VOICES", "FLITE_VOICES", "FESTIVAL_VOICES", "WORD_LIST", "TtsClip", "synthetic_sentences",
            "random_phrases", "speak", "synthesize", "tts_voices", "dictionary_words"]
 
 #: espeak-ng voices (English accents) and voice variants (``+m1`` ... ``+f4``) drawn from.
@@ -47,6 +48,8 @@ ESPEAK_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en
 _VARIANTS = ("", "+m1", "+m2", "+m3", "+m4", "+f1", "+f2", "+f3", "+f4")
 #: flite's built-in voices (Debian ``flite`` 2.2); slt is the female one.
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+#: festival's diphone voices from Debian's festvox-kallpc16k and festvox-kdlpc16k (16 kHz).
+FESTIVAL_VOICES = ("kal_diphone", "ked_diphone")
 #: Debian's ``wamerican`` word list.
 WORD_LIST = Path("/usr/share/dict/american-english")
 SAMPLE_RATE = 16000
@@ -60,7 +63,7 @@ class TtsClip:
     ----------
     engine, voice, text : str
     rate_wpm, pitch : int
-        espeak-ng's ``-s`` (words per minute) and ``-p`` (0-99); flite maps both
+        espeak-ng's ``-s`` (words per minute) and ``-p`` (0-99); flite and festival map both
         (:func:`synthesize`).
     audio : np.ndarray, shape (n,), float32
         16 kHz mono, as the engine produced it (espeak-ng resampled from 22.05 kHz).
@@ -103,16 +106,17 @@ def dictionary_words(exclude: Sequence[str]) -> list[str]:
     return out
 
 
-def _cached_wav(key: list, command, cache: Path) -> np.ndarray:
+def _cached_wav(key: list, command, cache: Path, stdin: str | None = None) -> np.ndarray:
     """Run an engine once per description ``key``: ``command(out_path)`` gives the program's
-    arguments that write a WAV file; the file is kept in ``cache`` under the key's hash
-    (written atomically) and read back at 16 kHz."""
+    arguments that write a WAV file (``stdin``: text to feed it); the file is kept in
+    ``cache`` under the key's hash (written atomically) and read back at 16 kHz."""
     path = cache / (hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20] + ".wav")
     if not path.is_file():
         with tempfile.NamedTemporaryFile(suffix=".wav", dir=cache, delete=False) as tmp:
             tmp_path = Path(tmp.name)
         try:
-            subprocess.run(command(tmp_path), check=True, capture_output=True, timeout=60)
+            subprocess.run(command(tmp_path), check=True, capture_output=True, timeout=60,
+                           input=stdin.encode() if stdin is not None else None)
             tmp_path.replace(path)
         finally:
             tmp_path.unlink(missing_ok=True)
@@ -145,9 +149,25 @@ def _flite_speak(flite: str, voice: str, rate: int, pitch: int, text: str,
                        cache)
 
 
+def _festival_speak(text2wave: str, voice: str, rate: int, pitch: int, text: str,
+                    cache: Path) -> np.ndarray:
+    """festival's ``text2wave`` with espeak-ng's controls mapped: rate (words per minute) to
+    ``Duration_Stretch`` ``175 / rate``, pitch (0-99) to the target mean F0 of the voice's
+    linear-regression intonation model, 75-174 Hz (``int_lr_params``; std 15 Hz)."""
+    f0 = 75 + pitch
+    return _cached_wav(["festival", voice, rate, pitch, text],
+                       lambda out: [text2wave, "-eval", f"(voice_{voice})",
+                                    "-eval", f"(Parameter.set 'Duration_Stretch {175 / rate:.3f})",
+                                    "-eval", f"(set! int_lr_params '((target_f0_mean {f0}) "
+                                    "(target_f0_std 15) (model_f0_mean 170) (model_f0_std 34)))",
+                                    "-F", str(SAMPLE_RATE), "-o", str(out)],
+                       cache, stdin=text)
+
+
 def tts_voices() -> list[tuple[str, str]]:
     """``(engine, voice)`` for every voice of every installed engine: espeak-ng's English
-    voices with each variant, and flite's voices when flite is installed.
+    voices with each variant, flite's voices when flite is installed, and festival's
+    :data:`FESTIVAL_VOICES` that are installed.
 
     Raises
     ------
@@ -158,7 +178,15 @@ def tts_voices() -> list[tuple[str, str]]:
     out = [("espeak-ng", v + var) for v in ESPEAK_VOICES for var in _VARIANTS]
     if shutil.which("flite"):
         out += [("flite", v) for v in FLITE_VOICES]
+    if shutil.which("text2wave"):
+        out += [("festival", v) for v in _installed_festival_voices()]
     return out
+
+
+def _installed_festival_voices() -> list[str]:
+    """The :data:`FESTIVAL_VOICES` whose files Debian's festvox packages installed."""
+    root = Path("/usr/share/festival/voices/english")
+    return [v for v in FESTIVAL_VOICES if (root / v).is_dir()]
 
 
 def synthesize(engine: str, voice: str, rate: int, pitch: int, text: str, *,
@@ -167,13 +195,16 @@ def synthesize(engine: str, voice: str, rate: int, pitch: int, text: str, *,
 
     Parameters
     ----------
-    engine : {"espeak-ng", "flite"}
+    engine : {"espeak-ng", "flite", "festival"}
     voice : str
-        An espeak-ng voice with optional variant (``"en-gb+f2"``) or a flite voice (``"slt"``).
+        An espeak-ng voice with optional variant (``"en-gb+f2"``), a flite voice (``"slt"``)
+        or a festival voice (``"kal_diphone"``).
     rate : int
-        Words per minute (espeak-ng's ``-s``; flite: duration stretch ``175 / rate``).
+        Words per minute (espeak-ng's ``-s``; flite and festival: duration stretch
+        ``175 / rate``).
     pitch : int
-        0-99 (espeak-ng's ``-p``; flite: the voice's mean F0, see :func:`_flite_speak`).
+        0-99 (espeak-ng's ``-p``; flite and festival: the voice's mean F0, see
+        :func:`_flite_speak`, :func:`_festival_speak`).
     text : str
     cache_dir : path, optional
 
@@ -198,8 +229,16 @@ def synthesize(engine: str, voice: str, rate: int, pitch: int, text: str, *,
             raise FileNotFoundError("flite not found: install it (`apt-get install flite`; "
                                     "`make setup` does when run as root)")
         y = _flite_speak(flite, voice, rate, pitch, text, cache)
+    elif engine == "festival":
+        text2wave = shutil.which("text2wave")
+        if text2wave is None or voice not in _installed_festival_voices():
+            raise FileNotFoundError(
+                f"festival voice {voice!r} not found: install festival and its voices "
+                "(`apt-get install festival festvox-kallpc16k festvox-kdlpc16k`; `make setup` "
+                "does when run as root)")
+        y = _festival_speak(text2wave, voice, rate, pitch, text, cache)
     else:
-        raise ValueError(f"engine must be 'espeak-ng' or 'flite', got {engine!r}")
+        raise ValueError(f"engine must be 'espeak-ng', 'flite' or 'festival', got {engine!r}")
     return TtsClip(engine, voice, rate, pitch, text, y)
 
 

@@ -6,10 +6,10 @@ Real keyword recordings run out at a few dozen words; the representation has to 
 ``phrase_fraction``, as "smart mirror" is one), never containing a dev keyword or any word of
 one (:data:`trainer.kws_wakeword.WAKEWORD_KEYWORDS`, also inside longer words), and speaks
 each in ``voices_per_text`` different voices of the installed engines
-(:func:`trainer.kws_tts.tts_voices`: espeak-ng's English voices and variants, flite's voices;
-a quarter of the draws go to flite's five voices when it is installed, so that its natural
-voices are not drowned by espeak-ng's 63) at a random speaking rate (130-200 words per
-minute) and pitch. Every draw follows from
+(:func:`trainer.kws_tts.tts_voices`: espeak-ng's English voices and variants, flite's and
+festival's voices; a quarter of the draws go to flite's five voices and 15 % to festival's two
+when they are installed, so that their natural voices are not drowned by espeak-ng's 63) at a
+random speaking rate (130-200 words per minute) and pitch. Every draw follows from
 ``seed``, so the same command builds the same set; a clip already on disk is not made again
 (an interrupted build resumes).
 
@@ -47,8 +47,9 @@ from trainer.kws_wakeword import WAKEWORD_KEYWORDS
 __all__ = ["VocabularyClip", "build_vocabulary", "read_vocabulary"]
 
 MANIFEST = "manifest.json"
-#: Share of voice draws that go to flite (when installed).
-FLITE_SHARE = 0.25
+#: Share of voice draws that go to each of these engines (when installed); espeak-ng gets the
+#: rest.
+ENGINE_SHARES = {"flite": 0.25, "festival": 0.15}
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class VocabularyClip:
 
 def _engine_versions(engines: set[str]) -> dict[str, str]:
     out = {}
-    for engine, args in (("espeak-ng", ["espeak-ng", "--version"]), ("flite", ["flite", "--version"])):
+    for engine, args in (("espeak-ng", ["espeak-ng", "--version"]), ("flite", ["flite", "--version"]),
+                         ("festival", ["festival", "--version"])):
         if engine in engines:
             try:
                 lines = subprocess.run(args, capture_output=True, text=True,
@@ -144,11 +146,7 @@ def build_vocabulary(out_dir: str | Path, *, n_texts: int = 3000, voices_per_tex
         if text not in seen:
             seen.add(text)
             texts.append(text)
-    n_flite = sum(e == "flite" for e, _ in voices)
-    p = np.array([(FLITE_SHARE / n_flite) if e == "flite" else
-                  ((1.0 - FLITE_SHARE) / (len(voices) - n_flite) if n_flite else 1.0 / len(voices))
-                  for e, _ in voices])
-    p /= p.sum()
+    p = _voice_probabilities(voices)
     clips: list[VocabularyClip] = []
     cache = out / ".tts-cache"
     for text in tqdm(texts, desc="synthetic vocabulary", unit="text", disable=not progress):
@@ -175,6 +173,17 @@ def build_vocabulary(out_dir: str | Path, *, n_texts: int = 3000, voices_per_tex
                 "engines": _engine_versions({e for e, _ in voices}),
                 "clips": [asdict(c) for c in clips]}
     return atomic_write_json(out / MANIFEST, manifest)
+
+
+def _voice_probabilities(voices: list[tuple[str, str]]) -> np.ndarray:
+    """Draw probability of each ``(engine, voice)``: :data:`ENGINE_SHARES` split evenly over
+    that engine's voices, the rest evenly over the other voices (espeak-ng's)."""
+    count = {e: sum(v == e for v, _ in voices) for e in ENGINE_SHARES}
+    rest = 1.0 - sum(share for e, share in ENGINE_SHARES.items() if count[e])
+    n_rest = sum(e not in ENGINE_SHARES for e, _ in voices)
+    p = np.array([ENGINE_SHARES[e] / count[e] if e in ENGINE_SHARES else rest / n_rest
+                  for e, _ in voices])
+    return p / p.sum()
 
 
 def read_vocabulary(out_dir: str | Path) -> tuple[dict, list[tuple[VocabularyClip, np.ndarray]]]:
