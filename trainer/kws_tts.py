@@ -154,13 +154,12 @@ def _festival_speak(text2wave: str, voice: str, rate: int, pitch: int, text: str
     """festival's ``text2wave`` with espeak-ng's controls mapped: rate (words per minute) to
     ``Duration_Stretch`` ``175 / rate``, pitch (0-99) to the target mean F0 of the voice's
     linear-regression intonation model, 75-174 Hz (``int_lr_params``; std 15 Hz)."""
-    f0 = 75 + pitch
+    intonation = (f"(set! int_lr_params '((target_f0_mean {75 + pitch}) (target_f0_std 15) "
+                  "(model_f0_mean 170) (model_f0_std 34)))")
     return _cached_wav(["festival", voice, rate, pitch, text],
                        lambda out: [text2wave, "-eval", f"(voice_{voice})",
                                     "-eval", f"(Parameter.set 'Duration_Stretch {175 / rate:.3f})",
-                                    "-eval", f"(set! int_lr_params '((target_f0_mean {f0}) "
-                                    "(target_f0_std 15) (model_f0_mean 170) (model_f0_std 34)))",
-                                    "-F", str(SAMPLE_RATE), "-o", str(out)],
+                                    "-eval", intonation, "-F", str(SAMPLE_RATE), "-o", str(out)],
                        cache, stdin=text)
 
 
