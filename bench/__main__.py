@@ -196,8 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["errors"]["kws embedder"] = f"{type(exc).__name__}: {exc}"
         log("KWS DTW: streaming spotter, bare DTW updates, batch vs librosa (one core)")
         try:
-            frame_seconds, dim = kws_frame_geometry(kws_model)
-            results["kws"] = measure_kws_dtw(frame_seconds=frame_seconds, dim=dim, cpu=args.cpu)
+            results["kws"] = measure_kws_dtw(**kws_frame_geometry(kws_model), cpu=args.cpu)
             results["kws_logmel"] = measure_kws_dtw(frame_seconds=0.016, dim=128,
                                                     batch_repeats=0, cpu=args.cpu)
         except Exception as exc:

@@ -1,11 +1,12 @@
 """Measurement 5: speed of the keyword-spotting DTW backend on one core.
 
-:func:`measure_kws_dtw` builds a synthetic but full-size scene (20 keywords x 5 shots of 30-60
-frames, D = 128 random unit vectors, a 60 s stream of 16 ms frames with one noisy copy of a shot
-of every keyword inserted) and times, after a warm-up, median of repeats:
+:func:`measure_kws_dtw` builds a synthetic but full-size scene (20 keywords x 5 shots, each
+keyword's shots noisy copies of one random sequence of unit vectors, a 60 s stream with one
+noisy copy of a shot of every keyword inserted; frame hop, dimension and shot fusion as the
+bundle's) and times, after a warm-up, median of repeats:
 
-(a) :class:`edge.kws.KeywordSpotter` fed 4 frames per push (cost columns, DTW, runs and
-    post-processing included);
+(a) :class:`edge.kws.KeywordSpotter` fed 4 frames per push (cost columns, DTW, shot fusion,
+    runs and post-processing included);
 (b) :func:`edge.dtw.cosine_cost_columns` alone, the bare
     :meth:`edge.dtw.StreamingSubsequenceDTW.update` (one frame per call) and ``update_many`` on
     precomputed cost columns;
@@ -30,27 +31,32 @@ from edge.model import load_bundle
 __all__ = ["kws_frame_geometry", "measure_kws_dtw"]
 
 
-def kws_frame_geometry(model) -> tuple[float, int]:
-    """Frame hop (seconds) and embedding dimension of a keyword bundle, as the node loads it
-    (:func:`edge.model.load_bundle`)."""
+def kws_frame_geometry(model) -> dict[str, Any]:
+    """Frame hop (``frame_seconds``), embedding dimension (``dim``) and ``shot_fusion`` of a
+    keyword bundle, as the node loads it (:func:`edge.model.load_bundle`): the keyword
+    arguments of :func:`measure_kws_dtw` that follow from the bundle."""
     embedder = load_bundle(model, "kws", 1)
-    return float(embedder.frame_seconds), int(embedder.embedding_dim)
+    return {"frame_seconds": float(embedder.frame_seconds), "dim": int(embedder.embedding_dim),
+            "shot_fusion": int(embedder.shot_fusion)}
 
 
 def _kws_scene(keywords: int, shots: int, frames: int, dim: int, lengths: tuple[int, int],
                seed: int):
-    """Templates (``lengths`` frames, both included), a random unit-vector stream, one noisy
-    shot per keyword inserted at known, non-overlapping places; returns (templates, stream,
-    thresholds, inserted)."""
+    """Templates (``lengths`` frames, both included; a keyword's shots are noisy copies of
+    one random sequence, so that they match each other as real shots do), a random
+    unit-vector stream, one noisy shot per keyword inserted at known, non-overlapping
+    places; returns (templates, stream, thresholds, inserted)."""
     rng = np.random.default_rng(seed)
 
     def unit(x):
         return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
     lo, hi = lengths
-    templates = [Template(f"kw{k:02d}", unit(rng.standard_normal((int(rng.integers(lo, hi + 1)),
-                                                                  dim))))
-                 for k in range(keywords) for _ in range(shots)]
+    templates = []
+    for k in range(keywords):
+        base = rng.standard_normal((int(rng.integers(lo, hi + 1)), dim))
+        templates += [Template(f"kw{k:02d}", unit(base + 0.3 * rng.standard_normal(base.shape)))
+                      for _ in range(shots)]
     stream = unit(rng.standard_normal((frames, dim)))
     slot = frames // keywords
     inserted = []
@@ -69,7 +75,7 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
                     frame_seconds: float = 0.08, dim: int = 96,
                     shot_seconds: tuple[float, float] = (0.48, 0.96), chunk: int = 4,
                     repeats: int = 5, batch_repeats: int = 3, seed: int = 0,
-                    cpu: int | None = None) -> dict[str, Any]:
+                    cpu: int | None = None, shot_fusion: int = 1) -> dict[str, Any]:
     """Speed of the keyword-spotting DTW backend on one pinned core.
 
     The process is pinned to one CPU for the measurement (previous affinity restored), BLAS
@@ -94,6 +100,8 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
     seed : int
     cpu : int, optional
         CPU to pin to; default the lowest allowed one.
+    shot_fusion : int
+        The spotter's shot fusion (:func:`edge.kws.fuse_shot_costs`), as the bundle sets it.
 
     Returns
     -------
@@ -138,7 +146,7 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
         found: list = []
 
         def spot():
-            sp = KeywordSpotter(templates, thresholds, frame_seconds)
+            sp = KeywordSpotter(templates, thresholds, frame_seconds, shot_fusion=shot_fusion)
             out = []
             for s in range(0, frames, chunk):
                 out += sp.push(stream[s:s + chunk])
@@ -150,7 +158,8 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
             "templates": len(templates), "template_frames_total": int(sum(lengths)),
             "template_frames_min_max": [int(min(lengths)), int(max(lengths))], "dim": dim,
             "frames": frames, "frame_seconds": frame_seconds, "audio_seconds": audio_s,
-            "chunk_frames": chunk, "repeats": repeats, "batch_repeats": batch_repeats}
+            "chunk_frames": chunk, "repeats": repeats, "batch_repeats": batch_repeats,
+            "shot_fusion": shot_fusion}
         res["spotter"] = speed(*median_of(spot, repeats))
         hits = sum(any(d.keyword == kw and abs(d.onset_frame - on) <= 2
                        and abs(d.offset_frame - off) <= 2 for d in found)

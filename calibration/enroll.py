@@ -239,7 +239,8 @@ def update_thresholds(embedder, enrolled: EnrolledKeywords, *, negatives=(), bac
     embedder : edge.model.KwsEmbedder
         The model the keywords were enrolled with.
     enrolled : EnrolledKeywords
-        Updated in place (``thresholds``, ``cost_norms``, ``details``).
+        Updated in place (``thresholds``, ``cost_norms``, ``details``, and ``shot_fusion``:
+        the embedder's).
     negatives : list of np.ndarray
         Extra negative recordings, 16 kHz.
     background : list of np.ndarray
@@ -264,6 +265,7 @@ def update_thresholds(embedder, enrolled: EnrolledKeywords, *, negatives=(), bac
     fallback = fallback_threshold or float(embedder.metadata.get("decision_threshold",
                                                                  DEFAULT_FALLBACK_THRESHOLD))
     bg = negative_frames(embedder, list(background)) if len(background) else None
+    enrolled.shot_fusion = int(embedder.shot_fusion)  # every threshold below is set for it
     for k in sorted(enrolled.templates):
         negs = list(negatives)
         for other, d in enrolled.details.items():

@@ -14,7 +14,10 @@ detection. A shot that matches much ordinary speech (said fast, or in noise) the
 sets the keyword's false-alarm rate alone, and one threshold table serves keywords whose raw
 costs differ. On the wake-word evaluation (2.2 h of negatives, unseen speakers, 10 dB SNR)
 it brought the miss rate at 1 false alarm per hour from 56 % to about 23 % for "view glass"
-and from 41 % to about 31 % for "computer". Thresholds are then z-scores (negative).
+and from 41 % to about 31 % for "computer". Thresholds are then z-scores (negative). A bundle
+with ``shot_fusion`` > 1 averages each template's normalised cost with the keyword's best
+other shots (:func:`edge.kws.fuse_shot_costs`); every event cost here is fused the same way,
+so thresholds are set on what the spotter compares.
 
 Decision thresholds (thesis 6.3.6 tunes one global threshold on validation data). A KWS
 bundle calibrated with ``python -m trainer calibrate-kws-thresholds`` carries, per
@@ -45,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.audio import load_audio
-from edge.kws import Template, matching_costs
+from edge.kws import Template, fuse_shot_costs, matching_costs
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +182,8 @@ def template_cost_norms(matching_cost: np.ndarray, templates: list) -> list[list
     return out
 
 
-def trace_event_costs(frames: np.ndarray, templates: list, norms=None) -> np.ndarray:
+def trace_event_costs(frames: np.ndarray, templates: list, norms=None,
+                      shot_fusion: int = 1) -> np.ndarray:
     """Costs of the spotter's potential events in a stream of frame embeddings.
 
     :func:`event_costs` of the templates' matching costs over ``frames``.
@@ -191,6 +195,8 @@ def trace_event_costs(frames: np.ndarray, templates: list, norms=None) -> np.nda
     norms : list of [float, float], optional
         Per-template cost normalisation (:func:`template_cost_norms`); costs are then in
         those units.
+    shot_fusion : int
+        As the spotter fuses the shots' costs (:func:`edge.kws.fuse_shot_costs`).
 
     Returns
     -------
@@ -198,14 +204,15 @@ def trace_event_costs(frames: np.ndarray, templates: list, norms=None) -> np.nda
         In increasing order.
     """
     mc, _ = matching_costs(frames, [Template("k", t) for t in templates])
-    return event_costs(mc, templates, norms)
+    return event_costs(mc, templates, norms, shot_fusion)
 
 
-def event_costs(matching_cost: np.ndarray, templates: list, norms=None) -> np.ndarray:
+def event_costs(matching_cost: np.ndarray, templates: list, norms=None,
+                shot_fusion: int = 1) -> np.ndarray:
     """Costs of the spotter's potential events, from its templates' matching costs.
 
-    The keyword's candidate cost (minimum matching cost over its templates, normalised
-    first as the spotter does) per frame; its lowest values, taken greedily at least the
+    The keyword's candidate cost (minimum matching cost over its templates, normalised and
+    fused first as the spotter does) per frame; its lowest values, taken greedily at least the
     mean template length apart (non-maximum suppression), are the events a threshold would
     turn into detections.
 
@@ -216,6 +223,8 @@ def event_costs(matching_cost: np.ndarray, templates: list, norms=None) -> np.nd
     templates : list of np.ndarray, each (M, D)
     norms : list of [float, float], optional
         Per-template ``[cost_mean, cost_std]``.
+    shot_fusion : int
+        Shots averaged (:func:`edge.kws.fuse_shot_costs`), as the bundle's spotter does.
 
     Returns
     -------
@@ -226,6 +235,7 @@ def event_costs(matching_cost: np.ndarray, templates: list, norms=None) -> np.nd
     if norms:
         n = np.asarray(norms, np.float64)
         mc = (mc - n[:, 0]) / n[:, 1]
+    mc = fuse_shot_costs(mc, np.zeros(mc.shape[1], np.int64), shot_fusion)
     trace = mc.min(axis=1)
     width = max(1, int(np.mean([len(t) for t in templates])))
     costs = []
@@ -433,11 +443,12 @@ def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(
     if mc is not None:
         if normalises_costs(embedder):
             norms = template_cost_norms(mc, templates)
-        costs = event_costs(mc, templates, norms)
+        costs = event_costs(mc, templates, norms, embedder.shot_fusion)
     if background is not None and background[0] is not None and \
             background[1] >= SITE_FIT_MIN_HOURS:
         bg_frames, bg_hours = background
-        bg_costs = event_costs(matching_costs(bg_frames, query)[0], templates, norms)
+        bg_costs = event_costs(matching_costs(bg_frames, query)[0], templates, norms,
+                               embedder.shot_fusion)
         thr = tail_fit_threshold(bg_costs, bg_hours, false_alarms_per_hour)
         if thr is not None:
             return thr, "site-fit", int(len(bg_costs)), bg_hours, norms

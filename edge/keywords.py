@@ -8,7 +8,8 @@ names the file.
 
 File format (``.npz``, no pickles): ``meta`` is a JSON string with ``schema``
 (:data:`KEYWORDS_SCHEMA`), ``model_id``, ``segment_hop``, ``thresholds``, ``details``,
-``index`` (``[keyword, array name]`` per template), ``created`` and ``enrollment_id``; each
+``index`` (``[keyword, array name]`` per template), ``cost_norms``, ``shot_fusion`` (absent in
+files written before it existed: 1), ``created`` and ``enrollment_id``; each
 template is an array ``t<i>`` of shape (M, D), float32.
 """
 from __future__ import annotations
@@ -55,6 +56,9 @@ class EnrolledKeywords:
         Per keyword, per template: ``[cost_mean, cost_std]`` of its matching cost
         (:class:`edge.kws.Template`); thresholds are then in those normalised units. Absent
         for a keyword enrolled with a bundle that does not normalise.
+    shot_fusion : int
+        Shots whose normalised costs the spotter averages (:func:`edge.kws.fuse_shot_costs`):
+        the bundle's value when the thresholds were set, since they hold for it.
     """
 
     model_id: str
@@ -65,6 +69,7 @@ class EnrolledKeywords:
     created: str = ""
     enrollment_id: str = ""
     cost_norms: dict = field(default_factory=dict)
+    shot_fusion: int = 1
 
     def template_cost_norm(self, keyword: str, index: int) -> tuple[float, float]:
         """``(cost_mean, cost_std)`` of one template; ``(0.0, 1.0)`` (raw costs) without."""
@@ -85,7 +90,7 @@ class EnrolledKeywords:
                 index.append([k, name])
         meta = {"schema": KEYWORDS_SCHEMA, "model_id": self.model_id, "segment_hop": self.segment_hop,
                 "thresholds": self.thresholds, "details": self.details, "index": index,
-                "cost_norms": self.cost_norms,
+                "cost_norms": self.cost_norms, "shot_fusion": int(self.shot_fusion),
                 "created": self.created, "enrollment_id": self.enrollment_id}
         buf = io.BytesIO()
         np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
@@ -137,6 +142,10 @@ class EnrolledKeywords:
             if not ok:
                 raise EnrollmentError(f"{path}: cost_norms of {k!r} do not match its "
                                       f"{len(templates.get(k, []))} templates; enroll it again")
+        fusion = meta.get("shot_fusion", 1)
+        if isinstance(fusion, bool) or not isinstance(fusion, int) or fusion < 1:
+            raise EnrollmentError(f"{path}: shot_fusion must be an integer >= 1, got "
+                                  f"{fusion!r}; enroll the keywords again")
         return cls(meta["model_id"], int(meta["segment_hop"]), templates,
                    {k: float(v) for k, v in meta["thresholds"].items()}, meta.get("details", {}),
-                   meta.get("created", ""), meta.get("enrollment_id", ""), norms)
+                   meta.get("created", ""), meta.get("enrollment_id", ""), norms, fusion)

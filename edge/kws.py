@@ -12,6 +12,10 @@ duration of their shot are removed.
 
 Post-processing, exactly (``W`` keywords, ``K`` templates):
 
+0. With ``shot_fusion`` ``S > 1`` (a bundle's choice), each template's normalised matching
+   cost is first replaced by its mean with the ``S - 1`` lowest costs of the keyword's other
+   templates over this frame and the one before (:func:`fuse_shot_costs`), its path start
+   unchanged: a word counts as the keyword when several shots match it, not one.
 1. Per keyword and frame the *candidate* is the keyword's template with the lowest matching
    cost (ties: the template given first), with its path start and cost.
 2. A *run* is a maximal stretch of consecutive frames where the candidate cost is below
@@ -68,11 +72,14 @@ from edge.dtw import StreamingSubsequenceDTW, cosine_cost_columns
 from edge.keywords import EnrolledKeywords
 from edge.kws_runs import RawDetection, RunTracker, overlap_groups, resolve_overlaps
 
-__all__ = ["CONFIRM_SECONDS", "Template", "Detection", "KeywordSpotter", "enrolled_templates",
-           "matching_costs", "detect_keywords"]
+__all__ = ["CONFIRM_SECONDS", "FUSION_WINDOW_FRAMES", "Template", "Detection", "KeywordSpotter",
+           "enrolled_templates", "fuse_shot_costs", "matching_costs", "detect_keywords"]
 
 #: How long a run's minimum must stand before ``decision="confirmed"`` decides it (seconds).
 CONFIRM_SECONDS = 0.128
+#: Frames before the current one in which :func:`fuse_shot_costs` looks for the other shots'
+#: best paths (their paths over the same word may end a frame apart).
+FUSION_WINDOW_FRAMES = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,13 +227,17 @@ class KeywordSpotter:
         With ``"confirmed"``: frames without a lower cost that confirm a run's minimum
         (default: whole frames in :data:`CONFIRM_SECONDS`, at least one; 8 at 16 ms per
         frame, 1 at 80 ms).
+    shot_fusion : int
+        Shots whose normalised costs are averaged (module docstring, step 0;
+        :func:`fuse_shot_costs`); 1 (default): every shot decides alone. A bundle's
+        thresholds hold for the fusion it was calibrated with (its ``shot_fusion``).
 
     Raises
     ------
     ValueError
         No template; templates of different ``D``; a keyword without a threshold (the
         message names it); a non-finite threshold; ``frame_seconds <= 0``; an unknown
-        ``decision``; ``confirm_frames < 0``.
+        ``decision``; ``confirm_frames < 0``; ``shot_fusion`` not an integer ``>= 1``.
 
     Examples
     --------
@@ -239,11 +250,15 @@ class KeywordSpotter:
 
     def __init__(self, templates: Iterable[Template], thresholds: Mapping[str, float],
                  frame_seconds: float, record_trace: bool = False, *,
-                 decision: str = "exact", confirm_frames: int | None = None):
+                 decision: str = "exact", confirm_frames: int | None = None,
+                 shot_fusion: int = 1):
         if decision not in ("exact", "confirmed"):
             raise ValueError(f"decision must be 'exact' or 'confirmed', got {decision!r}")
         if confirm_frames is not None and int(confirm_frames) < 0:
             raise ValueError(f"confirm_frames must be >= 0, got {confirm_frames!r}")
+        if isinstance(shot_fusion, bool) or int(shot_fusion) != shot_fusion or shot_fusion < 1:
+            raise ValueError(f"shot_fusion must be an integer >= 1, got {shot_fusion!r}")
+        self.shot_fusion = int(shot_fusion)
         self.decision = decision
         self.templates: tuple[Template, ...] = tuple(templates)
         if not self.templates:
@@ -299,8 +314,10 @@ class KeywordSpotter:
             Seconds per embedding frame of the model the templates were embedded with.
         record_trace : bool
         **options
-            ``decision``, ``confirm_frames``.
+            ``decision``, ``confirm_frames``, ``shot_fusion`` (default: the one the
+            keywords' thresholds were set for, ``enrolled.shot_fusion``).
         """
+        options.setdefault("shot_fusion", enrolled.shot_fusion)
         templates = [t for k in sorted(enrolled.templates) for t in enrolled_templates(enrolled, k)]
         return cls(templates, enrolled.thresholds, frame_seconds, record_trace, **options)
 
@@ -314,6 +331,7 @@ class KeywordSpotter:
         self._pending: list[RawDetection] = []
         self._kept: list[tuple[int, int]] = []  # "confirmed": decided intervals still relevant
         self._trace: list[np.ndarray] = []
+        self._fusion_prev = np.zeros((0, len(self.templates)))  # last normalised cost rows
         self._frames_seen = 0
         self._flushed = False
 
@@ -329,7 +347,8 @@ class KeywordSpotter:
 
     @property
     def trace(self) -> dict[str, np.ndarray]:
-        """Per-frame candidate cost (minimum matching cost over the keyword's templates).
+        """Per-frame candidate cost (minimum matching cost over the keyword's templates,
+        normalised and fused as decided).
 
         Returns
         -------
@@ -447,9 +466,14 @@ class KeywordSpotter:
 
     def _decide(self, mc: np.ndarray, st: np.ndarray) -> None:
         """Run tracking (steps 1-2) over the next frames' matching costs ``mc`` (n, K) and
-        path starts ``st``, normalised per template first (:class:`Template`)."""
+        path starts ``st``, normalised per template first (:class:`Template`) and fused
+        across shots (step 0)."""
         if self._normalised:
             mc = (mc - self._cost_mean) / self._cost_std
+        if self.shot_fusion > 1:
+            fused = fuse_shot_costs(mc, self._tmpl_kw, self.shot_fusion, self._fusion_prev)
+            self._fusion_prev = np.concatenate([self._fusion_prev, mc])[-FUSION_WINDOW_FRAMES:]
+            mc = fused
         cand, raws = self._runs.push(mc, st, self._frames_seen)
         self._frames_seen += len(mc)
         self._pending.extend(raws)
@@ -544,6 +568,85 @@ def enrolled_templates(enrolled: EnrolledKeywords, keyword: str) -> list[Templat
     """
     return [Template(keyword, t, *enrolled.template_cost_norm(keyword, i))
             for i, t in enumerate(enrolled.templates[keyword])]
+
+
+def fuse_shot_costs(costs: np.ndarray, keyword_index: np.ndarray, shot_fusion: int,
+                    previous: np.ndarray | None = None) -> np.ndarray:
+    """Each template's matching cost averaged with the best of its keyword's other shots.
+
+    Every enrolled shot is its own template (thesis 6.3.6), and a word is a detection when
+    one shot matches it well enough: with five shots, five chances for any word to look
+    like the keyword. Query-by-example spoken term detection combines the scores of several
+    examples of a query instead (Hazen, Shen and White 2009, "Query-by-example spoken term
+    detection using phonetic posteriorgram templates", ASRU: scores of multiple examples
+    fused by averaging). Here template ``j``'s fused cost at frame ``t`` is the mean of its
+    own cost and the ``shot_fusion - 1`` lowest costs of the *other* templates of its
+    keyword, each taken as its minimum over frames ``t - FUSION_WINDOW_FRAMES .. t`` (two
+    shots' paths over one word may end a frame apart). The path start stays template
+    ``j``'s. Costs are the per-template normalised ones (:class:`Template`), so the shots
+    are on one scale. A keyword with fewer shots averages over all it has.
+
+    On the wake-word evaluation (``python -m trainer evaluate-kws``: unseen speakers, 10 dB
+    SNR, 2.2 h of audio per keyword; speech_embedding bundle, five shots) fusing two shots
+    took the misses at 1 false alarm per hour in hindsight from 264 to 224 of 1584 keyword
+    utterances over three draws (three shots: 232); see the README.
+
+    Parameters
+    ----------
+    costs : np.ndarray [shape=(n, K), dtype=float64]
+        Normalised matching costs of the ``K`` templates at ``n`` consecutive frames
+        (``+inf`` where no path ends yet).
+    keyword_index : np.ndarray [shape=(K,), dtype=int]
+        Keyword of each template (templates with equal values belong together).
+    shot_fusion : int
+        Shots averaged, ``>= 1``; 1 returns ``costs`` unchanged.
+    previous : np.ndarray [shape=(p, K)], optional
+        Costs of the frames just before these (streaming: the last
+        :data:`FUSION_WINDOW_FRAMES` rows of the previous call); none at the start of a
+        stream.
+
+    Returns
+    -------
+    np.ndarray [shape=(n, K), dtype=float64]
+
+    Raises
+    ------
+    ValueError
+        If ``shot_fusion < 1`` or the shapes disagree.
+    """
+    z = np.asarray(costs, np.float64)
+    kw = np.asarray(keyword_index)
+    if int(shot_fusion) != shot_fusion or shot_fusion < 1:
+        raise ValueError(f"shot_fusion must be an integer >= 1, got {shot_fusion!r}")
+    if z.ndim != 2 or kw.shape != (z.shape[1],):
+        raise ValueError(f"costs must have shape (n, K) with K = {kw.shape} keyword indices, "
+                         f"got {z.shape}")
+    if shot_fusion == 1 or len(z) == 0:
+        return z
+    prev = np.zeros((0, z.shape[1])) if previous is None else np.asarray(previous, np.float64)
+    if prev.ndim != 2 or prev.shape[1] != z.shape[1]:
+        raise ValueError(f"previous must have shape (p, {z.shape[1]}), got {prev.shape}")
+    n, L = len(z), FUSION_WINDOW_FRAMES
+    tail = prev[max(len(prev) - L, 0):]
+    padded = np.concatenate([np.full((L - len(tail), z.shape[1]), np.inf), tail, z])
+    window = z.copy()  # each template's lowest cost over this frame and the L before
+    for lag in range(1, L + 1):
+        window = np.minimum(window, padded[L - lag:L - lag + n])
+    out = z.copy()
+    for k in np.unique(kw):
+        group = np.flatnonzero(kw == k)
+        q = min(int(shot_fusion), len(group)) - 1  # other shots averaged in
+        if q < 1:
+            continue
+        w = window[:, group]
+        low = np.sort(w, axis=1)[:, :q + 1]
+        # the q lowest of the *other* shots: the q + 1 lowest of all without the shot's own
+        # value where that is among them, else the q lowest of all (exact with ties and inf)
+        mine = w < low[:, q:]
+        with np.errstate(invalid="ignore"):
+            swap = np.where(mine, low[:, q:] - np.where(mine, w, 0.0), 0.0)
+        out[:, group] = (z[:, group] + low[:, :q].sum(axis=1, keepdims=True) + swap) / (q + 1)
+    return out
 
 
 def matching_costs(frames: np.ndarray,

@@ -69,6 +69,11 @@ class KeywordListener:
         if enrolled.model_id != self.embedder.model_id:
             raise ModelError(f"keywords in {path} were enrolled with model {enrolled.model_id}, "
                              f"but kws.model is {self.embedder.model_id}; enroll them again")
+        if enrolled.shot_fusion != self.embedder.shot_fusion:
+            log.warning("keywords in %s were enrolled with shot_fusion %d, the model uses %d: "
+                        "spotting as enrolled; enroll them again (or run `python -m calibration "
+                        "background`) to use the model's", path, enrolled.shot_fusion,
+                        self.embedder.shot_fusion)
         self.enrolled = enrolled
         self.stream = self.embedder.stream()
         self.spotter = self._spotter()
@@ -86,7 +91,8 @@ class KeywordListener:
 
     def _spotter(self) -> KeywordSpotter:
         """A spotter for the enrolled keywords that decides as the node does: once a run's
-        minimum is confirmed, after the embedder's ``confirm_frames``."""
+        minimum is confirmed, after the embedder's ``confirm_frames``, with the shot fusion the
+        thresholds were set for (``enrolled.shot_fusion``)."""
         return KeywordSpotter.from_enrolled(self.enrolled, self.embedder.frame_seconds,
                                             decision="confirmed",
                                             confirm_frames=self.embedder.confirm_frames)

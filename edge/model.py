@@ -204,6 +204,8 @@ class KwsEmbedder:
         Seconds per embedding frame (0.016).
     confirm_frames : None
         The spotter's default (:data:`edge.kws.CONFIRM_SECONDS`: 8 frames of 16 ms).
+    shot_fusion : int
+        1: every shot decides alone (:class:`edge.kws.KeywordSpotter`).
 
     Raises
     ------
@@ -212,6 +214,7 @@ class KwsEmbedder:
     """
 
     confirm_frames = None
+    shot_fusion = 1
 
     def __init__(self, tflite_path: str | Path, num_threads: int = 1, segment_hop: int | None = None):
         path = Path(tflite_path)

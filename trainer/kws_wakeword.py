@@ -263,7 +263,8 @@ class _Ours:
         """Per-frame minimum matching cost over the shots (the values thresholds cut)."""
         sp = KeywordSpotter(self.templates, {self.templates[0].keyword: 0.0}, self.fs,
                             record_trace=True, decision="confirmed",
-                            confirm_frames=self.bundle.confirm_frames)
+                            confirm_frames=self.bundle.confirm_frames,
+                            shot_fusion=self.bundle.shot_fusion)
         sp.push_matching(*self._matching_costs(prepared))
         sp.flush()
         return next(iter(sp.trace.values()))
@@ -272,7 +273,8 @@ class _Ours:
         _, avail = prepared
         kw = self.templates[0].keyword
         sp = KeywordSpotter(self.templates, {kw: threshold}, self.fs, decision="confirmed",
-                            confirm_frames=self.bundle.confirm_frames)
+                            confirm_frames=self.bundle.confirm_frames,
+                            shot_fusion=self.bundle.shot_fusion)
         dets = sp.push_matching(*self._matching_costs(prepared)) + sp.flush()
         out = []
         for d in dets:
