@@ -395,9 +395,11 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, str]]) -> str:
         notes.append(
             f"KWS DTW: synthetic full-size set-up ({kws['templates']} templates of "
             f"{kws['template_frames_min_max'][0]}-{kws['template_frames_min_max'][1]} frames, "
-            f"random unit vectors, D={kws['dim']}; {kws['frames']} stream frames of "
+            f"unit vectors, D={kws['dim']}, a keyword's shots noisy copies of one random "
+            f"sequence; {kws['frames']} stream frames of "
             f"{kws['frame_seconds'] * 1e3:g} ms, the default keyword bundle's, with one noisy "
-            "shot per keyword inserted; shots of 0.48-0.96 s), process pinned to one CPU, "
+            "shot per keyword inserted; shots of 0.48-0.96 s; the bundle's shot fusion, "
+            f"{kws.get('shot_fusion', 1)}), process pinned to one CPU, "
             "NumPy (no Numba on the node); every timing follows "
             f"a warm-up call and is the median of {kws['repeats']} runs (batch: "
             f"{kws['batch_repeats']}). x real time = stream seconds / wall-clock seconds (the "
