@@ -576,10 +576,11 @@ def fuse_shot_costs(costs: np.ndarray, keyword_index: np.ndarray, shot_fusion: i
 
     Every enrolled shot is its own template (thesis 6.3.6), and a word is a detection when
     one shot matches it well enough: with five shots, five chances for any word to look
-    like the keyword. Query-by-example spoken term detection combines the scores of several
-    examples of a query instead (Hazen, Shen and White 2009, "Query-by-example spoken term
-    detection using phonetic posteriorgram templates", ASRU: scores of multiple examples
-    fused by averaging). Here template ``j``'s fused cost at frame ``t`` is the mean of its
+    like the keyword. Query-by-example spoken term detection combines several examples of a
+    query instead of letting each decide alone (query combination: Tejedor, Szöke and Fapšo
+    2010, "Novel methods for query selection and query combination in query-by-example
+    spoken term detection"); this is the simplest such combination, a score average. Here
+    template ``j``'s fused cost at frame ``t`` is the mean of its
     own cost and the ``shot_fusion - 1`` lowest costs of the *other* templates of its
     keyword, each taken as its minimum over frames ``t - FUSION_WINDOW_FRAMES .. t`` (two
     shots' paths over one word may end a frame apart). The path start stays template
