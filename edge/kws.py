@@ -579,10 +579,11 @@ def fuse_shot_costs(costs: np.ndarray, keyword_index: np.ndarray, shot_fusion: i
     like the keyword. Query-by-example spoken term detection combines several examples of a
     query instead of letting each decide alone (query combination: Tejedor, Szöke and Fapšo
     2010, "Novel methods for query selection and query combination in query-by-example
-    spoken term detection"); this is the simplest such combination, a score average. Here
-    template ``j``'s fused cost at frame ``t`` is the mean of its
-    own cost and the ``shot_fusion - 1`` lowest costs of the *other* templates of its
-    keyword, each taken as its minimum over frames ``t - FUSION_WINDOW_FRAMES .. t`` (two
+    spoken term detection"); this is the simplest such combination, a score average.
+
+    Template ``j``'s fused cost at frame ``t`` is the mean of its own cost and the
+    ``shot_fusion - 1`` lowest costs of the *other* templates of its keyword, each taken
+    as its minimum over frames ``t - FUSION_WINDOW_FRAMES .. t`` (two
     shots' paths over one word may end a frame apart). The path start stays template
     ``j``'s. Costs are the per-template normalised ones (:class:`Template`), so the shots
     are on one scale. A keyword with fewer shots averages over all it has.
