@@ -26,9 +26,23 @@ import numpy as np
 from firmware_config.fileio import atomic_write_bytes, is_npz_file
 from firmware_config.errors import HarkError
 
-__all__ = ["KEYWORDS_SCHEMA", "EnrollmentError", "EnrolledKeywords"]
+__all__ = ["KEYWORDS_SCHEMA", "EnrollmentError", "EnrolledKeywords", "check_shot_fusion"]
 
 KEYWORDS_SCHEMA = 1
+
+
+def check_shot_fusion(value) -> int:
+    """``value`` as a shot fusion (shots whose costs the spotter averages,
+    :func:`edge.kws.fuse_shot_costs`): an integer ``>= 1``.
+
+    Raises
+    ------
+    ValueError
+        A bool, a non-integer or a value below 1 (callers name the file or field).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"shot_fusion must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 class EnrollmentError(HarkError, RuntimeError):
@@ -142,10 +156,10 @@ class EnrolledKeywords:
             if not ok:
                 raise EnrollmentError(f"{path}: cost_norms of {k!r} do not match its "
                                       f"{len(templates.get(k, []))} templates; enroll it again")
-        fusion = meta.get("shot_fusion", 1)
-        if isinstance(fusion, bool) or not isinstance(fusion, int) or fusion < 1:
-            raise EnrollmentError(f"{path}: shot_fusion must be an integer >= 1, got "
-                                  f"{fusion!r}; enroll the keywords again")
+        try:
+            fusion = check_shot_fusion(meta.get("shot_fusion", 1))
+        except ValueError as exc:
+            raise EnrollmentError(f"{path}: {exc}; enroll the keywords again") from None
         return cls(meta["model_id"], int(meta["segment_hop"]), templates,
                    {k: float(v) for k, v in meta["thresholds"].items()}, meta.get("details", {}),
                    meta.get("created", ""), meta.get("enrollment_id", ""), norms, fusion)

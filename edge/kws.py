@@ -69,7 +69,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from edge.dtw import StreamingSubsequenceDTW, cosine_cost_columns
-from edge.keywords import EnrolledKeywords
+from edge.keywords import EnrolledKeywords, check_shot_fusion
 from edge.kws_runs import RawDetection, RunTracker, overlap_groups, resolve_overlaps
 
 __all__ = ["CONFIRM_SECONDS", "FUSION_WINDOW_FRAMES", "Template", "Detection", "KeywordSpotter",
@@ -256,9 +256,7 @@ class KeywordSpotter:
             raise ValueError(f"decision must be 'exact' or 'confirmed', got {decision!r}")
         if confirm_frames is not None and int(confirm_frames) < 0:
             raise ValueError(f"confirm_frames must be >= 0, got {confirm_frames!r}")
-        if isinstance(shot_fusion, bool) or int(shot_fusion) != shot_fusion or shot_fusion < 1:
-            raise ValueError(f"shot_fusion must be an integer >= 1, got {shot_fusion!r}")
-        self.shot_fusion = int(shot_fusion)
+        self.shot_fusion = check_shot_fusion(shot_fusion)
         self.decision = decision
         self.templates: tuple[Template, ...] = tuple(templates)
         if not self.templates:
@@ -618,8 +616,7 @@ def fuse_shot_costs(costs: np.ndarray, keyword_index: np.ndarray, shot_fusion: i
     """
     z = np.asarray(costs, np.float64)
     kw = np.asarray(keyword_index)
-    if int(shot_fusion) != shot_fusion or shot_fusion < 1:
-        raise ValueError(f"shot_fusion must be an integer >= 1, got {shot_fusion!r}")
+    shot_fusion = check_shot_fusion(shot_fusion)
     if z.ndim != 2 or kw.shape != (z.shape[1],):
         raise ValueError(f"costs must have shape (n, K) with K = {kw.shape} keyword indices, "
                          f"got {z.shape}")

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.keywords import check_shot_fusion
 from edge.tflite import ModelError, dequantize, make_interpreter, quantize
 from firmware_config.fileio import sha256_file
 
@@ -202,11 +203,10 @@ class SpeechEmbedder:
         except (TypeError, ValueError) as exc:
             raise ModelError(f"model metadata {meta_path}: normalisation: {exc}") from exc
         self.frame_seconds = self.segment_hop * MEL_HOP / self.frontend.sample_rate
-        fusion = metadata.get("shot_fusion", 1)
-        if isinstance(fusion, bool) or not isinstance(fusion, int) or fusion < 1:
-            raise ModelError(f"model metadata {meta_path}: shot_fusion must be an integer >= 1 "
-                             f"(shots averaged by the spotter), got {fusion!r}")
-        self.shot_fusion = fusion
+        try:
+            self.shot_fusion = check_shot_fusion(metadata.get("shot_fusion", 1))
+        except ValueError as exc:
+            raise ModelError(f"model metadata {meta_path}: {exc}") from None
         self.num_threads = num_threads
         self._mel = make_interpreter(mel_path, num_threads,
                                       [1, (MEL_CHUNK - 1) * MEL_HOP + MEL_WINDOW])

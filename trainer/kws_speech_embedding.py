@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from calibration.keyword_thresholds import TEMPLATE_ZNORM
 from edge.audio import load_audio
+from edge.keywords import check_shot_fusion
 from edge.model import BUNDLE_SCHEMA, ModelError
 from edge.speech_embedding import REPRESENTATION, SpeechEmbedder, SpeechEmbeddingParams
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json, sha256_file
@@ -151,8 +152,7 @@ def export_speech_embedding(out_dir: str | Path, name: str = "kws_speech",
     ValueError
         ``shot_fusion`` is not an integer >= 1 (nothing is written).
     """
-    if isinstance(shot_fusion, bool) or int(shot_fusion) != shot_fusion or shot_fusion < 1:
-        raise ValueError(f"shot_fusion must be an integer >= 1, got {shot_fusion!r}")
+    shot_fusion = check_shot_fusion(shot_fusion)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (mel_src, version), (emb_src, _) = _wheel_file("melspectrogram.tflite"), \

@@ -39,8 +39,8 @@ import numpy as np
 
 from edge.audio import load_audio
 
-__all__ = ["ESPEAK_VOICES", "FLITE_VOICES", "FESTIVAL_VOICES", "WORD_LIST", "TtsClip", "synthetic_sentences",
-           "random_phrases", "speak", "synthesize", "tts_voices", "dictionary_words"]
+__all__ = ["ESPEAK_VOICES", "FLITE_VOICES", "FESTIVAL_VOICES", "WORD_LIST", "TtsClip",
+           "synthetic_sentences", "random_phrases", "speak", "synthesize", "tts_voices", "dictionary_words"]
 
 #: espeak-ng voices (English accents) and voice variants (``+m1`` ... ``+f4``) drawn from.
 ESPEAK_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
