@@ -25,7 +25,8 @@ from calibration.thresholds import make_threshold_estimator
 from edge.backend import LOG_DISTANCE_FLOOR, Calibration, normalised_view_score, normalize_members
 from edge.levels import rms_dbfs
 from edge.pipeline import Windower
-from edge.views import EMBEDDING_VIEW, view_members, view_names, window_views
+from edge.views import (EMBEDDING_VIEW, LOGMEL_DIM, PCA_COMPONENTS, PCA_VIEW, fit_pca,
+                        pca_from_moments, pca_residual, view_members, view_names, window_views)
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +223,30 @@ def _held_out(x: np.ndarray, k: int, overlap: np.ndarray) -> np.ndarray:
     return np.clip(dist[scored], 0.0, 2.0 * k).astype(np.float32)
 
 
+def _held_out_pca(x: np.ndarray, overlap: np.ndarray) -> np.ndarray:
+    """PCA residual (:func:`edge.views.pca_residual`) of each window against the subspace
+    fitted on the windows that do not overlap it; the windows :func:`_held_out` scores."""
+    scored = ~np.all(overlap, axis=1)
+    if scored.sum() < 2:
+        raise ValueError("calibration needs at least two non-overlapping windows of normal "
+                         "operation: record for longer (at least twice asd.window_seconds)")
+    blocks = np.asarray(x, np.float64).reshape(len(x), -1, LOGMEL_DIM)
+    total, gram = blocks.sum(axis=(0, 1)), np.einsum("wbi,wbj->ij", blocks, blocks)
+    out = []
+    for i in np.flatnonzero(scored):
+        gone = blocks[overlap[i]].reshape(-1, LOGMEL_DIM)
+        n = (len(x) - int(overlap[i].sum())) * blocks.shape[1]
+        model = pca_from_moments(total - gone.sum(axis=0), gram - gone.T @ gone, n,
+                                 min(PCA_COMPONENTS, n - 1))
+        out.append(pca_residual(x[i], model)[0])
+    return np.asarray(out, np.float32)
+
+
 def view_normalisation(w: CalibrationWindows) -> tuple[dict[str, dict], np.ndarray]:
     """Each view's held-out log-distance statistics and the combined held-out scores.
 
-    Every view of ``w.names`` is scored as :func:`held_out_scores` scores the embedding;
+    Every view of ``w.names`` is scored as :func:`held_out_scores` scores the embedding
+    (the PCA residual view: against the subspace of the windows that do not overlap it);
     its log distances give ``log_mean`` and ``log_std`` (GenRep's domain normalisation,
     ``004_d4225f15e0df5a46.txt`` Section 2.3, per view), and the views combine by
     :func:`edge.backend.normalised_view_score`.
@@ -244,8 +265,8 @@ def view_normalisation(w: CalibrationWindows) -> tuple[dict[str, dict], np.ndarr
     dists, norms = {}, {}
     overlap = _overlap(w)  # the same windows in every view
     for v in w.names:
-        d = _held_out(w.embeddings if v == EMBEDDING_VIEW else w.views[v], w.members[v],
-                      overlap)
+        d = _held_out_pca(w.views[v], overlap) if v == PCA_VIEW else \
+            _held_out(w.embeddings if v == EMBEDDING_VIEW else w.views[v], w.members[v], overlap)
         logs = np.log(d.astype(np.float64) + LOG_DISTANCE_FLOOR)
         dists[v] = d
         norms[v] = {"log_mean": float(logs.mean()), "log_std": max(float(logs.std()), 1e-6),
@@ -315,4 +336,13 @@ def fit_calibration(w: CalibrationWindows, embedder, n_clusters: int, threshold_
                        normal_scores=scores, model_id=embedder.model_id,
                        model_sha256=embedder.sha256, window_seconds=window_seconds,
                        hop_seconds=hop_seconds, n_members=n_members, extra=extra,
-                       views=dict(w.views), view_norms=norms)
+                       views=_view_memories(w), view_norms=norms)
+
+
+def _view_memories(w: CalibrationWindows) -> dict[str, np.ndarray]:
+    """What the calibration keeps per view: every window's vector, and for the PCA residual
+    view the subspace of all windows' log-mel blocks (:func:`edge.views.fit_pca`)."""
+    out = dict(w.views)
+    if PCA_VIEW in out:
+        out[PCA_VIEW] = fit_pca(out[PCA_VIEW].reshape(-1, LOGMEL_DIM))
+    return out

@@ -20,6 +20,7 @@ import numpy as np
 
 from firmware_config.fileio import atomic_write_bytes, is_npz_file
 from firmware_config.errors import HarkError
+from edge.views import PCA_VIEW, pca_residual
 
 __all__ = ["CalibrationError", "normalize_members", "min_cosine_distance", "normalised_view_score",
            "Calibration", "CALIBRATION_SCHEMA", "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR"]
@@ -157,7 +158,9 @@ class Calibration:
         Content hash prefix, reported in every event.
     views : dict of str -> np.ndarray, shape (m_v, D_v), float32
         Memories of the views other than the embedding (:mod:`edge.views`): every
-        calibration window's vector, member-normalised. Empty for a single-view calibration.
+        calibration window's vector, member-normalised; for ``pca_residual`` the principal
+        subspace of the calibration's log-mel blocks (:func:`edge.views.fit_pca`, mean and
+        components). Empty for a single-view calibration.
     view_norms : dict of str -> dict
         For a multi-view calibration, every scored view (``"embedding"`` first) with
         ``log_mean`` and ``log_std`` of its held-out log distances and ``members`` (the
@@ -185,7 +188,8 @@ class Calibration:
     def __post_init__(self):
         self.memory = normalize_members(self.memory, self.n_members)
         self.normal_scores = np.asarray(self.normal_scores, np.float32)
-        self.views = {v: normalize_members(m, int(self.view_norms[v]["members"]))
+        self.views = {v: np.asarray(m, np.float32) if v == PCA_VIEW else
+                      normalize_members(m, int(self.view_norms[v]["members"]))
                       for v, m in self.views.items()}
         if not self.calibration_id:
             h = hashlib.sha256(self.memory.tobytes())
@@ -205,8 +209,9 @@ class Calibration:
         """Anomaly scores of windows given in every view (higher = more anomalous).
 
         Single-view: the embedding's minimum cosine distance (:meth:`anomaly_score`).
-        Several views: each view's minimum cosine distance to its own memory, combined by
-        :func:`normalised_view_score`.
+        Several views: each view's minimum cosine distance to its own memory (the PCA
+        residual view: its distance from the calibration's principal subspace,
+        :func:`edge.views.pca_residual`), combined by :func:`normalised_view_score`.
 
         Parameters
         ----------
@@ -228,7 +233,8 @@ class Calibration:
                              f"{list(self.view_names)}; missing {missing}")
         if not self.view_norms:
             return self.anomaly_score(vectors["embedding"])
-        dist = {v: _min_distance_to_normalised(
+        dist = {v: pca_residual(vectors[v], self.views[v]) if v == PCA_VIEW else
+                _min_distance_to_normalised(
                     vectors[v], self.memory if v == "embedding" else self.views[v],
                     int(n["members"]))
                 for v, n in self.view_norms.items()}

@@ -30,6 +30,10 @@ was trained on whose anomalies are louder (MIMII fan id_00: AUC 0.958 vs 0.55 wi
 grid the int8 model sees (97 % of a fan clip's bins fall on its lowest two steps), so the
 float model trained on it and the int8 model on the node get the same values.
 
+:func:`stacked_logmel` is the DCASE autoencoder baseline's input (consecutive log-mel frames
+concatenated), shared by that baseline (:mod:`trainer.ae_baseline`) and the node's PCA
+residual view (:mod:`edge.views`).
+
 The keyword frontend (log-Mel frames and segments) is :mod:`edge.kws_frontend`; it shares
 :func:`frame_signal`, :func:`as_mono` and :func:`mel_filterbank` from here.
 """
@@ -51,6 +55,7 @@ __all__ = [
     "asd_features",
     "spectrum_step_for",
     "mel_filterbank",
+    "stacked_logmel",
     "as_mono",
     "params_from_dict",
 ]
@@ -444,3 +449,42 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
     if norm == "slaney":
         weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
     return weights.astype(np.float32)
+
+
+def stacked_logmel(y: np.ndarray, *, sample_rate: int = 16000, n_fft: int = 1024,
+                   hop_length: int = 512, n_mels: int = 128, n_frames: int = 5) -> np.ndarray:
+    """Consecutive log-mel frames concatenated: the DCASE autoencoder baseline's input.
+
+    DCASE 2023 Task 2 baseline (Dohi et al. 2023, Section 4; ``baseline.yaml``): librosa's
+    default mel spectrogram (centred frames, zero padding of ``n_fft // 2`` at both ends,
+    periodic Hann window, Slaney mel scale from 0 Hz to Nyquist with Slaney area
+    normalisation, power 2), ``10 log10(max(mel, eps))``, and ``n_frames`` consecutive
+    frames concatenated frame-major with a hop of one frame. :mod:`trainer.ae_baseline`
+    documents and tests the equality with librosa.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,), float32
+        Mono waveform in [-1, 1], at least ``max(n_fft, (n_frames - 1) * hop_length)``
+        samples, finite (the caller checks).
+    sample_rate : int, keyword-only
+        Hz; only sets the filterbank.
+    n_fft, hop_length : int, keyword-only
+        STFT window and hop in samples.
+    n_mels, n_frames : int, keyword-only
+        Mel bands; frames per vector.
+
+    Returns
+    -------
+    np.ndarray, shape (1 + n_samples // hop_length - (n_frames - 1), n_mels * n_frames), float32
+        In dB (power re 1), at least ``10 log10(eps)`` = -156.5 dB; columns
+        ``[k * n_mels, (k + 1) * n_mels)`` of vector ``t`` are frame ``t + k``.
+    """
+    half = n_fft // 2
+    mag = magnitude_spectrogram(np.pad(np.asarray(y, np.float32), (half, half)), n_fft,
+                                hop_length)
+    fb = mel_filterbank(sample_rate, n_fft, n_mels, 0.0, sample_rate / 2.0, norm="slaney")
+    mel = np.square(mag) @ fb.T  # (frames, n_mels)
+    logmel = (10.0 * np.log10(np.maximum(mel, np.finfo(np.float64).eps))).astype(np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(logmel, n_frames, axis=0)
+    return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(len(windows), -1)

@@ -42,11 +42,11 @@ def test_anomalous_fan_scores_higher_than_normal(embedder, site_fan, site_calibr
     assert auc >= 0.7  # 1.00 with the shipped model; the bound leaves room for retraining
 
 
-ALL_VIEWS = ("embedding", "branches", "stft_statistics")
+ALL_VIEWS = ("embedding", "branches", "stft_statistics")  # the nearest-neighbour views
 
 
 def test_views_each_normalised_on_held_out_calibration_scores(tmp_path, embedder, site_fan):
-    """The default views on real clips of a fan the model never heard: every view is
+    """The nearest-neighbour views on real clips of a fan the model never heard: every view is
     standardised on its own held-out distances, the combined score separates anomalies, and
     the artifact keeps each view's memory."""
     from edge.views import window_views
@@ -76,12 +76,55 @@ def test_views_each_normalised_on_held_out_calibration_scores(tmp_path, embedder
     normal = [score(f) for f in site_fan["normal"]]
     abnormal = [score(f) for f in site_fan["abnormal"]]
     auc = roc_auc_score([0] * len(normal) + [1] * len(abnormal), normal + abnormal)
-    print(f"\nfan id_02, default views: AUC {auc:.3f}")
+    print(f"\nfan id_02, nearest-neighbour views: AUC {auc:.3f}")
     assert auc >= 0.7
     with pytest.raises(ValueError, match="score_views"):
         back.anomaly_score(w.embeddings)
     with pytest.raises(ValueError, match="missing"):
         back.score_views({"embedding": w.embeddings})
+
+
+def test_pca_residual_view_is_the_principal_subspace_of_held_out_windows(embedder, site_fan):
+    """The PCA residual view on a real fan: its subspace is scikit-learn's PCA of the
+    calibration's log-mel blocks, a window's held-out residual is measured against the
+    subspace of the windows that do not overlap it, and the artifact scores it."""
+    from sklearn.decomposition import PCA
+
+    from calibration.calibrate import _held_out_pca, view_normalisation
+    from edge.views import LOGMEL_DIM, fit_pca, logmel_blocks, pca_residual, window_views
+
+    y = np.concatenate([load_audio(f) for f in site_fan["calibration"][:3]])  # 30 s
+    blocks = logmel_blocks(y[:160000])
+    assert blocks.shape == (62, LOGMEL_DIM)
+    model = fit_pca(blocks, 8)
+    ref = PCA(8, svd_solver="full").fit(blocks.astype(np.float64))
+    np.testing.assert_allclose(model[0], ref.mean_, rtol=1e-5, atol=1e-3)
+    ours_res = pca_residual(blocks.reshape(-1), model)
+    sk_res = np.mean((blocks - ref.inverse_transform(ref.transform(blocks))) ** 2)
+    assert ours_res[0] == pytest.approx(sk_res, rel=1e-4)
+    # One continuous stream: windows at 0, 2, ..., 20 s; the window at 0 s overlaps those
+    # up to 8 s, so its held-out subspace is the one of the windows at 10 s and later.
+    w = collect_windows([[y]], embedder, 10.0, 2.0, views=("embedding", "pca_residual"))
+    assert len(w) == 11 and w.views["pca_residual"].shape == (11, 62 * LOGMEL_DIM)
+    held = _held_out_pca(w.views["pca_residual"], (w.start[:, None] < w.end[None, :])
+                         & (w.start[None, :] < w.end[:, None]))
+    rest = w.views["pca_residual"][5:].reshape(-1, LOGMEL_DIM)
+    explicit = pca_residual(w.views["pca_residual"][0], fit_pca(rest, 8))[0]
+    assert held[0] == pytest.approx(explicit, rel=1e-4)
+    assert held[0] > pca_residual(w.views["pca_residual"][0], fit_pca(
+        w.views["pca_residual"].reshape(-1, LOGMEL_DIM), 8))[0]  # held out costs something
+    norms, _ = view_normalisation(w)
+    assert set(norms) == {"embedding", "pca_residual"}
+    cal = fit_calibration(w, embedder, 16, "mst-iqr", {}, 10.0, 2.0)
+    assert cal.views["pca_residual"].shape == (9, LOGMEL_DIM)
+    normal = [float(cal.score_views(window_views(embedder, load_audio(f)[:160000],
+                                                 cal.view_names))[0]) for f in site_fan["normal"]]
+    abnormal = [float(cal.score_views(window_views(embedder, load_audio(f)[:160000],
+                                                   cal.view_names))[0])
+                for f in site_fan["abnormal"]]
+    auc = roc_auc_score([0] * len(normal) + [1] * len(abnormal), normal + abnormal)
+    print(f"\nfan id_02, embedding + PCA residual views: AUC {auc:.3f}")
+    assert auc >= 0.7
 
 
 def test_views_of_a_constant_recording_give_finite_scores(embedder):
@@ -91,7 +134,7 @@ def test_views_of_a_constant_recording_give_finite_scores(embedder):
 
     t = np.arange(16000 * 30) / 16000
     tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    w = collect_windows([[tone]], embedder, 10.0, 2.0, views=ALL_VIEWS)
+    w = collect_windows([[tone]], embedder, 10.0, 2.0, views=(*ALL_VIEWS, "pca_residual"))
     cal = fit_calibration(w, embedder, 1, "fpr", {}, 10.0, 2.0)  # one cluster: all alike
     noise = np.random.default_rng(0).normal(0, 0.3, 160000).astype(np.float32)
     s = cal.score_views(window_views(embedder, noise, cal.view_names))

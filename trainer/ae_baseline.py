@@ -17,9 +17,9 @@ Features (:func:`logmel_vectors`)
     ``sr / 2`` with Slaney **area normalisation** (each triangle scaled by
     ``2 / (f[m+2] - f[m])``, librosa's ``norm="slaney"``), then
     ``10 * log10(max(mel_power, eps))`` with ``eps = sys.float_info.epsilon`` (the baseline
-    writes ``20 / power * log10(...)``). Computed here with the project frontend
-    (:func:`edge.frontend.magnitude_spectrogram` on the padded waveform,
-    :func:`edge.frontend.mel_filterbank` times the area normalisation), so librosa is not a
+    writes ``20 / power * log10(...)``). Computed with the project frontend
+    (:func:`edge.frontend.stacked_logmel`, which the node's PCA residual view shares), so
+    librosa is not a
     runtime dependency; ``tests/test_ae_baseline.py`` checks equality with librosa on a real
     clip. Five consecutive frames (hop one frame) are concatenated **frame-major**:
     vector ``t`` is ``[logmel[t], logmel[t + 1], ..., logmel[t + 4]]``, 640 values, the
@@ -40,19 +40,17 @@ Score
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from calibration.thresholds import NotFittedError
-from edge.frontend import as_mono, magnitude_spectrogram, mel_filterbank
+from edge.frontend import as_mono, mel_filterbank, stacked_logmel
 
 __all__ = ["AeBaselineParams", "logmel_vectors", "slaney_mel_filterbank", "build_autoencoder",
            "AutoencoderBaseline", "NotFittedError"]
 
-_EPS = sys.float_info.epsilon  # the baseline's floor before the logarithm
 
 
 @dataclass(frozen=True)
@@ -184,13 +182,9 @@ def logmel_vectors(waveform: np.ndarray, params: AeBaselineParams = AeBaselinePa
         (which is at least ``n_fft``).
     """
     y = _check_clip(waveform, params)
-    half = params.n_fft // 2
-    mag = magnitude_spectrogram(np.pad(y, (half, half)), params.n_fft, params.hop_length)
-    mel = np.square(mag) @ slaney_mel_filterbank(params).T  # (frames, n_mels)
-    logmel = (10.0 * np.log10(np.maximum(mel, _EPS))).astype(np.float32)
-    # (n_vectors, n_mels, n_frames) view -> frame-major (n_vectors, n_frames * n_mels)
-    windows = np.lib.stride_tricks.sliding_window_view(logmel, params.n_frames, axis=0)
-    return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(len(windows), -1)
+    return stacked_logmel(y, sample_rate=params.sample_rate, n_fft=params.n_fft,
+                          hop_length=params.hop_length, n_mels=params.n_mels,
+                          n_frames=params.n_frames)
 
 
 def build_autoencoder(params: AeBaselineParams = AeBaselineParams()):

@@ -79,7 +79,7 @@ from edge.audio import load_audio
 from edge.frontend import asd_features
 from edge.model import AsdEmbedder
 from edge.pipeline import Windower
-from edge.views import window_views
+from edge.views import PCA_VIEW, window_views
 from firmware_config.defaults import DEFAULT_CONFIG
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json
 from firmware_config.schema import load_config
@@ -89,6 +89,7 @@ from trainer.asd_baselines import StftStatsBaseline
 from trainer.asd_lomo_data import LomoSplit, list_typed_clips, lomo_split
 from trainer.asd_lomo_report import (
     OURS_EMBEDDING_ONLY,
+    OURS_WITHOUT_PCA,
     bootstrap_ci,
     bootstrap_metrics,
     lomo_markdown,
@@ -161,6 +162,7 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
 
     Returns one result per view set: the node's ``asd.views`` (:data:`SYSTEMS` ``"ours"``),
     when they are more than the embedding the embedding alone (:data:`OURS_EMBEDDING_ONLY`),
+    when they hold the PCA residual view the others alone (:data:`OURS_WITHOUT_PCA`),
     and the float model before int8 conversion with the node's views (:data:`OURS_FLOAT`),
     all from the same trained model. ``adapted``: site
     adaptation (:mod:`trainer.asd_adapt`): the calibration clips join the training data,
@@ -197,6 +199,8 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
     if not adapted:
         if tuple(a.views) != ("embedding",):
             runs.append((OURS_EMBEDDING_ONLY, emb, ("embedding",)))
+        if PCA_VIEW in a.views and len(a.views) > 1:
+            runs.append((OURS_WITHOUT_PCA, emb, tuple(v for v in a.views if v != PCA_VIEW)))
         runs.append((OURS_FLOAT, _FloatEmbedder(model, emb), tuple(a.views)))
     for name, embedder, views in runs:
         windows = collect_windows(([waves[c.path]] for c in split.calibration), embedder,

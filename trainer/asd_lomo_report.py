@@ -23,12 +23,14 @@ import numpy as np
 from trainer.asd_metrics import dcase_section_metrics, official_score
 from trainer.asd_plots import plot_section_lines
 
-__all__ = ["OURS_EMBEDDING_ONLY", "type_metrics", "rates_at_threshold", "bootstrap_metrics",
+__all__ = ["OURS_EMBEDDING_ONLY", "OURS_WITHOUT_PCA", "type_metrics", "rates_at_threshold", "bootstrap_metrics",
            "bootstrap_ci", "lomo_markdown", "seeds_summary", "seeds_markdown"]
 
 #: Our embedder scored by its embedding alone, reported beside the node's configured views
 #: (``asd.views``) when those are more than the embedding.
 OURS_EMBEDDING_ONLY = "ours (int8), embedding view only"
+#: The same int8 model with the node's views but the PCA residual one (when it has it).
+OURS_WITHOUT_PCA = "ours (int8), views without pca_residual"
 
 
 # --------------------------------------------------------------------------- metrics
@@ -302,7 +304,8 @@ def lomo_markdown(rep: dict[str, Any]) -> str:
         f"{json.dumps(rep['node']['threshold_params'])} on held-out window scores; views "
         f"{', '.join(rep['node'].get('views', ['embedding']))}, each against its own memory and "
         "standardised on its held-out log distances, averaged, as `edge.views` describes; "
-        f"`{OURS_EMBEDDING_ONLY}`: the same model scored by its embedding alone); a "
+        f"`{OURS_EMBEDDING_ONLY}`: the same model scored by its embedding alone; "
+        f"`{OURS_WITHOUT_PCA}`: by the node's views but the PCA residual one); a "
         "clip's score is its highest window score. The DCASE 2023 autoencoder baseline is "
         "trained on the same calibration clips only (threshold on its in-sample scores); the "
         "STFT baseline (per-bin mean and std of the log-magnitude STFT, Hann 1024, hop 512, "
