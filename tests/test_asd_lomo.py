@@ -241,12 +241,13 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["protocol"] == "leave-one-machine-out"
     assert set(rep["types"]) == {"fan", "pump"}
-    # the node's default views and, from the same model, the embedding alone; two baselines
+    # the node's default views and, from the same model, the embedding alone and the views
+    # without the PCA residual; two baselines
     assert set(rep["systems"]) == {"ours (int8)", "ours (int8), embedding view only",
-                                   "ours (float)", "ours, site-adapted (int8)",
+                                   "ours (int8), views without pca_residual", "ours (float)", "ours, site-adapted (int8)",
                                    "DCASE 2023 AE baseline (calibration clips)",
                                    "STFT mean/std + cosine (no learning)"}
-    assert rep["node"]["views"] == ["embedding", "branches", "stft_statistics"]
+    assert rep["node"]["views"] == ["embedding", "branches", "stft_statistics", "pca_residual"]
     fan, pump = rep["types"]["fan"], rep["types"]["pump"]
     assert fan["counts"]["train_types"] == ["pump"] and fan["counts"]["train_clips"] == 6
     assert pump["counts"]["train_types"] == ["fan"] and pump["counts"]["train_clips"] == 8
@@ -272,8 +273,11 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
     for t in ("fan", "pump"):
         ours = rep["types"][t]["systems"]
         assert ours["ours (int8)"]["meta"]["views"] == ["embedding", "branch_spectrogram",
-                                                        "branch_spectrum", "stft_statistics"]
+                                                        "branch_spectrum", "stft_statistics",
+                                                        "pca_residual"]
         assert ours["ours (int8), embedding view only"]["meta"]["views"] == ["embedding"]
+        assert ours["ours (int8), views without pca_residual"]["meta"]["views"] == [
+            "embedding", "branch_spectrogram", "branch_spectrum", "stft_statistics"]
         # the embedding-spread check: the held-out type's normal clips, and the training
         # clips in the bundle's training report
         counts = rep["types"][t]["counts"]
