@@ -20,7 +20,7 @@ import numpy as np
 
 from firmware_config.fileio import atomic_write_bytes, is_npz_file
 from firmware_config.errors import HarkError
-from edge.views import PCA_VIEW, pca_residual
+from edge.views import LOGMEL_DIM, PCA_VIEW, pca_residual
 
 __all__ = ["CalibrationError", "normalize_members", "min_cosine_distance", "normalised_view_score",
            "Calibration", "CALIBRATION_SCHEMA", "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR"]
@@ -340,6 +340,10 @@ class Calibration:
         for m in (memory, *views.values()):
             if m.ndim != 2 or not np.all(np.isfinite(m)) or len(m) == 0:
                 raise CalibrationError(f"calibration {path}: memory is empty or not finite")
+        pca = views.get(PCA_VIEW)
+        if pca is not None and (pca.shape[1] != LOGMEL_DIM or len(pca) < 2):
+            raise CalibrationError(f"calibration {path}: its {PCA_VIEW} subspace has shape "
+                                   f"{pca.shape}, expected (1 + components, {LOGMEL_DIM})")
         expect = set(norms) - {"embedding"}
         if set(views) != expect or any(
                 not (isinstance(n, dict) and n.get("log_std", 0) > 0 and "log_mean" in n

@@ -84,7 +84,8 @@ def test_views_each_normalised_on_held_out_calibration_scores(tmp_path, embedder
         back.score_views({"embedding": w.embeddings})
 
 
-def test_pca_residual_view_is_the_principal_subspace_of_held_out_windows(embedder, site_fan):
+def test_pca_residual_view_is_the_principal_subspace_of_held_out_windows(tmp_path, embedder,
+                                                                         site_fan):
     """The PCA residual view on a real fan: its subspace is scikit-learn's PCA of the
     calibration's log-mel blocks, a window's held-out residual is measured against the
     subspace of the windows that do not overlap it, and the artifact scores it."""
@@ -117,6 +118,14 @@ def test_pca_residual_view_is_the_principal_subspace_of_held_out_windows(embedde
     assert set(norms) == {"embedding", "pca_residual"}
     cal = fit_calibration(w, embedder, 16, "mst-iqr", {}, 10.0, 2.0)
     assert cal.views["pca_residual"].shape == (9, LOGMEL_DIM)
+    path = cal.save(tmp_path / "pca.npz")
+    assert Calibration.load(path).views["pca_residual"].shape == (9, LOGMEL_DIM)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["view_pca_residual"] = arrays["view_pca_residual"][:, :100]  # a damaged subspace
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(CalibrationError, match="pca_residual subspace has shape"):
+        Calibration.load(tmp_path / "bad.npz")
     normal = [float(cal.score_views(window_views(embedder, load_audio(f)[:160000],
                                                  cal.view_names))[0]) for f in site_fan["normal"]]
     abnormal = [float(cal.score_views(window_views(embedder, load_audio(f)[:160000],
