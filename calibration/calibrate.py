@@ -52,7 +52,8 @@ class CalibrationWindows:
     names : tuple of str
         The views the calibration will score (:func:`edge.views.view_names`).
     views : dict of str -> np.ndarray, shape (n, D_v), float32
-        The windows' vectors in every view of ``names`` but the embedding.
+        The windows' vectors in every view of ``names`` but the embedding (float16 for the
+        PCA residual view: 62 x 640 log-mel values per 10 s window, 80 kB).
     members : dict of str -> int
         Ensemble members in each view's vector (:func:`edge.views.view_members`).
     """
@@ -113,8 +114,10 @@ class WindowCollector:
     def result(self) -> CalibrationWindows:
         spans = np.array(self._spans, int).reshape(-1, 3)
         embs = np.array(self._embs, np.float32).reshape(-1, self.embedder.embedding_dim)
-        views = {v: np.array(x, np.float32).reshape(len(x), -1) if x
-                 else np.zeros((0, 0), np.float32) for v, x in self._vecs.items()}
+        # each view keeps its vectors' dtype (the PCA residual's log-mel blocks: float16)
+        views = {v: np.array(x, x[0].dtype if x[0].dtype == np.float16 else np.float32)
+                 .reshape(len(x), -1) if x else np.zeros((0, 0), np.float32)
+                 for v, x in self._vecs.items()}
         return CalibrationWindows(embs, spans[:, 0], spans[:, 1], spans[:, 2],
                                   self.skipped_silent, self.names, views,
                                   {v: view_members(self.embedder, v) for v in self.names})
