@@ -23,8 +23,8 @@ import numpy as np
 from trainer.asd_metrics import dcase_section_metrics, official_score
 from trainer.asd_plots import plot_section_lines
 
-__all__ = ["OURS_EMBEDDING_ONLY", "OURS_WITHOUT_PCA", "type_metrics", "rates_at_threshold", "bootstrap_metrics",
-           "bootstrap_ci", "lomo_markdown", "seeds_summary", "seeds_markdown"]
+__all__ = ["OURS_EMBEDDING_ONLY", "OURS_WITHOUT_PCA", "type_metrics", "rates_at_threshold",
+           "bootstrap_metrics", "bootstrap_ci", "lomo_markdown", "seeds_summary", "seeds_markdown"]
 
 #: Our embedder scored by its embedding alone, reported beside the node's configured views
 #: (``asd.views``) when those are more than the embedding.
