@@ -56,6 +56,7 @@ __all__ = [
     "spectrum_step_for",
     "mel_filterbank",
     "stacked_logmel",
+    "logmel_frames",
     "as_mono",
     "params_from_dict",
 ]
@@ -480,11 +481,24 @@ def stacked_logmel(y: np.ndarray, *, sample_rate: int = 16000, n_fft: int = 1024
         In dB (power re 1), at least ``10 log10(eps)`` = -156.5 dB; columns
         ``[k * n_mels, (k + 1) * n_mels)`` of vector ``t`` are frame ``t + k``.
     """
+    logmel = logmel_frames(y, sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
+                           n_mels=n_mels)
+    windows = np.lib.stride_tricks.sliding_window_view(logmel, n_frames, axis=0)
+    return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(len(windows), -1)
+
+
+def logmel_frames(y: np.ndarray, *, sample_rate: int = 16000, n_fft: int = 1024,
+                  hop_length: int = 512, n_mels: int = 128) -> np.ndarray:
+    """The frames :func:`stacked_logmel` stacks (parameters there).
+
+    Returns
+    -------
+    np.ndarray, shape (1 + n_samples // hop_length, n_mels), float32
+        Centred frames, in dB (power re 1), at least -156.5 dB.
+    """
     half = n_fft // 2
     mag = magnitude_spectrogram(np.pad(np.asarray(y, np.float32), (half, half)), n_fft,
                                 hop_length)
     fb = mel_filterbank(sample_rate, n_fft, n_mels, 0.0, sample_rate / 2.0, norm="slaney")
     mel = np.square(mag) @ fb.T  # (frames, n_mels)
-    logmel = (10.0 * np.log10(np.maximum(mel, np.finfo(np.float64).eps))).astype(np.float32)
-    windows = np.lib.stride_tricks.sliding_window_view(logmel, n_frames, axis=0)
-    return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(len(windows), -1)
+    return (10.0 * np.log10(np.maximum(mel, np.finfo(np.float64).eps))).astype(np.float32)

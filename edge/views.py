@@ -37,7 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edge.frontend import as_mono, magnitude_spectrogram, stacked_logmel
+from edge.frontend import as_mono, logmel_frames, magnitude_spectrogram
 
 __all__ = ["VIEWS", "EMBEDDING_VIEW", "PCA_VIEW", "PCA_COMPONENTS", "LOGMEL_FRAMES", "LOGMEL_DIM",
            "view_names", "view_members", "window_views", "stft_statistics", "logmel_blocks",
@@ -100,7 +100,8 @@ def logmel_blocks(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int = 
 
     The DCASE 2023 autoencoder baseline's input vectors (:func:`edge.frontend.stacked_logmel`:
     128 mel bands, 5 consecutive frames, in dB) taken every 5 frames instead of every frame,
-    so that the blocks cover the window once.
+    so that the blocks cover the window once; cut straight from the frames
+    (:func:`edge.frontend.logmel_frames`) rather than stacking every vector first.
 
     Parameters
     ----------
@@ -128,9 +129,11 @@ def logmel_blocks(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int = 
                          f"{need}")
     if not np.all(np.isfinite(y)):
         raise ValueError("the waveform contains NaN or infinite samples")
-    vec = stacked_logmel(y, sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
-                         n_mels=LOGMEL_DIM // LOGMEL_FRAMES, n_frames=LOGMEL_FRAMES)
-    return np.ascontiguousarray(vec[::LOGMEL_FRAMES])
+    # every LOGMEL_FRAMES-th stacked vector: the frames cut into consecutive blocks
+    frames = logmel_frames(y, sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
+                           n_mels=LOGMEL_DIM // LOGMEL_FRAMES)
+    n_blocks = len(frames) // LOGMEL_FRAMES
+    return np.ascontiguousarray(frames[:n_blocks * LOGMEL_FRAMES].reshape(n_blocks, LOGMEL_DIM))
 
 
 def fit_pca(blocks: np.ndarray, n_components: int = PCA_COMPONENTS) -> np.ndarray:
