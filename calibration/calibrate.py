@@ -23,7 +23,7 @@ import numpy as np
 
 from calibration.thresholds import make_threshold_estimator
 from edge.backend import LOG_DISTANCE_FLOOR, Calibration, normalised_view_score, normalize_members
-from edge.levels import rms_dbfs
+from edge.levels import SILENCE_DBFS, rms_dbfs
 from edge.pipeline import Windower
 from edge.views import (EMBEDDING_VIEW, LOGMEL_DIM, PCA_COMPONENTS, PCA_VIEW, fit_pca,
                         pca_from_moments, pca_residual, view_members, view_names, window_views)
@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CalibrationWindows", "WindowCollector", "collect_windows", "kmeans_centers", "held_out_scores",
            "view_normalisation", "independent_windows", "fit_calibration", "SILENCE_DBFS"]
-
-SILENCE_DBFS = -70.0  # RMS dBFS (edge.levels); quieter windows are not learned as "normal operation"
 
 
 @dataclass
@@ -228,17 +226,25 @@ def _held_out(x: np.ndarray, k: int, overlap: np.ndarray) -> np.ndarray:
 
 def _held_out_pca(x: np.ndarray, overlap: np.ndarray) -> np.ndarray:
     """PCA residual (:func:`edge.views.pca_residual`) of each window against the subspace
-    fitted on the windows that do not overlap it; the windows :func:`_held_out` scores."""
+    fitted on the sounding blocks of the windows that do not overlap it; the windows
+    :func:`_held_out` scores. NaN for a window without a sounding block, or whose held-out
+    windows have fewer than two."""
     scored = ~np.all(overlap, axis=1)
     if scored.sum() < 2:
         raise ValueError("calibration needs at least two non-overlapping windows of normal "
                          "operation: record for longer (at least twice asd.window_seconds)")
     blocks = np.asarray(x, np.float64).reshape(len(x), -1, LOGMEL_DIM)
+    sounding = ~np.isnan(blocks).any(axis=2)  # (windows, blocks); silent blocks add nothing
+    blocks = np.where(sounding[..., None], blocks, 0.0)
+    per_window = sounding.sum(axis=1)
     total, gram = blocks.sum(axis=(0, 1)), np.einsum("wbi,wbj->ij", blocks, blocks)
     out = []
     for i in np.flatnonzero(scored):
         gone = blocks[overlap[i]].reshape(-1, LOGMEL_DIM)
-        n = (len(x) - int(overlap[i].sum())) * blocks.shape[1]
+        n = int(per_window.sum() - per_window[overlap[i]].sum())
+        if n < 2:
+            out.append(np.nan)
+            continue
         model = pca_from_moments(total - gone.sum(axis=0), gram - gone.T @ gone, n,
                                  min(PCA_COMPONENTS, n - 1))
         out.append(pca_residual(x[i], model)[0])
@@ -263,7 +269,8 @@ def view_normalisation(w: CalibrationWindows) -> tuple[dict[str, dict], np.ndarr
     Raises
     ------
     ValueError
-        Too few windows (:func:`held_out_scores`).
+        Too few windows (:func:`held_out_scores`), or, for the PCA residual view, no
+        window with a block of sound (every frame at least :data:`edge.levels.SILENCE_DBFS`).
     """
     dists, norms = {}, {}
     overlap = _overlap(w)  # the same windows in every view
@@ -271,6 +278,10 @@ def view_normalisation(w: CalibrationWindows) -> tuple[dict[str, dict], np.ndarr
         d = _held_out_pca(w.views[v], overlap) if v == PCA_VIEW else \
             _held_out(w.embeddings if v == EMBEDDING_VIEW else w.views[v], w.members[v], overlap)
         logs = np.log(d.astype(np.float64) + LOG_DISTANCE_FLOOR)
+        logs = logs[~np.isnan(logs)]
+        if not len(logs):
+            raise ValueError(f"the {v} view cannot score any calibration window: no block of "
+                             f"5 frames above {SILENCE_DBFS:g} dBFS; record the machine running")
         dists[v] = d
         norms[v] = {"log_mean": float(logs.mean()), "log_std": max(float(logs.std()), 1e-6),
                     "members": int(w.members[v])}

@@ -116,18 +116,25 @@ def normalised_view_score(distances: dict[str, np.ndarray],
     Parameters
     ----------
     distances : dict of str -> np.ndarray, shape (n,), float
-        Minimum cosine distance of ``n`` windows in every view of ``norms``.
+        Minimum cosine distance of ``n`` windows in every view of ``norms``; NaN where a
+        view has nothing to score (the PCA residual of a silent window,
+        :func:`edge.views.pca_residual`): the mean is then over the other views.
     norms : dict of str -> {"log_mean": float, "log_std": float, ...}
 
     Returns
     -------
     np.ndarray, shape (n,), float32, > 0 and finite
         The mean ``z`` is clipped to ``[-MAX_MEAN_Z, MAX_MEAN_Z]``; each ``log_std`` counts
-        as at least :data:`LOG_STD_FLOOR`.
+        as at least :data:`LOG_STD_FLOOR`; a window no view scores gets 1 (typical).
     """
-    z = [(np.log(np.asarray(distances[v], np.float64) + LOG_DISTANCE_FLOOR) - n["log_mean"])
-         / max(n["log_std"], LOG_STD_FLOOR) for v, n in norms.items()]
-    return np.exp(np.clip(np.mean(z, axis=0), -MAX_MEAN_Z, MAX_MEAN_Z)).astype(np.float32)
+    z = np.array([(np.log(np.asarray(distances[v], np.float64) + LOG_DISTANCE_FLOOR)
+                   - n["log_mean"]) / max(n["log_std"], LOG_STD_FLOOR)
+                  for v, n in norms.items()]).reshape(len(norms), -1)
+    scored = ~np.isnan(z)
+    n_views = scored.sum(axis=0)
+    mean_z = np.divide(np.where(scored, z, 0.0).sum(axis=0), n_views,
+                       out=np.zeros(z.shape[1]), where=n_views > 0)
+    return np.exp(np.clip(mean_z, -MAX_MEAN_Z, MAX_MEAN_Z)).astype(np.float32)
 
 
 @dataclass

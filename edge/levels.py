@@ -29,14 +29,19 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CLIP_LEVEL", "FLOOR_DBFS", "rms_dbfs", "peak_dbfs", "power_dbfs", "frame_rms_dbfs",
-           "clipped_fraction"]
+__all__ = ["CLIP_LEVEL", "FLOOR_DBFS", "SILENCE_DBFS", "rms_dbfs", "peak_dbfs", "power_dbfs",
+           "frame_rms_dbfs", "clipped_fraction"]
 
 CLIP_LEVEL = 0.999
 """A sample counts as clipped when ``|x| >= CLIP_LEVEL`` (full scale is 1.0)."""
 
 FLOOR_DBFS = -120.0
 """Lowest level reported: digital silence, empty input."""
+
+SILENCE_DBFS = -70.0
+"""RMS level below which audio holds no machine sound to learn or score: calibration skips
+quieter windows, the PCA residual and STFT statistics views quieter frames
+(:mod:`edge.views`); the health monitor's default ``audio.silence_dbfs`` is the same number."""
 
 _FLOOR_POWER = 10.0 ** (FLOOR_DBFS / 10.0)  # 1e-12: mean square at the floor
 

@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from edge.frontend import as_mono, logmel_frames, magnitude_spectrogram
+from edge.levels import SILENCE_DBFS, frame_rms_dbfs
 
 __all__ = ["VIEWS", "EMBEDDING_VIEW", "PCA_VIEW", "PCA_COMPONENTS", "LOGMEL_FRAMES", "LOGMEL_DIM",
            "view_names", "view_members", "window_views", "stft_statistics", "logmel_blocks",
@@ -75,7 +76,10 @@ def stft_statistics(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int 
     Returns
     -------
     np.ndarray, shape (2 * (n_fft // 2 + 1),), float32
-        ``[mean_t L[t, :], std_t L[t, :]]`` with ``L`` in dB, scaled to unit L2 norm.
+        ``[mean_t L[t, :], std_t L[t, :]]`` with ``L`` in dB, scaled to unit L2 norm; over
+        the frames whose RMS is at least :data:`edge.levels.SILENCE_DBFS` (all frames when
+        none is), so that a moment of digital silence does not pass for a change of the
+        machine's sound.
 
     Raises
     ------
@@ -89,6 +93,9 @@ def stft_statistics(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int 
     if not np.all(np.isfinite(y)):
         raise ValueError("the waveform contains NaN or infinite samples")
     mag = magnitude_spectrogram(y, n_fft, hop_length)  # (frames, bins)
+    sounding = frame_rms_dbfs(y, n_fft, hop_length) >= SILENCE_DBFS
+    if sounding.any():
+        mag = mag[sounding]
     log_mag = 20.0 * np.log10(np.maximum(mag, floor))
     v = np.concatenate([log_mag.mean(axis=0), log_mag.std(axis=0)]).astype(np.float64)
     return (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32)
@@ -103,6 +110,12 @@ def logmel_blocks(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int = 
     so that the blocks cover the window once; cut straight from the frames
     (:func:`edge.frontend.logmel_frames`) rather than stacking every vector first.
 
+    A block with a frame below :data:`edge.levels.SILENCE_DBFS` (RMS of the frame's
+    ``n_fft`` samples) holds no machine sound: it is all NaN, and :func:`fit_pca` and
+    :func:`pca_residual` leave it out. Digital silence reads -156 dB in every band, so one
+    such block would otherwise outweigh the other 61 of a window: the first tenth of a
+    second of a capture, or a dropout, would score far above any anomaly.
+
     Parameters
     ----------
     waveform : np.ndarray, shape (n_samples,), float
@@ -115,7 +128,7 @@ def logmel_blocks(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int = 
     Returns
     -------
     np.ndarray, shape (n_blocks, LOGMEL_DIM), float32
-        ``n_blocks = ceil((1 + n_samples // hop_length - 4) / 5)`` (62 for 10 s).
+        ``n_blocks = (1 + n_samples // hop_length) // 5`` (62 for 10 s); silent blocks NaN.
 
     Raises
     ------
@@ -133,7 +146,11 @@ def logmel_blocks(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int = 
     frames = logmel_frames(y, sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
                            n_mels=LOGMEL_DIM // LOGMEL_FRAMES)
     n_blocks = len(frames) // LOGMEL_FRAMES
-    return np.ascontiguousarray(frames[:n_blocks * LOGMEL_FRAMES].reshape(n_blocks, LOGMEL_DIM))
+    blocks = np.ascontiguousarray(frames[:n_blocks * LOGMEL_FRAMES].reshape(n_blocks, LOGMEL_DIM))
+    half = n_fft // 2  # the frames' samples: centred, as logmel_frames pads
+    level = frame_rms_dbfs(np.pad(y, (half, half)), n_fft, hop_length)[:n_blocks * LOGMEL_FRAMES]
+    blocks[level.reshape(n_blocks, LOGMEL_FRAMES).min(axis=1) < SILENCE_DBFS] = np.nan
+    return blocks
 
 
 def fit_pca(blocks: np.ndarray, n_components: int = PCA_COMPONENTS) -> np.ndarray:
@@ -148,9 +165,10 @@ def fit_pca(blocks: np.ndarray, n_components: int = PCA_COMPONENTS) -> np.ndarra
     Parameters
     ----------
     blocks : np.ndarray, shape (n, D), float
-        Normal vectors (:func:`logmel_blocks` of calibration windows); ``n >= 2``.
+        Normal vectors (:func:`logmel_blocks` of calibration windows); rows with a NaN
+        (silent blocks) are left out, and at least two must remain.
     n_components : int
-        Subspace dimension, at most ``min(n - 1, D)``.
+        Subspace dimension, at most ``min(n_sounding - 1, D)``.
 
     Returns
     -------
@@ -161,11 +179,14 @@ def fit_pca(blocks: np.ndarray, n_components: int = PCA_COMPONENTS) -> np.ndarra
     Raises
     ------
     ValueError
-        Fewer than two vectors, a non-2-D array, or too many components.
+        Fewer than two sounding vectors, a non-2-D array, or too many components.
     """
     x = np.asarray(blocks, np.float64)
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"need at least two vectors of shape (n, D), got {x.shape}")
+    if x.ndim != 2:
+        raise ValueError(f"need vectors of shape (n, D), got {x.shape}")
+    x = x[~np.isnan(x).any(axis=1)]
+    if len(x) < 2:
+        raise ValueError(f"need at least two vectors that are not silent (NaN), got {len(x)}")
     if not 1 <= n_components <= min(len(x) - 1, x.shape[1]):
         raise ValueError(f"n_components must be 1..{min(len(x) - 1, x.shape[1])}, got "
                          f"{n_components}")
@@ -190,7 +211,8 @@ def pca_residual(blocks: np.ndarray, model: np.ndarray) -> np.ndarray:
     """Mean squared distance of each window's log-mel blocks from the principal subspace.
 
     The DCASE autoencoder baseline's score (mean over a clip's vectors of each vector's
-    mean squared reconstruction error) with the linear autoencoder of :func:`fit_pca`.
+    mean squared reconstruction error) with the linear autoencoder of :func:`fit_pca`, over
+    the window's sounding blocks (silent ones are NaN, :func:`logmel_blocks`).
 
     Parameters
     ----------
@@ -202,7 +224,8 @@ def pca_residual(blocks: np.ndarray, model: np.ndarray) -> np.ndarray:
     Returns
     -------
     np.ndarray, shape (n_windows,), float64, >= 0
-        In dB squared.
+        In dB squared; NaN for a window without a sounding block (the view has nothing to
+        say about it: :func:`edge.backend.normalised_view_score` leaves it out).
 
     Raises
     ------
@@ -218,7 +241,11 @@ def pca_residual(blocks: np.ndarray, model: np.ndarray) -> np.ndarray:
                          f"dimension {d}")
     z = x.reshape(len(x), -1, d) - model[0]
     proj = (z @ model[1:].T) @ model[1:]
-    return np.mean((z - proj) ** 2, axis=(1, 2))
+    per_block = np.mean((z - proj) ** 2, axis=2)  # (n_windows, n_blocks), NaN where silent
+    sounding = ~np.isnan(per_block)
+    n = sounding.sum(axis=1)
+    total = np.where(sounding, per_block, 0.0).sum(axis=1)
+    return np.divide(total, n, out=np.full(len(x), np.nan), where=n > 0)
 
 
 def _check(views: Sequence[str]) -> tuple[str, ...]:

@@ -136,6 +136,50 @@ def test_pca_residual_view_is_the_principal_subspace_of_held_out_windows(tmp_pat
     assert auc >= 0.7
 
 
+def test_moments_of_digital_silence_are_not_scored_as_anomalies(embedder, site_fan):
+    """A capture that starts, or drops out, for a fraction of a second gives digital
+    silence (-156 dB in every log-mel band): the PCA residual and STFT statistics views
+    leave out its frames, so a normal fan window with such a gap scores like the clean one
+    and below the anomalous ones. Calibration on a recording with a gap still works."""
+    from edge.views import LOGMEL_DIM, fit_pca, logmel_blocks, pca_residual, window_views
+    from firmware_config.schema import DEFAULT_ASD_VIEWS
+
+    def gap(y, start, seconds):
+        y = y[:160000].copy()
+        y[int(start * 16000):int((start + seconds) * 16000)] = 0.0
+        return y
+
+    def calibrate(clips):
+        w = collect_windows([[y] for y in clips], embedder, 10.0, 2.0, views=DEFAULT_ASD_VIEWS)
+        return fit_calibration(w, embedder, 16, "mst-iqr", {}, 10.0, 2.0)
+
+    cal_audio = [load_audio(f) for f in site_fan["calibration"]]
+    cal = calibrate(cal_audio)
+
+    def score(y):
+        return float(cal.score_views(window_views(embedder, y[:160000], cal.view_names))[0])
+
+    normal = [load_audio(f) for f in site_fan["normal"]]
+    clean = np.array([score(y) for y in normal])
+    gapped = np.array([[score(gap(y, 0.0, 0.5)), score(gap(y, 6.3, 0.3))] for y in normal])
+    abnormal = [score(load_audio(f)) for f in site_fan["abnormal"]]
+    print(f"\nnormal clean {np.round(clean, 2)}, with a gap {np.round(gapped.T, 2)}, "
+          f"anomalous {np.round(abnormal, 2)}")
+    assert (gapped < 1.5 * clean[:, None]).all() and gapped.max() < np.median(abnormal)
+    # A half-second dropout in a calibration clip changes little of what was learned.
+    gapped_cal = calibrate([gap(cal_audio[0], 1.0, 0.5), *cal_audio[1:]])
+    assert np.isfinite(gapped_cal.normal_scores).all()
+    for v, n in cal.view_norms.items():
+        assert abs(gapped_cal.view_norms[v]["log_mean"] - n["log_mean"]) < 0.5 * n["log_std"], v
+    # A window of digital silence: scored by the views that can, finite.
+    assert np.isfinite(score(np.zeros(160000, np.float32)))
+    blocks = logmel_blocks(gap(normal[0], 0.0, 0.5))
+    silent = np.isnan(blocks).any(axis=1)
+    assert 3 <= silent.sum() <= 4 and np.isnan(blocks[silent]).all() and silent[:3].all()
+    np.testing.assert_array_equal(fit_pca(blocks), fit_pca(blocks[~silent]))
+    assert np.isnan(pca_residual(np.full(62 * LOGMEL_DIM, np.nan), fit_pca(blocks)))[0]
+
+
 def test_views_of_a_constant_recording_give_finite_scores(embedder):
     """A calibration on audio whose windows are all alike (a steady tone): every held-out
     distance is the same, yet a different sound scores finitely and higher."""
