@@ -143,8 +143,10 @@ def test_commands_reload_and_flashed_configs(tmp_path, calibration_file):
     rejected with a message on ``reply`` and the node keeps running; a corrupted
     calibration or config is refused and the previous good one kept; a recalibration swaps
     in a new calibration; a flashed config is applied atomically or rolled back."""
+    own_cal = tmp_path / "asd_calibration.npz"  # recalibration writes it: not the shared one
+    own_cal.write_bytes(calibration_file.read_bytes())
     with MosquittoBroker() as broker, MqttCollector(broker.host, broker.port, "#") as col:
-        cfg = update_config(node_config(tmp_path, broker.port, calibration_file, hop_seconds=1.0),
+        cfg = update_config(node_config(tmp_path, broker.port, own_cal, hop_seconds=1.0),
                    audio={"realtime": True}, mqtt={"anonymous_commands": True})
         good_cfg = cfg.read_bytes()
         op = Operator(broker, col)
@@ -189,7 +191,7 @@ def test_commands_reload_and_flashed_configs(tmp_path, calibration_file):
             op.more_events()
 
             # A corrupted calibration file: reload refuses it, scoring goes on with ours.
-            good_cal = calibration_file.read_bytes()
+            good_cal = own_cal.read_bytes()
             broken = tmp_path / "broken.npz"
             broken.write_bytes(good_cal[: len(good_cal) // 2])
             update_config(cfg, asd={"calibration": str(broken)})
