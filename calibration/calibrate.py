@@ -251,14 +251,16 @@ def _held_out_pca(x: np.ndarray, overlap: np.ndarray) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def view_normalisation(w: CalibrationWindows) -> tuple[dict[str, dict], np.ndarray]:
+def view_normalisation(w: CalibrationWindows, fusion: str = "representations"
+                       ) -> tuple[dict[str, dict], np.ndarray]:
     """Each view's held-out log-distance statistics and the combined held-out scores.
 
     Every view of ``w.names`` is scored as :func:`held_out_scores` scores the embedding
     (the PCA residual view: against the subspace of the windows that do not overlap it);
     its log distances give ``log_mean`` and ``log_std`` (GenRep's domain normalisation,
     ``004_d4225f15e0df5a46.txt`` Section 2.3, per view), and the views combine by
-    :func:`edge.backend.normalised_view_score`.
+    :func:`edge.backend.normalised_view_score` with ``fusion``
+    (:data:`edge.backend.VIEW_FUSIONS`).
 
     Returns
     -------
@@ -285,7 +287,7 @@ def view_normalisation(w: CalibrationWindows) -> tuple[dict[str, dict], np.ndarr
         dists[v] = d
         norms[v] = {"log_mean": float(logs.mean()), "log_std": max(float(logs.std()), 1e-6),
                     "members": int(w.members[v])}
-    return norms, normalised_view_score(dists, norms)
+    return norms, normalised_view_score(dists, norms, fusion)
 
 
 def independent_windows(w: CalibrationWindows) -> int:
@@ -313,11 +315,13 @@ def independent_windows(w: CalibrationWindows) -> int:
 
 def fit_calibration(w: CalibrationWindows, embedder, n_clusters: int, threshold_method: str,
                     threshold_params: dict | None = None, window_seconds: float = 10.0,
-                    hop_seconds: float = 2.0, seed: int = 0) -> Calibration:
+                    hop_seconds: float = 2.0, seed: int = 0,
+                    view_fusion: str = "representations") -> Calibration:
     """Build the memory and estimate the decision threshold from normal scores only.
 
     The threshold estimator is fitted on :func:`held_out_scores` (several views: the
-    combined scores of :func:`view_normalisation`), counting :func:`independent_windows` of
+    combined scores of :func:`view_normalisation` with ``view_fusion``,
+    :data:`edge.backend.VIEW_FUSIONS`), counting :func:`independent_windows` of
     them as independent. What it reports about its own
     reliability goes into ``Calibration.extra``: ``n_independent``, and for ``fpr``
     ``target_fpr``, ``confidence``, ``fitted_fpr`` and ``min_independent``.
@@ -334,7 +338,7 @@ def fit_calibration(w: CalibrationWindows, embedder, n_clusters: int, threshold_
     if w.names == (EMBEDDING_VIEW,):
         norms, scores = {}, held_out_scores(w, n_members)
     else:
-        norms, scores = view_normalisation(w)
+        norms, scores = view_normalisation(w, view_fusion)
     n_independent = int(np.clip(independent_windows(w), 2, len(scores)))
     est = make_threshold_estimator(threshold_method, **(threshold_params or {}))
     est.fit(scores, n_independent=n_independent)
@@ -350,7 +354,7 @@ def fit_calibration(w: CalibrationWindows, embedder, n_clusters: int, threshold_
                        normal_scores=scores, model_id=embedder.model_id,
                        model_sha256=embedder.sha256, window_seconds=window_seconds,
                        hop_seconds=hop_seconds, n_members=n_members, extra=extra,
-                       views=_view_memories(w), view_norms=norms)
+                       views=_view_memories(w), view_norms=norms, view_fusion=view_fusion)
 
 
 def _view_memories(w: CalibrationWindows) -> dict[str, np.ndarray]:

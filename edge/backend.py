@@ -20,10 +20,11 @@ import numpy as np
 
 from firmware_config.fileio import atomic_write_bytes, is_npz_file
 from firmware_config.errors import HarkError
-from edge.views import LOGMEL_DIM, PCA_VIEW, pca_residual
+from edge.views import LOGMEL_DIM, PCA_VIEW, pca_residual, representation
 
 __all__ = ["CalibrationError", "normalize_members", "min_cosine_distance", "normalised_view_score",
-           "Calibration", "CALIBRATION_SCHEMA", "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR"]
+           "Calibration", "CALIBRATION_SCHEMA", "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR",
+           "VIEW_FUSIONS"]
 
 #: 2: several views (``views``, ``view_norms``); 1 (still read): the embedding view only.
 CALIBRATION_SCHEMA = 2
@@ -36,6 +37,11 @@ LOG_STD_FLOOR = 0.1
 #: Bound on the mean standardised log distance, so that the score stays finite
 #: (``exp(50)`` is about 5e21).
 MAX_MEAN_Z = 50.0
+#: How the views' standardised log distances combine (:func:`normalised_view_score`):
+#: ``"representations"`` averages them within each representation
+#: (:func:`edge.views.representation`), then over representations (the default);
+#: ``"views"`` over the views, each counting once (every calibration made before 2026-11-30).
+VIEW_FUSIONS = ("representations", "views")
 
 
 class CalibrationError(HarkError, RuntimeError):
@@ -102,16 +108,21 @@ def _min_distance_to_normalised(embeddings: np.ndarray, memory: np.ndarray,
 
 
 def normalised_view_score(distances: dict[str, np.ndarray],
-                          norms: dict[str, dict[str, float]]) -> np.ndarray:
-    """Combine the views' distances: ``exp(mean_v z_v)``, ``z_v`` the standardised log distance.
+                          norms: dict[str, dict[str, float]],
+                          fusion: str = "representations") -> np.ndarray:
+    """Combine the views' distances: ``exp(mean z)``, ``z_v`` the standardised log distance.
 
     ``z_v = (log(d_v + LOG_DISTANCE_FLOOR) - log_mean_v) / log_std_v`` with the mean and
     standard deviation of view ``v``'s held-out calibration log distances: each view's
     distances in units of its own spread on normal sound (GenRep's domain normalisation,
     ``004_d4225f15e0df5a46.txt`` Section 2.3, Z-score per memory bank; here per view, on
-    log distances, since cosine distances of normal windows are skewed). The mean over the
-    views is exponentiated so that the score stays positive, as the threshold estimators
-    expect: 1 is a typical calibration window, larger is more anomalous.
+    log distances, since cosine distances of normal windows are skewed). With ``fusion``
+    ``"representations"`` the ``z_v`` are averaged within each representation
+    (:func:`edge.views.representation`: the embedding and the embedder's branches are one)
+    and then over the representations, so that one network seen through three views does
+    not outvote the others three to one; with ``"views"`` over the views directly. The mean
+    is exponentiated so that the score stays positive, as the threshold estimators expect:
+    1 is a typical calibration window, larger is more anomalous.
 
     Parameters
     ----------
@@ -120,21 +131,40 @@ def normalised_view_score(distances: dict[str, np.ndarray],
         view has nothing to score (the PCA residual of a silent window,
         :func:`edge.views.pca_residual`): the mean is then over the other views.
     norms : dict of str -> {"log_mean": float, "log_std": float, ...}
+    fusion : {"representations", "views"}
+        :data:`VIEW_FUSIONS`.
 
     Returns
     -------
     np.ndarray, shape (n,), float32, > 0 and finite
         The mean ``z`` is clipped to ``[-MAX_MEAN_Z, MAX_MEAN_Z]``; each ``log_std`` counts
         as at least :data:`LOG_STD_FLOOR`; a window no view scores gets 1 (typical).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``fusion``.
     """
+    if fusion not in VIEW_FUSIONS:
+        raise ValueError(f"fusion {fusion!r}: expected one of {', '.join(VIEW_FUSIONS)}")
     z = np.array([(np.log(np.asarray(distances[v], np.float64) + LOG_DISTANCE_FLOOR)
                    - n["log_mean"]) / max(n["log_std"], LOG_STD_FLOOR)
                   for v, n in norms.items()]).reshape(len(norms), -1)
-    scored = ~np.isnan(z)
-    n_views = scored.sum(axis=0)
-    mean_z = np.divide(np.where(scored, z, 0.0).sum(axis=0), n_views,
-                       out=np.zeros(z.shape[1]), where=n_views > 0)
+    if fusion == "representations":
+        groups: dict[str, list[int]] = {}
+        for i, v in enumerate(norms):
+            groups.setdefault(representation(v), []).append(i)
+        z = np.stack([_nanmean_rows(z[rows]) for rows in groups.values()])
+    mean_z = np.nan_to_num(_nanmean_rows(z), nan=0.0)
     return np.exp(np.clip(mean_z, -MAX_MEAN_Z, MAX_MEAN_Z)).astype(np.float32)
+
+
+def _nanmean_rows(z: np.ndarray) -> np.ndarray:
+    """Column means of ``z`` (rows, n) over its non-NaN entries; NaN where all are NaN."""
+    scored = ~np.isnan(z)
+    count = scored.sum(axis=0)
+    return np.divide(np.where(scored, z, 0.0).sum(axis=0), count,
+                     out=np.full(z.shape[1], np.nan), where=count > 0)
 
 
 @dataclass
@@ -173,6 +203,10 @@ class Calibration:
         ``log_mean`` and ``log_std`` of its held-out log distances and ``members`` (the
         ensemble members its vector holds). Empty: the embedding view alone, scored by its
         raw cosine distance (:meth:`anomaly_score`).
+    view_fusion : {"representations", "views"}
+        How a multi-view calibration combines its views (:data:`VIEW_FUSIONS`); the
+        threshold was fitted on held-out scores combined the same way. An artifact without
+        it was made before ``"representations"`` existed and is read as ``"views"``.
     """
 
     memory: np.ndarray
@@ -191,8 +225,12 @@ class Calibration:
     n_members: int = 1
     views: dict[str, np.ndarray] = field(default_factory=dict)
     view_norms: dict[str, dict[str, float]] = field(default_factory=dict)
+    view_fusion: str = "representations"
 
     def __post_init__(self):
+        if self.view_fusion not in VIEW_FUSIONS:
+            raise ValueError(f"view_fusion {self.view_fusion!r}: expected one of "
+                             f"{', '.join(VIEW_FUSIONS)}")
         self.memory = normalize_members(self.memory, self.n_members)
         self.normal_scores = np.asarray(self.normal_scores, np.float32)
         self.views = {v: np.asarray(m, np.float32) if v == PCA_VIEW else
@@ -203,7 +241,7 @@ class Calibration:
             for v in sorted(self.views):
                 h.update(self.views[v].tobytes())
             h.update(f"{self.decision_threshold:.9g}{self.model_sha256}{self.created}"
-                     f"{json.dumps(self.view_norms, sort_keys=True)}".encode())
+                     f"{json.dumps(self.view_norms, sort_keys=True)}{self.view_fusion}".encode())
             self.calibration_id = "cal-" + h.hexdigest()[:12]
 
     @property
@@ -245,7 +283,7 @@ class Calibration:
                     vectors[v], self.memory if v == "embedding" else self.views[v],
                     int(n["members"]))
                 for v, n in self.view_norms.items()}
-        return normalised_view_score(dist, self.view_norms)
+        return normalised_view_score(dist, self.view_norms, self.view_fusion)
 
     def anomaly_score(self, embeddings: np.ndarray) -> np.ndarray:
         """Anomaly scores of a single-view calibration: the minimum cosine distance to the
@@ -298,7 +336,8 @@ class Calibration:
                 "threshold_method": self.threshold_method, "model_id": self.model_id,
                 "model_sha256": self.model_sha256, "window_seconds": self.window_seconds,
                 "hop_seconds": self.hop_seconds, "created": self.created, "extra": self.extra,
-                "n_members": self.n_members, "view_norms": self.view_norms}
+                "n_members": self.n_members, "view_norms": self.view_norms,
+                "view_fusion": self.view_fusion}
 
     def save(self, path: str | Path) -> Path:
         """Write the artifact (``.npz``) atomically."""
@@ -357,6 +396,10 @@ class Calibration:
                      and int(n.get("members", 0)) >= 1) for n in norms.values()):
             raise CalibrationError(f"calibration {path}: its views {sorted(views)} and their "
                                    f"normalisation {sorted(norms)} do not match")
+        fusion = meta.get("view_fusion", "views")  # older artifacts: the mean over views
+        if fusion not in VIEW_FUSIONS:
+            raise CalibrationError(f"calibration {path}: unknown view_fusion {fusion!r} "
+                                   f"(expected one of {', '.join(VIEW_FUSIONS)})")
         if model_sha256 is not None and meta["model_sha256"] != model_sha256:
             raise CalibrationError(
                 f"calibration {path} was made with model {meta['model_id']}, not the configured "
@@ -365,4 +408,5 @@ class Calibration:
                                    "model_id", "model_sha256", "window_seconds", "hop_seconds",
                                    "created", "extra", "calibration_id")}
         kw["n_members"] = int(meta.get("n_members", 1))
-        return cls(memory=memory, normal_scores=scores, views=views, view_norms=norms, **kw)
+        return cls(memory=memory, normal_scores=scores, views=views, view_norms=norms,
+                   view_fusion=fusion, **kw)

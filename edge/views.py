@@ -41,8 +41,8 @@ from edge.frontend import as_mono, logmel_frames, magnitude_spectrogram
 from edge.levels import SILENCE_DBFS, frame_rms_dbfs
 
 __all__ = ["VIEWS", "EMBEDDING_VIEW", "PCA_VIEW", "PCA_COMPONENTS", "LOGMEL_FRAMES", "LOGMEL_DIM",
-           "view_names", "view_members", "window_views", "stft_statistics", "logmel_blocks",
-           "fit_pca", "pca_from_moments", "pca_residual"]
+           "view_names", "view_members", "representation", "window_views", "stft_statistics",
+           "logmel_blocks", "fit_pca", "pca_from_moments", "pca_residual"]
 
 #: The views a config may ask for, in the order they are scored.
 VIEWS = ("embedding", "branches", "stft_statistics", "pca_residual")
@@ -298,6 +298,16 @@ def view_names(embedder, views: Sequence[str]) -> tuple[str, ...]:
     for v in _check(views):
         out += list(_branch_slices(embedder)) if v == "branches" else [v]
     return tuple(out)
+
+
+def representation(name: str) -> str:
+    """The representation a scored view comes from: ``"embedder"`` for the embedding and its
+    branches (one network: their distances rise and fall together), otherwise the view's own
+    name. The node averages its views' standardised distances within a representation first,
+    then over representations (:func:`edge.backend.normalised_view_score`), so that the
+    embedder's three views of a two-branch model count once, like the STFT statistics and
+    the PCA residual."""
+    return "embedder" if name == EMBEDDING_VIEW or name.startswith("branch_") else name
 
 
 def view_members(embedder, name: str) -> int:

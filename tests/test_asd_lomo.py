@@ -241,10 +241,12 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["protocol"] == "leave-one-machine-out"
     assert set(rep["types"]) == {"fan", "pump"}
-    # the node's default views and, from the same model, the embedding alone and the views
-    # without the PCA residual; two baselines
+    # the node's default views and, from the same model, the embedding alone, the views
+    # without the PCA residual and the views averaged directly; two baselines
     assert set(rep["systems"]) == {"ours (int8)", "ours (int8), embedding view only",
-                                   "ours (int8), views without pca_residual", "ours (float)", "ours, site-adapted (int8)",
+                                   "ours (int8), views without pca_residual",
+                                   "ours (int8), mean over views", "ours (float)",
+                                   "ours, site-adapted (int8)",
                                    "DCASE 2023 AE baseline (calibration clips)",
                                    "STFT mean/std + cosine (no learning)"}
     assert rep["node"]["views"] == ["embedding", "branches", "stft_statistics", "pca_residual"]
@@ -278,6 +280,11 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
         assert ours["ours (int8), embedding view only"]["meta"]["views"] == ["embedding"]
         assert ours["ours (int8), views without pca_residual"]["meta"]["views"] == [
             "embedding", "branch_spectrogram", "branch_spectrum", "stft_statistics"]
+        assert ours["ours (int8)"]["meta"]["view_fusion"] == "representations"
+        direct = ours["ours (int8), mean over views"]
+        assert direct["meta"]["view_fusion"] == "views"
+        assert direct["meta"]["views"] == ours["ours (int8)"]["meta"]["views"]
+        assert direct["test_scores"] != ours["ours (int8)"]["test_scores"]
         # the embedding-spread check: the held-out type's normal clips, and the training
         # clips in the bundle's training report
         counts = rep["types"][t]["counts"]

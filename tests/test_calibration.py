@@ -1,6 +1,7 @@
 """Calibration on real normal clips, then scoring real normal and anomalous clips."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,54 @@ def test_pca_residual_view_is_the_principal_subspace_of_held_out_windows(tmp_pat
     auc = roc_auc_score([0] * len(normal) + [1] * len(abnormal), normal + abnormal)
     print(f"\nfan id_02, embedding + PCA residual views: AUC {auc:.3f}")
     assert auc >= 0.7
+
+
+def test_views_combine_per_representation_and_old_artifacts_keep_their_fusion(tmp_path, embedder,
+                                                                            site_fan):
+    """The embedder's three views (embedding and two branches) count once beside the STFT
+    statistics and the PCA residual: the score is exp of the mean over representations of
+    each representation's mean z. An artifact made before the fusion existed is read as
+    the plain mean over views it was thresholded with."""
+    from edge.backend import LOG_DISTANCE_FLOOR, LOG_STD_FLOOR, _min_distance_to_normalised
+    from edge.views import PCA_VIEW, pca_residual, representation, window_views
+    from firmware_config.schema import DEFAULT_ASD_VIEWS
+
+    w = collect_windows([FileSource([f]).blocks() for f in site_fan["calibration"]], embedder,
+                        10.0, 2.0, views=DEFAULT_ASD_VIEWS)
+    cal = fit_calibration(w, embedder, 16, "mst-iqr", {}, 10.0, 2.0)
+    assert cal.view_fusion == "representations"
+    assert [representation(v) for v in cal.view_names] == [
+        "embedder", "embedder", "embedder", "stft_statistics", "pca_residual"]
+    y = load_audio(site_fan["abnormal"][0])[:160000]
+    vec = window_views(embedder, y, cal.view_names)
+    z = {}
+    for v, n in cal.view_norms.items():
+        d = pca_residual(vec[v], cal.views[v])[0] if v == PCA_VIEW else \
+            _min_distance_to_normalised(vec[v], cal.memory if v == "embedding" else cal.views[v],
+                                        int(n["members"]))[0]
+        z[v] = (np.log(d + LOG_DISTANCE_FLOOR) - n["log_mean"]) / max(n["log_std"], LOG_STD_FLOOR)
+    per_rep = np.mean([np.mean([z["embedding"], z["branch_spectrogram"], z["branch_spectrum"]]),
+                       z["stft_statistics"], z["pca_residual"]])
+    score = float(cal.score_views(vec)[0])
+    assert score == pytest.approx(np.exp(per_rep), rel=1e-4)
+    assert score != pytest.approx(np.exp(np.mean(list(z.values()))), rel=1e-2)
+    # An artifact without view_fusion (made before it existed) scores the mean over views.
+    path = cal.save(tmp_path / "cal.npz")
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    del meta["view_fusion"]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    old = Calibration.load(tmp_path / "old.npz")
+    assert old.view_fusion == "views" and old.calibration_id == cal.calibration_id
+    assert float(old.score_views(vec)[0]) == pytest.approx(np.exp(np.mean(list(z.values()))),
+                                                          rel=1e-4)
+    meta["view_fusion"] = "max"
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(CalibrationError, match="unknown view_fusion 'max'"):
+        Calibration.load(tmp_path / "bad.npz")
 
 
 def test_moments_of_digital_silence_are_not_scored_as_anomalies(embedder, site_fan):

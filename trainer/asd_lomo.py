@@ -79,7 +79,7 @@ from edge.audio import load_audio
 from edge.frontend import asd_features
 from edge.model import AsdEmbedder
 from edge.pipeline import Windower
-from edge.views import PCA_VIEW, window_views
+from edge.views import PCA_VIEW, representation, view_names, window_views
 from firmware_config.defaults import DEFAULT_CONFIG
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json
 from firmware_config.schema import load_config
@@ -89,6 +89,7 @@ from trainer.asd_baselines import StftStatsBaseline
 from trainer.asd_lomo_data import LomoSplit, list_typed_clips, lomo_split
 from trainer.asd_lomo_report import (
     OURS_EMBEDDING_ONLY,
+    OURS_MEAN_OVER_VIEWS,
     OURS_WITHOUT_PCA,
     bootstrap_ci,
     bootstrap_metrics,
@@ -162,7 +163,9 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
 
     Returns one result per view set: the node's ``asd.views`` (:data:`SYSTEMS` ``"ours"``),
     when they are more than the embedding the embedding alone (:data:`OURS_EMBEDDING_ONLY`),
-    when they hold the PCA residual view the others alone (:data:`OURS_WITHOUT_PCA`),
+    when they hold the PCA residual view the others alone (:data:`OURS_WITHOUT_PCA`), when
+    they span several representations the node's views averaged directly instead of per
+    representation (:data:`OURS_MEAN_OVER_VIEWS`, the fusion before 2026-11-30),
     and the float model before int8 conversion with the node's views (:data:`OURS_FLOAT`),
     all from the same trained model. ``adapted``: site
     adaptation (:mod:`trainer.asd_adapt`): the calibration clips join the training data,
@@ -195,19 +198,23 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
     # The node's configured views; when they are more than the embedding, the embedding
     # alone beside them; and the float model behind the int8 bundle (node's views).
     own = SYSTEMS["adapted"] if adapted else SYSTEMS["ours"]
-    runs = [(own, emb, tuple(a.views))]
+    fusion = "representations"  # the node's (edge.backend.VIEW_FUSIONS)
+    runs = [(own, emb, tuple(a.views), fusion)]
     if not adapted:
         if tuple(a.views) != ("embedding",):
-            runs.append((OURS_EMBEDDING_ONLY, emb, ("embedding",)))
+            runs.append((OURS_EMBEDDING_ONLY, emb, ("embedding",), fusion))
         if PCA_VIEW in a.views and len(a.views) > 1:
-            runs.append((OURS_WITHOUT_PCA, emb, tuple(v for v in a.views if v != PCA_VIEW)))
-        runs.append((OURS_FLOAT, _FloatEmbedder(model, emb), tuple(a.views)))
-    for name, embedder, views in runs:
+            runs.append((OURS_WITHOUT_PCA, emb, tuple(v for v in a.views if v != PCA_VIEW),
+                         fusion))
+        if len({representation(v) for v in view_names(emb, a.views)}) > 1:
+            runs.append((OURS_MEAN_OVER_VIEWS, emb, tuple(a.views), "views"))
+        runs.append((OURS_FLOAT, _FloatEmbedder(model, emb), tuple(a.views), fusion))
+    for name, embedder, views, view_fusion in runs:
         windows = collect_windows(([waves[c.path]] for c in split.calibration), embedder,
                                   a.window_seconds, a.hop_seconds, views=views)
         cal = fit_calibration(windows, embedder, n_clusters, a.threshold.method,
                               dict(a.threshold.params), a.window_seconds, a.hop_seconds,
-                              cfg.seed)
+                              cfg.seed, view_fusion)
         test = np.array([max(float(cal.score_views(window_views(embedder, w,
                                                                 cal.view_names))[0])
                              for w in _windows(waves[c.path], win, hop))
@@ -220,7 +227,7 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
             "test": test, "threshold": float(cal.decision_threshold),
             "calibration_scores": cal.normal_scores,
             "meta": {"model": str(path), "train_seconds": train_s, "export_seconds": export_s,
-                     "views": list(cal.view_names),
+                     "views": list(cal.view_names), "view_fusion": cal.view_fusion,
                      "classes": len(data.classes), "final_loss": meta.get("final_loss"),
                      "int8_vs_float_cosine": meta.get("int8_vs_float_cosine"),
                      "calibration_windows": len(windows), "memory_rows": len(cal.memory),
