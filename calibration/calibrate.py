@@ -233,9 +233,9 @@ def _held_out_pca(x: np.ndarray, overlap: np.ndarray) -> np.ndarray:
     if scored.sum() < 2:
         raise ValueError("calibration needs at least two non-overlapping windows of normal "
                          "operation: record for longer (at least twice asd.window_seconds)")
-    blocks = np.asarray(x, np.float64).reshape(len(x), -1, LOGMEL_DIM)
+    blocks = np.array(x, np.float64).reshape(len(x), -1, LOGMEL_DIM)  # a copy: zeroed below
     sounding = ~np.isnan(blocks).any(axis=2)  # (windows, blocks); silent blocks add nothing
-    blocks = np.where(sounding[..., None], blocks, 0.0)
+    blocks[~sounding] = 0.0
     per_window = sounding.sum(axis=1)
     total, gram = blocks.sum(axis=(0, 1)), np.einsum("wbi,wbj->ij", blocks, blocks)
     out = []
