@@ -19,9 +19,8 @@ Features (:func:`logmel_vectors`)
     ``10 * log10(max(mel_power, eps))`` with ``eps = sys.float_info.epsilon`` (the baseline
     writes ``20 / power * log10(...)``). Computed with the project frontend
     (:func:`edge.frontend.stacked_logmel`, which the node's PCA residual view shares), so
-    librosa is not a
-    runtime dependency; ``tests/test_ae_baseline.py`` checks equality with librosa on a real
-    clip. Five consecutive frames (hop one frame) are concatenated **frame-major**:
+    librosa is not a runtime dependency; ``tests/test_ae_baseline.py`` checks equality with
+    librosa on a real clip. Five consecutive frames (hop one frame) are concatenated **frame-major**:
     vector ``t`` is ``[logmel[t], logmel[t + 1], ..., logmel[t + 4]]``, 640 values, the
     baseline's layout. Librosa < 0.10 padded with ``pad_mode="reflect"``; that only changes
     the first and last two frames' values.
@@ -50,7 +49,6 @@ from edge.frontend import as_mono, mel_filterbank, stacked_logmel
 
 __all__ = ["AeBaselineParams", "logmel_vectors", "slaney_mel_filterbank", "build_autoencoder",
            "AutoencoderBaseline", "NotFittedError"]
-
 
 
 @dataclass(frozen=True)
