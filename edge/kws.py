@@ -70,7 +70,8 @@ import numpy as np
 
 from edge.dtw import StreamingSubsequenceDTW, cosine_cost_columns
 from edge.keywords import EnrolledKeywords, check_shot_fusion
-from edge.kws_runs import RawDetection, RunTracker, overlap_groups, resolve_overlaps
+from edge.kws_runs import (RawDetection, RunTracker, groups_of_equal_size, overlap_groups,
+                            resolve_overlaps)
 
 __all__ = ["CONFIRM_SECONDS", "FUSION_WINDOW_FRAMES", "Template", "Detection", "KeywordSpotter",
            "enrolled_templates", "fuse_shot_costs", "matching_costs", "detect_keywords"]
@@ -632,19 +633,19 @@ def fuse_shot_costs(costs: np.ndarray, keyword_index: np.ndarray, shot_fusion: i
     for lag in range(1, L + 1):
         window = np.minimum(window, padded[L - lag:L - lag + n])
     out = z.copy()
-    for k in np.unique(kw):
-        group = np.flatnonzero(kw == k)
-        q = min(int(shot_fusion), len(group)) - 1  # other shots averaged in
+    for _, cols in groups_of_equal_size(kw):  # keywords with g shots at once
+        g = cols.shape[1]
+        q = min(int(shot_fusion), g) - 1  # other shots averaged in
         if q < 1:
             continue
-        w = window[:, group]
-        low = np.sort(w, axis=1)[:, :q + 1]
+        w = window[:, cols]  # (n, keywords, g)
+        low = np.sort(w, axis=2)[:, :, :q + 1]
         # the q lowest of the *other* shots: the q + 1 lowest of all without the shot's own
         # value where that is among them, else the q lowest of all (exact with ties and inf)
-        mine = w < low[:, q:]
+        mine = w < low[:, :, q:]
         with np.errstate(invalid="ignore"):
-            swap = np.where(mine, low[:, q:] - np.where(mine, w, 0.0), 0.0)
-        out[:, group] = (z[:, group] + low[:, :q].sum(axis=1, keepdims=True) + swap) / (q + 1)
+            swap = np.where(mine, low[:, :, q:] - np.where(mine, w, 0.0), 0.0)
+        out[:, cols] = (z[:, cols] + low[:, :, :q].sum(axis=2, keepdims=True) + swap) / (q + 1)
     return out
 
 

@@ -17,7 +17,29 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["RawDetection", "RunTracker", "subtract_interval", "overlap_groups",
-           "resolve_overlaps"]
+           "resolve_overlaps", "groups_of_equal_size"]
+
+
+def groups_of_equal_size(labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Columns grouped by label, groups of equal size stacked, for vectorised per-group work.
+
+    Parameters
+    ----------
+    labels : np.ndarray [shape=(K,), dtype=int]
+        Group of each column (a template's keyword).
+
+    Returns
+    -------
+    list of (np.ndarray [shape=(m,)], np.ndarray [shape=(m, g), dtype=int64])
+        One entry per group size ``g``: the ``m`` labels of that size (increasing) and
+        their columns, each row in increasing column order.
+    """
+    values, group = np.unique(np.asarray(labels), return_inverse=True)
+    sizes = np.bincount(group)
+    order = np.argsort(group, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return [(values[sel], order[starts[sel][:, None] + np.arange(g)])
+            for g in np.unique(sizes) for sel in [np.flatnonzero(sizes == g)]]
 
 
 @dataclass(frozen=True)
@@ -57,7 +79,7 @@ class RunTracker:
     def __init__(self, tmpl_kw: np.ndarray, thresholds: np.ndarray, confirm: int):
         self.thr = thresholds
         self.confirm = confirm
-        self.templates_of = [np.flatnonzero(tmpl_kw == w) for w in range(len(thresholds))]
+        self.groups = groups_of_equal_size(tmpl_kw)
         W = len(thresholds)
         self.in_run = np.zeros(W, bool)
         self.best_cost = np.full(W, np.inf)
@@ -95,18 +117,21 @@ class RunTracker:
             (``at`` is one past it), then keyword.
         """
         n = mc.shape[0]
-        cand = np.empty((n, len(self.thr)), np.float64)
+        cand = np.full((n, len(self.thr)), np.inf)
+        picks = np.zeros((n, len(self.thr)), np.int64)
+        for kws, cols in self.groups:  # keywords with equally many templates at once
+            sub = mc[:, cols]  # (n, keywords, templates)
+            a = np.argmin(sub, axis=2)  # lowest cost, the first template on ties
+            cand[:, kws] = np.take_along_axis(sub, a[:, :, None], axis=2)[:, :, 0]
+            picks[:, kws] = cols[np.arange(len(kws)), a]
         raws: list[tuple[int, int, RawDetection]] = []
-        rows = np.arange(n)
-        for w, ks in enumerate(self.templates_of):
-            pick = ks[np.argmin(mc[:, ks], axis=1)]  # lowest cost, the first template on ties
-            cost = mc[rows, pick]
-            cand[:, w] = cost
-            below = cost < self.thr[w]
-            # frames in a run and the frame that closes one; nothing happens elsewhere
-            visit = below.copy()
-            visit[1:] |= below[:-1]
-            visit[0] |= self.in_run[w]
+        below_all = cand < self.thr
+        # frames in a run and the frame that closes one; nothing happens elsewhere
+        visit_all = below_all.copy()
+        visit_all[1:] |= below_all[:-1]
+        visit_all[0] |= self.in_run
+        for w in np.flatnonzero(visit_all.any(axis=0)):
+            cost, pick, below, visit = cand[:, w], picks[:, w], below_all[:, w], visit_all[:, w]
             for t in np.flatnonzero(visit):
                 j = j0 + int(t)
                 emit = False
