@@ -11,6 +11,7 @@ import pytest
 from edge.dtw import cosine_cost_matrix, subsequence_dtw
 from edge.kws import (Detection, KeywordSpotter, Template, detect_keywords, fuse_shot_costs,
                       matching_costs)
+from edge.kws_runs import groups_of_equal_size
 
 FS = 0.016  # seconds per frame on the node
 
@@ -502,3 +503,11 @@ def test_shot_fusion_outvotes_a_shot_that_matches_alone(scene):
     fused = detect_keywords(stream, shots, THRESHOLDS, FS, shot_fusion=2)
     assert not any(d.onset_frame < 140 and d.offset_frame > 120 for d in fused), fused
     assert found(fused) == found(alone) == {(kw, a) for kw, a, _ in truth}
+
+
+def test_templates_are_grouped_by_keyword_and_equal_shot_counts():
+    """The vectorised fusion and run tracking see every template once, in its keyword's row,
+    in increasing order (the first template wins ties), keywords with as many shots together."""
+    groups = groups_of_equal_size(np.array([2, 0, 2, 1, 0, 2, 3, 3]))
+    as_lists = [(kws.tolist(), cols.tolist()) for kws, cols in groups]
+    assert as_lists == [([1], [[3]]), ([0, 3], [[1, 4], [6, 7]]), ([2], [[0, 2, 5]])]
