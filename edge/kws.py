@@ -470,7 +470,8 @@ class KeywordSpotter:
         if self._normalised:
             mc = (mc - self._cost_mean) / self._cost_std
         if self.shot_fusion > 1:
-            fused = fuse_shot_costs(mc, self._tmpl_kw, self.shot_fusion, self._fusion_prev)
+            fused = fuse_shot_costs(mc, self._tmpl_kw, self.shot_fusion, self._fusion_prev,
+                                    groups=self._runs.groups)
             self._fusion_prev = np.concatenate([self._fusion_prev, mc])[-FUSION_WINDOW_FRAMES:]
             mc = fused
         cand, raws = self._runs.push(mc, st, self._frames_seen)
@@ -570,7 +571,8 @@ def enrolled_templates(enrolled: EnrolledKeywords, keyword: str) -> list[Templat
 
 
 def fuse_shot_costs(costs: np.ndarray, keyword_index: np.ndarray, shot_fusion: int,
-                    previous: np.ndarray | None = None) -> np.ndarray:
+                    previous: np.ndarray | None = None, *,
+                    groups: list[tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
     """Each template's matching cost averaged with the best of its keyword's other shots.
 
     Every enrolled shot is its own template (thesis 6.3.6), and a word is a detection when
@@ -605,6 +607,9 @@ def fuse_shot_costs(costs: np.ndarray, keyword_index: np.ndarray, shot_fusion: i
         Costs of the frames just before these (streaming: the last
         :data:`FUSION_WINDOW_FRAMES` rows of the previous call); none at the start of a
         stream.
+    groups : list, optional
+        ``edge.kws_runs.groups_of_equal_size(keyword_index)``, when the caller keeps it
+        (the spotter computes it once instead of on every push).
 
     Returns
     -------
@@ -633,7 +638,7 @@ def fuse_shot_costs(costs: np.ndarray, keyword_index: np.ndarray, shot_fusion: i
     for lag in range(1, L + 1):
         window = np.minimum(window, padded[L - lag:L - lag + n])
     out = z.copy()
-    for _, cols in groups_of_equal_size(kw):  # keywords with g shots at once
+    for _, cols in groups_of_equal_size(kw) if groups is None else groups:  # g shots each
         g = cols.shape[1]
         q = min(int(shot_fusion), g) - 1  # other shots averaged in
         if q < 1:

@@ -20,8 +20,8 @@ Features (:func:`logmel_vectors`)
     writes ``20 / power * log10(...)``). Computed with the project frontend
     (:func:`edge.frontend.stacked_logmel`, which the node's PCA residual view shares), so
     librosa is not a runtime dependency; ``tests/test_ae_baseline.py`` checks equality with
-    librosa on a real clip. Five consecutive frames (hop one frame) are concatenated **frame-major**:
-    vector ``t`` is ``[logmel[t], logmel[t + 1], ..., logmel[t + 4]]``, 640 values, the
+    librosa on a real clip. Five consecutive frames (hop one frame) are concatenated
+    **frame-major**: vector ``t`` is ``[logmel[t], logmel[t + 1], ..., logmel[t + 4]]``, 640 values, the
     baseline's layout. Librosa < 0.10 padded with ``pad_mode="reflect"``; that only changes
     the first and last two frames' values.
 
