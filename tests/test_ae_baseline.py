@@ -16,8 +16,8 @@ from trainer.ae_baseline import (  # noqa: E402
     AutoencoderBaseline,
     build_autoencoder,
     logmel_vectors,
-    slaney_mel_filterbank,
 )
+from edge.frontend import mel_filterbank  # noqa: E402
 
 P = AeBaselineParams()
 
@@ -44,8 +44,11 @@ def _baseline_vectors(y, n_mels=128, n_frames=5, n_fft=1024, hop_length=512, pow
 
 
 def test_filterbank_is_librosa_default():
+    """The baseline's filterbank: edge.frontend.mel_filterbank, Slaney scale and area norm,
+    0 Hz to Nyquist, as librosa's default."""
     ref = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=128)  # Slaney scale and norm
-    ours = slaney_mel_filterbank(P)
+    ours = mel_filterbank(P.sample_rate, P.n_fft, P.n_mels, 0.0, P.sample_rate / 2.0,
+                          norm="slaney")
     assert ours.shape == (128, 513) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-9)
 

@@ -45,9 +45,9 @@ from typing import Sequence
 import numpy as np
 
 from calibration.thresholds import NotFittedError
-from edge.frontend import as_mono, mel_filterbank, stacked_logmel
+from edge.frontend import as_mono, stacked_logmel
 
-__all__ = ["AeBaselineParams", "logmel_vectors", "slaney_mel_filterbank", "build_autoencoder",
+__all__ = ["AeBaselineParams", "logmel_vectors", "build_autoencoder",
            "AutoencoderBaseline", "NotFittedError"]
 
 
@@ -123,20 +123,6 @@ class AeBaselineParams:
         """Number of vectors of a clip of ``n_samples`` samples: centred frames
         ``1 + n_samples // hop_length``, minus ``n_frames - 1`` (309 for 10 s)."""
         return 1 + n_samples // self.hop_length - (self.n_frames - 1)
-
-
-def slaney_mel_filterbank(params: AeBaselineParams = AeBaselineParams()) -> np.ndarray:
-    """librosa's default mel filterbank: Slaney scale, 0 Hz to Nyquist, Slaney area norm.
-
-    :func:`edge.frontend.mel_filterbank` with ``norm="slaney"``. Equals
-    ``librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)`` (tested).
-
-    Returns
-    -------
-    np.ndarray, shape (n_mels, n_fft // 2 + 1), float32
-    """
-    return mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, 0.0,
-                          params.sample_rate / 2.0, norm="slaney")
 
 
 def _check_clip(waveform, params: AeBaselineParams, what: str = "waveform") -> np.ndarray:
