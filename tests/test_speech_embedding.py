@@ -1,4 +1,4 @@
-"""Google's speech_embedding as a KWS bundle: the shipped files are the registry wheel's, the
+"""Google's speech_embedding as a KWS bundle: the shipped files come from the registry wheel, the
 stream equals the whole recording, the bundle refuses altered files, and it tells words apart."""
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ SR = 16000
 
 @pytest.fixture(scope="module")
 def embedder():
-    assert BUNDLE.is_file(), "models/kws_speech.tflite is missing: python -m trainer " \
-                             "export-speech-embedding"
+    assert BUNDLE.is_file(), "models/kws_speech.tflite is missing: make export-tflite " \
+                             "(python -m trainer finetune-speech-embedding)"
     return load_bundle(BUNDLE, task="kws")
 
 
@@ -40,14 +40,20 @@ def words(data_dir):
             for w in ("stop", "yes", "marvin")}
 
 
-def test_shipped_files_are_the_wheels(tmp_path):
+def test_shipped_files_come_from_the_wheel(tmp_path):
+    """The mel model is the wheel's file as it is; the embedding network is the wheel's,
+    fine-tuned (trainer/kws_denoise.py), and the bundle records the SHA-256 it started from."""
     from trainer.kws_speech_embedding import export_speech_embedding
 
     path = export_speech_embedding(tmp_path, "kws_speech")
     made = json.loads(path.with_suffix(".json").read_text())
     shipped = json.loads(BUNDLE.with_suffix(".json").read_text())
-    assert made["tflite_sha256"] == shipped["tflite_sha256"] == sha256_file(BUNDLE)
+    assert shipped["tflite_sha256"] == sha256_file(BUNDLE) != made["tflite_sha256"]
+    assert shipped["origin"]["fine_tuned"]["pretrained_sha256"] == made["tflite_sha256"]
+    assert shipped["origin"]["files"]["kws_speech.tflite"]["pretrained_sha256"] == \
+        made["tflite_sha256"]
     assert made["frontend"] == shipped["frontend"]
+    assert sha256_file(BUNDLE.parent / "kws_speech_mel.tflite") == made["frontend"]["mel_sha256"]
     assert made["shot_fusion"] == shipped["shot_fusion"] == 2
     assert shipped["origin"]["model_licence"] == "Apache-2.0"
     assert set(shipped["origin"]["files"]) == {"kws_speech.tflite", "kws_speech_mel.tflite"}

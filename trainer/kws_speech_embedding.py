@@ -10,7 +10,10 @@ bundle the node loads like any other (:func:`edge.model.load_bundle`)::
     models/kws_speech.json          metadata: representation, frontend, origin, licence, sha256
 
 Nothing is trained: the models are Google's speech_embedding (Lin et al. 2020) as converted by
-openWakeWord; see :mod:`edge.speech_embedding` for how the node runs them. One thing is
+openWakeWord; see :mod:`edge.speech_embedding` for how the node runs them. This pretrained
+bundle is the teacher and the starting point of the shipped default, which
+:mod:`trainer.kws_denoise` fine-tunes from it (``make export-tflite``); exported as it is (a
+recipe option) it missed more keywords in noise. One thing is
 fitted (:func:`fit_normalisation`): the per-dimension mean and standard deviation of the
 embeddings on train-split speech and noise, which the node subtracts and divides by before
 the cosine distances of the DTW. Raw embeddings all point the same way (two random frames
