@@ -56,6 +56,7 @@ from edge.vad import shot_interval
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from trainer.kws_data import list_words, load_machine_noise, speaker_split
 from trainer.kws_head import augment_recording
+from trainer.kws_speech_embedding import fit_normalisation
 from trainer.kws_thresholds import PRETRAINED_REAL_KEYWORDS
 from trainer.kws_vocabulary import read_vocabulary
 from trainer.kws_wakeword import WAKEWORD_KEYWORDS
@@ -389,7 +390,6 @@ def export_denoised_bundle(student, base: SpeechEmbedder, cfg: DenoiseConfig,
     import keras
 
     from trainer.export import convert_float
-    from trainer.kws_speech_embedding import fit_normalisation
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
