@@ -157,6 +157,22 @@ def cmd_build_vocabulary(args) -> int:
     return 0
 
 
+def _vocabulary_summary(folder) -> dict:
+    """What the bundle metadata records of a synthetic vocabulary folder."""
+    man = json.loads((Path(folder) / "manifest.json").read_text())
+    return {"folder": str(folder), "seed": man["seed"], "engines": man["engines"],
+            "clips": len(man["clips"])}
+
+
+def _calibrate_speech_table(path, data_dir, seed: int, quiet: bool) -> None:
+    """The threshold table of a speech_embedding bundle (the node's thresholds and cost
+    normalisation need it): 2 h of val negatives, the held-out real calibration words."""
+    table = kws_thresholds.calibrate_thresholds(
+        path, data_dir, hours=2.0, n_synthetic=0,
+        real_keywords=kws_thresholds.PRETRAINED_REAL_KEYWORDS, seed=seed, progress=not quiet)
+    kws_thresholds.write_calibration(path, table)
+
+
 def cmd_train_kws_head(args) -> int:
     """Train a TACos head on speech_embedding frames; write the bundle with its int8 head."""
     cfg = kws_head.read_head_config(
@@ -167,18 +183,11 @@ def cmd_train_kws_head(args) -> int:
     data = kws_head.build_head_training_set(base, args.data, args.vocabulary, cfg,
                                             progress=not args.quiet)
     model, history = kws_head.train_head(cfg, data, progress=not args.quiet)
-    vocab = None
-    if args.vocabulary and "synthetic" in cfg.sources:
-        man = json.loads((Path(args.vocabulary) / "manifest.json").read_text())
-        vocab = {"folder": str(args.vocabulary), "seed": man["seed"], "engines": man["engines"],
-                 "clips": len(man["clips"])}
+    vocab = _vocabulary_summary(args.vocabulary) \
+        if args.vocabulary and "synthetic" in cfg.sources else None
     path = kws_head.export_head_bundle(model, base, data, cfg, args.out, history, vocab)
-    if not args.no_thresholds:  # the table the node's thresholds (and cost normalisation) need
-        table = kws_thresholds.calibrate_thresholds(
-            path, args.data, hours=2.0, n_synthetic=0,
-            real_keywords=kws_thresholds.PRETRAINED_REAL_KEYWORDS, seed=cfg.seed,
-            progress=not args.quiet)
-        kws_thresholds.write_calibration(path, table)
+    if not args.no_thresholds:
+        _calibrate_speech_table(path, args.data, cfg.seed, args.quiet)
     meta = json.loads(path.with_suffix(".json").read_text())
     print(json.dumps({"model": str(path), "model_id": meta["model_id"],
                       "training_counts": meta["head"]["training_counts"],
@@ -204,20 +213,12 @@ def cmd_finetune_speech_embedding(args) -> int:
         data = kws_denoise.build_denoising_set(base, args.data, args.vocabulary, cfg,
                                                progress=not args.quiet)
         student, history = kws_denoise.finetune(cfg, base, data, progress=not args.quiet)
-        vocab = None
-        if args.vocabulary:
-            man = json.loads((Path(args.vocabulary) / "manifest.json").read_text())
-            vocab = {"folder": str(args.vocabulary), "seed": man["seed"],
-                     "engines": man["engines"], "clips": len(man["clips"])}
+        vocab = _vocabulary_summary(args.vocabulary) if args.vocabulary else None
         path = kws_denoise.export_denoised_bundle(student, base, cfg, args.out, args.data,
                                                   data.counts, history, vocab,
                                                   progress=not args.quiet)
-    if not args.no_thresholds:  # the table the node's thresholds (and cost normalisation) need
-        table = kws_thresholds.calibrate_thresholds(
-            path, args.data, hours=2.0, n_synthetic=0,
-            real_keywords=kws_thresholds.PRETRAINED_REAL_KEYWORDS, seed=cfg.seed,
-            progress=not args.quiet)
-        kws_thresholds.write_calibration(path, table)
+    if not args.no_thresholds:
+        _calibrate_speech_table(path, args.data, cfg.seed, args.quiet)
     meta = json.loads(path.with_suffix(".json").read_text())
     print(json.dumps({"model": str(path), "model_id": meta["model_id"],
                       "training_counts": data.counts,
