@@ -56,7 +56,7 @@ from edge.vad import shot_interval
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from trainer.kws_data import list_words, load_machine_noise, speaker_split
 from trainer.kws_head import augment_recording
-from trainer.kws_speech_embedding import fit_normalisation
+from trainer.kws_speech_embedding import derived_bundle_metadata, fit_normalisation
 from trainer.kws_thresholds import PRETRAINED_REAL_KEYWORDS
 from trainer.kws_vocabulary import read_vocabulary
 from trainer.kws_wakeword import WAKEWORD_KEYWORDS
@@ -316,6 +316,8 @@ def finetune(cfg: DenoiseConfig, base: SpeechEmbedder, data: DenoisingSet,
     import keras
     import tensorflow as tf
 
+    from trainer.export import cosine_similarity_rows
+
     keras.utils.set_random_seed(cfg.seed)
     teacher, student = speech_embedding_keras(base.path), speech_embedding_keras(base.path)
     mean = np.asarray(base.metadata["normalisation"]["mean"], np.float32)
@@ -325,9 +327,7 @@ def finetune(cfg: DenoiseConfig, base: SpeechEmbedder, data: DenoisingSet,
 
     def distance(model, windows, tgt):
         e = (model.predict(windows[..., None], batch_size=512, verbose=0) - mean) / scale
-        cos = np.sum(e * tgt, -1) / (np.linalg.norm(e, axis=-1) * np.linalg.norm(tgt, axis=-1)
-                                     + 1e-9)
-        return round(float(np.mean(1.0 - cos)), 4)
+        return round(float(np.mean(1.0 - cosine_similarity_rows(e, tgt))), 4)
 
     rng = np.random.default_rng(cfg.seed)
     probe = rng.choice(len(data.noisy), min(2000, len(data.noisy)), replace=False)
@@ -397,25 +397,17 @@ def export_denoised_bundle(student, base: SpeechEmbedder, cfg: DenoiseConfig,
     single = keras.Model(inp, keras.layers.Reshape((1, 1, RAW_DIM))(student(inp)))
     emb_path, mel_path = out / f"{cfg.name}.tflite", out / f"{cfg.name}_mel.tflite"
     base_sha = base.sha256
-    base_mel = base.path.parent / base.frontend.mel_model
-    if base_mel.resolve() != mel_path.resolve():
-        atomic_write_bytes(mel_path, base_mel.read_bytes())
+    meta = derived_bundle_metadata(base, emb_path, mel_path, drop=("normalisation",))
     atomic_write_bytes(emb_path, convert_float(single))
     sha = sha256_file(emb_path)
-    meta = {k: v for k, v in base.metadata.items()
-            if k not in ("threshold_calibration", "decision_threshold",
-                         "decision_threshold_source", "normalisation")}
-    meta["frontend"] = {**meta["frontend"], "mel_model": mel_path.name}
     meta["model_id"], meta["tflite_sha256"] = f"{cfg.name}-{sha[:12]}", sha
-    origin = dict(meta.get("origin", {}))
-    files = {(mel_path.name if k == base.frontend.mel_model else
-              emb_path.name if k == base.path.name else k): v
-             for k, v in origin.get("files", {}).items()}
+    origin = meta["origin"]
+    files = origin["files"]
     files[emb_path.name] = {
         "from": f"fine-tuned here (python -m trainer finetune-speech-embedding) from "
                 f"{files.get(emb_path.name, {}).get('from', base.path.name)}",
         "sha256": sha, "pretrained_sha256": base_sha}
-    meta["origin"] = {**origin, "files": files, "fine_tuned": {
+    meta["origin"] = {**origin, "fine_tuned": {
         "method": "denoising self-distillation (trainer/kws_denoise.py)",
         "pretrained_sha256": base_sha, "training_config": dataclasses.asdict(cfg),
         "training_counts": counts, "history": history, "vocabulary": vocabulary or None}}

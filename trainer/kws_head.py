@@ -53,6 +53,7 @@ from edge.speech_embedding import RAW_DIM, SpeechEmbedder
 from edge.vad import shot_interval
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from trainer.kws_data import list_words, load_background, load_machine_noise, speaker_split
+from trainer.kws_speech_embedding import derived_bundle_metadata
 from trainer.kws_thresholds import PRETRAINED_REAL_KEYWORDS
 from trainer.kws_vocabulary import read_vocabulary
 from trainer.kws_wakeword import WAKEWORD_KEYWORDS
@@ -469,27 +470,16 @@ def export_head_bundle(model, base: SpeechEmbedder, data: HeadTrainingSet, cfg: 
     head_path = out / f"{cfg.name}_head.tflite"
     if base.path.resolve() != emb_path.resolve():
         atomic_write_bytes(emb_path, base.path.read_bytes())
-    base_mel = base.path.parent / base.frontend.mel_model
-    if base_mel.resolve() != mel_path.resolve():
-        atomic_write_bytes(mel_path, base_mel.read_bytes())
+    meta = derived_bundle_metadata(base, emb_path, mel_path)
     atomic_write_bytes(head_path, head_bytes)
-    meta = {k: v for k, v in base.metadata.items()
-            if k not in ("threshold_calibration", "decision_threshold",
-                         "decision_threshold_source")}
     head_sha = sha256_file(head_path)
-    meta["frontend"] = {**meta["frontend"], "mel_model": mel_path.name}
     meta["model_id"] = f"{cfg.name}-{head_sha[:12]}"
     meta["head"] = {"model": head_path.name, "sha256": head_sha, "loss": "tacos_loss",
                     "training_config": dataclasses.asdict(cfg), "training_counts": data.counts,
                     "loss_history": list(history),
                     "vocabulary": vocabulary or None}
-    origin = dict(meta.get("origin", {}))
-    files = dict(origin.get("files", {}))
-    files = {(mel_path.name if k == base.frontend.mel_model else
-              emb_path.name if k == base.path.name else k): v for k, v in files.items()}
-    files[head_path.name] = {"from": "trained here (python -m trainer train-kws-head)",
-                             "sha256": head_sha}
-    meta["origin"] = {**origin, "files": files}
+    meta["origin"]["files"][head_path.name] = {
+        "from": "trained here (python -m trainer train-kws-head)", "sha256": head_sha}
     meta["size_bytes"] = sum(p.stat().st_size for p in (emb_path, mel_path, head_path))
     meta["created"] = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     atomic_write_json(emb_path.with_suffix(".json"), meta)

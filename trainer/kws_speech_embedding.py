@@ -23,7 +23,7 @@ four dev keywords) this took the miss rate at 1 FA/h of "alexa" from 40 % to 4 %
 
 Contents
 --------
-WHEEL, ORIGIN, fit_normalisation, export_speech_embedding
+WHEEL, ORIGIN, fit_normalisation, export_speech_embedding, derived_bundle_metadata
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ from firmware_config.fileio import atomic_write_bytes, atomic_write_json, sha256
 from trainer.kws_data import default_data_dir, list_words, load_background, speaker_split
 from trainer.kws_wakeword import WAKEWORD_KEYWORDS
 
-__all__ = ["WHEEL", "ORIGIN", "SHOT_FUSION", "fit_normalisation", "export_speech_embedding"]
+__all__ = ["WHEEL", "ORIGIN", "SHOT_FUSION", "fit_normalisation", "export_speech_embedding",
+           "derived_bundle_metadata"]
 
 #: Recordings :func:`fit_normalisation` embeds: train-split words, train-split noise files.
 NORMALISATION_WORDS, NORMALISATION_NOISE, NORMALISATION_NOISE_SECONDS = 800, 20, 20.0
@@ -202,3 +203,41 @@ def export_speech_embedding(out_dir: str | Path, name: str = "kws_speech",
                     meta[key] = prev[key]
     atomic_write_json(old, meta)
     return emb_path
+
+
+def derived_bundle_metadata(base: SpeechEmbedder, emb_path: Path, mel_path: Path,
+                            drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Start a new bundle from ``base``: copy its mel model to ``mel_path`` and return its
+    metadata for the new files.
+
+    The threshold table (and the keys in ``drop``) do not carry over: costs change with any
+    new network. ``frontend.mel_model`` names ``mel_path``, and ``origin.files`` is keyed by
+    the new file names (the base's embedding model's entry under ``emb_path``'s name), so
+    each file's origin and SHA-256 carry over until the caller replaces them.
+
+    Parameters
+    ----------
+    base : SpeechEmbedder
+    emb_path, mel_path : Path
+        The new bundle's embedding model and mel model.
+    drop : tuple of str
+        Further metadata keys to leave out.
+
+    Returns
+    -------
+    dict
+        A new metadata dict (``base.metadata`` is not changed).
+    """
+    base_mel = base.path.parent / base.frontend.mel_model
+    if base_mel.resolve() != mel_path.resolve():
+        atomic_write_bytes(mel_path, base_mel.read_bytes())
+    meta = {k: v for k, v in base.metadata.items()
+            if k not in ("threshold_calibration", "decision_threshold",
+                         "decision_threshold_source", *drop)}
+    meta["frontend"] = {**meta["frontend"], "mel_model": mel_path.name}
+    origin = dict(meta.get("origin", {}))
+    origin["files"] = {(mel_path.name if k == base.frontend.mel_model else
+                        emb_path.name if k == base.path.name else k): v
+                       for k, v in origin.get("files", {}).items()}
+    meta["origin"] = origin
+    return meta
