@@ -17,7 +17,9 @@ from trainer.kws_head import (
     export_head_bundle,
     room_impulse_response,
     train_head,
+    training_words,
 )
+from trainer.kws_data import split_of
 from trainer.losses import relative_position_labels
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +34,20 @@ def test_position_labels_follow_definition_6_3_and_extend_it():
     np.testing.assert_allclose(lab.sum(1), 1.0)
     first = [int(np.argmax(r > 0)) for r in lab]
     assert first == sorted(first) and first[0] == 0 and lab[-1, -1] > 0
+
+
+def test_training_words_hold_no_dev_keyword_excluded_word_or_unseen_speaker(data_dir):
+    pool = training_words(data_dir, ["yes", "no"], seed=3)
+    words = {u.word for u in pool}
+    assert len(pool) > 1000 and len(words) > 10
+    assert not words & {"alexa", "computer", "smart_mirror", "view_glass", "smart", "mirror",
+                        "view", "glass", "yes", "no"}
+    assert not any(w.startswith("_") for w in words)
+    assert {split_of(u.speaker) for u in pool} == {"train"}
+    again = training_words(data_dir, ["yes", "no"], seed=3, limit=50)
+    assert [u.path for u in again] == [u.path for u in pool[:50]]
+    assert [u.path for u in training_words(data_dir, ["yes", "no"], seed=4, limit=50)] != \
+        [u.path for u in again]
 
 
 def test_room_impulse_response_decays_by_60_db_in_rt60():

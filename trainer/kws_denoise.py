@@ -19,11 +19,11 @@ itself, with the pretrained network as its own teacher:
 * a share of every batch (``clean_fraction``) is clean windows with their own teacher
   embedding as target, so that clean speech keeps the representation the teacher gives it.
 
-Training words are the keyword training pool of :mod:`trainer.kws_head` (Speech Commands
-train-split speakers, never a wake-word dev keyword nor one of the threshold table's
-calibration words) and the synthetic vocabulary (:mod:`trainer.kws_vocabulary`); every window
-of a recording padded as the node's stream pads it is used, so windows of silence and noise
-alone learn to look like silence. The machine noise is every recording under ``asd/``: none of
+Training words are the keyword training pool (:func:`trainer.kws_head.training_words`:
+Speech Commands train-split speakers, never a wake-word dev keyword nor one of the threshold
+table's calibration words) and the synthetic vocabulary (:mod:`trainer.kws_vocabulary`);
+every window of a recording padded as the node's stream pads it is used, so windows of
+silence and noise alone learn to look like silence. The machine noise is every recording under ``asd/``: none of
 the noise types of the keyword evaluation's streams.
 
 The result is a speech_embedding bundle like :func:`trainer.kws_speech_embedding.
@@ -54,12 +54,11 @@ from edge.model import ModelError
 from edge.speech_embedding import PAD_SAMPLES, RAW_DIM, WINDOW_FRAMES, SpeechEmbedder
 from edge.vad import shot_interval
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json, sha256_file
-from trainer.kws_data import list_words, load_machine_noise, speaker_split
-from trainer.kws_head import augment_recording
+from trainer.kws_data import load_machine_noise
+from trainer.kws_head import augment_recording, training_words
 from trainer.kws_speech_embedding import derived_bundle_metadata, fit_normalisation
 from trainer.kws_thresholds import PRETRAINED_REAL_KEYWORDS
 from trainer.kws_vocabulary import read_vocabulary
-from trainer.kws_wakeword import WAKEWORD_KEYWORDS
 
 __all__ = ["DenoiseConfig", "speech_embedding_keras", "DenoisingSet", "build_denoising_set",
            "finetune", "export_denoised_bundle", "read_denoise_config"]
@@ -223,13 +222,8 @@ class DenoisingSet:
 
 
 def _training_recordings(data_dir: Path, vocabulary_dir, cfg: DenoiseConfig):
-    banned = {k for kw in WAKEWORD_KEYWORDS for k in (kw, *kw.split("_"))} | \
-        set(PRETRAINED_REAL_KEYWORDS)
-    utts = [u for u in speaker_split(list_words(data_dir / "kws"))["train"]
-            if u.word not in banned and not u.word.startswith("_")]
-    random.Random(cfg.seed).shuffle(utts)
-    recordings = [("real", load_audio(u.path, SAMPLE_RATE))
-                  for u in utts[:cfg.max_real_words or None]]
+    utts = training_words(data_dir, PRETRAINED_REAL_KEYWORDS, cfg.seed, cfg.max_real_words)
+    recordings = [("real", load_audio(u.path, SAMPLE_RATE)) for u in utts]
     if vocabulary_dir is not None:
         _, clips = read_vocabulary(vocabulary_dir)
         random.Random(cfg.seed).shuffle(clips)

@@ -31,7 +31,7 @@ and a random gain.
 Contents
 --------
 HeadConfig, read_head_config, HeadTrainingSet, build_head_training_set, train_head,
-export_head_bundle, room_impulse_response, augment_recording
+export_head_bundle, room_impulse_response, augment_recording, training_words
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HeadConfig", "HeadTrainingSet", "build_head_training_set", "train_head",
            "export_head_bundle", "read_head_config", "room_impulse_response",
-           "augment_recording",
+           "augment_recording", "training_words",
            "SOURCES", "OBJECTIVES", "NOISES"]
 
 SAMPLE_RATE = 16000
@@ -202,7 +202,8 @@ def augment_recording(y: np.ndarray, iv, background: Sequence[np.ndarray], cfg,
     np.ndarray, shape (n_samples,), float32, clipped to [-1, 1]
     """
     y = y.astype(np.float32)
-    a, b = int(iv.start_s * SAMPLE_RATE), max(int(iv.end_s * SAMPLE_RATE), int(iv.start_s * SAMPLE_RATE) + 1)
+    a = int(iv.start_s * SAMPLE_RATE)
+    b = max(int(iv.end_s * SAMPLE_RATE), a + 1)
     rms = float(np.sqrt(np.mean(y[a:b] ** 2))) + 1e-9
     if rng.random() < cfg.reverb_probability:
         h = room_impulse_response(rng.uniform(*cfg.rt60_s), rng)
@@ -299,6 +300,37 @@ def _word_frames(embedder: SpeechEmbedder, y: np.ndarray, iv) -> np.ndarray:
     return f[sel]
 
 
+def training_words(data_dir: str | Path, exclude_words: Sequence[str], seed: int,
+                   limit: int = 0) -> list:
+    """The keyword training pool: real words a keyword network may train on, shuffled.
+
+    Speech Commands and wake-word recordings of train-split speakers
+    (:func:`trainer.kws_data.speaker_split`), without the wake-word dev keywords or any word
+    of theirs (``smart_mirror`` also bans ``smart`` and ``mirror``), without
+    ``exclude_words`` and without the ``_background_noise_``-style folders.
+
+    Parameters
+    ----------
+    data_dir : str or Path
+        Shared data folder (with ``kws/``).
+    exclude_words : sequence of str
+        Further words to leave out (the threshold table's calibration words).
+    seed : int
+        Shuffle seed (:class:`random.Random`).
+    limit : int
+        Keep the first ``limit`` after shuffling; 0 keeps all.
+
+    Returns
+    -------
+    list of trainer.kws_data.Utterance
+    """
+    banned = {k for kw in WAKEWORD_KEYWORDS for k in (kw, *kw.split("_"))} | set(exclude_words)
+    utts = [u for u in speaker_split(list_words(Path(data_dir) / "kws"))["train"]
+            if u.word not in banned and not u.word.startswith("_")]
+    random.Random(seed).shuffle(utts)
+    return utts[:limit or None]
+
+
 def build_head_training_set(embedder: SpeechEmbedder, data_dir: str | Path,
                             vocabulary_dir: str | Path | None, cfg: HeadConfig, *,
                             progress: bool = False) -> HeadTrainingSet:
@@ -332,13 +364,7 @@ def build_head_training_set(embedder: SpeechEmbedder, data_dir: str | Path,
     rng = np.random.default_rng([cfg.seed, 3131])
     recordings: list[tuple[str, str, np.ndarray]] = []  # (source, class, audio)
     if "real" in cfg.sources:
-        bad = {k for kw in WAKEWORD_KEYWORDS for k in (kw, *kw.split("_"))} | \
-            set(cfg.exclude_words)
-        utts = [u for u in speaker_split(list_words(data_dir / "kws"))["train"]
-                if u.word not in bad and not u.word.startswith("_")]
-        random.Random(cfg.seed).shuffle(utts)
-        if cfg.max_real_words:
-            utts = utts[:cfg.max_real_words]
+        utts = training_words(data_dir, cfg.exclude_words, cfg.seed, cfg.max_real_words)
         recordings += [("real", u.word, load_audio(u.path, SAMPLE_RATE)) for u in utts]
     if "synthetic" in cfg.sources:
         if vocabulary_dir is None:
