@@ -99,3 +99,19 @@ def test_finetuning_brings_unseen_noisy_speech_towards_the_clean(pretrained, dat
     w = data.clean[held[:40]]
     ref = student.predict(w[..., None], verbose=0)
     assert np.abs(_raw(bundle, w) - ref).max() < 1e-3 * np.abs(ref).max()
+
+
+def test_the_recipe_sources_choose_real_or_synthetic_words(pretrained, data_dir, vocabulary):
+    cfg = dict(max_real_words=4, max_synthetic=5, augment_passes=1)
+    real = build_denoising_set(pretrained, data_dir, vocabulary,
+                               DenoiseConfig(sources=["real"], **cfg))
+    assert real.counts["recordings"] == {"real": 4, "synthetic": 0}
+    synthetic = build_denoising_set(pretrained, data_dir, vocabulary,
+                                    DenoiseConfig(sources=["synthetic"], **cfg))
+    assert synthetic.counts["recordings"] == {"real": 0, "synthetic": 5}
+    both = build_denoising_set(pretrained, data_dir, vocabulary, DenoiseConfig(**cfg))
+    assert len(both.clean) == len(real.clean) + len(synthetic.clean)
+    with pytest.raises(ValueError, match="vocabulary"):
+        build_denoising_set(pretrained, data_dir, None, DenoiseConfig(sources=["synthetic"]))
+    with pytest.raises(ValueError, match="sources"):
+        DenoiseConfig(sources=["tts"])

@@ -55,7 +55,7 @@ from edge.speech_embedding import PAD_SAMPLES, RAW_DIM, WINDOW_FRAMES, SpeechEmb
 from edge.vad import shot_interval
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from trainer.kws_data import load_machine_noise
-from trainer.kws_head import augment_recording, training_words
+from trainer.kws_head import SOURCES, augment_recording, training_words
 from trainer.kws_speech_embedding import derived_bundle_metadata, fit_normalisation
 from trainer.kws_thresholds import PRETRAINED_REAL_KEYWORDS
 from trainer.kws_vocabulary import read_vocabulary
@@ -86,6 +86,9 @@ class DenoiseConfig:
         Share of each batch that is clean windows (target: the teacher's own embedding).
     augment_passes : int
         Augmented copies of every recording.
+    sources : list of str
+        ``"real"`` and/or ``"synthetic"`` (:data:`trainer.kws_head.SOURCES`); synthetic words
+        come from the vocabulary folder, so without one only real words are used.
     max_real_words, max_synthetic : int
         At most this many real and synthetic recordings (0: all).
     snr_db, rt60_s : list of float
@@ -103,6 +106,7 @@ class DenoiseConfig:
     learning_rate: float = 1e-4
     clean_fraction: float = 0.25
     augment_passes: int = 2
+    sources: list = field(default_factory=lambda: list(SOURCES))
     max_real_words: int = 0
     max_synthetic: int = 6000
     snr_db: list = field(default_factory=lambda: [0.0, 20.0])
@@ -119,6 +123,9 @@ class DenoiseConfig:
             raise ValueError(f"clean_fraction must be in [0, 1), got {self.clean_fraction}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not self.sources or set(self.sources) - set(SOURCES):
+            raise ValueError(f"sources must be a non-empty subset of {list(SOURCES)}, got "
+                             f"{self.sources}")
 
 
 def speech_embedding_keras(tflite_path: str | Path):
@@ -222,12 +229,18 @@ class DenoisingSet:
 
 
 def _training_recordings(data_dir: Path, vocabulary_dir, cfg: DenoiseConfig):
-    utts = training_words(data_dir, PRETRAINED_REAL_KEYWORDS, cfg.seed, cfg.max_real_words)
-    recordings = [("real", load_audio(u.path, SAMPLE_RATE)) for u in utts]
-    if vocabulary_dir is not None:
+    recordings = []
+    if "real" in cfg.sources:
+        utts = training_words(data_dir, PRETRAINED_REAL_KEYWORDS, cfg.seed, cfg.max_real_words)
+        recordings += [("real", load_audio(u.path, SAMPLE_RATE)) for u in utts]
+    if "synthetic" in cfg.sources and vocabulary_dir is not None:
         _, clips = read_vocabulary(vocabulary_dir)
         random.Random(cfg.seed).shuffle(clips)
         recordings += [("synthetic", a) for _, a in clips[:cfg.max_synthetic or None]]
+    if not recordings:
+        raise ValueError(f"no training recordings: the recipe's sources are {cfg.sources}, and "
+                         "synthetic words need a vocabulary folder (--vocabulary, built by "
+                         "`python -m trainer build-vocabulary`)")
     return recordings
 
 
@@ -252,7 +265,8 @@ def build_denoising_set(base: SpeechEmbedder, data_dir: str | Path,
     FileNotFoundError
         No machine recordings for the noise, or a missing vocabulary manifest or clip.
     ValueError
-        No training recording with speech.
+        No training recording (``sources`` only synthetic and no vocabulary folder), or none
+        with speech.
     """
     data_dir = Path(data_dir)
     recordings = _training_recordings(data_dir, vocabulary_dir, cfg)
