@@ -23,8 +23,8 @@ Training words are the keyword training pool (:func:`trainer.kws_head.training_w
 Speech Commands train-split speakers, never a wake-word dev keyword nor one of the threshold
 table's calibration words) and the synthetic vocabulary (:mod:`trainer.kws_vocabulary`);
 every window of a recording padded as the node's stream pads it is used, so windows of
-silence and noise alone learn to look like silence. The machine noise is every recording under ``asd/``: none of
-the noise types of the keyword evaluation's streams.
+silence and noise alone learn to look like silence. The machine noise is every recording
+under ``asd/``: none of the noise types of the keyword evaluation's streams.
 
 The result is a speech_embedding bundle like :func:`trainer.kws_speech_embedding.
 export_speech_embedding`'s (same mel model, same 76 x 32 -> 96 float32 network shape, so the
