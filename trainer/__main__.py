@@ -213,7 +213,8 @@ def cmd_finetune_speech_embedding(args) -> int:
         data = kws_denoise.build_denoising_set(base, args.data, args.vocabulary, cfg,
                                                progress=not args.quiet)
         student, history = kws_denoise.finetune(cfg, base, data, progress=not args.quiet)
-        vocab = _vocabulary_summary(args.vocabulary) if args.vocabulary else None
+        vocab = _vocabulary_summary(args.vocabulary) \
+            if args.vocabulary and "synthetic" in cfg.sources else None
         path = kws_denoise.export_denoised_bundle(student, base, cfg, args.out, args.data,
                                                   data.counts, history, vocab,
                                                   progress=not args.quiet)
