@@ -26,7 +26,8 @@ from edge.backend import LOG_DISTANCE_FLOOR, Calibration, normalised_view_score,
 from edge.levels import SILENCE_DBFS, rms_dbfs
 from edge.pipeline import Windower
 from edge.views import (EMBEDDING_VIEW, LOGMEL_DIM, PCA_COMPONENTS, PCA_VIEW, fit_pca,
-                        pca_from_moments, pca_residual, view_members, view_names, window_views)
+                        pca_from_moments, pca_residual, view_members, view_metric, view_names,
+                        window_views)
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,19 @@ def _held_out(x: np.ndarray, k: int, overlap: np.ndarray) -> np.ndarray:
     return np.clip(dist[scored], 0.0, 2.0 * k).astype(np.float32)
 
 
+def _held_out_euclidean(x: np.ndarray, overlap: np.ndarray) -> np.ndarray:
+    """Euclidean distance (:func:`edge.backend.min_euclidean_distance`) of each window to
+    the nearest window that does not overlap it; the windows :func:`_held_out` scores."""
+    scored = ~np.all(overlap, axis=1)
+    if scored.sum() < 2:
+        raise ValueError("calibration needs at least two non-overlapping windows of normal "
+                         "operation: record for longer (at least twice asd.window_seconds)")
+    v = np.asarray(x, np.float64)
+    d2 = ((v[:, None, :] - v[None, :, :]) ** 2).sum(axis=2)
+    d2[overlap] = np.inf
+    return np.sqrt(d2.min(axis=1))[scored].astype(np.float32)
+
+
 def _held_out_pca(x: np.ndarray, overlap: np.ndarray) -> np.ndarray:
     """PCA residual (:func:`edge.views.pca_residual`) of each window against the subspace
     fitted on the sounding blocks of the windows that do not overlap it; the windows
@@ -256,7 +270,8 @@ def view_normalisation(w: CalibrationWindows, fusion: str = "representations"
     """Each view's held-out log-distance statistics and the combined held-out scores.
 
     Every view of ``w.names`` is scored as :func:`held_out_scores` scores the embedding
-    (the PCA residual view: against the subspace of the windows that do not overlap it);
+    (the PCA residual view: against the subspace of the windows that do not overlap it; the
+    level statistics: by Euclidean distance in dB);
     its log distances give ``log_mean`` and ``log_std`` (GenRep's domain normalisation,
     ``004_d4225f15e0df5a46.txt`` Section 2.3, per view), and the views combine by
     :func:`edge.backend.normalised_view_score` with ``fusion``
@@ -277,8 +292,14 @@ def view_normalisation(w: CalibrationWindows, fusion: str = "representations"
     dists, norms = {}, {}
     overlap = _overlap(w)  # the same windows in every view
     for v in w.names:
-        d = _held_out_pca(w.views[v], overlap) if v == PCA_VIEW else \
-            _held_out(w.embeddings if v == EMBEDDING_VIEW else w.views[v], w.members[v], overlap)
+        metric = view_metric(v)
+        if metric == "subspace":
+            d = _held_out_pca(w.views[v], overlap)
+        elif metric == "euclidean":
+            d = _held_out_euclidean(w.views[v], overlap)
+        else:
+            d = _held_out(w.embeddings if v == EMBEDDING_VIEW else w.views[v], w.members[v],
+                          overlap)
         logs = np.log(d.astype(np.float64) + LOG_DISTANCE_FLOOR)
         logs = logs[~np.isnan(logs)]
         if not len(logs):

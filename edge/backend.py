@@ -20,15 +20,15 @@ import numpy as np
 
 from firmware_config.fileio import atomic_write_bytes, is_npz_file
 from firmware_config.errors import HarkError
-from edge.views import LOGMEL_DIM, PCA_VIEW, pca_residual, representation
+from edge.views import LEVEL_VIEW, LOGMEL_DIM, PCA_VIEW, pca_residual, representation, view_metric
 
-__all__ = ["CalibrationError", "normalize_members", "min_cosine_distance", "normalised_view_score",
-           "Calibration", "CALIBRATION_SCHEMA", "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR",
+__all__ = ["CalibrationError", "normalize_members", "min_cosine_distance", "min_euclidean_distance",
+           "view_distance", "normalised_view_score", "Calibration", "CALIBRATION_SCHEMA", "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR",
            "VIEW_FUSIONS"]
 
 #: 2: several views (``views``, ``view_norms``); 1 (still read): the embedding view only.
 CALIBRATION_SCHEMA = 2
-#: Added to cosine distances before their logarithm (a window identical to a memory row).
+#: Added to distances before their logarithm (a window identical to a memory row).
 LOG_DISTANCE_FLOOR = 1e-6
 #: Smallest spread of a view's held-out log distances used to normalise it: calibration
 #: audio whose windows are all alike (a constant tone) would otherwise turn any change
@@ -107,6 +107,54 @@ def _min_distance_to_normalised(embeddings: np.ndarray, memory: np.ndarray,
     return np.clip(d, 0.0, 2.0 * k).astype(np.float32)
 
 
+def min_euclidean_distance(vectors: np.ndarray, memory: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each vector to its nearest memory row: the score of a view
+    whose values are levels in dB (:func:`edge.views.view_metric` ``"euclidean"``).
+
+    Parameters
+    ----------
+    vectors : np.ndarray, shape (n, D) or (D,), float
+    memory : np.ndarray, shape (m, D), float
+
+    Returns
+    -------
+    np.ndarray, shape (n,), float32, >= 0
+        In the vectors' unit (dB for :func:`edge.views.level_statistics`).
+    """
+    x = np.atleast_2d(np.asarray(vectors, np.float64))
+    m = np.asarray(memory, np.float64)
+    d2 = ((x[:, None, :] - m[None, :, :]) ** 2).sum(axis=2)
+    return np.sqrt(d2.min(axis=1)).astype(np.float32)
+
+
+def view_distance(name: str, vectors: np.ndarray, memory: np.ndarray,
+                  n_members: int = 1) -> np.ndarray:
+    """Distance of windows in one view to that view's memory, by the view's metric
+    (:func:`edge.views.view_metric`): the PCA residual, the Euclidean distance, or the
+    minimum cosine distance to a member-normalised memory.
+
+    Parameters
+    ----------
+    name : str
+        A scored view name (:func:`edge.views.view_names`).
+    vectors : np.ndarray, shape (n, D_v) or (D_v,), float
+    memory : np.ndarray
+        The calibration's memory of the view (:attr:`Calibration.views`; for the
+        embedding :attr:`Calibration.memory`).
+    n_members : int
+
+    Returns
+    -------
+    np.ndarray, shape (n,), float32; NaN where the PCA residual has no sounding block.
+    """
+    metric = view_metric(name)
+    if metric == "subspace":
+        return pca_residual(vectors, memory)
+    if metric == "euclidean":
+        return min_euclidean_distance(vectors, memory)
+    return _min_distance_to_normalised(vectors, memory, n_members)
+
+
 def normalised_view_score(distances: dict[str, np.ndarray],
                           norms: dict[str, dict[str, float]],
                           fusion: str = "representations") -> np.ndarray:
@@ -127,7 +175,7 @@ def normalised_view_score(distances: dict[str, np.ndarray],
     Parameters
     ----------
     distances : dict of str -> np.ndarray, shape (n,), float
-        Minimum cosine distance of ``n`` windows in every view of ``norms``; NaN where a
+        Distance of ``n`` windows in every view of ``norms`` (:func:`view_distance`); NaN where a
         view has nothing to score (the PCA residual of a silent window,
         :func:`edge.views.pca_residual`): the mean is then over the other views.
     norms : dict of str -> {"log_mean": float, "log_std": float, ...}
@@ -197,7 +245,8 @@ class Calibration:
         Memories of the views other than the embedding (:mod:`edge.views`): every
         calibration window's vector, member-normalised; for ``pca_residual`` the principal
         subspace of the calibration's log-mel blocks (:func:`edge.views.fit_pca`, mean and
-        components). Empty for a single-view calibration.
+        components); for ``level_statistics`` the vectors as they are (dB). Empty for a
+        single-view calibration.
     view_norms : dict of str -> dict
         For a multi-view calibration, every scored view (``"embedding"`` first) with
         ``log_mean`` and ``log_std`` of its held-out log distances and ``members`` (the
@@ -233,8 +282,8 @@ class Calibration:
                              f"{', '.join(VIEW_FUSIONS)}")
         self.memory = normalize_members(self.memory, self.n_members)
         self.normal_scores = np.asarray(self.normal_scores, np.float32)
-        self.views = {v: np.asarray(m, np.float32) if v == PCA_VIEW else
-                      normalize_members(m, int(self.view_norms[v]["members"]))
+        self.views = {v: normalize_members(m, int(self.view_norms[v]["members"]))
+                      if view_metric(v) == "cosine" else np.asarray(m, np.float32)
                       for v, m in self.views.items()}
         if not self.calibration_id:
             h = hashlib.sha256(self.memory.tobytes())
@@ -254,9 +303,10 @@ class Calibration:
         """Anomaly scores of windows given in every view (higher = more anomalous).
 
         Single-view: the embedding's minimum cosine distance (:meth:`anomaly_score`).
-        Several views: each view's minimum cosine distance to its own memory (the PCA
-        residual view: its distance from the calibration's principal subspace,
-        :func:`edge.views.pca_residual`), combined by :func:`normalised_view_score`.
+        Several views: each view's distance to its own memory (:func:`view_distance`: the
+        minimum cosine distance; for the PCA residual view the distance from the
+        calibration's principal subspace, for the level statistics the Euclidean distance
+        in dB), combined by :func:`normalised_view_score`.
 
         Parameters
         ----------
@@ -278,10 +328,9 @@ class Calibration:
                              f"{list(self.view_names)}; missing {missing}")
         if not self.view_norms:
             return self.anomaly_score(vectors["embedding"])
-        dist = {v: pca_residual(vectors[v], self.views[v]) if v == PCA_VIEW else
-                _min_distance_to_normalised(
-                    vectors[v], self.memory if v == "embedding" else self.views[v],
-                    int(n["members"]))
+        dist = {v: view_distance(v, vectors[v],
+                                 self.memory if v == "embedding" else self.views[v],
+                                 int(n["members"]))
                 for v, n in self.view_norms.items()}
         return normalised_view_score(dist, self.view_norms, self.view_fusion)
 
@@ -390,6 +439,10 @@ class Calibration:
         if pca is not None and (pca.shape[1] != LOGMEL_DIM or len(pca) < 2):
             raise CalibrationError(f"calibration {path}: its {PCA_VIEW} subspace has shape "
                                    f"{pca.shape}, expected (1 + components, {LOGMEL_DIM})")
+        level = views.get(LEVEL_VIEW)
+        if level is not None and level.shape[1] != 2:
+            raise CalibrationError(f"calibration {path}: its {LEVEL_VIEW} memory has shape "
+                                   f"{level.shape}, expected (windows, 2)")
         expect = set(norms) - {"embedding"}
         if set(views) != expect or any(
                 not (isinstance(n, dict) and n.get("log_std", 0) > 0 and "log_mean" in n

@@ -156,7 +156,8 @@ def check_threshold_method(v: str | None) -> str | None:
 
 #: ``asd.views`` by default: :data:`edge.views.VIEWS`, spelled out here so the config stays
 #: a leaf; chosen by the leave-one-machine-type-out evaluation (README).
-DEFAULT_ASD_VIEWS = ("embedding", "branches", "stft_statistics", "pca_residual")
+DEFAULT_ASD_VIEWS = ("embedding", "branches", "stft_statistics", "level_statistics",
+                     "pca_residual")
 
 
 class ThresholdSection(_Section):
@@ -179,7 +180,8 @@ class AsdSection(_Section):
         description="without a calibration, learn normal operation this long first (0: refuse)")
     num_threads: int = Field(1, ge=1, le=16)
     threshold: ThresholdSection = Field(default_factory=ThresholdSection)
-    views: list[Literal["embedding", "branches", "stft_statistics", "pca_residual"]] = Field(
+    views: list[Literal["embedding", "branches", "stft_statistics", "level_statistics",
+                        "pca_residual"]] = Field(
         default_factory=lambda: list(DEFAULT_ASD_VIEWS), min_length=1,
         description="views of a window scored at calibration, each against its own memory "
                     "(edge.views); the calibration artifact keeps them")

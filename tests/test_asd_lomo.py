@@ -242,14 +242,15 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
     assert rep["protocol"] == "leave-one-machine-out"
     assert set(rep["types"]) == {"fan", "pump"}
     # the node's default views and, from the same model, the embedding alone, the views
-    # without the PCA residual and the views averaged directly; two baselines
+    # without the level statistics and the views averaged directly; two baselines
     assert set(rep["systems"]) == {"ours (int8)", "ours (int8), embedding view only",
-                                   "ours (int8), views without pca_residual",
+                                   "ours (int8), views without level_statistics",
                                    "ours (int8), mean over views", "ours (float)",
                                    "ours, site-adapted (int8)",
                                    "DCASE 2023 AE baseline (calibration clips)",
                                    "STFT mean/std + cosine (no learning)"}
-    assert rep["node"]["views"] == ["embedding", "branches", "stft_statistics", "pca_residual"]
+    assert rep["node"]["views"] == ["embedding", "branches", "stft_statistics", "level_statistics",
+                                    "pca_residual"]
     fan, pump = rep["types"]["fan"], rep["types"]["pump"]
     assert fan["counts"]["train_types"] == ["pump"] and fan["counts"]["train_clips"] == 6
     assert pump["counts"]["train_types"] == ["fan"] and pump["counts"]["train_clips"] == 8
@@ -276,10 +277,11 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
         ours = rep["types"][t]["systems"]
         assert ours["ours (int8)"]["meta"]["views"] == ["embedding", "branch_spectrogram",
                                                         "branch_spectrum", "stft_statistics",
-                                                        "pca_residual"]
+                                                        "level_statistics", "pca_residual"]
         assert ours["ours (int8), embedding view only"]["meta"]["views"] == ["embedding"]
-        assert ours["ours (int8), views without pca_residual"]["meta"]["views"] == [
-            "embedding", "branch_spectrogram", "branch_spectrum", "stft_statistics"]
+        assert ours["ours (int8), views without level_statistics"]["meta"]["views"] == [
+            "embedding", "branch_spectrogram", "branch_spectrum", "stft_statistics",
+            "pca_residual"]
         assert ours["ours (int8)"]["meta"]["view_fusion"] == "representations"
         direct = ours["ours (int8), mean over views"]
         assert direct["meta"]["view_fusion"] == "views"

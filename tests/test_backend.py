@@ -142,3 +142,26 @@ def test_calibration_of_an_ensemble_round_trips(tmp_path, n_members):
     np.testing.assert_allclose(scores, cal.anomaly_score(x), rtol=0, atol=1e-6)
     with pytest.raises(CalibrationError, match="made with model m"):
         Calibration.load(tmp_path / "cal.npz", "1" * 64)
+
+
+def test_view_distance_uses_each_views_metric():
+    """The level statistics are compared by Euclidean distance in dB (scipy's cdist, then
+    the nearest row), the embedding's views by cosine distance: a window 6 dB quieter than
+    every memory row is 6 dB away, though its direction is nearly the same."""
+    from scipy.spatial.distance import cdist
+
+    from edge.backend import min_euclidean_distance, view_distance
+
+    rng = np.random.default_rng(3)
+    memory = rng.normal([-40.0, 1.0], [3.0, 0.3], (50, 2)).astype(np.float32)
+    x = rng.normal([-40.0, 1.0], [5.0, 0.5], (7, 2)).astype(np.float32)
+    np.testing.assert_allclose(min_euclidean_distance(x, memory),
+                               cdist(x, memory).min(axis=1), rtol=1e-5)
+    np.testing.assert_array_equal(view_distance("level_statistics", x, memory),
+                                  min_euclidean_distance(x, memory))
+    row = memory[:1]
+    quieter = row - [6.0, 0.0]
+    assert view_distance("level_statistics", quieter, row)[0] == pytest.approx(6.0, rel=1e-5)
+    unit = normalize_members(row, 1)
+    cos = view_distance("stft_statistics", quieter, unit)[0]
+    assert cos == pytest.approx(min_cosine_distance(quieter, row)[0], abs=1e-6) and cos < 0.01

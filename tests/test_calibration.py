@@ -140,11 +140,11 @@ def test_pca_residual_view_is_the_principal_subspace_of_held_out_windows(tmp_pat
 def test_views_combine_per_representation_and_old_artifacts_keep_their_fusion(tmp_path, embedder,
                                                                             site_fan):
     """The embedder's three views (embedding and two branches) count once beside the STFT
-    statistics and the PCA residual: the score is exp of the mean over representations of
-    each representation's mean z. An artifact made before the fusion existed is read as
+    statistics, the level statistics and the PCA residual: the score is exp of the mean over
+    representations of each representation's mean z. An artifact made before the fusion existed is read as
     the plain mean over views it was thresholded with."""
     from edge.backend import LOG_DISTANCE_FLOOR, LOG_STD_FLOOR, _min_distance_to_normalised
-    from edge.views import PCA_VIEW, pca_residual, representation, window_views
+    from edge.views import LEVEL_VIEW, PCA_VIEW, pca_residual, representation, window_views
     from firmware_config.schema import DEFAULT_ASD_VIEWS
 
     w = collect_windows([FileSource([f]).blocks() for f in site_fan["calibration"]], embedder,
@@ -152,17 +152,21 @@ def test_views_combine_per_representation_and_old_artifacts_keep_their_fusion(tm
     cal = fit_calibration(w, embedder, 16, "mst-iqr", {}, 10.0, 2.0)
     assert cal.view_fusion == "representations"
     assert [representation(v) for v in cal.view_names] == [
-        "embedder", "embedder", "embedder", "stft_statistics", "pca_residual"]
+        "embedder", "embedder", "embedder", "stft_statistics", "level_statistics", "pca_residual"]
     y = load_audio(site_fan["abnormal"][0])[:160000]
     vec = window_views(embedder, y, cal.view_names)
     z = {}
     for v, n in cal.view_norms.items():
-        d = pca_residual(vec[v], cal.views[v])[0] if v == PCA_VIEW else \
-            _min_distance_to_normalised(vec[v], cal.memory if v == "embedding" else cal.views[v],
-                                        int(n["members"]))[0]
+        if v == PCA_VIEW:
+            d = pca_residual(vec[v], cal.views[v])[0]
+        elif v == LEVEL_VIEW:  # dB: the nearest calibration window's levels
+            d = np.min(np.linalg.norm(cal.views[v] - vec[v], axis=1))
+        else:
+            d = _min_distance_to_normalised(vec[v], cal.memory if v == "embedding" else
+                                            cal.views[v], int(n["members"]))[0]
         z[v] = (np.log(d + LOG_DISTANCE_FLOOR) - n["log_mean"]) / max(n["log_std"], LOG_STD_FLOOR)
     per_rep = np.mean([np.mean([z["embedding"], z["branch_spectrogram"], z["branch_spectrum"]]),
-                       z["stft_statistics"], z["pca_residual"]])
+                       z["stft_statistics"], z["level_statistics"], z["pca_residual"]])
     score = float(cal.score_views(vec)[0])
     assert score == pytest.approx(np.exp(per_rep), rel=1e-4)
     assert score != pytest.approx(np.exp(np.mean(list(z.values()))), rel=1e-2)
@@ -182,6 +186,59 @@ def test_views_combine_per_representation_and_old_artifacts_keep_their_fusion(tm
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(CalibrationError, match="unknown view_fusion 'max'"):
+        Calibration.load(tmp_path / "bad.npz")
+
+
+def test_level_view_hears_a_machine_running_quieter(tmp_path, embedder, site_fan):
+    """The level statistics on a real fan the model never heard: a window's frame levels
+    shift by the gain in dB, digital silence is left out, a window is held out against the
+    nearest window it does not overlap, and a normal clip played 6 dB quieter passes the
+    node's threshold with the level view and not without it."""
+    from calibration.calibrate import _held_out_euclidean, _overlap
+    from edge.views import level_statistics, window_views
+    from firmware_config.schema import DEFAULT_ASD_VIEWS
+
+    y = load_audio(site_fan["normal"][0])[:160000]
+    ref = level_statistics(y)
+    assert -60 < ref[0] < -20 and 0 < ref[1] < 5  # a steady fan, mean and spread in dB
+    np.testing.assert_allclose(level_statistics(0.5 * y), ref - [20 * np.log10(2), 0], atol=1e-3)
+    gap = y.copy()
+    gap[:8000] = 0.0  # half a second of digital silence: its frames are left out
+    assert abs(level_statistics(gap)[0] - ref[0]) < 0.2
+    with pytest.raises(ValueError, match="n_fft"):
+        level_statistics(y[:100])
+
+    cal_audio = [load_audio(f) for f in site_fan["calibration"]]
+    w = collect_windows([[c] for c in cal_audio], embedder, 10.0, 2.0, views=DEFAULT_ASD_VIEWS)
+    lv = w.views["level_statistics"]
+    assert lv.shape == (6, 2)
+    dist = np.linalg.norm(lv[:, None] - lv[None], axis=2)
+    np.fill_diagonal(dist, np.inf)  # six files: a window overlaps only itself
+    np.testing.assert_allclose(_held_out_euclidean(lv, _overlap(w)), dist.min(axis=1), rtol=1e-5)
+
+    without = tuple(v for v in DEFAULT_ASD_VIEWS if v != "level_statistics")
+    quieter = {}
+    for views in (DEFAULT_ASD_VIEWS, without):
+        cal = fit_calibration(collect_windows([[c] for c in cal_audio], embedder, 10.0, 2.0,
+                                              views=views), embedder, 16, "fpr", {}, 10.0, 2.0)
+
+        def score(x):
+            return float(cal.score_views(window_views(embedder, x[:160000], cal.view_names))[0])
+        normal = [score(load_audio(f)) for f in site_fan["normal"]]
+        quiet = [score(0.5 * load_audio(f)) for f in site_fan["normal"]]
+        print(f"\n{len(views)} views: threshold {cal.decision_threshold:.2f}, normal "
+              f"{np.round(normal, 2)}, 6 dB quieter {np.round(quiet, 2)}")
+        assert max(normal) < cal.decision_threshold
+        quieter[views] = min(quiet) > cal.decision_threshold
+    assert quieter == {DEFAULT_ASD_VIEWS: True, without: False}
+    cal = fit_calibration(w, embedder, 16, "fpr", {}, 10.0, 2.0)
+    back = Calibration.load(cal.save(tmp_path / "level.npz"), embedder.sha256)
+    np.testing.assert_array_equal(back.views["level_statistics"], lv)
+    with np.load(tmp_path / "level.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["view_level_statistics"] = np.zeros((6, 3), np.float32)  # not two levels a window
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(CalibrationError, match="level_statistics memory has shape"):
         Calibration.load(tmp_path / "bad.npz")
 
 

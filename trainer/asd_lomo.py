@@ -79,7 +79,7 @@ from edge.audio import load_audio
 from edge.frontend import asd_features
 from edge.model import AsdEmbedder
 from edge.pipeline import Windower
-from edge.views import PCA_VIEW, representation, view_names, window_views
+from edge.views import LEVEL_VIEW, representation, view_names, window_views
 from firmware_config.defaults import DEFAULT_CONFIG
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json
 from firmware_config.schema import load_config
@@ -90,7 +90,7 @@ from trainer.asd_lomo_data import LomoSplit, list_typed_clips, lomo_split
 from trainer.asd_lomo_report import (
     OURS_EMBEDDING_ONLY,
     OURS_MEAN_OVER_VIEWS,
-    OURS_WITHOUT_PCA,
+    OURS_WITHOUT_LEVEL,
     bootstrap_ci,
     bootstrap_metrics,
     lomo_markdown,
@@ -163,7 +163,7 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
 
     Returns one result per view set: the node's ``asd.views`` (:data:`SYSTEMS` ``"ours"``),
     when they are more than the embedding the embedding alone (:data:`OURS_EMBEDDING_ONLY`),
-    when they hold the PCA residual view the others alone (:data:`OURS_WITHOUT_PCA`), when
+    when they hold the level statistics the others alone (:data:`OURS_WITHOUT_LEVEL`), when
     they span several representations the node's views averaged directly instead of per
     representation (:data:`OURS_MEAN_OVER_VIEWS`, the fusion before 2026-11-30),
     and the float model before int8 conversion with the node's views (:data:`OURS_FLOAT`),
@@ -203,8 +203,8 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
     if not adapted:
         if tuple(a.views) != ("embedding",):
             runs.append((OURS_EMBEDDING_ONLY, emb, ("embedding",), fusion))
-        if PCA_VIEW in a.views and len(a.views) > 1:
-            runs.append((OURS_WITHOUT_PCA, emb, tuple(v for v in a.views if v != PCA_VIEW),
+        if LEVEL_VIEW in a.views and len(a.views) > 1:
+            runs.append((OURS_WITHOUT_LEVEL, emb, tuple(v for v in a.views if v != LEVEL_VIEW),
                          fusion))
         if len({representation(v) for v in view_names(emb, a.views)}) > 1:
             runs.append((OURS_MEAN_OVER_VIEWS, emb, tuple(a.views), "views"))

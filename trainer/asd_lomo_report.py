@@ -23,15 +23,16 @@ import numpy as np
 from trainer.asd_metrics import dcase_section_metrics, official_score
 from trainer.asd_plots import plot_section_lines
 
-__all__ = ["OURS_EMBEDDING_ONLY", "OURS_WITHOUT_PCA", "OURS_MEAN_OVER_VIEWS", "type_metrics",
+__all__ = ["OURS_EMBEDDING_ONLY", "OURS_WITHOUT_LEVEL", "OURS_MEAN_OVER_VIEWS", "type_metrics",
            "rates_at_threshold", "bootstrap_metrics", "bootstrap_ci", "lomo_markdown",
            "seeds_summary", "seeds_markdown"]
 
 #: Our embedder scored by its embedding alone, reported beside the node's configured views
 #: (``asd.views``) when those are more than the embedding.
 OURS_EMBEDDING_ONLY = "ours (int8), embedding view only"
-#: The same int8 model with the node's views but the PCA residual one (when it has it).
-OURS_WITHOUT_PCA = "ours (int8), views without pca_residual"
+#: The same int8 model with the node's views but the level statistics (when it has them):
+#: the view added last, measured against the views before it in the same run.
+OURS_WITHOUT_LEVEL = "ours (int8), views without level_statistics"
 #: The same int8 model and views, combined by the plain mean over views (the node's fusion
 #: before 2026-11-30, ``edge.backend.VIEW_FUSIONS``) instead of over representations.
 OURS_MEAN_OVER_VIEWS = "ours (int8), mean over views"
@@ -310,7 +311,7 @@ def lomo_markdown(rep: dict[str, Any]) -> str:
         "standardised on its held-out log distances, averaged within each representation "
         "and then over representations, as `edge.backend.normalised_view_score` describes; "
         f"`{OURS_EMBEDDING_ONLY}`: the same model scored by its embedding alone; "
-        f"`{OURS_WITHOUT_PCA}`: by the node's views but the PCA residual one; "
+        f"`{OURS_WITHOUT_LEVEL}`: by the node's views but the level statistics; "
         f"`{OURS_MEAN_OVER_VIEWS}`: by the node's views averaged directly); a "
         "clip's score is its highest window score. The DCASE 2023 autoencoder baseline is "
         "trained on the same calibration clips only (threshold on its in-sample scores); the "
