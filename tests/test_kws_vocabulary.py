@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from edge.audio import AudioFileError
 from trainer.kws_tts import dictionary_words, synthesize, tts_voices
 from trainer.kws_vocabulary import build_vocabulary, read_vocabulary
 
@@ -29,6 +30,27 @@ def test_vocabulary_is_reproducible_and_described_clip_by_clip(vocabulary, tmp_p
     build_vocabulary(again, n_texts=12, voices_per_text=3, seed=5)
     assert json.loads((again / "manifest.json").read_text())["clips"] == \
         json.loads((vocabulary / "manifest.json").read_text())["clips"]
+
+
+def test_a_subset_is_chosen_by_seed_and_only_it_is_decoded(vocabulary, tmp_path):
+    """``seed`` shuffles the clips as ``random.Random(seed).shuffle`` does, ``limit`` keeps a
+    prefix, and only the kept clips are decoded: a damaged clip outside the subset does not
+    stop the read (the whole set does)."""
+    import random
+
+    _, every = read_vocabulary(vocabulary)
+    order = [c for c, _ in every]
+    random.Random(7).shuffle(order)
+    _, some = read_vocabulary(vocabulary, seed=7, limit=5)
+    assert [c for c, _ in some] == order[:5]
+    _, shuffled = read_vocabulary(vocabulary, seed=7)
+    assert [c for c, _ in shuffled] == order
+    damaged = tmp_path / "damaged"
+    shutil.copytree(vocabulary, damaged)
+    (damaged / order[-1].file).write_bytes(b"not audio")
+    assert len(read_vocabulary(damaged, seed=7, limit=5)[1]) == 5
+    with pytest.raises(AudioFileError, match=order[-1].file):
+        read_vocabulary(damaged)
 
 
 def test_vocabulary_never_speaks_a_dev_keyword_or_its_words():

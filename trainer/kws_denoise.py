@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,9 +233,8 @@ def _training_recordings(data_dir: Path, vocabulary_dir, cfg: DenoiseConfig):
         utts = training_words(data_dir, PRETRAINED_REAL_KEYWORDS, cfg.seed, cfg.max_real_words)
         recordings += [("real", load_audio(u.path, SAMPLE_RATE)) for u in utts]
     if "synthetic" in cfg.sources and vocabulary_dir is not None:
-        _, clips = read_vocabulary(vocabulary_dir)
-        random.Random(cfg.seed).shuffle(clips)
-        recordings += [("synthetic", a) for _, a in clips[:cfg.max_synthetic or None]]
+        _, clips = read_vocabulary(vocabulary_dir, seed=cfg.seed, limit=cfg.max_synthetic or None)
+        recordings += [("synthetic", a) for _, a in clips]
     if not recordings:
         raise ValueError(f"no training recordings: the recipe's sources are {cfg.sources}, and "
                          "synthetic words need a vocabulary folder (--vocabulary, built by "

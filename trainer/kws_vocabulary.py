@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,8 +187,20 @@ def _voice_probabilities(voices: list[tuple[str, str]]) -> np.ndarray:
     return p / p.sum()
 
 
-def read_vocabulary(out_dir: str | Path) -> tuple[dict, list[tuple[VocabularyClip, np.ndarray]]]:
-    """The manifest and every clip's audio.
+def read_vocabulary(out_dir: str | Path, *, seed: int | None = None, limit: int | None = None
+                    ) -> tuple[dict, list[tuple[VocabularyClip, np.ndarray]]]:
+    """The manifest and the clips' audio: every clip, or a random subset decoded alone.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        A folder :func:`build_vocabulary` made.
+    seed : int, optional, keyword-only
+        Shuffle the clips in the order ``random.Random(seed).shuffle`` gives (manifest order
+        without).
+    limit : int, optional, keyword-only
+        Keep the first ``limit`` clips (after shuffling) and decode only those: a recipe that
+        trains on 6000 of 12 000 clips holds half the audio in memory.
 
     Returns
     -------
@@ -209,14 +222,17 @@ def read_vocabulary(out_dir: str | Path) -> tuple[dict, list[tuple[VocabularyCli
         raise FileNotFoundError(f"{path} not found: build the vocabulary with `python -m trainer "
                                 f"build-vocabulary --out {out_dir}`")
     manifest = json.loads(path.read_text())
-    out = []
+    clips = []
     for i, entry in enumerate(manifest.pop("clips", [])):
         try:
             clip = VocabularyClip(**entry)
         except TypeError as exc:
             raise ValueError(f"{path}: clips[{i}]: {exc}") from None
-        audio_path = Path(out_dir) / clip.file
-        if not audio_path.is_file():
-            raise FileNotFoundError(f"{path}: clips[{i}] names {audio_path}, which is missing")
-        out.append((clip, load_audio(audio_path, SAMPLE_RATE)))
-    return manifest, out
+        if not (Path(out_dir) / clip.file).is_file():
+            raise FileNotFoundError(f"{path}: clips[{i}] names {Path(out_dir) / clip.file}, "
+                                    "which is missing")
+        clips.append(clip)
+    if seed is not None:
+        random.Random(seed).shuffle(clips)
+    return manifest, [(c, load_audio(Path(out_dir) / c.file, SAMPLE_RATE))
+                      for c in clips[:limit]]
