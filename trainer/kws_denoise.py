@@ -54,7 +54,7 @@ from edge.speech_embedding import PAD_SAMPLES, RAW_DIM, WINDOW_FRAMES, SpeechEmb
 from edge.vad import shot_interval
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from trainer.kws_data import load_machine_noise
-from trainer.kws_head import SOURCES, augment_recording, training_words
+from trainer.kws_head import SOURCES, augment_recording, check_sources, training_words
 from trainer.kws_speech_embedding import derived_bundle_metadata, fit_normalisation
 from trainer.kws_thresholds import PRETRAINED_REAL_KEYWORDS
 from trainer.kws_vocabulary import read_vocabulary
@@ -122,9 +122,7 @@ class DenoiseConfig:
             raise ValueError(f"clean_fraction must be in [0, 1), got {self.clean_fraction}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not self.sources or set(self.sources) - set(SOURCES):
-            raise ValueError(f"sources must be a non-empty subset of {list(SOURCES)}, got "
-                             f"{self.sources}")
+        check_sources(self.sources)
 
 
 def speech_embedding_keras(tflite_path: str | Path):

@@ -63,15 +63,23 @@ log = logging.getLogger(__name__)
 __all__ = ["HeadConfig", "HeadTrainingSet", "build_head_training_set", "train_head",
            "export_head_bundle", "read_head_config", "room_impulse_response",
            "augment_recording", "training_words",
-           "SOURCES", "OBJECTIVES", "NOISES"]
+           "SOURCES", "OBJECTIVES", "NOISES", "check_sources"]
 
 SAMPLE_RATE = 16000
 #: Training sources a recipe may name.
 SOURCES = ("real", "synthetic")
+
 #: Training objectives and augmentation noises a recipe may name.
 OBJECTIVES = ("tacos", "teacher", "tacos+teacher")
 NOISES = ("machines", "background")
 NO_SPEECH = "_no_speech_"
+
+
+def check_sources(sources) -> None:
+    """Raise ``ValueError`` unless ``sources`` (a recipe's ``sources`` key) is a non-empty
+    subset of :data:`SOURCES`; shared by the head's and the fine-tuning's recipes."""
+    if not sources or set(sources) - set(SOURCES):
+        raise ValueError(f"sources must be a non-empty subset of {list(SOURCES)}, got {sources}")
 
 
 @dataclass
@@ -146,10 +154,7 @@ class HeadConfig:
     seed: int = 0
 
     def __post_init__(self):
-        bad = sorted(set(self.sources) - set(SOURCES))
-        if bad or not self.sources:
-            raise ValueError(f"sources must be a non-empty subset of {list(SOURCES)}, got "
-                             f"{self.sources}")
+        check_sources(self.sources)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if self.noise not in NOISES:
