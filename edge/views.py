@@ -71,6 +71,17 @@ LOGMEL_FRAMES = 5
 LOGMEL_DIM = 128 * LOGMEL_FRAMES
 
 
+def _checked_waveform(waveform: np.ndarray, need: int, what: str, name: str = "") -> np.ndarray:
+    """``waveform`` as 1-D float32; ``ValueError`` if it is not 1-D, not finite, or shorter
+    than ``need`` samples (the message names ``what`` needs them, as ``name`` + ``need``)."""
+    y = as_mono(waveform, np.float32)
+    if len(y) < need:
+        raise ValueError(f"the waveform has {len(y)} samples; {what} need at least {name}{need}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("the waveform contains NaN or infinite samples")
+    return y
+
+
 def stft_statistics(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int = 512,
                     floor: float = 1e-5) -> np.ndarray:
     """Per-bin mean and standard deviation over time of the log-magnitude STFT, L2-normalised.
@@ -99,12 +110,7 @@ def stft_statistics(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int 
     ValueError
         If the waveform is not 1-D, not finite, or shorter than ``n_fft``.
     """
-    y = as_mono(waveform, np.float32)
-    if len(y) < n_fft:
-        raise ValueError(f"the waveform has {len(y)} samples; the STFT statistics need at "
-                         f"least n_fft = {n_fft}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("the waveform contains NaN or infinite samples")
+    y = _checked_waveform(waveform, n_fft, "the STFT statistics", "n_fft = ")
     mag = magnitude_spectrogram(y, n_fft, hop_length)  # (frames, bins)
     sounding = frame_rms_dbfs(y, n_fft, hop_length) >= SILENCE_DBFS
     if sounding.any():
@@ -144,12 +150,7 @@ def level_statistics(waveform: np.ndarray, *, n_fft: int = 1024,
     ValueError
         If the waveform is not 1-D, not finite, or shorter than ``n_fft``.
     """
-    y = as_mono(waveform, np.float32)
-    if len(y) < n_fft:
-        raise ValueError(f"the waveform has {len(y)} samples; the level statistics need at "
-                         f"least n_fft = {n_fft}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("the waveform contains NaN or infinite samples")
+    y = _checked_waveform(waveform, n_fft, "the level statistics", "n_fft = ")
     level = frame_rms_dbfs(y, n_fft, hop_length)
     # A frame that shares samples with a silent one is part silence: its level would pass
     # for a dip of the machine (a window starting with a gap moved its spread by a third).
@@ -195,13 +196,8 @@ def logmel_blocks(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int = 
     ValueError
         If the waveform is not 1-D, not finite, or too short.
     """
-    y = as_mono(waveform, np.float32)
-    need = max(n_fft, (LOGMEL_FRAMES - 1) * hop_length)
-    if len(y) < need:
-        raise ValueError(f"the waveform has {len(y)} samples; the log-mel blocks need at least "
-                         f"{need}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("the waveform contains NaN or infinite samples")
+    y = _checked_waveform(waveform, max(n_fft, (LOGMEL_FRAMES - 1) * hop_length),
+                          "the log-mel blocks")
     # every LOGMEL_FRAMES-th stacked vector: the frames cut into consecutive blocks
     frames = logmel_frames(y, sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
                            n_mels=LOGMEL_DIM // LOGMEL_FRAMES)
