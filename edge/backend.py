@@ -23,8 +23,8 @@ from firmware_config.errors import HarkError
 from edge.views import LEVEL_VIEW, LOGMEL_DIM, PCA_VIEW, pca_residual, representation, view_metric
 
 __all__ = ["CalibrationError", "normalize_members", "min_cosine_distance", "min_euclidean_distance",
-           "view_distance", "normalised_view_score", "Calibration", "CALIBRATION_SCHEMA", "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR",
-           "VIEW_FUSIONS"]
+           "view_distance", "normalised_view_score", "Calibration", "CALIBRATION_SCHEMA",
+           "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR", "VIEW_FUSIONS"]
 
 #: 2: several views (``views``, ``view_norms``); 1 (still read): the embedding view only.
 CALIBRATION_SCHEMA = 2

@@ -39,7 +39,8 @@ Views (``asd.views`` of the node config)
         training on the workstation. Its "memory" is that subspace, not a set of vectors.
 
 Entry points: :data:`VIEWS`, :func:`view_names`, :func:`view_metric`, :func:`window_views`,
-:func:`stft_statistics`, :func:`level_statistics`, :func:`logmel_blocks`, :func:`fit_pca`, :func:`pca_residual`.
+:func:`stft_statistics`, :func:`level_statistics`, :func:`logmel_blocks`, :func:`fit_pca`,
+:func:`pca_residual`.
 """
 from __future__ import annotations
 

@@ -141,8 +141,8 @@ def test_views_combine_per_representation_and_old_artifacts_keep_their_fusion(tm
                                                                             site_fan):
     """The embedder's three views (embedding and two branches) count once beside the STFT
     statistics, the level statistics and the PCA residual: the score is exp of the mean over
-    representations of each representation's mean z. An artifact made before the fusion existed is read as
-    the plain mean over views it was thresholded with."""
+    representations of each representation's mean z. An artifact made before the fusion
+    existed is read as the plain mean over views it was thresholded with."""
     from edge.backend import LOG_DISTANCE_FLOOR, LOG_STD_FLOOR, _min_distance_to_normalised
     from edge.views import LEVEL_VIEW, PCA_VIEW, pca_residual, representation, window_views
     from firmware_config.schema import DEFAULT_ASD_VIEWS
