@@ -22,7 +22,8 @@ from typing import Iterable
 import numpy as np
 
 from calibration.thresholds import make_threshold_estimator
-from edge.backend import LOG_DISTANCE_FLOOR, Calibration, normalised_view_score, normalize_members
+from edge.backend import (LOG_DISTANCE_FLOOR, Calibration, euclidean_distances,
+                          normalised_view_score, normalize_members)
 from edge.levels import SILENCE_DBFS, rms_dbfs
 from edge.pipeline import Windower
 from edge.views import (EMBEDDING_VIEW, LOGMEL_DIM, PCA_COMPONENTS, PCA_VIEW, fit_pca,
@@ -232,10 +233,9 @@ def _held_out_euclidean(x: np.ndarray, overlap: np.ndarray) -> np.ndarray:
     if scored.sum() < 2:
         raise ValueError("calibration needs at least two non-overlapping windows of normal "
                          "operation: record for longer (at least twice asd.window_seconds)")
-    v = np.asarray(x, np.float64)
-    d2 = ((v[:, None, :] - v[None, :, :]) ** 2).sum(axis=2)
-    d2[overlap] = np.inf
-    return np.sqrt(d2.min(axis=1))[scored].astype(np.float32)
+    d = euclidean_distances(x, x)
+    d[overlap] = np.inf
+    return d.min(axis=1)[scored].astype(np.float32)
 
 
 def _held_out_pca(x: np.ndarray, overlap: np.ndarray) -> np.ndarray:

@@ -23,8 +23,8 @@ from firmware_config.errors import HarkError
 from edge.views import LEVEL_VIEW, LOGMEL_DIM, PCA_VIEW, pca_residual, representation, view_metric
 
 __all__ = ["CalibrationError", "normalize_members", "min_cosine_distance", "min_euclidean_distance",
-           "view_distance", "normalised_view_score", "Calibration", "CALIBRATION_SCHEMA",
-           "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR", "VIEW_FUSIONS"]
+           "euclidean_distances", "view_distance", "normalised_view_score", "Calibration",
+           "CALIBRATION_SCHEMA", "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR", "VIEW_FUSIONS"]
 
 #: 2: several views (``views``, ``view_norms``); 1 (still read): the embedding view only.
 CALIBRATION_SCHEMA = 2
@@ -121,10 +121,16 @@ def min_euclidean_distance(vectors: np.ndarray, memory: np.ndarray) -> np.ndarra
     np.ndarray, shape (n,), float32, >= 0
         In the vectors' unit (dB for :func:`edge.views.level_statistics`).
     """
+    return euclidean_distances(vectors, memory).min(axis=1).astype(np.float32)
+
+
+def euclidean_distances(vectors: np.ndarray, memory: np.ndarray) -> np.ndarray:
+    """Every pairwise Euclidean distance, shape (n, m), float64 (NumPy only: scipy is not
+    installed on a node); :func:`min_euclidean_distance` and the calibration's held-out
+    distances take their minima."""
     x = np.atleast_2d(np.asarray(vectors, np.float64))
     m = np.asarray(memory, np.float64)
-    d2 = ((x[:, None, :] - m[None, :, :]) ** 2).sum(axis=2)
-    return np.sqrt(d2.min(axis=1)).astype(np.float32)
+    return np.sqrt(((x[:, None, :] - m[None, :, :]) ** 2).sum(axis=2))
 
 
 def view_distance(name: str, vectors: np.ndarray, memory: np.ndarray,
