@@ -209,6 +209,7 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
         if len({representation(v) for v in view_names(emb, a.views)}) > 1:
             runs.append((OURS_MEAN_OVER_VIEWS, emb, tuple(a.views), "views"))
         runs.append((OURS_FLOAT, _FloatEmbedder(model, emb), tuple(a.views), fusion))
+    spreads: dict[int, dict | None] = {}  # per embedder: the runs of one bundle share it
     for name, embedder, views, view_fusion in runs:
         windows = collect_windows(([waves[c.path]] for c in split.calibration), embedder,
                                   a.window_seconds, a.hop_seconds, views=views)
@@ -219,10 +220,13 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
                                                                 cal.view_names))[0])
                              for w in _windows(waves[c.path], win, hop))
                          for c in split.test], np.float32)
-        normals = [c for c in split.calibration + split.test if not c.label.is_anomaly]
-        spread = (embedding_spread(np.stack([embedder.embed(waves[c.path]) for c in normals]),
-                                   [c.label.class_key(CLASS_LABELS) for c in normals])
-                  if len(normals) >= 2 else None)
+        if id(embedder) not in spreads:
+            normals = [c for c in split.calibration + split.test if not c.label.is_anomaly]
+            spreads[id(embedder)] = (
+                embedding_spread(np.stack([embedder.embed(waves[c.path]) for c in normals]),
+                                 [c.label.class_key(CLASS_LABELS) for c in normals])
+                if len(normals) >= 2 else None)
+        spread = spreads[id(embedder)]
         out[name] = {
             "test": test, "threshold": float(cal.decision_threshold),
             "calibration_scores": cal.normal_scores,
