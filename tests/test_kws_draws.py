@@ -89,3 +89,6 @@ def test_evaluate_kws_seeds_cli(data_dir, kws_model, tmp_path, capsys):
     assert main(["evaluate-kws", "--data", str(data_dir), "--seeds", "3,x",
                  "--out", str(out)]) == 2
     assert "--seeds" in capsys.readouterr().err
+    assert main(["evaluate-kws", "--data", str(data_dir), "--protocol", "events",
+                 "--seeds", "3,4", "--out", str(out)]) == 2
+    assert "--seeds pools draws of the wakeword protocol" in capsys.readouterr().err

@@ -258,7 +258,11 @@ def run_wakeword_cli(args, data: Path) -> int:
     if getattr(args, "seeds", None):
         seeds = _seeds(args.seeds)
         out = Path(args.out)
-        reps = [_wakeword_draw(args, data, s, out / f"seed_{s}") for s in seeds]
+        reps = []
+        for i, s in enumerate(seeds, 1):
+            if not args.quiet:
+                print(f"draw {i} of {len(seeds)}: seed {s}", file=sys.stderr)
+            reps.append(_wakeword_draw(args, data, s, out / f"seed_{s}"))
         pooled = pool_wakeword_reports(reps)
         pooled["runtime_s"] = round(sum(r["runtime_s"] for r in reps), 1)
         paths = write_pooled_report(pooled, out)
@@ -291,6 +295,9 @@ def run_cli(args) -> int:
     data = Path(args.data) if args.data else _default_data_dir()
     if args.protocol == "wakeword":
         return run_wakeword_cli(args, data)
+    if getattr(args, "seeds", None):
+        raise ValueError("--seeds pools draws of the wakeword protocol; with --protocol events "
+                         "give one --seed")
     cfg = EvalConfig(keywords=_split(args.keywords, DEFAULT_KEYWORDS),
                      shots=args.shots, snr_db=args.snr_db, minutes_per_split=args.minutes_per_split,
                      stream_seconds=args.stream_seconds, collar=args.collar,
