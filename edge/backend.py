@@ -124,13 +124,26 @@ def min_euclidean_distance(vectors: np.ndarray, memory: np.ndarray) -> np.ndarra
     return euclidean_distances(vectors, memory).min(axis=1).astype(np.float32)
 
 
+#: Bytes of the (rows, m, D) difference array :func:`euclidean_distances` holds at once.
+PAIRWISE_CHUNK_BYTES = 8 << 20
+
+
 def euclidean_distances(vectors: np.ndarray, memory: np.ndarray) -> np.ndarray:
     """Every pairwise Euclidean distance, shape (n, m), float64 (NumPy only: scipy is not
     installed on a node); :func:`min_euclidean_distance` and the calibration's held-out
-    distances take their minima."""
+    distances take their minima.
+
+    The differences are taken a block of rows at a time (at most
+    :data:`PAIRWISE_CHUNK_BYTES` of them), so an hour of calibration windows against
+    itself needs a few MB, not an (n, n, D) array; every value is the same as in one go.
+    """
     x = np.atleast_2d(np.asarray(vectors, np.float64))
     m = np.asarray(memory, np.float64)
-    return np.sqrt(((x[:, None, :] - m[None, :, :]) ** 2).sum(axis=2))
+    out = np.empty((len(x), len(m)), np.float64)
+    rows = max(1, PAIRWISE_CHUNK_BYTES // max(8 * m.size, 1))
+    for a in range(0, len(x), rows):
+        out[a:a + rows] = np.sqrt(((x[a:a + rows, None, :] - m[None, :, :]) ** 2).sum(axis=2))
+    return out
 
 
 def view_distance(name: str, vectors: np.ndarray, memory: np.ndarray,

@@ -165,3 +165,17 @@ def test_view_distance_uses_each_views_metric():
     unit = normalize_members(row, 1)
     cos = view_distance("stft_statistics", quieter, unit)[0]
     assert cos == pytest.approx(min_cosine_distance(quieter, row)[0], abs=1e-6) and cos < 0.01
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 100, 8 << 20])
+def test_pairwise_distances_in_blocks_are_the_whole_computation(monkeypatch, chunk_bytes):
+    """An hour of calibration windows against itself is computed a block of rows at a time;
+    any block size gives exactly the one-go values, for every row."""
+    import edge.backend as backend
+
+    rng = np.random.default_rng(0)
+    x, memory = rng.normal(size=(37, 2)) * 10, rng.normal(size=(23, 2)) * 10
+    monkeypatch.setattr(backend, "PAIRWISE_CHUNK_BYTES", chunk_bytes)
+    want = np.sqrt(((x[:, None, :] - memory[None, :, :]) ** 2).sum(axis=2))
+    assert np.array_equal(backend.euclidean_distances(x, memory), want)
+    assert backend.euclidean_distances(x[:0], memory).shape == (0, 23)
