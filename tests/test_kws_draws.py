@@ -92,3 +92,8 @@ def test_evaluate_kws_seeds_cli(data_dir, kws_model, tmp_path, capsys):
     assert main(["evaluate-kws", "--data", str(data_dir), "--protocol", "events",
                  "--seeds", "3,4", "--out", str(out)]) == 2
     assert "--seeds pools draws of the wakeword protocol" in capsys.readouterr().err
+
+
+def test_a_rate_needs_hours():
+    with pytest.raises(ValueError, match="hours"):
+        poisson_rate_interval(3, 0.0)

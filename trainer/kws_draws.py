@@ -29,12 +29,23 @@ __all__ = ["pool_wakeword_reports", "write_pooled_report", "wilson_interval",
 
 #: Coverage of the intervals.
 CONFIDENCE = 0.95
-#: The node's thresholds the reports carry: report key -> what the table calls it.
-NODE_THRESHOLDS = {"node_threshold": "node table", "node_threshold_site": "site fit"}
+#: The node's thresholds a report may carry: the bundle's table, and the site fit.
+NODE_THRESHOLDS = ("node_threshold", "node_threshold_site")
 
 
 def wilson_interval(k: int, n: int) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion ``k / n`` (``(nan, nan)`` for ``n == 0``)."""
+    """Wilson score interval of a proportion (Wilson 1927), at :data:`CONFIDENCE`.
+
+    Parameters
+    ----------
+    k, n : int
+        Events (misses) and trials (keyword utterances).
+
+    Returns
+    -------
+    (float, float)
+        Lower and upper bound in [0, 1]; ``(nan, nan)`` for ``n == 0``.
+    """
     if n <= 0:
         return float("nan"), float("nan")
     ci = binomtest(int(k), int(n)).proportion_ci(CONFIDENCE, method="wilson")
@@ -42,7 +53,27 @@ def wilson_interval(k: int, n: int) -> tuple[float, float]:
 
 
 def poisson_rate_interval(count: int, hours: float) -> tuple[float, float]:
-    """95 % exact (Garwood) interval of an event rate per hour from ``count`` in ``hours``."""
+    """Exact (Garwood 1936) interval of a Poisson rate, at :data:`CONFIDENCE`.
+
+    Parameters
+    ----------
+    count : int
+        Events seen (false alarms).
+    hours : float
+        Audio they were counted in, hours.
+
+    Returns
+    -------
+    (float, float)
+        Lower and upper bound, events per hour (the lower one 0 for no event).
+
+    Raises
+    ------
+    ValueError
+        ``hours`` not positive.
+    """
+    if not hours > 0:
+        raise ValueError(f"hours must be positive, got {hours!r}")
     a = 1.0 - CONFIDENCE
     low = 0.0 if count == 0 else chi2.ppf(a / 2, 2 * count) / 2
     high = chi2.ppf(1 - a / 2, 2 * count + 2) / 2
@@ -72,7 +103,8 @@ def _finish(acc: dict) -> dict:
            "per_draw": [acc["per_draw"][d] for d in sorted(acc["per_draw"])]}
     if n:
         lo, hi = wilson_interval(acc["misses"], n)
-        out.update(miss_rate=round(acc["misses"] / n, 4), miss_rate_ci=[round(lo, 4), round(hi, 4)])
+        out.update(miss_rate=round(acc["misses"] / n, 4),
+                   miss_rate_ci=[round(lo, 4), round(hi, 4)])
     if acc["hours"] > 0:
         lo, hi = poisson_rate_interval(acc["false_alarms"], acc["hours"])
         out.update(fa_per_hour=round(acc["false_alarms"] / acc["hours"], 3),
@@ -150,8 +182,9 @@ def _cell(p: dict | None, what: str) -> str:
         return (f"{p['misses']}/{p['n_ref']} ({100 * p['miss_rate']:.1f} %, "
                 f"{100 * lo:.1f}-{100 * hi:.1f}; {draws}{gap})")
     lo, hi = p["fa_per_hour_ci"]
+    found = 100 * p["hits"] / p["n_ref"]
     return (f"{p['false_alarms']} in {p['hours']:.1f} h ({p['fa_per_hour']:.2f}/h, "
-            f"{lo:.2f}-{hi:.2f}; {draws}) / {p['hits']} found ({100 * p['hits'] / p['n_ref']:.0f} %)")
+            f"{lo:.2f}-{hi:.2f}; {draws}) / {p['hits']} found ({found:.0f} %)")
 
 
 def _markdown(pooled: dict[str, Any]) -> str:
