@@ -55,7 +55,7 @@ class MqttCollector:
     """Subscribe to a topic filter and record every message, as a context manager.
 
     Uses a paho-mqtt 2.x client (``CallbackAPIVersion.VERSION2``, MQTT
-    3.1.1, clean session) with its network loop in a background thread.  The
+    3.1.1, clean session unless asked) with its network loop in a background thread.  The
     subscription is (re)made in ``on_connect``, so it survives a broker
     restart; :meth:`__enter__` / :meth:`start` returns only after the first
     SUBACK, so anything published afterwards is seen.
@@ -72,6 +72,10 @@ class MqttCollector:
         MQTT client id; a unique one when omitted.
     timeout : float, default 10.0
         Seconds to wait for CONNACK + SUBACK in :meth:`start`.
+    clean_session : bool, default True
+        False: a persistent session. With a broker that keeps persistence, a message the
+        broker acknowledged but had not yet delivered to this collector when it stopped
+        arrives after the restart instead of being lost with the broker's memory.
 
     Attributes
     ----------
@@ -87,7 +91,8 @@ class MqttCollector:
     """
 
     def __init__(self, host: str, port: int, topic_filter: str = "#",
-                 client_id: str | None = None, timeout: float = 10.0) -> None:
+                 client_id: str | None = None, timeout: float = 10.0,
+                 clean_session: bool = True) -> None:
         self.host = host
         self.port = int(port)
         self.topic_filter = topic_filter
@@ -101,7 +106,7 @@ class MqttCollector:
         self.client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id or f"hark-collector-{os.getpid()}-{id(self):x}",
-            protocol=mqtt.MQTTv311, clean_session=True)
+            protocol=mqtt.MQTTv311, clean_session=clean_session)
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

@@ -44,8 +44,15 @@ def _assert_complete_in_order(events: list[dict], expected: list[int]) -> int:
 
 def test_broker_restart_mid_stream_loses_nothing(tmp_path, calibration_file):
     """The broker goes down for ~8 s while the node streams in real time: every window's
-    event arrives, in order, those made during the outage after it."""
-    with MosquittoBroker() as broker, MqttCollector(broker.host, broker.port, "hark/#") as col:
+    event arrives, in order, those made during the outage after it.
+
+    The broker keeps persistence and the collector a persistent session, as in production:
+    an event the broker acknowledged just before it stopped (so the node deleted it from its
+    spool) but had not yet passed on reaches the collector after the restart. Without them,
+    that event would be lost in the broker, not in the node (it happened once in a fresh
+    clone on 2026-12-01: seq 4 of 21 missing)."""
+    with MosquittoBroker(listener_config=["allow_anonymous true", "persistence true"]) as broker, \
+            MqttCollector(broker.host, broker.port, "hark/#", clean_session=False) as col:
         cfg = update_config(node_config(tmp_path, broker.port, calibration_file, hop_seconds=0.5),
                    audio={"realtime": True})
         node = NodeProcess(cfg, args=["--replay", *map(str, NORMAL)])  # 20 s of real fan

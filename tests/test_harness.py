@@ -175,6 +175,28 @@ def test_broker_roundtrip_and_restart():
 
 
 @needs_mqtt
+def test_persistent_session_keeps_what_the_broker_acknowledged_across_a_restart():
+    """A message the broker acknowledged but had not yet delivered when it stopped reaches
+    a persistent-session collector after the restart, with broker persistence on (what
+    tests/test_field.py's broker outage relies on)."""
+    with MosquittoBroker(listener_config=["allow_anonymous true", "persistence true"]) as broker:
+        _STARTED_PIDS.add(broker.proc.pid)
+        col = MqttCollector(broker.host, broker.port, "hark/#", client_id="hark-persist",
+                            clean_session=False).start()
+        try:
+            col.stop()  # offline: the broker queues for the session
+            mqtt_publish(broker.host, broker.port, "hark/node1/event/anomaly", b"acked", qos=1)
+            broker.stop()
+            broker.start()
+            _STARTED_PIDS.add(broker.proc.pid)
+            col.start()
+            msgs = col.wait_for(lambda m: m.payload == b"acked", timeout=10)
+            assert msgs[0].topic == "hark/node1/event/anomaly"
+        finally:
+            col.stop()
+
+
+@needs_mqtt
 def test_retained_message_seen_by_late_subscriber():
     with MosquittoBroker() as broker:
         _STARTED_PIDS.add(broker.proc.pid)
