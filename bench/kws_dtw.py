@@ -25,25 +25,28 @@ import numpy as np
 from bench.common import pin_to_one_cpu
 from edge.dtw import (StreamingSubsequenceDTW, cosine_cost_columns, cosine_cost_matrix,
                       subsequence_dtw)
-from edge.kws import KeywordSpotter, Template
+from edge.kws import KeywordSpotter, Template, onset_frame_weights
 from edge.model import load_bundle
 
 __all__ = ["kws_frame_geometry", "measure_kws_dtw"]
 
 
 def kws_frame_geometry(model) -> dict[str, Any]:
-    """Frame hop (``frame_seconds``), embedding dimension (``dim``) and ``shot_fusion`` of a
-    keyword bundle, as the node loads it (:func:`edge.model.load_bundle`): the keyword
-    arguments of :func:`measure_kws_dtw` that follow from the bundle."""
+    """Frame hop (``frame_seconds``), embedding dimension (``dim``), ``shot_fusion`` and
+    ``onset_weighting`` of a keyword bundle, as the node loads it
+    (:func:`edge.model.load_bundle`): the keyword arguments of :func:`measure_kws_dtw` that
+    follow from the bundle."""
     embedder = load_bundle(model, "kws", 1)
     return {"frame_seconds": float(embedder.frame_seconds), "dim": int(embedder.embedding_dim),
-            "shot_fusion": int(embedder.shot_fusion)}
+            "shot_fusion": int(embedder.shot_fusion),
+            "onset_weighting": list(embedder.onset_weighting)}
 
 
 def _kws_scene(keywords: int, shots: int, frames: int, dim: int, lengths: tuple[int, int],
-               seed: int):
+               seed: int, onset_weighting=(1.0, 0, 0.0)):
     """Templates (``lengths`` frames, both included; a keyword's shots are noisy copies of
-    one random sequence, so that they match each other as real shots do), a random
+    one random sequence, so that they match each other as real shots do; every template
+    weighted by ``onset_weighting``, as if each shot held a pause before its word), a random
     unit-vector stream, one noisy shot per keyword inserted at known, non-overlapping
     places; returns (templates, stream, thresholds, inserted)."""
     rng = np.random.default_rng(seed)
@@ -55,7 +58,8 @@ def _kws_scene(keywords: int, shots: int, frames: int, dim: int, lengths: tuple[
     templates = []
     for k in range(keywords):
         base = rng.standard_normal((int(rng.integers(lo, hi + 1)), dim))
-        templates += [Template(f"kw{k:02d}", unit(base + 0.3 * rng.standard_normal(base.shape)))
+        templates += [Template(f"kw{k:02d}", unit(base + 0.3 * rng.standard_normal(base.shape)),
+                               frame_weights=onset_frame_weights(len(base), onset_weighting))
                       for _ in range(shots)]
     stream = unit(rng.standard_normal((frames, dim)))
     slot = frames // keywords
@@ -75,7 +79,8 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
                     frame_seconds: float = 0.08, dim: int = 96,
                     shot_seconds: tuple[float, float] = (0.48, 0.96), chunk: int = 4,
                     repeats: int = 5, batch_repeats: int = 3, seed: int = 0,
-                    cpu: int | None = None, shot_fusion: int = 1) -> dict[str, Any]:
+                    cpu: int | None = None, shot_fusion: int = 1,
+                    onset_weighting=(1.0, 0, 0.0)) -> dict[str, Any]:
     """Speed of the keyword-spotting DTW backend on one pinned core.
 
     The process is pinned to one CPU for the measurement (previous affinity restored), BLAS
@@ -102,6 +107,9 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
         CPU to pin to; default the lowest allowed one.
     shot_fusion : int
         The spotter's shot fusion (:func:`edge.kws.fuse_shot_costs`), as the bundle sets it.
+    onset_weighting : (float, int, float)
+        The templates' frame weighting (:func:`edge.kws.onset_frame_weights`), as the bundle
+        sets it.
 
     Returns
     -------
@@ -115,7 +123,7 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
     audio_s = frames * frame_seconds
     span = tuple(max(1, int(round(x / frame_seconds))) for x in shot_seconds)
     templates, stream, thresholds, inserted = _kws_scene(keywords, shots, frames, dim, span,
-                                                         seed)
+                                                         seed, onset_weighting)
     lengths = [t.n_frames for t in templates]
     q = np.concatenate([t.features for t in templates])  # unit rows already
 
@@ -159,7 +167,7 @@ def measure_kws_dtw(keywords: int = 20, shots: int = 5, seconds: float = 60.0,
             "template_frames_min_max": [int(min(lengths)), int(max(lengths))], "dim": dim,
             "frames": frames, "frame_seconds": frame_seconds, "audio_seconds": audio_s,
             "chunk_frames": chunk, "repeats": repeats, "batch_repeats": batch_repeats,
-            "shot_fusion": shot_fusion}
+            "shot_fusion": shot_fusion, "onset_weighting": list(onset_weighting)}
         res["spotter"] = speed(*median_of(spot, repeats))
         hits = sum(any(d.keyword == kw and abs(d.onset_frame - on) <= 2
                        and abs(d.offset_frame - off) <= 2 for d in found)

@@ -10,7 +10,8 @@ shot is rejected with a clear message when it is empty, silent, clipped, too sho
 long; nothing is stored unless every shot passes. Each accepted shot is embedded with the
 KWS model *as recorded* (the embedder sees the sound around the word, as it will in a
 stream) and the frames of its speech are kept as its own template (:func:`shot_template`;
-thesis 6.3.6: DBA averaging was worse).
+thesis 6.3.6: DBA averaging was worse), its first frames weighted up where the bundle says so
+and the shot holds a pause before the word (:func:`shot_frame_weights`).
 
 Per-keyword decision thresholds, and the per-template cost normalisation they are in,
 come from negative audio: :mod:`calibration.keyword_thresholds`.
@@ -24,6 +25,7 @@ import numpy as np
 from calibration.keyword_thresholds import (DEFAULT_FALLBACK_THRESHOLD, keyword_threshold,
                                            negative_frames)
 from edge.keywords import EnrolledKeywords, EnrollmentError
+from edge.kws import onset_frame_weights
 from edge.levels import clipped_fraction, peak_dbfs
 from edge.vad import SpeechInterval, shot_interval
 from firmware_config.errors import HarkError
@@ -31,7 +33,7 @@ from firmware_config.errors import HarkError
 log = logging.getLogger(__name__)
 
 __all__ = ["ShotError", "SHOT_SOURCES", "prepare_shot", "locate_shot", "shot_template",
-           "enroll_keyword", "update_thresholds"]
+           "shot_frame_weights", "enroll_keyword", "update_thresholds"]
 
 CLIPPED_FRACTION = 0.001
 SILENT_DBFS = -45.0
@@ -84,6 +86,37 @@ def shot_template(embedder, y: np.ndarray, interval: SpeechInterval) -> np.ndarr
     k0 = max(int(np.ceil(interval.start_s / fs - 0.5)), 0)
     k1 = min(int(np.floor(interval.end_s / fs + 0.5)) + 1, len(frames))
     return np.ascontiguousarray(frames[k0:max(k1, k0 + 1)], np.float32)
+
+
+def shot_frame_weights(embedder, n_frames: int, interval: SpeechInterval) -> np.ndarray | None:
+    """The frame weights of one shot's template: the bundle's onset weighting
+    (:func:`edge.kws.onset_frame_weights`) when the recording holds a pause before the word.
+
+    The weighting makes a match need the template's first frames, which hear the sound
+    before the word. A shot cut tight around its speech (a 1 s Speech Commands clip, a file
+    trimmed by hand) has no such sound: its first frames hear the digital silence the
+    embedder pads a recording with, which no stream holds, and weighting them up would
+    make the keyword harder to find. Such a shot keeps its frames unweighted.
+
+    Parameters
+    ----------
+    embedder : edge.model.KwsEmbedder or edge.speech_embedding.SpeechEmbedder
+        Its ``onset_weighting`` ``(w, k, lead_in_s)``.
+    n_frames : int
+        The template's length (:func:`shot_template`).
+    interval : edge.vad.SpeechInterval
+        The shot's speech in its recording (:func:`locate_shot`).
+
+    Returns
+    -------
+    np.ndarray, shape (n_frames,), float64, or None
+        None (every frame alike) when the speech starts less than ``lead_in_s`` seconds
+        into the recording or the bundle does not weight.
+    """
+    onset = tuple(embedder.onset_weighting)
+    if interval.start_s < onset[2]:
+        return None
+    return onset_frame_weights(n_frames, onset)
 
 
 def locate_shot(y: np.ndarray, sample_rate: int, *, min_seconds: float, max_seconds: float,
@@ -211,8 +244,16 @@ def enroll_keyword(embedder, keyword: str, shot_waves, *, existing: EnrolledKeyw
     if existing is not None:
         enrolled.templates = {k: v for k, v in existing.templates.items() if k != keyword}
         enrolled.details = {k: v for k, v in existing.details.items() if k != keyword}
+        enrolled.frame_weights = {k: v for k, v in existing.frame_weights.items()
+                                  if k != keyword}
+        enrolled.onset_weighting = existing.onset_weighting
     enrolled.templates[keyword] = [shot_template(embedder, y, iv)
                                    for y, iv in zip(waves, intervals)]
+    weights = [shot_frame_weights(embedder, len(t), iv)
+               for t, iv in zip(enrolled.templates[keyword], intervals)]
+    if any(w is not None for w in weights):
+        enrolled.frame_weights[keyword] = weights
+    enrolled.onset_weighting = tuple(embedder.onset_weighting)
     enrolled.details[keyword] = {"shots": len(trimmed),
                                  "shot_seconds": [round(len(y) / sr, 3) for y in trimmed],
                                  "_waves": trimmed}
@@ -240,7 +281,8 @@ def update_thresholds(embedder, enrolled: EnrolledKeywords, *, negatives=(), bac
         The model the keywords were enrolled with.
     enrolled : EnrolledKeywords
         Updated in place (``thresholds``, ``cost_norms``, ``details``, and ``shot_fusion``:
-        the embedder's).
+        the embedder's). The templates keep the frame weights they were enrolled with
+        (``frame_weights``).
     negatives : list of np.ndarray
         Extra negative recordings, 16 kHz.
     background : list of np.ndarray
@@ -273,7 +315,8 @@ def update_thresholds(embedder, enrolled: EnrolledKeywords, *, negatives=(), bac
                 negs += d["_waves"]
         thr, source, n_events, hours, norms = keyword_threshold(
             embedder, k, enrolled.templates[k], negs,
-            false_alarms_per_hour=false_alarms_per_hour, fallback=fallback, background=bg)
+            false_alarms_per_hour=false_alarms_per_hour, fallback=fallback, background=bg,
+            frame_weights=enrolled.frame_weights.get(k))
         enrolled.thresholds[k] = thr
         if norms is None:
             enrolled.cost_norms.pop(k, None)

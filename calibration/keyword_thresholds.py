@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.audio import load_audio
-from edge.kws import Template, fuse_shot_costs, matching_costs
+from edge.kws import fuse_shot_costs, make_templates, matching_costs
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def template_cost_norms(matching_cost: np.ndarray, templates: list) -> list[list
 
 
 def trace_event_costs(frames: np.ndarray, templates: list, norms=None,
-                      shot_fusion: int = 1) -> np.ndarray:
+                      shot_fusion: int = 1, frame_weights=None) -> np.ndarray:
     """Costs of the spotter's potential events in a stream of frame embeddings.
 
     :func:`event_costs` of the templates' matching costs over ``frames``.
@@ -197,13 +197,15 @@ def trace_event_costs(frames: np.ndarray, templates: list, norms=None,
         those units.
     shot_fusion : int
         As the spotter fuses the shots' costs (:func:`edge.kws.fuse_shot_costs`).
+    frame_weights : list of (np.ndarray, shape (M,), or None), optional
+        Per template, as the spotter weights its frames (:class:`edge.kws.Template`).
 
     Returns
     -------
     np.ndarray, shape (n_events,), float64
         In increasing order.
     """
-    mc, _ = matching_costs(frames, [Template("k", t) for t in templates])
+    mc, _ = matching_costs(frames, make_templates("k", templates, frame_weights=frame_weights))
     return event_costs(mc, templates, norms, shot_fusion)
 
 
@@ -359,7 +361,7 @@ def tail_fit_threshold(costs: np.ndarray, hours: float, false_alarms_per_hour: f
 
 
 def keyword_cost_norms(embedder, keyword: str, templates: list,
-                       extra_negatives=()) -> list[list[float]] | None:
+                       extra_negatives=(), frame_weights=None) -> list[list[float]] | None:
     """The per-template cost normalisation enrollment computes, whether or not the bundle has
     a threshold table yet (:func:`keyword_threshold` keeps it only with one, since its
     fallback thresholds are raw costs). ``calibrate-kws-thresholds`` needs it to build the
@@ -373,6 +375,8 @@ def keyword_cost_norms(embedder, keyword: str, templates: list,
     templates : list of np.ndarray, each (M, D)
     extra_negatives : list of np.ndarray
         More 16 kHz recordings without the keyword.
+    frame_weights : list of (np.ndarray, shape (M,), or None), optional
+        The templates' frame weights (:class:`edge.kws.Template`).
 
     Returns
     -------
@@ -382,11 +386,12 @@ def keyword_cost_norms(embedder, keyword: str, templates: list,
     """
     if not normalises_costs(embedder):
         return None
-    mc, _ = _negative_matching(embedder, keyword, templates, extra_negatives)
+    mc, _ = _negative_matching(embedder, keyword, templates, extra_negatives, frame_weights)
     return None if mc is None else template_cost_norms(mc, templates)
 
 
-def _negative_matching(embedder, keyword: str, templates: list, extra_negatives):
+def _negative_matching(embedder, keyword: str, templates: list, extra_negatives,
+                       frame_weights=None):
     """The templates' matching costs over the shipped negatives (without ``keyword``) and
     ``extra_negatives``, and those hours; ``(None, hours)`` without negative audio."""
     negs = shipped_negatives(exclude_word=keyword, sample_rate=embedder.frontend.sample_rate) + \
@@ -394,12 +399,14 @@ def _negative_matching(embedder, keyword: str, templates: list, extra_negatives)
     frames, hours = negative_frames(embedder, negs)
     if frames is None:
         return None, hours
-    return matching_costs(frames, [Template(keyword, t) for t in templates])[0], hours
+    return matching_costs(frames, make_templates(keyword, templates,
+                                                 frame_weights=frame_weights))[0], hours
 
 
 def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(), *,
                       false_alarms_per_hour: float = 1.0,
-                      fallback: float = DEFAULT_FALLBACK_THRESHOLD, background=None):
+                      fallback: float = DEFAULT_FALLBACK_THRESHOLD, background=None,
+                      frame_weights=None):
     """One keyword's decision threshold from negative audio (see the module docstring).
 
     Parameters
@@ -417,6 +424,9 @@ def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(
         The site's background recording as :func:`negative_frames` returns it (frame
         embeddings of shape (n_frames, D), hours). With at least :data:`SITE_FIT_MIN_HOURS`
         of it the threshold is fitted on its event costs (:func:`tail_fit_threshold`).
+    frame_weights : list of (np.ndarray, shape (M,), or None), optional
+        The templates' frame weights, as the spotter will use them
+        (:class:`edge.kws.Template`; enrollment's ``EnrolledKeywords.frame_weights``).
 
     Returns
     -------
@@ -436,9 +446,9 @@ def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(
         Per-template cost normalisation (:func:`template_cost_norms`) when the bundle
         normalises (:func:`normalises_costs`); the threshold is then in those units.
     """
-    query = [Template(keyword, t) for t in templates]
+    query = make_templates(keyword, templates, frame_weights=frame_weights)
     # one DTW pass over all templates for norms and events
-    mc, hours = _negative_matching(embedder, keyword, templates, extra_negatives)
+    mc, hours = _negative_matching(embedder, keyword, templates, extra_negatives, frame_weights)
     norms, costs = None, np.zeros(0)
     if mc is not None:
         if normalises_costs(embedder):

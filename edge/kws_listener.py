@@ -74,6 +74,11 @@ class KeywordListener:
                         "spotting as enrolled; enroll them again (or run `python -m calibration "
                         "background`) to use the model's", path, enrolled.shot_fusion,
                         self.embedder.shot_fusion)
+        if tuple(enrolled.onset_weighting) != tuple(self.embedder.onset_weighting):
+            log.warning("keywords in %s were enrolled with onset_weighting %s, the model uses "
+                        "%s: spotting as enrolled; enroll them again (or run `python -m "
+                        "calibration background`) to use the model's", path,
+                        list(enrolled.onset_weighting), list(self.embedder.onset_weighting))
         self.enrolled = enrolled
         self.stream = self.embedder.stream()
         self.spotter = self._spotter()
@@ -91,8 +96,9 @@ class KeywordListener:
 
     def _spotter(self) -> KeywordSpotter:
         """A spotter for the enrolled keywords that decides as the node does: once a run's
-        minimum is confirmed, after the embedder's ``confirm_frames``, with the shot fusion the
-        thresholds were set for (``enrolled.shot_fusion``)."""
+        minimum is confirmed, after the embedder's ``confirm_frames``, with the shot fusion and
+        onset weighting the thresholds were set for (``enrolled.shot_fusion``,
+        ``enrolled.onset_weighting``)."""
         return KeywordSpotter.from_enrolled(self.enrolled, self.embedder.frame_seconds,
                                             decision="confirmed",
                                             confirm_frames=self.embedder.confirm_frames)

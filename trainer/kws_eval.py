@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from calibration.keyword_thresholds import keyword_threshold
 from firmware_config.fileio import atomic_write_json
-from edge.kws import KeywordSpotter, Template
+from edge.kws import KeywordSpotter, make_templates
 from edge.model import load_bundle
 from trainer.kws_data import default_data_dir
 from trainer.kws_draws import pool_wakeword_reports, write_pooled_report
@@ -135,8 +135,8 @@ def node_threshold_check(run: KwsEvalRun, model_path: str | Path) -> dict[str, A
                                               fallback=res.threshold)
         thresholds[kw] = thr
         sources[kw] = source if source == "fa-rate" else "fallback (val-tuned global)"
-    tmpl = [Template(kw, t, *(norms[kw][i] if norms[kw] else (0.0, 1.0)))
-            for kw, ts in templates.items() for i, t in enumerate(ts)]
+    tmpl = [t for kw, ts in templates.items()
+            for t in make_templates(kw, ts, norms[kw])]
     dets = []
     for stream in run.test_streams:
         sp = KeywordSpotter(tmpl, thresholds, emb.frame_seconds, shot_fusion=emb.shot_fusion)

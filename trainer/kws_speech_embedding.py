@@ -39,14 +39,15 @@ from tqdm import tqdm
 
 from calibration.keyword_thresholds import TEMPLATE_ZNORM
 from edge.audio import load_audio
-from edge.keywords import check_shot_fusion
+from edge.keywords import check_onset_weighting, check_shot_fusion
 from edge.model import BUNDLE_SCHEMA, ModelError
 from edge.speech_embedding import REPRESENTATION, SpeechEmbedder, SpeechEmbeddingParams
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from trainer.kws_data import default_data_dir, list_words, load_background, speaker_split
 from trainer.kws_wakeword import WAKEWORD_KEYWORDS
 
-__all__ = ["WHEEL", "ORIGIN", "SHOT_FUSION", "fit_normalisation", "export_speech_embedding",
+__all__ = ["WHEEL", "ORIGIN", "SHOT_FUSION", "ONSET_WEIGHTING", "TRIED_ONSET_WEIGHTING",
+           "fit_normalisation", "export_speech_embedding",
            "derived_bundle_metadata"]
 
 #: Recordings :func:`fit_normalisation` embeds: train-split words, train-split noise files.
@@ -58,6 +59,17 @@ WHEEL = "wyoming-openwakeword"
 #: the wake-word evaluation two took the misses at 1 false alarm per hour from 264 to 224 of
 #: 1584 keywords (three draws) and from 230 to 169 of 1048 on two further draws.
 SHOT_FUSION = 2
+#: How much the templates' first frames count in the DTW (:func:`edge.kws.onset_frame_weights`)
+#: by default: not at all. :data:`TRIED_ONSET_WEIGHTING` took the misses at 1 false alarm per
+#: hour in hindsight from 236 to 181 of 2632 keywords on the five draws it was chosen on, and
+#: from 236 to 186 of 2142 on four draws used for no choice, but at the node's thresholds its
+#: decisions came 0.2-0.3 s later and the calibrated table let "alexa" raise up to 40 false
+#: alarms per hour (README, "The word onset counts more").
+ONSET_WEIGHTING = (1.0, 0, 0.0)
+#: The onset weighting evaluated: the first frame 3 times, falling to 1 over 3 frames
+#: (0.24 s), for shots whose recording holds at least 0.39 s (half an embedding window)
+#: before the word (:func:`calibration.enroll.shot_frame_weights`).
+TRIED_ONSET_WEIGHTING = (3.0, 3, 0.39)
 
 #: Where the models come from and under which terms (copied into the bundle metadata).
 ORIGIN: dict[str, Any] = {
@@ -127,7 +139,8 @@ def fit_normalisation(embedder: SpeechEmbedder, data_dir: str | Path, seed: int 
 
 def export_speech_embedding(out_dir: str | Path, name: str = "kws_speech",
                             data_dir: str | Path | None = None, seed: int = 0,
-                            progress: bool = False, shot_fusion: int = SHOT_FUSION) -> Path:
+                            progress: bool = False, shot_fusion: int = SHOT_FUSION,
+                            onset_weighting=ONSET_WEIGHTING) -> Path:
     """Write the speech_embedding bundle ``out_dir/name.{tflite,json}`` and its mel model.
 
     Parameters
@@ -143,6 +156,9 @@ def export_speech_embedding(out_dir: str | Path, name: str = "kws_speech",
     shot_fusion : int
         The bundle's ``shot_fusion`` (default :data:`SHOT_FUSION`; 1: every shot decides
         alone). A threshold table is kept only if it was calibrated with the same value.
+    onset_weighting : (float, int, float)
+        The bundle's ``onset_weighting`` (default :data:`ONSET_WEIGHTING`; ``(1.0, 0, 0.0)``:
+        every template frame counts alike); the same rule for a kept table.
 
     Returns
     -------
@@ -154,9 +170,11 @@ def export_speech_embedding(out_dir: str | Path, name: str = "kws_speech",
     edge.model.ModelError
         The wheel is not installed or lacks a model file.
     ValueError
-        ``shot_fusion`` is not an integer >= 1 (nothing is written).
+        ``shot_fusion`` is not an integer >= 1 or ``onset_weighting`` not a valid triple
+        (:func:`edge.keywords.check_onset_weighting`; nothing is written).
     """
     shot_fusion = check_shot_fusion(shot_fusion)
+    onset_weighting = list(check_onset_weighting(tuple(onset_weighting)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (mel_src, version), (emb_src, _) = _wheel_file("melspectrogram.tflite"), \
@@ -184,6 +202,7 @@ def export_speech_embedding(out_dir: str | Path, name: str = "kws_speech",
         # thresholds in per-template normalised units (calibration.keyword_thresholds.template_cost_norms)
         "cost_normalisation": TEMPLATE_ZNORM,
         "shot_fusion": int(shot_fusion),
+        "onset_weighting": onset_weighting,
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
     raw = SpeechEmbedder(emb_path, meta)
@@ -196,7 +215,8 @@ def export_speech_embedding(out_dir: str | Path, name: str = "kws_speech",
                 prev.get("frontend", {}).get("mel_sha256") == mel_sha and \
                 prev.get("normalisation") == meta["normalisation"] and \
                 prev.get("cost_normalisation") == meta["cost_normalisation"] and \
-                prev.get("shot_fusion", 1) == meta["shot_fusion"]:
+                prev.get("shot_fusion", 1) == meta["shot_fusion"] and \
+                prev.get("onset_weighting", [1.0, 0, 0.0]) == meta["onset_weighting"]:
             for key in ("threshold_calibration", "decision_threshold",
                         "decision_threshold_source"):
                 if key in prev:

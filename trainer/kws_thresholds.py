@@ -12,7 +12,10 @@ on synthetic keywords transfer worse to real ones). So the calibration learns, p
 for every keyword (:func:`calibration.keyword_thresholds.calibrated_threshold`):
 
 * calibration keywords: real held-out words (:data:`REAL_KEYWORDS`) and synthetic two-word
-  phrases, each spoken by 5 espeak-ng voices; never an evaluation keyword;
+  phrases, each spoken by 5 espeak-ng voices; never an evaluation keyword; for a bundle that
+  weights onsets (``onset_weighting``), every shot set in quiet room sound
+  (:func:`with_room_sound`), as a microphone enrollment records it, so that enrollment
+  weights its onset as it will a node's shots;
 * calibration negatives: ``hours`` of the val split (other words, synthetic speech, noise;
   disjoint from the evaluation's test split);
 * false alarms at a threshold: the keyword spotter's events, local minima of the
@@ -41,12 +44,13 @@ from calibration.keyword_thresholds import keyword_cost_norms, trace_event_costs
 from edge.audio import load_audio
 from edge.model import load_bundle
 from firmware_config.fileio import atomic_write_json
+from trainer.kws_data import load_background
 from trainer.kws_streams import SAMPLE_RATE, enrollment_shots
 from trainer.kws_tts import ESPEAK_VOICES, random_phrases, speak
 from trainer.kws_wakeword import WAKEWORD_KEYWORDS, WakewordConfig, negative_streams
 
-__all__ = ["RATES", "REAL_KEYWORDS", "PRETRAINED_REAL_KEYWORDS", "calibration_keywords",
-           "calibrate_thresholds",
+__all__ = ["RATES", "REAL_KEYWORDS", "PRETRAINED_REAL_KEYWORDS", "ROOM_SOUND_SECONDS",
+           "ROOM_SOUND_DBFS", "with_room_sound", "calibration_keywords", "calibrate_thresholds",
            "write_calibration"]
 
 #: False alarms per hour the table covers (a node's target is interpolated in log-rate).
@@ -62,18 +66,66 @@ PRETRAINED_REAL_KEYWORDS = ("stop", "left", "bed", "dog", "forward", "happy", "h
                             "wow", "right", "seven", "down")
 
 
+#: Room sound put before and after each calibration shot (seconds) and its RMS level (dBFS):
+#: the wake-word recordings hold 0.5-1.6 s before the word at a median of -73 dBFS
+#: (quartiles -84 and -61); Speech Commands clips, cut to about 1 s, hold 0.2-0.4 s.
+ROOM_SOUND_SECONDS, ROOM_SOUND_DBFS = 0.6, -70.0
+
+
+def with_room_sound(y: np.ndarray, background: np.ndarray, rng: np.random.Generator,
+                    seconds: float = ROOM_SOUND_SECONDS,
+                    level_dbfs: float = ROOM_SOUND_DBFS) -> np.ndarray:
+    """A shot as a microphone records it: ``seconds`` of quiet background before and after.
+
+    Enrollment weights the onset of a template only when the shot holds a pause before the
+    word (:func:`calibration.enroll.shot_frame_weights`); the calibration words' clips are
+    cut too tight for that, so without this the table would be calibrated on templates the
+    node does not spot with.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n,), float32
+        The recorded shot, 16 kHz.
+    background : np.ndarray, shape (m,), float32
+        Background sound to cut from (``m >= 2 * seconds`` at 16 kHz).
+    rng : np.random.Generator
+        Where in ``background`` each side is cut.
+    seconds, level_dbfs : float
+        Length of each side and its RMS level.
+
+    Returns
+    -------
+    np.ndarray, shape (n + 2 * seconds * 16000,), float32
+    """
+    n = int(round(seconds * SAMPLE_RATE))
+    sides = []
+    for _ in range(2):
+        a = int(rng.integers(0, len(background) - n + 1))
+        x = background[a:a + n].astype(np.float64)
+        x *= 10 ** (level_dbfs / 20) / max(float(np.sqrt(np.mean(x ** 2))), 1e-12)
+        sides.append(x.astype(np.float32))
+    return np.concatenate([sides[0], np.asarray(y, np.float32), sides[1]])
+
+
 def calibration_keywords(data_dir: Path, n_synthetic: int, shots: int = 5, seed: int = 0,
-                         real_keywords: tuple[str, ...] = REAL_KEYWORDS
-                         ) -> dict[str, list[np.ndarray]]:
+                         real_keywords: tuple[str, ...] = REAL_KEYWORDS,
+                         room_sound: bool = False) -> dict[str, list[np.ndarray]]:
     """Shots of the calibration keywords: ``real_keywords`` (train-split recordings, whole
     files) and ``n_synthetic`` random two-word phrases, each spoken by ``shots`` espeak-ng
-    voices (never containing an evaluation keyword)."""
-    out = {kw: [load_audio(sh.path, SAMPLE_RATE) for sh in v]
+    voices (never containing an evaluation keyword); with ``room_sound`` each set in
+    train-split room sound (:func:`with_room_sound`)."""
+    rng = np.random.default_rng(seed)
+    room = np.concatenate(load_background(data_dir, "train")) if room_sound else None
+
+    def shot(y):
+        return y if room is None else with_room_sound(y, room, rng)
+
+    out = {kw: [shot(load_audio(sh.path, SAMPLE_RATE)) for sh in v]
            for kw, v in enrollment_shots(data_dir, real_keywords, shots, seed).items()}
     for i, text in enumerate(random_phrases(n_synthetic, seed=seed,
                                             exclude=(*WAKEWORD_KEYWORDS, *real_keywords))):
         voices = [ESPEAK_VOICES[(i + j) % len(ESPEAK_VOICES)] for j in range(shots)]
-        out[f"tts:{text}"] = [c.audio for c in speak(text, voices, seed=seed + i)]
+        out[f"tts:{text}"] = [shot(c.audio) for c in speak(text, voices, seed=seed + i)]
     return out
 
 
@@ -112,7 +164,8 @@ def calibrate_thresholds(model_path: str | Path, data_dir: str | Path, *, hours:
     bad = sorted(set(real_keywords) & set(WAKEWORD_KEYWORDS))
     if bad:
         raise ValueError(f"evaluation keywords cannot calibrate thresholds: {bad}")
-    shots = calibration_keywords(data_dir, n_synthetic, seed=seed, real_keywords=real_keywords)
+    shots = calibration_keywords(data_dir, n_synthetic, seed=seed, real_keywords=real_keywords,
+                                 room_sound=bundle.onset_weighting[0] > 1)
     words = [w for kw in shots for w in kw.removeprefix("tts:").split()]
     cfg = WakewordConfig(seed=seed + 17, stream_seconds=60.0)  # the shipped tables: 60 s streams
     neg = negative_streams(data_dir, cfg, split="val", hours=hours, exclude=words,
@@ -130,9 +183,11 @@ def calibrate_thresholds(model_path: str | Path, data_dir: str | Path, *, hours:
             continue
         templates = e.templates[kw]
         norms = e.cost_norms.get(kw)  # thresholds in the units the node compares
+        weights = e.frame_weights.get(kw)
         if norms is None:  # a new bundle without a table yet: its first table, same units
-            norms = keyword_cost_norms(bundle, kw, templates)
-        costs = np.sort(np.concatenate([trace_event_costs(f, templates, norms, bundle.shot_fusion)
+            norms = keyword_cost_norms(bundle, kw, templates, frame_weights=weights)
+        costs = np.sort(np.concatenate([trace_event_costs(f, templates, norms, bundle.shot_fusion,
+                                                          weights)
                                         for f in frames]))
         thr = {}
         for rate in RATES:

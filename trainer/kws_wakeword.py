@@ -225,7 +225,8 @@ class _Ours:
             if bg is not None:  # what enrollment with the site recording sets (embedded once)
                 thr, source, *_ = keyword_threshold(
                     self.bundle, kw, e.templates[kw], false_alarms_per_hour=self.fa_per_hour,
-                    fallback=float(e.thresholds[kw]), background=bg)
+                    fallback=float(e.thresholds[kw]), background=bg,
+                    frame_weights=e.frame_weights.get(kw))
                 self.site_thresholds[kw] = (thr, source)
 
     def select(self, keyword: str) -> None:
