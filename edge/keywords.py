@@ -29,7 +29,7 @@ from firmware_config.fileio import atomic_write_bytes, is_npz_file
 from firmware_config.errors import HarkError
 
 __all__ = ["KEYWORDS_SCHEMA", "NO_ONSET_WEIGHTING", "EnrollmentError", "EnrolledKeywords",
-           "check_shot_fusion", "check_onset_weighting"]
+           "check_shot_fusion", "check_onset_weighting", "check_frame_weights"]
 
 KEYWORDS_SCHEMA = 1
 #: ``onset_weighting`` that weights every template frame alike (:func:`edge.kws.onset_frame_weights`).
@@ -75,6 +75,27 @@ def check_onset_weighting(value) -> tuple[float, int, float]:
         raise ValueError(f"onset_weighting must be [w, k, lead_in_s] with a number w >= 1, an "
                          f"integer k >= 0 and seconds lead_in_s >= 0, got {value!r}")
     return float(value[0]), int(value[1]), float(value[2])
+
+
+def check_frame_weights(value, n_frames: int) -> np.ndarray:
+    """``value`` as a template's frame weights (:class:`edge.kws.Template`): ``n_frames``
+    finite numbers > 0.
+
+    Returns
+    -------
+    np.ndarray, shape (n_frames,), float64, C-contiguous
+
+    Raises
+    ------
+    ValueError
+        Another shape, or a value that is not finite and positive (callers name the
+        template or file).
+    """
+    w = np.ascontiguousarray(value, np.float64)
+    if w.shape != (n_frames,) or not np.all(np.isfinite(w)) or not np.all(w > 0):
+        raise ValueError(f"frame_weights must be {n_frames} finite numbers > 0 (one per "
+                         f"frame), got {np.asarray(value).tolist()!r}")
+    return w
 
 
 class EnrollmentError(HarkError, RuntimeError):
@@ -213,11 +234,12 @@ class EnrolledKeywords:
         except ValueError as exc:
             raise EnrollmentError(f"{path}: {exc}; enroll the keywords again") from None
         for k, ws in weights.items():
-            for t, w in zip(templates[k], ws):
-                if w is not None and (w.shape != (len(t),) or not np.all(np.isfinite(w))
-                                      or not np.all(w > 0)):
-                    raise EnrollmentError(f"{path}: frame weights of {k!r} are not one positive "
-                                          "number per template frame; enroll it again")
+            try:
+                ws[:] = [w if w is None else check_frame_weights(w, len(t))
+                         for t, w in zip(templates[k], ws)]
+            except ValueError as exc:
+                raise EnrollmentError(f"{path}: frame weights of {k!r}: {exc}; enroll it "
+                                      "again") from None
         weights = {k: ws for k, ws in weights.items() if any(w is not None for w in ws)}
         return cls(meta["model_id"], int(meta["segment_hop"]), templates,
                    {k: float(v) for k, v in meta["thresholds"].items()}, meta.get("details", {}),

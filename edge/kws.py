@@ -70,7 +70,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from edge.dtw import StreamingSubsequenceDTW, cosine_cost_columns
-from edge.keywords import EnrolledKeywords, check_onset_weighting, check_shot_fusion
+from edge.keywords import (EnrolledKeywords, check_frame_weights, check_onset_weighting,
+                           check_shot_fusion)
 from edge.kws_runs import (RawDetection, RunTracker, groups_of_equal_size, overlap_groups,
                             resolve_overlaps)
 
@@ -146,12 +147,11 @@ class Template:
         object.__setattr__(self, "cost_mean", mean)
         object.__setattr__(self, "cost_std", std)
         if self.frame_weights is not None:
-            w = np.asarray(self.frame_weights, np.float64)
-            if w.shape != (f.shape[0],) or not np.all(np.isfinite(w)) or not np.all(w > 0):
-                raise ValueError(f"template {self.keyword!r}: frame_weights must be {f.shape[0]} "
-                                 f"finite numbers > 0 (one per frame), got "
-                                 f"{np.asarray(self.frame_weights).tolist()!r}")
-            object.__setattr__(self, "frame_weights", np.ascontiguousarray(w))
+            try:
+                w = check_frame_weights(self.frame_weights, f.shape[0])
+            except ValueError as exc:
+                raise ValueError(f"template {self.keyword!r}: {exc}") from None
+            object.__setattr__(self, "frame_weights", w)
 
     @property
     def n_frames(self) -> int:
