@@ -313,8 +313,8 @@ def cmd_background(args) -> int:
     hours = len(audio) / sr / 3600.0
     if hours < SITE_FIT_MIN_HOURS:
         print(f"warning: {60 * hours:.1f} min of background; thresholds are fitted on it from "
-              f"{60 * SITE_FIT_MIN_HOURS:g} min on (until then the model's calibrated table "
-              "sets them)", file=sys.stderr)
+              f"{60 * SITE_FIT_MIN_HOURS:g} min on (until then the model sets them: fitted "
+              "on its generic negatives, or its calibrated table)", file=sys.stderr)
     out = Path(args.out) if args.out else background_path(cfg)
     buf = io.BytesIO()
     sf.write(buf, np.asarray(audio, np.float32), sr, format="FLAC")

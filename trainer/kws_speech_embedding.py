@@ -8,6 +8,8 @@ bundle the node loads like any other (:func:`edge.model.load_bundle`)::
     models/kws_speech.tflite        the embedding model (76 x 32 mel -> 96)
     models/kws_speech_mel.tflite    the mel model (audio -> 32 mel bands per 10 ms)
     models/kws_speech.json          metadata: representation, frontend, origin, licence, sha256
+    models/kws_speech_negatives.npz an hour of generic negatives, embedded (for enrollment's
+                                    thresholds; ``python -m trainer build-kws-negatives``)
 
 Nothing is trained: the models are Google's speech_embedding (Lin et al. 2020) as converted by
 openWakeWord; see :mod:`edge.speech_embedding` for how the node runs them. This pretrained
@@ -209,7 +211,7 @@ def export_speech_embedding(out_dir: str | Path, name: str = "kws_speech",
     meta["normalisation"] = fit_normalisation(raw, data_dir or default_data_dir(), seed,
                                               progress)
     old = out / f"{name}.json"
-    if old.is_file():  # keep a threshold table calibrated for these very files
+    if old.is_file():  # keep a threshold table and generic negatives made for these very files
         prev = json.loads(old.read_text())
         if prev.get("tflite_sha256") == emb_sha and \
                 prev.get("frontend", {}).get("mel_sha256") == mel_sha and \
@@ -218,7 +220,7 @@ def export_speech_embedding(out_dir: str | Path, name: str = "kws_speech",
                 prev.get("shot_fusion", 1) == meta["shot_fusion"] and \
                 prev.get("onset_weighting", [1.0, 0, 0.0]) == meta["onset_weighting"]:
             for key in ("threshold_calibration", "decision_threshold",
-                        "decision_threshold_source"):
+                        "decision_threshold_source", "generic_negatives"):
                 if key in prev:
                     meta[key] = prev[key]
     atomic_write_json(old, meta)
@@ -230,8 +232,8 @@ def derived_bundle_metadata(base: SpeechEmbedder, emb_path: Path, mel_path: Path
     """Start a new bundle from ``base``: copy its mel model to ``mel_path`` and return its
     metadata for the new files.
 
-    The threshold table (and the keys in ``drop``) do not carry over: costs change with any
-    new network. ``frontend.mel_model`` names ``mel_path``, and ``origin.files`` is keyed by
+    The threshold table, the generic negatives (and the keys in ``drop``) do not carry over:
+    costs and frames change with any new network. ``frontend.mel_model`` names ``mel_path``, and ``origin.files`` is keyed by
     the new file names (the base's embedding model's entry under ``emb_path``'s name), so
     each file's origin and SHA-256 carry over until the caller replaces them.
 
@@ -253,7 +255,7 @@ def derived_bundle_metadata(base: SpeechEmbedder, emb_path: Path, mel_path: Path
         atomic_write_bytes(mel_path, base_mel.read_bytes())
     meta = {k: v for k, v in base.metadata.items()
             if k not in ("threshold_calibration", "decision_threshold",
-                         "decision_threshold_source", *drop)}
+                         "decision_threshold_source", "generic_negatives", *drop)}
     meta["frontend"] = {**meta["frontend"], "mel_model": mel_path.name}
     origin = dict(meta.get("origin", {}))
     origin["files"] = {(mel_path.name if k == base.frontend.mel_model else

@@ -71,8 +71,11 @@ SAMPLE_RATE = 16000
 DEFAULT_KEYWORDS = ("alexa", "computer", "stop", "left")
 #: Fraction of every noise file each split may use: the time ranges of
 #: :data:`trainer.kws_data.NOISE_SPLITS`, so evaluation noise is disjoint between val and
-#: test and from the background the embedder was trained with ("train").
-NOISE_RANGES: dict[str, tuple[float, float]] = {k: NOISE_SPLITS[k] for k in ("val", "test")}
+#: test and from the background the embedder was trained with ("train"). Streams of the
+#: train split are built only for a KWS bundle's generic negatives
+#: (:mod:`trainer.kws_negatives`), with the machine recordings under ``asd/`` as their noise
+#: instead of ``noise/``: none of the evaluation's noise types.
+NOISE_RANGES: dict[str, tuple[float, float]] = dict(NOISE_SPLITS)
 #: Every placed utterance is scaled to this RMS (dBFS) over its trimmed interval.
 SPEECH_LEVEL_DBFS = -20.0
 #: Trimmed utterances outside this duration range (s) are not used.
@@ -258,7 +261,13 @@ def check_keywords(data_dir: str | Path, keywords: Sequence[str], shots: int = 1
 
 
 @lru_cache(maxsize=4)
-def _noise_sources(data_dir: str) -> tuple[tuple[str, np.ndarray], ...]:
+def _noise_sources(data_dir: str, machines: bool = False) -> tuple[tuple[str, np.ndarray], ...]:
+    """``(name, waveform)`` of the noise recordings: ``noise/`` (the val and test splits'),
+    or with ``machines`` every machine recording under ``asd/`` (the train split's)."""
+    if machines:
+        root = Path(data_dir) / "asd"
+        return tuple((str(p.relative_to(root)), _read_mono(p))
+                     for p in sorted(root.rglob("*")) if p.suffix.lower() in (".flac", ".wav"))
     d = Path(data_dir) / "noise"
     files = sorted(p for p in d.glob("*") if p.suffix.lower() in (".flac", ".wav")) if d.is_dir() else []
     if not files:
@@ -282,7 +291,7 @@ def _split_range(n: int, split: str) -> tuple[int, int]:
 def _noise_track(n: int, data_dir: Path, split: str, rng: np.random.Generator):
     """Cross-faded random chunks of the split's part of the noise files, each file at unit RMS
     over that part. Returns (track (n,) float32, chunk list)."""
-    sources = _noise_sources(str(data_dir))
+    sources = _noise_sources(str(data_dir), split == "train")
     xf = int(CROSSFADE_S * SAMPLE_RATE)
     fade_in = np.sin(0.5 * np.pi * (np.arange(xf) + 0.5) / xf).astype(np.float32)
     fade_out = np.cos(0.5 * np.pi * (np.arange(xf) + 0.5) / xf).astype(np.float32)
@@ -411,7 +420,8 @@ def build_streams(data_dir: str | Path, split: str, cfg: EvalConfig, *,
     ----------
     data_dir : path
         The shared data folder (``kws/``, ``noise/``).
-    split : {"val", "test"}
+    split : {"val", "test", "train"}
+        ``train`` only for a bundle's generic negatives (train-split speakers).
     cfg : EvalConfig
         Keywords, SNR, total length, stream length, gaps, keyword fraction, seed.
     exclude_speakers : iterable of str
@@ -496,8 +506,9 @@ def mix_noise(speech: np.ndarray, mask: np.ndarray, data_dir: Path, split: str,
         Where speech was placed (the SNR's region); without any, the noise gets the level it
         would have next to speech at ``SPEECH_LEVEL_DBFS``.
     data_dir : Path
-    split : {"val", "test"}
-        Which part of every noise file may be used.
+    split : {"val", "test", "train"}
+        Which part of every noise file may be used; ``train`` mixes the machine recordings
+        under ``asd/`` instead of ``noise/``.
     snr_db : float
         ``inf``: no noise.
     rng : np.random.Generator

