@@ -12,8 +12,8 @@ the table finds too few of some keywords and lets others raise several false ala
 So a speech_embedding bundle ships the frame embeddings of one hour of generic negative audio
 (``<bundle>_negatives.npz``, written by ``python -m trainer build-kws-negatives``,
 :mod:`trainer.kws_negatives`): other words of Speech Commands' train-split speakers, espeak-ng
-sentences and noise alone, mixed with the train part of the noise recordings, as the
-evaluation builds its test negatives from the test split. Enrollment fits each keyword's
+sentences and noise alone, mixed with machine recordings, as the evaluation builds its test
+negatives from the test split and household noise. Enrollment fits each keyword's
 threshold on it with the same lower-tail fit as on a site recording
 (:func:`calibration.keyword_thresholds.tail_fit_threshold`, source ``"generic-fit"``). Every
 utterance that contains one of the keyword's words is cut out with the frames that hear it
@@ -172,12 +172,12 @@ def write_generic_negatives(path: str | Path, frames: Sequence[np.ndarray], fram
         raise ValueError(f"utterances must name streams 0..{len(frames) - 1}")
     buf = io.BytesIO()
     np.savez_compressed(buf, frames=quantise_frames(np.concatenate(frames)),
-             lengths=np.asarray([len(f) for f in frames], np.int64),
-             frame_seconds=np.float64(frame_seconds),
-             utt_stream=np.asarray([int(u[0]) for u in utterances], np.int64),
-             utt_text=np.asarray([str(u[1]).lower() for u in utterances], dtype=str),
-             utt_onset_s=np.asarray([float(u[2]) for u in utterances], np.float64),
-             utt_offset_s=np.asarray([float(u[3]) for u in utterances], np.float64))
+                        lengths=np.asarray([len(f) for f in frames], np.int64),
+                        frame_seconds=np.float64(frame_seconds),
+                        utt_stream=np.asarray([int(u[0]) for u in utterances], np.int64),
+                        utt_text=np.asarray([str(u[1]).lower() for u in utterances], dtype=str),
+                        utt_onset_s=np.asarray([float(u[2]) for u in utterances], np.float64),
+                        utt_offset_s=np.asarray([float(u[3]) for u in utterances], np.float64))
     atomic_write_bytes(path, buf.getvalue())
     return sha256_file(path)
 

@@ -302,9 +302,9 @@ def main(argv=None) -> int:
     c.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     g = sub.add_parser("build-kws-negatives",
-                       help="embed an hour of generic negatives (train-split speech, sentences, "
-                            "noise) with a KWS bundle: enrollment fits each keyword's threshold "
-                            "on it until the site has a background recording")
+                       help="embed an hour of generic negatives (train-split speech, "
+                            "sentences, machine noise) with a KWS bundle: enrollment fits each "
+                            "keyword's threshold on it until the site has a background recording")
     g.add_argument("--model", default=str(ROOT / "models" / "kws_speech.tflite"),
                    help="KWS bundle (default: %(default)s); writes <bundle>_negatives.npz and "
                         "its entry in the .json")

@@ -32,7 +32,7 @@ from trainer.kws_wakeword import WakewordConfig, negative_streams
 
 __all__ = ["GENERIC_HOURS", "GENERIC_SEED", "build_generic_negatives"]
 
-#: Hours of generic negatives a bundle ships (about 4.3 MB for the speech_embedding bundle).
+#: Hours of generic negatives a bundle ships (3.2 MB for the speech_embedding bundle).
 GENERIC_HOURS = 1.0
 #: Seed of the streams (any; the evaluation's draws use their own seeds and other splits).
 GENERIC_SEED = 1000
