@@ -152,12 +152,23 @@ def load_machine_noise(data_dir: str | Path, sample_rate: int = 16000) -> list[n
     FileNotFoundError
         No ``asd/`` folder or no recording in it.
     """
+    return [load_audio(p, sample_rate) for p in machine_noise_files(data_dir)]
+
+
+def machine_noise_files(data_dir: str | Path) -> list[Path]:
+    """The files :func:`load_machine_noise` reads, sorted.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``asd/`` folder or no recording in it.
+    """
     root = Path(data_dir) / "asd"
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES) \
         if root.is_dir() else []
     if not files:
         raise FileNotFoundError(f"no machine recordings under {root}")
-    return [load_audio(p, sample_rate) for p in files]
+    return files
 
 
 def load_background(data_dir: str | Path, split: str, sample_rate: int = 16000):

@@ -54,7 +54,7 @@ from tqdm import tqdm
 from calibration.enroll import ShotError, locate_shot
 from edge.audio import load_audio
 from edge.vad import speech_interval
-from trainer.kws_data import NOISE_SPLITS, list_words, speaker_split
+from trainer.kws_data import NOISE_SPLITS, list_words, machine_noise_files, speaker_split
 from trainer.kws_metrics import Event
 
 __all__ = [
@@ -267,7 +267,7 @@ def _noise_sources(data_dir: str, machines: bool = False) -> tuple[tuple[str, np
     if machines:
         root = Path(data_dir) / "asd"
         return tuple((str(p.relative_to(root)), _read_mono(p))
-                     for p in sorted(root.rglob("*")) if p.suffix.lower() in (".flac", ".wav"))
+                     for p in machine_noise_files(data_dir))
     d = Path(data_dir) / "noise"
     files = sorted(p for p in d.glob("*") if p.suffix.lower() in (".flac", ".wav")) if d.is_dir() else []
     if not files:

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
+from calibration.generic_negatives import keyword_words
 from edge.audio import load_audio
 
 __all__ = ["ESPEAK_VOICES", "FLITE_VOICES", "FESTIVAL_VOICES", "WORD_LIST", "TtsClip",
@@ -96,8 +97,7 @@ def dictionary_words(exclude: Sequence[str]) -> list[str]:
     if not WORD_LIST.is_file():
         raise FileNotFoundError(f"word list {WORD_LIST} not found: install Debian's wamerican "
                                 "(`apt-get install wamerican`)")
-    bad = [e.lower().replace("_", " ") for e in exclude]
-    bad = [b for e in bad for b in e.split()]  # "smart mirror": neither "smart" nor "mirror"
+    bad = [b for e in exclude for b in keyword_words(e)]  # neither "smart" nor "mirror"
     out = []
     for w in WORD_LIST.read_text(encoding="utf-8", errors="ignore").split():
         if w.isascii() and w.isalpha() and w.islower() and 2 <= len(w) <= 10 \

@@ -226,15 +226,15 @@ class _Ours:
         with ``background`` (the site's recorded sound) also the threshold enrollment
         fits on it (the templates and their normalisation do not depend on it)."""
         bg = negative_frames(self.bundle, list(background)) if len(background) else None
+        table = self.bundle.metadata.get("threshold_calibration")
+        table_thr = calibrated_threshold(table, self.fa_per_hour) if table else None
         for kw, waves in shots.items():
             e = enroll_keyword(self.bundle, kw, waves, false_alarms_per_hour=self.fa_per_hour)
             self.enrolled[kw] = (enrolled_templates(e, kw),
                                  float(e.thresholds[kw]),
                                  e.details[kw].get("threshold_source", ""))
-            table = self.bundle.metadata.get("threshold_calibration")
-            thr = calibrated_threshold(table, self.fa_per_hour) if table else None
-            if thr is not None and e.details[kw].get("threshold_source") != "calibrated":
-                self.table_thresholds[kw] = thr  # the bundle's table, beside what enrollment set
+            if table_thr is not None and e.details[kw].get("threshold_source") != "calibrated":
+                self.table_thresholds[kw] = table_thr  # the table, beside what enrollment set
             if bg is not None:  # what enrollment with the site recording sets (embedded once)
                 thr, source, *_ = keyword_threshold(
                     self.bundle, kw, e.templates[kw], false_alarms_per_hour=self.fa_per_hour,
