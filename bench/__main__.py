@@ -12,8 +12,8 @@ Measurements, each checked against its target (one module each; :func:`main` run
    active** (:mod:`bench.node_memory`; ``--node-seconds``, ``--skip-node``). A private
    mosquitto broker, calibration on the demo calibration clips (``python -m calibration
    record``), the demo keywords enrolled as an installer would (``python -m calibration enroll
-   --config CFG --keyword stop --from demo/clips/kws/stop_shot_*.flac``, then ``computer``),
-   then ``python -m edge run`` replays the demo keyword stream followed by the demo machine
+   --config CFG --keyword smart_mirror --from demo/clips/kws/smart_mirror_shot_*.flac``,
+   then ``computer``), then ``python -m edge run`` replays the demo keyword stream followed by the demo machine
    test clips in real time while ``VmRSS`` is sampled every 0.5 s; ``VmHWM`` is read as well
    (target ``<= 200 MB``). ``/proc/<pid>/maps`` tells whether the node ever loaded TensorFlow
    (it must not); the keyword events of its log are counted against the stream's truth.

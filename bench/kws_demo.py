@@ -25,7 +25,7 @@ from trainer.kws_metrics import match_events
 __all__ = ["KWS_DEMO_KEYWORDS", "KWS_MATCH_COLLAR_S", "kws_demo_clips", "load_kws_truth",
            "enroll_demo_keywords", "keyword_match_counts"]
 
-KWS_DEMO_KEYWORDS = ("stop", "computer")  # enrolled in this order, as the demo does
+KWS_DEMO_KEYWORDS = ("smart_mirror", "computer")  # enrolled in this order, as the demo does
 KWS_MATCH_COLLAR_S = 0.25  # onset and offset tolerance when checking detections
 
 

@@ -3,11 +3,11 @@
 1. start mosquitto on a free loopback port and a PulseAudio null-sink virtual microphone;
 2. ``python -m calibration record`` captures 60 s of real normal sound of a fan the default
    embedder never heard (MIMII fan id_02) played into it; ``python -m calibration enroll``
-   enrolls the keywords "stop" and "computer" from 5 real shots each, with thresholds for the
-   node's default of 1 false alarm per hour;
+   enrolls the wake phrases "smart mirror" and "computer" from 5 real shots each, with
+   thresholds for the node's default of 1 false alarm per hour;
 3. ``python -m edge run`` starts; 20 s of held-out normal and then 20 s of anomalous fan
-   sound are played, then 22 s of speech by other speakers over background noise with
-   3 x "stop", 3 x "computer" and 6 other words;
+   sound are played, then 24 s of speech by other speakers over background noise with
+   3 x "smart mirror", 3 x "computer" and 6 other words;
 4. every MQTT message the node publishes is printed to stdout as one JSON line (its Home
    Assistant discovery documents abbreviated to their name, ``state`` only when it changes);
    a summary goes to stderr: the anomaly scores per phase (the speech part has no fan sound
@@ -38,7 +38,7 @@ from firmware_config.schema import KwsSection
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = Path(__file__).resolve().parent / "clips"
-KEYWORDS = ("stop", "computer")
+KEYWORDS = ("smart_mirror", "computer")
 # One minute of calibration holds 6 independent windows: too few for the node's default
 # threshold (fpr: 5 % of normal windows at 90 % confidence needs 45, 7.5 min; with 6 its
 # margin puts the line above the demo's anomalies). `calibration record` warns about it; the
@@ -223,7 +223,7 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
             t_anomaly = time.time()
             vm.play(anomaly_clips, wait=True)
             t_end = time.time()
-            say("playing 23 s of speech by other speakers over background noise: 3 x 'stop', "
+            say("playing 24 s of speech by other speakers over background noise: 3 x 'smart mirror', "
                 "3 x 'computer', 6 other words")
             t_speech = time.time()
             vm.play([CLIPS / "kws" / "stream.flac"], wait=True)

@@ -148,7 +148,7 @@ def test_background_records_the_site_from_the_virtual_microphone(tmp_path):
     missing = require_tools(mqtt=False, audio=True)
     if missing:
         pytest.skip("missing: " + ", ".join(missing))
-    speech = ROOT / "demo" / "clips" / "kws" / "stream.flac"  # 22.8 s of spoken words
+    speech = ROOT / "demo" / "clips" / "kws" / "stream.flac"  # 24 s of spoken words
     with VirtualMicrophone() as vm:
         doc = default_config_doc(node={"id": "kws-node"}, asd={"enabled": False},
                                  audio={"device": vm.device_name},
