@@ -44,16 +44,20 @@ Post-processing, exactly (``W`` keywords, ``K`` templates):
      further frames brought no lower cost, or when the run closes, whichever comes first;
      it is then a raw detection, decided at once: steps 3-4 run against the detections
      already decided (not against later ones), raw detections decided at the same frame in
-     order of increasing cost. If the run later reaches a lower cost and that is confirmed
-     too, it is another raw detection (usually dropped by step 4, since its path overlaps
-     the first). Latency: at most ``confirm_frames`` frames after the path's last frame
-     (every pushed frame is processed at once).
+     order of increasing cost. With ``max_wait_frames``, a run's best so far is also
+     decided once that many frames passed since the run's first frame, confirmed or not.
+     If the run later reaches a lower cost and that is confirmed too (or the wait has
+     passed), it is another raw detection (usually dropped by step 4, since its path
+     overlaps the first). Latency: at most ``confirm_frames`` frames after the path's last
+     frame, and at most ``max_wait_frames`` after the run's first (every pushed frame is
+     processed at once).
 
      How far it may differ from ``"exact"``: a raw detection that overlaps no other raw
      detection of either mode is reported identically (same interval, cost, shot); where
      raw detections overlap, the one decided first keeps its interval (``"exact"``: the one
      with the lower cost), and a run whose cost keeps falling for more than
-     ``confirm_frames`` frames is decided at an earlier, higher minimum. Tested in
+     ``confirm_frames`` frames (or past ``max_wait_frames``) is decided at an earlier,
+     higher minimum. Tested in
      ``tests/test_kws_detect.py``.
 
    In both modes, pushing a stream in any chunking and then flushing gives the same
@@ -247,13 +251,19 @@ class KeywordSpotter:
         Shots whose normalised costs are averaged (module docstring, step 0;
         :func:`fuse_shot_costs`); 1 (default): every shot decides alone. A bundle's
         thresholds hold for the fusion it was calibrated with (its ``shot_fusion``).
+    max_wait_frames : int, optional
+        With ``"confirmed"``: decide a run's best so far at the latest this many frames
+        after the run's first frame, even if its cost is still falling (module docstring,
+        step 5); None (default): no limit. A bundle that weights template onsets sets it
+        (``max_wait_frames`` of :class:`edge.speech_embedding.SpeechEmbeddingModel`).
 
     Raises
     ------
     ValueError
         No template; templates of different ``D``; a keyword without a threshold (the
         message names it); a non-finite threshold; ``frame_seconds <= 0``; an unknown
-        ``decision``; ``confirm_frames < 0``; ``shot_fusion`` not an integer ``>= 1``.
+        ``decision``; ``confirm_frames < 0``; ``max_wait_frames < 0``; ``shot_fusion`` not
+        an integer ``>= 1``.
 
     Examples
     --------
@@ -267,11 +277,14 @@ class KeywordSpotter:
     def __init__(self, templates: Iterable[Template], thresholds: Mapping[str, float],
                  frame_seconds: float, record_trace: bool = False, *,
                  decision: str = "exact", confirm_frames: int | None = None,
-                 shot_fusion: int = 1):
+                 shot_fusion: int = 1, max_wait_frames: int | None = None):
         if decision not in ("exact", "confirmed"):
             raise ValueError(f"decision must be 'exact' or 'confirmed', got {decision!r}")
         if confirm_frames is not None and int(confirm_frames) < 0:
             raise ValueError(f"confirm_frames must be >= 0, got {confirm_frames!r}")
+        if max_wait_frames is not None and int(max_wait_frames) < 0:
+            raise ValueError(f"max_wait_frames must be >= 0, got {max_wait_frames!r}")
+        self.max_wait_frames = None if max_wait_frames is None else int(max_wait_frames)
         self.shot_fusion = check_shot_fusion(shot_fusion)
         self.decision = decision
         self.templates: tuple[Template, ...] = tuple(templates)
@@ -329,8 +342,8 @@ class KeywordSpotter:
             Seconds per embedding frame of the model the templates were embedded with.
         record_trace : bool
         **options
-            ``decision``, ``confirm_frames``, ``shot_fusion`` (default: the one the
-            keywords' thresholds were set for, ``enrolled.shot_fusion``).
+            ``decision``, ``confirm_frames``, ``max_wait_frames``, ``shot_fusion`` (default:
+            the one the keywords' thresholds were set for, ``enrolled.shot_fusion``).
         """
         options.setdefault("shot_fusion", enrolled.shot_fusion)
         templates = [t for k in sorted(enrolled.templates) for t in enrolled_templates(enrolled, k)]
@@ -341,8 +354,10 @@ class KeywordSpotter:
     def reset(self) -> None:
         """Forget the stream (pending detections included); the next frame is frame 0."""
         self._dtw.reset()
-        self._runs = RunTracker(self._tmpl_kw, self._thr,
-                                 self.confirm_frames if self.decision == "confirmed" else -1)
+        confirmed = self.decision == "confirmed"
+        self._runs = RunTracker(self._tmpl_kw, self._thr, self.confirm_frames if confirmed else -1,
+                                self.max_wait_frames if confirmed and
+                                self.max_wait_frames is not None else -1)
         self._pending: list[RawDetection] = []
         self._kept: list[tuple[int, int]] = []  # "confirmed": decided intervals still relevant
         self._trace: list[np.ndarray] = []

@@ -96,12 +96,13 @@ class KeywordListener:
 
     def _spotter(self) -> KeywordSpotter:
         """A spotter for the enrolled keywords that decides as the node does: once a run's
-        minimum is confirmed, after the embedder's ``confirm_frames``, with the shot fusion and
-        onset weighting the thresholds were set for (``enrolled.shot_fusion``,
-        ``enrolled.onset_weighting``)."""
+        minimum is confirmed, after the embedder's ``confirm_frames`` (at the latest its
+        ``max_wait_frames`` after the run began), with the shot fusion and onset weighting the
+        thresholds were set for (``enrolled.shot_fusion``, ``enrolled.onset_weighting``)."""
         return KeywordSpotter.from_enrolled(self.enrolled, self.embedder.frame_seconds,
                                             decision="confirmed",
-                                            confirm_frames=self.embedder.confirm_frames)
+                                            confirm_frames=self.embedder.confirm_frames,
+                                            max_wait_frames=self.embedder.max_wait_frames)
 
     def push(self, block: np.ndarray) -> list[Detection]:
         """Feed audio, shape (n_samples,) float32 at the model's rate; returns the detections

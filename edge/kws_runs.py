@@ -74,11 +74,16 @@ class RunTracker:
     confirm : int
         ``>= 0``: a run's best is output once ``confirm`` frames passed without a lower
         cost ("confirmed" decision); ``-1``: only when the run closes ("exact").
+    max_wait : int
+        With ``confirm >= 0``: ``>= 0`` also outputs a run's best once ``max_wait`` frames
+        passed since the run opened, confirmed or not; ``-1``: no such limit.
     """
 
-    def __init__(self, tmpl_kw: np.ndarray, thresholds: np.ndarray, confirm: int):
+    def __init__(self, tmpl_kw: np.ndarray, thresholds: np.ndarray, confirm: int,
+                 max_wait: int = -1):
         self.thr = thresholds
         self.confirm = confirm
+        self.max_wait = max_wait
         self.groups = groups_of_equal_size(tmpl_kw)
         W = len(thresholds)
         self.in_run = np.zeros(W, bool)
@@ -86,6 +91,7 @@ class RunTracker:
         self.best_start = np.zeros(W, np.int64)
         self.best_end = np.zeros(W, np.int64)
         self.best_tmpl = np.zeros(W, np.int64)
+        self.opened = np.zeros(W, np.int64)  # first frame of the open run
         self.decided = np.zeros(W, bool)
 
     def close_all(self, end: int) -> list[RawDetection]:
@@ -136,6 +142,8 @@ class RunTracker:
                 j = j0 + int(t)
                 emit = False
                 if below[t]:
+                    if not self.in_run[w]:
+                        self.opened[w] = j
                     if not self.in_run[w] or cost[t] < self.best_cost[w]:
                         self.in_run[w] = True
                         self.best_cost[w] = cost[t]
@@ -144,7 +152,8 @@ class RunTracker:
                         self.best_tmpl[w] = pick[t]
                         self.decided[w] = False
                     emit = (self.confirm >= 0 and not self.decided[w]
-                            and j - self.best_end[w] >= self.confirm)
+                            and (j - self.best_end[w] >= self.confirm
+                                 or 0 <= self.max_wait <= j - self.opened[w]))
                 elif self.in_run[w]:
                     self.in_run[w] = False
                     emit = not self.decided[w]  # closed before its minimum was confirmed

@@ -204,6 +204,8 @@ class KwsEmbedder:
         Seconds per embedding frame (0.016).
     confirm_frames : None
         The spotter's default (:data:`edge.kws.CONFIRM_SECONDS`: 8 frames of 16 ms).
+    max_wait_frames : None
+        No limit on how long the spotter waits for a run's minimum.
     shot_fusion : int
         1: every shot decides alone (:class:`edge.kws.KeywordSpotter`).
     onset_weighting : (float, int, float)
@@ -216,6 +218,7 @@ class KwsEmbedder:
     """
 
     confirm_frames = None
+    max_wait_frames = None
     shot_fusion = 1
     onset_weighting = (1.0, 0, 0.0)
 

@@ -237,6 +237,41 @@ def test_confirmed_first_decided_keeps_its_interval():
     assert confirmed[0].decided_frame < confirmed[1].decided_frame
 
 
+
+def test_max_wait_decides_a_falling_run_early_and_once():
+    """A run whose cost keeps falling (an onset-weighted word's path running into the quiet
+    after it): with max_wait_frames its best so far is decided that many frames after the
+    run began, once, in any chunking; without, only when the cost stops falling."""
+    t = Template("w", hot(range(0, 10)))
+    cost = np.full((24, 1), 0.9)
+    cost[12:19, 0] = [0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2]  # the run: frames 12-18
+    start = np.maximum(np.arange(24) - 9, 0)[:, None]  # paths over 10 frames
+
+    def decide(max_wait, chunk):
+        sp = KeywordSpotter([t], {"w": 0.6}, FS, decision="confirmed", confirm_frames=1,
+                            max_wait_frames=max_wait)
+        out = []
+        for j in range(0, len(cost), chunk):
+            out += [(d, sp.frames_seen) for d in sp.push_matching(cost[j:j + chunk],
+                                                                   start[j:j + chunk])]
+        return out + [(d, sp.frames_seen) for d in sp.flush()]
+
+    late = decide(None, 1)  # decided when the run closes at frame 19
+    assert [(d.onset_frame, d.offset_frame, d.decided_frame, d.cost) for d, _ in late] == \
+        [(9, 19, 20, 0.2)]
+    early = decide(2, 1)  # decided with frame 14, at the best so far; the rest is dropped
+    assert [(d.onset_frame, d.offset_frame, d.decided_frame, d.cost) for d, _ in early] == \
+        [(5, 15, 15, 0.4)]
+    assert early[0][1] == 15  # reported as soon as frame 14 was pushed
+    for chunk in (2, 3, 5, 24):
+        assert [d for d, _ in decide(2, chunk)] == [d for d, _ in early]
+    # 0: decided on the run's first frame; a path that then moves on by half a template
+    # is another detection (the module docstring's "usually dropped by step 4")
+    assert [(d.offset_frame, d.cost) for d, _ in decide(0, 1)] == [(13, 0.5), (18, 0.25)]
+    with pytest.raises(ValueError, match="max_wait_frames"):
+        KeywordSpotter([t], {"w": 0.6}, FS, decision="confirmed", max_wait_frames=-1)
+
+
 def hand_stream(n, pieces, seed=0):
     """Background frames orthogonal to every template, with one-hot pieces inserted."""
     rng = np.random.default_rng(seed)

@@ -191,7 +191,7 @@ def test_node_listener_decides_a_minimum_as_it_is_seen(embedder, words, tmp_path
                              kws={"keywords": str(tmp_path / "kw.npz")},
                              spool={"path": str(tmp_path / "spool.sqlite")})
     listener = KeywordListener(load_config(write_config_doc(tmp_path / "node.yaml", doc)))
-    assert listener.spotter.confirm_frames == 0
+    assert listener.spotter.confirm_frames == 0 and listener.spotter.max_wait_frames is None
     silence = np.zeros(SR // 2, np.float32)
     stream = np.concatenate([silence, words["stop"][1], silence, silence])
     dets = []
@@ -242,6 +242,7 @@ def test_onset_weighting_travels_from_bundle_to_enrollment_to_node(embedder, dat
     model = _bundle_with(tmp_path / "onset", onset_weighting=[3.0, 3, 0.39])
     onset_bundle = load_bundle(model, task="kws")
     assert onset_bundle.onset_weighting == (3.0, 3, 0.39) and onset_bundle.confirm_frames == 1
+    assert onset_bundle.max_wait_frames == 2
     recs = [load_audio(p) for p in sorted((data_dir / "kws" / "wakeword" / "computer")
                                           .glob("*.flac"))[:3]]
     starts = [locate_shot(y, SR, min_seconds=0.2, max_seconds=2.0, source="file").start_s
@@ -260,7 +261,7 @@ def test_onset_weighting_travels_from_bundle_to_enrollment_to_node(embedder, dat
     assert loaded.frame_weights["computer"][2] is None
 
     listener = _listener_for(path, tmp_path, model)
-    assert listener.spotter.confirm_frames == 1
+    assert listener.spotter.confirm_frames == 1 and listener.spotter.max_wait_frames == 2
     spotted = listener.spotter.templates
     np.testing.assert_array_equal(spotted[0].frame_weights, w[0])
     assert spotted[2].frame_weights is None

@@ -279,6 +279,7 @@ class _Ours:
         sp = KeywordSpotter(self.templates, {self.templates[0].keyword: 0.0}, self.fs,
                             record_trace=True, decision="confirmed",
                             confirm_frames=self.bundle.confirm_frames,
+                            max_wait_frames=self.bundle.max_wait_frames,
                             shot_fusion=self.bundle.shot_fusion)
         sp.push_matching(*self._matching_costs(prepared))
         sp.flush()
@@ -289,6 +290,7 @@ class _Ours:
         kw = self.templates[0].keyword
         sp = KeywordSpotter(self.templates, {kw: threshold}, self.fs, decision="confirmed",
                             confirm_frames=self.bundle.confirm_frames,
+                            max_wait_frames=self.bundle.max_wait_frames,
                             shot_fusion=self.bundle.shot_fusion)
         dets = sp.push_matching(*self._matching_costs(prepared)) + sp.flush()
         out = []
