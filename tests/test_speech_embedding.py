@@ -18,7 +18,7 @@ from edge.kws import (KeywordSpotter, Template, make_templates, matching_costs,
 from edge.kws_listener import KeywordListener
 from edge.model import ModelError, load_bundle
 from edge.speech_embedding import PAD_SAMPLES, SpeechEmbedder
-from trainer.kws_speech_embedding import TRIED_ONSET_WEIGHTING
+from trainer.kws_speech_embedding import ONSET_WEIGHTING
 from firmware_config.defaults import default_config_doc, write_config_doc
 from firmware_config.fileio import sha256_file
 from firmware_config.schema import load_config
@@ -75,8 +75,8 @@ def test_shipped_files_come_from_the_wheel(tmp_path):
     assert made["frontend"] == shipped["frontend"]
     assert sha256_file(BUNDLE.parent / "kws_speech_mel.tflite") == made["frontend"]["mel_sha256"]
     assert made["shot_fusion"] == shipped["shot_fusion"] == 2
-    assert made["onset_weighting"] == shipped.get("onset_weighting", [1.0, 0, 0.0]) == \
-        [1.0, 0, 0.0]  # no onset weighting by default (README, "The word onset counts more")
+    assert made["onset_weighting"] == shipped["onset_weighting"] == list(ONSET_WEIGHTING) == \
+        [3.0, 3, 0.39]  # README, "The word onset counts more"
     assert shipped["origin"]["model_licence"] == "Apache-2.0"
     assert set(shipped["origin"]["files"]) == {"kws_speech.tflite", "kws_speech_mel.tflite"}
 
@@ -178,19 +178,18 @@ def test_enrollment_normalises_every_template(embedder, words, tmp_path):
         EnrolledKeywords.load(tmp_path / "bad.npz")
 
 
-def test_node_listener_decides_a_minimum_as_it_is_seen(embedder, words, tmp_path):
-    """The speech_embedding bundle's frames are 80 ms apart and cover 0.78 s each, so the
-    node's listener confirms nothing (``confirm_frames`` 0): a keyword is decided with the
-    frame its path ends on, where the spotter's default would wait one more frame."""
-    assert embedder.confirm_frames == 0
-    e = enroll_keyword(embedder, "stop", [words["stop"][i] for i in (0, 3)],
+def test_node_listener_decides_a_minimum_as_it_is_seen(words, tmp_path):
+    """The speech_embedding bundle's frames are 80 ms apart and cover 0.78 s each, so without
+    onset weighting the node's listener confirms nothing (``confirm_frames`` 0): a keyword is
+    decided with the frame its path ends on, where the spotter's default would wait one more
+    frame."""
+    model = _bundle_with(tmp_path / "plain", onset_weighting=[1.0, 0, 0.0])
+    plain = load_bundle(model, task="kws")
+    assert plain.confirm_frames == 0 and plain.max_wait_frames is None
+    e = enroll_keyword(plain, "stop", [words["stop"][i] for i in (0, 3)],
                        shot_source="file")
     e.thresholds["stop"] = 0.0  # z-score: any clear match of another speaker's "stop"
-    e.save(tmp_path / "kw.npz")
-    doc = default_config_doc(node={"id": "kws-node"}, asd={"enabled": False},
-                             kws={"keywords": str(tmp_path / "kw.npz")},
-                             spool={"path": str(tmp_path / "spool.sqlite")})
-    listener = KeywordListener(load_config(write_config_doc(tmp_path / "node.yaml", doc)))
+    listener = _listener_for(e.save(tmp_path / "kw.npz"), tmp_path, model)
     assert listener.spotter.confirm_frames == 0 and listener.spotter.max_wait_frames is None
     silence = np.zeros(SR // 2, np.float32)
     stream = np.concatenate([silence, words["stop"][1], silence, silence])
@@ -232,15 +231,15 @@ def test_shot_fusion_travels_from_bundle_to_enrollment_to_node(embedder, words, 
 
 def test_onset_weighting_travels_from_bundle_to_enrollment_to_node(embedder, data_dir, tmp_path,
                                                                    caplog):
-    """A bundle with an ``onset_weighting`` (the shipped one has none) weights the first
-    frames of templates whose shot holds a pause before the word; enrollment stores each
-    template's weights, the keywords file keeps them and the node's spotter uses them,
-    confirming a minimum one frame after it; a shot cut tight around its word stays
-    unweighted. A file enrolled before weights existed is spotted unweighted, as enrolled,
-    with a warning. An invalid ``onset_weighting`` is refused."""
-    assert embedder.onset_weighting == (1.0, 0, 0.0) and embedder.confirm_frames == 0
-    model = _bundle_with(tmp_path / "onset", onset_weighting=[3.0, 3, 0.39])
-    onset_bundle = load_bundle(model, task="kws")
+    """The shipped bundle's ``onset_weighting`` weights the first frames of templates whose
+    shot holds a pause before the word; enrollment stores each template's weights, the
+    keywords file keeps them and the node's spotter uses them, confirming a minimum one
+    frame after it and deciding at the latest two frames after a run began; a shot cut
+    tight around its word stays unweighted. A file enrolled before weights existed is
+    spotted unweighted, as enrolled, with a warning. An invalid ``onset_weighting`` is
+    refused."""
+    model = BUNDLE
+    onset_bundle = embedder
     assert onset_bundle.onset_weighting == (3.0, 3, 0.39) and onset_bundle.confirm_frames == 1
     assert onset_bundle.max_wait_frames == 2
     recs = [load_audio(p) for p in sorted((data_dir / "kws" / "wakeword" / "computer")
@@ -304,7 +303,7 @@ def test_onset_weighting_makes_a_match_need_the_pause_before_the_word(embedder, 
         return y[locate_shot(y, SR, min_seconds=0.2, max_seconds=2.0).slice(SR)]
 
     ratios = {"plain": [], "weighted": []}
-    weights = {"plain": None, "weighted": onset_frame_weights(len(shot), TRIED_ONSET_WEIGHTING)}
+    weights = {"plain": None, "weighted": onset_frame_weights(len(shot), ONSET_WEIGHTING)}
     for stop, yes in zip(stops[1:], yeses[1:]):
         try:
             s, lead = speech(stop), speech(yes)
