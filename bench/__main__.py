@@ -13,10 +13,10 @@ Measurements, each checked against its target (one module each; :func:`main` run
    mosquitto broker, calibration on the demo calibration clips (``python -m calibration
    record``), the demo keywords enrolled as an installer would (``python -m calibration enroll
    --config CFG --keyword smart_mirror --from demo/clips/kws/smart_mirror_shot_*.flac``,
-   then ``computer``), then ``python -m edge run`` replays the demo keyword stream followed by the demo machine
-   test clips in real time while ``VmRSS`` is sampled every 0.5 s; ``VmHWM`` is read as well
-   (target ``<= 200 MB``). ``/proc/<pid>/maps`` tells whether the node ever loaded TensorFlow
-   (it must not); the keyword events of its log are counted against the stream's truth.
+   then ``computer``), then ``python -m edge run`` replays the demo keyword stream followed by
+   the demo machine test clips in real time while ``VmRSS`` is sampled every 0.5 s; ``VmHWM``
+   is read as well (target ``<= 200 MB``). ``/proc/<pid>/maps`` tells whether the node ever
+   loaded TensorFlow (it must not); the keyword events of its log are counted against the stream's truth.
 3. **Model sizes** (:mod:`bench.model_size`). The int8 ``.tflite`` file against the float32
    size recorded at export time (target: int8 at most a third).
 4. **Keyword embedder real-time factor on one core** (:mod:`bench.kws_embedder`; the

@@ -223,8 +223,8 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
             t_anomaly = time.time()
             vm.play(anomaly_clips, wait=True)
             t_end = time.time()
-            say("playing 24 s of speech by other speakers over background noise: 3 x 'smart mirror', "
-                "3 x 'computer', 6 other words")
+            say("playing 24 s of speech by other speakers over background noise: "
+                "3 x 'smart mirror', 3 x 'computer', 6 other words")
             t_speech = time.time()
             vm.play([CLIPS / "kws" / "stream.flac"], wait=True)
             time.sleep(1.0)

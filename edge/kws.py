@@ -57,8 +57,7 @@ Post-processing, exactly (``W`` keywords, ``K`` templates):
      raw detections overlap, the one decided first keeps its interval (``"exact"``: the one
      with the lower cost), and a run whose cost keeps falling for more than
      ``confirm_frames`` frames (or past ``max_wait_frames``) is decided at an earlier,
-     higher minimum. Tested in
-     ``tests/test_kws_detect.py``.
+     higher minimum. Tested in ``tests/test_kws_detect.py``.
 
    In both modes, pushing a stream in any chunking and then flushing gives the same
    detections as :func:`detect_keywords` on the whole of it.
@@ -255,7 +254,7 @@ class KeywordSpotter:
         With ``"confirmed"``: decide a run's best so far at the latest this many frames
         after the run's first frame, even if its cost is still falling (module docstring,
         step 5); None (default): no limit. A bundle that weights template onsets sets it
-        (``max_wait_frames`` of :class:`edge.speech_embedding.SpeechEmbeddingModel`).
+        (``max_wait_frames`` of :class:`edge.speech_embedding.SpeechEmbedder`).
 
     Raises
     ------
@@ -355,9 +354,9 @@ class KeywordSpotter:
         """Forget the stream (pending detections included); the next frame is frame 0."""
         self._dtw.reset()
         confirmed = self.decision == "confirmed"
-        self._runs = RunTracker(self._tmpl_kw, self._thr, self.confirm_frames if confirmed else -1,
-                                self.max_wait_frames if confirmed and
-                                self.max_wait_frames is not None else -1)
+        max_wait = self.max_wait_frames if confirmed and self.max_wait_frames is not None else -1
+        self._runs = RunTracker(self._tmpl_kw, self._thr,
+                                self.confirm_frames if confirmed else -1, max_wait)
         self._pending: list[RawDetection] = []
         self._kept: list[tuple[int, int]] = []  # "confirmed": decided intervals still relevant
         self._trace: list[np.ndarray] = []
