@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.common import KWS_CLIPS_DIR, ROOT, BenchError
+from demo import KWS_DEMO_KEYWORDS  # enrolled in this order, as the demo does
 from trainer.kws_metrics import match_events
 
 __all__ = ["KWS_DEMO_KEYWORDS", "KWS_MATCH_COLLAR_S", "kws_demo_clips", "load_kws_truth",
            "enroll_demo_keywords", "keyword_match_counts"]
 
-KWS_DEMO_KEYWORDS = ("smart_mirror", "computer")  # enrolled in this order, as the demo does
 KWS_MATCH_COLLAR_S = 0.25  # onset and offset tolerance when checking detections
 
 

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from demo import KWS_DEMO_KEYWORDS
 from demo.broker import MosquittoBroker
 from demo.collector import MqttCollector
 from demo.tools import require_tools
@@ -38,7 +39,6 @@ from firmware_config.schema import KwsSection
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = Path(__file__).resolve().parent / "clips"
-KEYWORDS = ("smart_mirror", "computer")
 # One minute of calibration holds 6 independent windows: too few for the node's default
 # threshold (fpr: 5 % of normal windows at 90 % confidence needs 45, 7.5 min; with 6 its
 # margin puts the line above the demo's anomalies). `calibration record` warns about it; the
@@ -197,7 +197,7 @@ def run_demo(calibration_seconds: float = 60.0, hop: float = 2.0) -> int:
             # Keywords: enroll from real shots (files, as an installer could too).
             kw_file = work / "kws_keywords.npz"
             kw_file.unlink(missing_ok=True)
-            for kw in KEYWORDS:
+            for kw in KWS_DEMO_KEYWORDS:
                 shots = sorted((CLIPS / "kws").glob(f"{kw}_shot_*.flac"))
                 r = subprocess.run([py, "-m", "calibration", "enroll", "--config", str(cfg),
                                     "--keyword", kw, "--from", *map(str, shots)], cwd=ROOT,

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from demo import KWS_DEMO_KEYWORDS
 from edge.audio import load_audio
 from edge.vad import speech_interval
 from trainer.kws_data import list_words, load_background, speaker_split
 
 OUT = Path(__file__).resolve().parent / "clips" / "kws"
-KEYWORDS = ("smart_mirror", "computer")
 
 
 def main(argv=None) -> int:
@@ -43,13 +43,13 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(3)
     splits = speaker_split(list_words(Path(args.data) / "kws"))
     OUT.mkdir(parents=True, exist_ok=True)
-    for kw in KEYWORDS:
+    for kw in KWS_DEMO_KEYWORDS:
         shots = [u for u in splits["train"] if u.word == kw][:5]
         for i, u in enumerate(shots, 1):
             sf.write(OUT / f"{kw}_shot_{i}.flac", load_audio(u.path), 16000, format="FLAC")
     test = splits["test"]
     items = []
-    for kw in KEYWORDS:
+    for kw in KWS_DEMO_KEYWORDS:
         pool = [u for u in test if u.word == kw]
         items += [pool[i] for i in rng.permutation(len(pool))[:3]]
     others = [u for u in test if u.word in ("yes", "go", "down", "right", "marvin", "house")]
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         y = load_audio(u.path)
         iv = speech_interval(y)
         y = y[iv.slice(sr)]
-        if u.word in KEYWORDS:
+        if u.word in KWS_DEMO_KEYWORDS:
             truth.append({"keyword": u.word, "onset": round(t, 3), "offset": round(t + len(y) / sr, 3),
                           "speaker": u.speaker})
         gap = rng.uniform(0.8, 1.5)

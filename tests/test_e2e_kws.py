@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 import yaml
 
+from demo import KWS_DEMO_KEYWORDS
 from demo.broker import MosquittoBroker
 from demo.collector import MqttCollector
 from demo.tools import require_tools
@@ -39,7 +40,7 @@ KEYWORD_FIELDS = {"schema", "node", "site", "ts", "seq", "keyword", "onset", "of
 # bundle's generic hour): `make demo` found all 6 utterances on 2026-12-01, each scoring at
 # least 0.7 below its keyword's threshold.
 FALSE_ALARMS_PER_HOUR = KwsSection().false_alarms_per_hour
-KEYWORDS = ("smart_mirror", "computer")
+KEYWORDS = KWS_DEMO_KEYWORDS
 
 
 def kws_config(tmp: Path, port: int, keywords: Path, device="pulse") -> Path:
