@@ -157,6 +157,13 @@ def test_type_metrics_and_rates():
     assert r == {"fpr_source": pytest.approx(1 / 3), "fpr_target": 0.0,
                  "fpr": pytest.approx(1 / 4), "recall": pytest.approx(2 / 3)}
     assert rates_at_threshold(y, d, s, None)["recall"] is None
+    # Normal clips of units without calibration clips are counted apart, in both domains.
+    known = np.array([True, False, True, False, True, True, False])
+    r = rates_at_threshold(y, d, s, 0.15, known)
+    assert (r["false_positives_calibrated_units"], r["normals_calibrated_units"]) == (1, 2)
+    assert (r["false_positives_other_units"], r["normals_other_units"]) == (2, 2)
+    assert r["fpr"] == pytest.approx(3 / 4)
+    assert rates_at_threshold(y, d, s, None, known)["false_positives_other_units"] is None
 
 
 def test_bootstrap_is_paired_and_brackets_the_estimate():
@@ -217,6 +224,22 @@ def test_lomo_seeds_summarise_each_draw(data_dir, tmp_path):
     assert fan["normal_clips"] == sum(reps[s]["types"]["fan"]["counts"]["test_normal"]["source"]
                                       for s in (0, 1))
     assert fan["anomalies"] == 8 and 0 <= fan["found"] <= 8
+    # Each normal test clip counts once, as of a calibrated unit or of another one, by the
+    # recorded machine its file names; the summary adds the draws' counts.
+    unit = {str(c.path): c.unit for c in list_typed_clips(root)[0]}
+    for t in ("fan", "pump"):
+        for s in (0, 1):
+            u = reps[s]["types"][t]
+            calibrated = {unit[f] for f in u["calibration_files"]}
+            assert u["test_calibrated_unit"] == [unit[f] in calibrated for f in u["test_files"]]
+            m = u["systems"][name]
+            assert (m["normals_calibrated_units"] + m["normals_other_units"]
+                    == u["y_true"].count(0))
+        for key in ("false_positives_calibrated_units", "normals_calibrated_units",
+                    "normals_other_units"):
+            assert summary["types"][t][name][key] == sum(
+                reps[s]["types"][t]["systems"][name][key] for s in (0, 1))
+    assert "calibrated units / other units" in (out / "seeds.md").read_text()
     assert "over several draws" in (out / "seeds.md").read_text()
 
 

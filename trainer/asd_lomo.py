@@ -381,6 +381,8 @@ def _run_one(args) -> int:
                 waves[c.path] = load_audio(c.path, 16000)
         y = np.array([int(c.label.is_anomaly) for c in split.test])
         doms = np.array([c.label.domain for c in split.test])
+        calibrated = {c.unit for c in split.calibration}
+        known = np.array([c.unit in calibrated for c in split.test], bool)
         results: dict[str, dict[str, Any]] = {}
         if "ours" in systems:
             results.update(_run_ours(cfg, split, waves, node, n_clusters, out_dir, progress))
@@ -403,6 +405,7 @@ def _run_one(args) -> int:
             "in_summary": bool(n_normal >= min_test_normal and y.any()), "counts": counts,
             "calibration_files": [str(c.path) for c in split.calibration],
             "test_files": [str(c.path) for c in split.test], "y_true": y.tolist(),
+            "test_calibrated_unit": known.tolist(),
             "domains": doms.tolist(), "systems": {}, "plots": []}
         boots[t] = bootstrap_metrics(y, doms, {n: r["test"] for n, r in results.items()},
                                      n_boot=args.bootstrap, seed=args.seed,
@@ -410,7 +413,7 @@ def _run_one(args) -> int:
         for name, r in results.items():
             m = type_metrics(y, doms, r["test"], min_test_normal=min_test_normal)
             m["ci"] = {k: bootstrap_ci(v) for k, v in boots[t][name].items()}
-            m.update(rates_at_threshold(y, doms, r["test"], r["threshold"]))
+            m.update(rates_at_threshold(y, doms, r["test"], r["threshold"], known))
             m.update(decision_threshold=r["threshold"], threshold_method=method,
                      test_scores=[float(v) for v in r["test"]],
                      calibration_scores=[float(v) for v in r["calibration_scores"]],

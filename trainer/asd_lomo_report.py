@@ -70,21 +70,37 @@ def type_metrics(y_true: np.ndarray, domains: np.ndarray, scores: np.ndarray, *,
 
 
 def rates_at_threshold(y_true: np.ndarray, domains: np.ndarray, scores: np.ndarray,
-                       threshold: float | None) -> dict[str, float | None]:
+                       threshold: float | None, calibrated_unit: np.ndarray | None = None
+                       ) -> dict[str, Any]:
     """False-positive rate on the normal clips (per domain) and recall on the anomalies.
 
     The decision rule is the node's: anomalous when ``score > threshold``.
+
+    Parameters
+    ----------
+    y_true : np.ndarray, shape (n,), int (1 = anomaly)
+    domains : np.ndarray, shape (n,), str
+    scores : np.ndarray, shape (n,), float
+    threshold : float or None
+    calibrated_unit : np.ndarray, shape (n,), bool, optional
+        Whether each test clip's recorded machine (:attr:`TypedClip.unit
+        <trainer.asd_lomo_data.TypedClip.unit>`) has clips in the calibration. A node is
+        calibrated on the machine it listens to; a normal clip of another unit of the same
+        type is a machine it never heard, so its false positives are counted apart.
 
     Returns
     -------
     dict
         ``fpr_source``, ``fpr_target``, ``fpr`` (all normals), ``recall``; ``None`` where there
-        is no clip of that kind or no threshold.
+        is no clip of that kind or no threshold. With ``calibrated_unit`` also the counts
+        ``false_positives_calibrated_units`` / ``normals_calibrated_units`` and
+        ``false_positives_other_units`` / ``normals_other_units`` (``None`` without a
+        threshold).
     """
     y = np.asarray(y_true).astype(bool)
     d = np.asarray(domains).astype(str)
     s = np.asarray(scores, np.float64)
-    out: dict[str, float | None] = {}
+    out: dict[str, Any] = {}
 
     def rate(mask):
         return None if threshold is None or not mask.any() else float(np.mean(s[mask] > threshold))
@@ -93,6 +109,12 @@ def rates_at_threshold(y_true: np.ndarray, domains: np.ndarray, scores: np.ndarr
     out["fpr_target"] = rate(~y & (d == "target"))
     out["fpr"] = rate(~y)
     out["recall"] = rate(y)
+    if calibrated_unit is not None:
+        known = np.asarray(calibrated_unit).astype(bool)
+        for name, mask in (("calibrated_units", ~y & known), ("other_units", ~y & ~known)):
+            out[f"normals_{name}"] = int(mask.sum())
+            out[f"false_positives_{name}"] = (None if threshold is None
+                                              else int((s[mask] > threshold).sum()))
     return out
 
 
@@ -183,8 +205,10 @@ def seeds_summary(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         ``seeds``; ``systems``: name -> ``official_score`` (``per_seed``, ``mean``, ``min``,
         ``max``); ``types``: held-out type -> system -> ``auc_source`` / ``pauc``
         (``per_seed``, ``mean``), ``false_positives`` / ``normal_clips`` (source domain) and
-        ``found`` / ``anomalies`` at the threshold, summed over the seeds. A value undefined
-        in a seed is ``None`` there and left out of the mean.
+        ``found`` / ``anomalies`` at the threshold, and the false positives on normal clips
+        of calibrated and of other units (:func:`rates_at_threshold`; 0 for reports without
+        them), summed over the seeds. A value undefined in a seed is ``None`` there and left
+        out of the mean.
     """
     def stats(values):
         v = [x for x in values if x is not None]
@@ -204,9 +228,12 @@ def seeds_summary(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
             if not any(per):
                 continue
             fp = nn = tp = na = 0
+            units = {k: 0 for k in _UNIT_KEYS}
             for m, k in zip(per, counts):
                 if not m:
                     continue
+                for key in _UNIT_KEYS:
+                    units[key] += m.get(key) or 0
                 if m["fpr_source"] is not None:
                     fp += round(m["fpr_source"] * k["test_normal"]["source"])
                     nn += k["test_normal"]["source"]
@@ -215,8 +242,22 @@ def seeds_summary(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
                     na += k["test_anomalous"]
             types[t][n] = {k: stats([m.get(k) if m else None for m in per])
                            for k in ("auc_source", "pauc")}
-            types[t][n].update(false_positives=fp, normal_clips=nn, found=tp, anomalies=na)
+            types[t][n].update(false_positives=fp, normal_clips=nn, found=tp, anomalies=na,
+                               **units)
     return {"seeds": seeds, "systems": systems, "types": types}
+
+
+#: Counts :func:`rates_at_threshold` gives with ``calibrated_unit``.
+_UNIT_KEYS = ("false_positives_calibrated_units", "normals_calibrated_units",
+              "false_positives_other_units", "normals_other_units")
+
+
+def _unit_cell(r: dict[str, Any]) -> str:
+    """``fp/n calibrated units, fp/n other units`` (both domains); blank without counts."""
+    if r.get("false_positives_calibrated_units") is None:
+        return ""
+    return (f"{r['false_positives_calibrated_units']}/{r['normals_calibrated_units']}, "
+            f"{r['false_positives_other_units']}/{r['normals_other_units']}")
 
 
 def seeds_markdown(summary: dict[str, Any]) -> str:
@@ -236,11 +277,12 @@ def seeds_markdown(summary: dict[str, Any]) -> str:
     lines += [f"| {n} | {cell(v['official_score'])} |" for n, v in summary["systems"].items()]
     lines += ["", "## Per held-out machine type", "",
               "| held-out type | system | AUC source | pAUC | false positives (source normal "
-              "test clips, all seeds) | anomalies found |", "|---|---|---|---|---|---|"]
+              "test clips, all seeds) | of them: calibrated units / other units | anomalies "
+              "found |", "|---|---|---|---|---|---|---|"]
     for t, per in summary["types"].items():
         for n, v in per.items():
             lines.append(f"| {t} | {n} | {cell(v['auc_source'])} | {cell(v['pauc'])} | "
-                         f"{v['false_positives']}/{v['normal_clips']} | "
+                         f"{v['false_positives']}/{v['normal_clips']} | {_unit_cell(v)} | "
                          f"{v['found']}/{v['anomalies']} |")
     return "\n".join(lines) + "\n"
 
@@ -322,7 +364,10 @@ def lomo_markdown(rep: dict[str, Any]) -> str:
         f"AUC per domain: normal test clips of the domain + all anomalies, reported only for a "
         f"domain with at least {rep['min_test_normal']} normal test clips; pAUC: max_fpr 0.1; "
         "official: harmonic mean of the defined AUCs and pAUC; FPR (normal test clips, source/"
-        "target) and recall at the node's own decision threshold (score > threshold). "
+        "target) and recall at the node's own decision threshold (score > threshold); false "
+        "positives on the normal test clips of recorded machines (units) that have "
+        "calibration clips and of those that have none (a node is calibrated on the machine "
+        "it listens to). "
         f"[x, y]: 95 % bootstrap interval ({rep['n_bootstrap']} paired resamples of clips, "
         "stratified by class and domain). Values in percent. The summary covers the types with "
         f"at least {rep['min_test_normal']} normal and one anomalous test clip: "
@@ -342,11 +387,12 @@ def lomo_markdown(rep: dict[str, Any]) -> str:
     lines += ["", "## Per held-out machine type", "",
               "| held-out type | in summary | training clips | calibration clips (src/tgt) | "
               "test normal (src/tgt) / anomalous | system | AUC source | AUC target | pAUC | "
-              "official | FPR at threshold (src/tgt) | recall at threshold |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "official | FPR at threshold (src/tgt) | false positives: calibrated units, "
+              "other units | recall at threshold |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t, u in rep["types"].items():
         if "error" in u:
-            lines.append(f"| {t} | no | | | | {u['error']} | | | | | | |")
+            lines.append(f"| {t} | no | | | | {u['error']} | | | | | | | |")
             continue
         k = u["counts"]
         for n, r in u["systems"].items():
@@ -356,7 +402,8 @@ def lomo_markdown(rep: dict[str, Any]) -> str:
                 f"{k['test_normal']['source']}/{k['test_normal']['target']} / "
                 f"{k['test_anomalous']} | {n} | {_with_ci(r, 'auc_source')} | "
                 f"{_with_ci(r, 'auc_target')} | {_with_ci(r, 'pauc')} | {_pct(r['official'])} | "
-                f"{_pct(r['fpr_source'])}/{_pct(r['fpr_target'])} | {_pct(r['recall'])} |")
+                f"{_pct(r['fpr_source'])}/{_pct(r['fpr_target'])} | {_unit_cell(r)} | "
+                f"{_pct(r['recall'])} |")
     lines += _int8_lines(rep["types"])
     lines += _spread_lines(rep["types"])
     lines += plot_section_lines(rep["types"], rep.get("skipped_files"), "without a machine type")
