@@ -10,8 +10,9 @@ in time (overlapping windows share audio and would be near-duplicates).
 
 With several views (``asd.views``, :mod:`edge.views`) every view is held out the same way;
 its held-out log distances normalise it (:func:`view_normalisation`) and the threshold is
-fitted on the combined held-out scores, counting only the non-overlapping windows as
-independent (:func:`independent_windows`).
+fitted on the combined held-out scores, each standardised leave-one-out (by the statistics
+of the windows that do not overlap it, as a new window is by all of them), counting only the
+non-overlapping windows as independent (:func:`independent_windows`).
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from typing import Iterable
 import numpy as np
 
 from calibration.thresholds import make_threshold_estimator
-from edge.backend import (LOG_DISTANCE_FLOOR, Calibration, euclidean_distances,
-                          normalised_view_score, normalize_members)
+from edge.backend import (LOG_DISTANCE_FLOOR, LOG_STD_FLOOR, Calibration, euclidean_distances,
+                          fused_view_score, normalize_members)
 from edge.levels import SILENCE_DBFS, rms_dbfs
 from edge.pipeline import Windower
 from edge.views import (EMBEDDING_VIEW, LOGMEL_DIM, PCA_COMPONENTS, PCA_VIEW, fit_pca,
@@ -273,15 +274,24 @@ def view_normalisation(w: CalibrationWindows, fusion: str = "representations"
     (the PCA residual view: against the subspace of the windows that do not overlap it; the
     level statistics: by Euclidean distance in dB);
     its log distances give ``log_mean`` and ``log_std`` (GenRep's domain normalisation,
-    ``004_d4225f15e0df5a46.txt`` Section 2.3, per view), and the views combine by
-    :func:`edge.backend.normalised_view_score` with ``fusion``
-    (:data:`edge.backend.VIEW_FUSIONS`).
+    ``004_d4225f15e0df5a46.txt`` Section 2.3, per view), which the node uses on new windows.
+
+    The held-out scores the threshold is fitted on are standardised *leave-one-out*: each
+    window's log distance by the mean and standard deviation of the windows that do not
+    overlap it (:func:`_leave_one_out_z`), then combined as
+    :func:`edge.backend.normalised_view_score` combines (:func:`edge.backend.fused_view_score`
+    with ``fusion``, :data:`edge.backend.VIEW_FUSIONS`). A new window is standardised by
+    statistics it took no part in, and so is each held-out one. Standardised on statistics
+    that include them, the held-out scores of a short calibration bunch up (each view's
+    have mean 0 and standard deviation 1 exactly, and their average over the views spreads
+    far less than a new window's), and the threshold flags more new normal windows than its
+    target (pump with 5 calibration clips in the leave-one-machine-out evaluation).
 
     Returns
     -------
     norms : dict of str -> {"log_mean", "log_std", "members"}
     scores : np.ndarray, shape (n_scored,), float32
-        The combined held-out score of every scored window.
+        The combined held-out score of every scored window, standardised leave-one-out.
 
     Raises
     ------
@@ -289,8 +299,10 @@ def view_normalisation(w: CalibrationWindows, fusion: str = "representations"
         Too few windows (:func:`held_out_scores`), or, for the PCA residual view, no
         window with a block of sound (every frame at least :data:`edge.levels.SILENCE_DBFS`).
     """
-    dists, norms = {}, {}
+    z, norms = {}, {}
     overlap = _overlap(w)  # the same windows in every view
+    scored = ~np.all(overlap, axis=1)
+    apart = ~overlap[np.ix_(scored, scored)]
     for v in w.names:
         metric = view_metric(v)
         if metric == "subspace":
@@ -301,14 +313,47 @@ def view_normalisation(w: CalibrationWindows, fusion: str = "representations"
             d = _held_out(w.embeddings if v == EMBEDDING_VIEW else w.views[v], w.members[v],
                           overlap)
         logs = np.log(d.astype(np.float64) + LOG_DISTANCE_FLOOR)
-        logs = logs[~np.isnan(logs)]
-        if not len(logs):
+        known = logs[~np.isnan(logs)]
+        if not len(known):
             raise ValueError(f"the {v} view cannot score any calibration window: no block of "
                              f"5 frames above {SILENCE_DBFS:g} dBFS; record the machine running")
-        dists[v] = d
-        norms[v] = {"log_mean": float(logs.mean()), "log_std": max(float(logs.std()), 1e-6),
+        norms[v] = {"log_mean": float(known.mean()), "log_std": max(float(known.std()), 1e-6),
                     "members": int(w.members[v])}
-    return norms, normalised_view_score(dists, norms, fusion)
+        z[v] = _leave_one_out_z(logs, apart, norms[v])
+    return norms, fused_view_score(z, fusion)
+
+
+def _leave_one_out_z(logs: np.ndarray, apart: np.ndarray, norm: dict) -> np.ndarray:
+    """Each held-out log distance standardised by the mean and (population) standard
+    deviation of the other windows' that do not overlap it.
+
+    Parameters
+    ----------
+    logs : np.ndarray, shape (n,), float64
+        One view's held-out log distances; NaN where the view scores nothing.
+    apart : np.ndarray, shape (n, n), bool
+        Which windows share no audio.
+    norm : dict
+        The view's statistics over all windows: the fallback for a window with fewer than
+        two known partners.
+
+    Returns
+    -------
+    np.ndarray, shape (n,), float64
+        NaN where ``logs`` is; the standard deviation counts as at least
+        :data:`edge.backend.LOG_STD_FLOOR`, as on the node.
+    """
+    known = ~np.isnan(logs)
+    x = np.where(known, logs - norm["log_mean"], 0.0)  # centred: sums stay well conditioned
+    partners = (apart & known[None, :]).astype(np.float64)
+    count = partners.sum(axis=1)
+    enough = count >= 2
+    safe = np.maximum(count, 1.0)
+    mean = partners @ x / safe
+    std = np.sqrt(np.maximum(partners @ (x * x) / safe - mean * mean, 0.0))
+    mean = np.where(enough, mean, 0.0)
+    std = np.where(enough, std, norm["log_std"])
+    return np.where(known, (x - mean) / np.maximum(std, LOG_STD_FLOOR), np.nan)
 
 
 def independent_windows(w: CalibrationWindows) -> int:

@@ -23,8 +23,9 @@ from firmware_config.errors import HarkError
 from edge.views import LEVEL_VIEW, LOGMEL_DIM, PCA_VIEW, pca_residual, representation, view_metric
 
 __all__ = ["CalibrationError", "normalize_members", "min_cosine_distance", "min_euclidean_distance",
-           "euclidean_distances", "view_distance", "normalised_view_score", "Calibration",
-           "CALIBRATION_SCHEMA", "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR", "VIEW_FUSIONS"]
+           "euclidean_distances", "view_distance", "normalised_view_score", "fused_view_score",
+           "Calibration", "CALIBRATION_SCHEMA", "LOG_DISTANCE_FLOOR", "LOG_STD_FLOOR",
+           "VIEW_FUSIONS"]
 
 #: 2: several views (``views``, ``view_norms``); 1 (still read): the embedding view only.
 CALIBRATION_SCHEMA = 2
@@ -212,17 +213,45 @@ def normalised_view_score(distances: dict[str, np.ndarray],
     ValueError
         An unknown ``fusion``.
     """
+    return fused_view_score({v: (np.log(np.asarray(distances[v], np.float64) + LOG_DISTANCE_FLOOR)
+                                 - n["log_mean"]) / max(n["log_std"], LOG_STD_FLOOR)
+                             for v, n in norms.items()}, fusion)
+
+
+def fused_view_score(z: dict[str, np.ndarray], fusion: str = "representations") -> np.ndarray:
+    """Combine the views' standardised log distances ``z_v`` into ``exp(mean z)``.
+
+    The combination step of :func:`normalised_view_score`, for callers that standardise
+    each window differently (the calibration's leave-one-out held-out scores,
+    :func:`calibration.calibrate.view_normalisation`).
+
+    Parameters
+    ----------
+    z : dict of str -> np.ndarray, shape (n,), float
+        Every view's standardised log distance of ``n`` windows; NaN where the view has
+        nothing to say about a window.
+    fusion : {"representations", "views"}
+        :data:`VIEW_FUSIONS`.
+
+    Returns
+    -------
+    np.ndarray, shape (n,), float32, > 0 and finite
+        As :func:`normalised_view_score` returns.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``fusion``.
+    """
     if fusion not in VIEW_FUSIONS:
         raise ValueError(f"fusion {fusion!r}: expected one of {', '.join(VIEW_FUSIONS)}")
-    z = np.array([(np.log(np.asarray(distances[v], np.float64) + LOG_DISTANCE_FLOOR)
-                   - n["log_mean"]) / max(n["log_std"], LOG_STD_FLOOR)
-                  for v, n in norms.items()]).reshape(len(norms), -1)
+    rows = np.array([np.asarray(z[v], np.float64) for v in z]).reshape(len(z), -1)
     if fusion == "representations":
         groups: dict[str, list[int]] = {}
-        for i, v in enumerate(norms):
+        for i, v in enumerate(z):
             groups.setdefault(representation(v), []).append(i)
-        z = np.stack([_nanmean_rows(z[rows]) for rows in groups.values()])
-    mean_z = np.nan_to_num(_nanmean_rows(z), nan=0.0)
+        rows = np.stack([_nanmean_rows(rows[g]) for g in groups.values()])
+    mean_z = np.nan_to_num(_nanmean_rows(rows), nan=0.0)
     return np.exp(np.clip(mean_z, -MAX_MEAN_Z, MAX_MEAN_Z)).astype(np.float32)
 
 

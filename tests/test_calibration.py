@@ -61,13 +61,26 @@ def test_views_each_normalised_on_held_out_calibration_scores(tmp_path, embedder
     np.testing.assert_array_equal(w.views["branch_spectrum"], w.embeddings[:, 128:])
     cal = fit_calibration(w, embedder, 16, "fpr", {}, 10.0, 2.0)
     assert list(cal.view_names) == list(w.names)
-    # Each view's held-out log distances have mean 0 and std 1 after its normalisation,
-    # so the combined held-out scores centre on exp(0) = 1.
+    # Each view's held-out log distances have mean 0 and std 1 after its normalisation
+    # (what the node applies to new windows) ...
+    logs = {}
     for v in w.names:
-        d = held_out_scores(w, 1, None if v == "embedding" else w.views[v])
-        z = (np.log(d + 1e-6) - cal.view_norms[v]["log_mean"]) / cal.view_norms[v]["log_std"]
+        logs[v] = np.log(held_out_scores(w, 1, None if v == "embedding" else w.views[v]) + 1e-6)
+        z = (logs[v] - cal.view_norms[v]["log_mean"]) / cal.view_norms[v]["log_std"]
         assert abs(z.mean()) < 1e-5 and z.std() == pytest.approx(1.0, rel=1e-6)
-    assert np.exp(np.mean(np.log(cal.normal_scores))) == pytest.approx(1.0, rel=1e-5)
+    # ... while the threshold's held-out scores standardise each window (one per clip, so
+    # none overlap) on the other five alone; the embedding and its branches are one
+    # representation, averaged before the STFT statistics join.
+    def loo(v, i):
+        rest = np.delete(logs[v], i)
+        return (logs[v][i] - rest.mean()) / max(rest.std(), 0.1)
+    expected = [np.exp((np.mean([loo(v, i) for v in w.names[:3]]) + loo(w.names[3], i)) / 2)
+                for i in range(6)]
+    np.testing.assert_allclose(cal.normal_scores, expected, rtol=1e-5)
+    in_sample = [np.mean([(logs[v][i] - logs[v].mean()) / logs[v].std() for v in w.names[:3]])
+                 + (logs[w.names[3]][i] - logs[w.names[3]].mean()) / logs[w.names[3]].std()
+                 for i in range(6)]
+    assert np.std(np.log(cal.normal_scores)) > np.std(np.divide(in_sample, 2))  # wider
     back = Calibration.load(cal.save(tmp_path / "views.npz"), embedder.sha256)
     assert back.view_norms == cal.view_norms and set(back.views) == set(w.names) - {"embedding"}
 
