@@ -325,7 +325,7 @@ def view_normalisation(w: CalibrationWindows, fusion: str = "representations"
 
 def _leave_one_out_z(logs: np.ndarray, apart: np.ndarray, norm: dict) -> np.ndarray:
     """Each held-out log distance standardised by the mean and (population) standard
-    deviation of the other windows' that do not overlap it.
+    deviation of the other windows that do not overlap it.
 
     Parameters
     ----------

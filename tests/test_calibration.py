@@ -366,3 +366,26 @@ def test_record_cli_bad_input_writes_nothing(tmp_path):
                         "--from", str(silent), "--quiet"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 1 and "silent" in r.stderr, r.stderr
     assert not (tmp_path / "cal.npz").exists()
+
+
+def test_leave_one_out_standardisation_skips_overlapping_and_silent_windows():
+    """Each held-out log distance is standardised on the windows that share no audio with it
+    and have a value; a window with fewer than two such partners falls back to the view's
+    statistics over all windows."""
+    from calibration.calibrate import _leave_one_out_z
+
+    logs = np.array([0.0, 1.0, 3.0, np.nan, -2.0, 0.5])
+    apart = ~np.eye(6, dtype=bool)
+    apart[0, 1] = apart[1, 0] = False  # windows 0 and 1 overlap
+    apart[5, [0, 1, 2]] = apart[[0, 1, 2], 5] = False  # window 5 overlaps all but 3 and 4
+    norm = {"log_mean": 0.5, "log_std": 1.5}
+    z = _leave_one_out_z(logs, apart, norm)
+    assert np.isnan(z[3])
+    others = logs[[2, 4]]  # window 0: not itself, not 1 (overlaps), not 3 (silent), not 5
+    assert z[0] == pytest.approx((0.0 - others.mean()) / others.std())
+    others = logs[[0, 1, 2, 5]]  # window 4 shares audio with no window
+    assert z[4] == pytest.approx((-2.0 - others.mean()) / others.std())
+    assert z[5] == pytest.approx((0.5 - 0.5) / 1.5)  # one partner (4): the view's statistics
+    tight = _leave_one_out_z(np.array([0.0, 0.01, 0.02, 1.0]), ~np.eye(4, dtype=bool),
+                             {"log_mean": 0.0, "log_std": 1.0})
+    assert tight[3] == pytest.approx((1.0 - 0.01) / 0.1)  # spread floored as on the node
