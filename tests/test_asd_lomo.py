@@ -239,7 +239,7 @@ def test_lomo_seeds_summarise_each_draw(data_dir, tmp_path):
                     "normals_other_units"):
             assert summary["types"][t][name][key] == sum(
                 reps[s]["types"][t]["systems"][name][key] for s in (0, 1))
-    assert "calibrated units / other units" in (out / "seeds.md").read_text()
+    assert "calibrated units / of other units" in (out / "seeds.md").read_text()
     assert "over several draws" in (out / "seeds.md").read_text()
 
 

@@ -277,8 +277,9 @@ def seeds_markdown(summary: dict[str, Any]) -> str:
     lines += [f"| {n} | {cell(v['official_score'])} |" for n, v in summary["systems"].items()]
     lines += ["", "## Per held-out machine type", "",
               "| held-out type | system | AUC source | pAUC | false positives (source normal "
-              "test clips, all seeds) | of them: calibrated units / other units | anomalies "
-              "found |", "|---|---|---|---|---|---|---|"]
+              "test clips, all seeds) | false positives on normal test clips of calibrated "
+              "units / of other units (both domains) | anomalies found |",
+              "|---|---|---|---|---|---|---|"]
     for t, per in summary["types"].items():
         for n, v in per.items():
             lines.append(f"| {t} | {n} | {cell(v['auc_source'])} | {cell(v['pauc'])} | "
