@@ -191,6 +191,11 @@ def _with_ci(r: dict[str, Any], key: str) -> str:
     return _pct(r[key]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
 
 
+#: Counts :func:`rates_at_threshold` gives with ``calibrated_unit``.
+_UNIT_KEYS = ("false_positives_calibrated_units", "normals_calibrated_units",
+              "false_positives_other_units", "normals_other_units")
+
+
 def seeds_summary(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Summary over several draws of the evaluation (``--seeds``).
 
@@ -245,11 +250,6 @@ def seeds_summary(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
             types[t][n].update(false_positives=fp, normal_clips=nn, found=tp, anomalies=na,
                                **units)
     return {"seeds": seeds, "systems": systems, "types": types}
-
-
-#: Counts :func:`rates_at_threshold` gives with ``calibrated_unit``.
-_UNIT_KEYS = ("false_positives_calibrated_units", "normals_calibrated_units",
-              "false_positives_other_units", "normals_other_units")
 
 
 def _unit_cell(r: dict[str, Any]) -> str:
