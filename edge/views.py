@@ -24,6 +24,13 @@ Views (``asd.views`` of the node config)
     ``branches``
         Each branch of the embedder separately (thesis Tables 14 and 15: one view per
         spectrogram resolution and one for the spectrum), named ``branch_<input>``.
+    ``branch_spectrogram``, ``branch_spectrum``
+        One branch alone (:data:`BRANCH_VIEWS`), in place of ``branches``. The node's default
+        keeps the spectrum branch as the embedder's only view: on machine types the embedder
+        never heard, the spectrogram branch was the weakest view on every type (pump source
+        AUC 23-60 over five draws, below chance on four), and the embedding, which
+        concatenates it, pulled the embedder's vote down with it (README, "The spectrum
+        branch alone").
     ``stft_statistics``
         Per-bin mean and standard deviation over time of the window's log-magnitude STFT
         (:func:`stft_statistics`): no learning at all.
@@ -51,13 +58,17 @@ import numpy as np
 from edge.frontend import as_mono, logmel_frames, magnitude_spectrogram
 from edge.levels import SILENCE_DBFS, frame_rms_dbfs
 
-__all__ = ["VIEWS", "EMBEDDING_VIEW", "PCA_VIEW", "LEVEL_VIEW", "PCA_COMPONENTS", "LOGMEL_FRAMES",
+__all__ = ["VIEWS", "BRANCH_VIEWS", "EMBEDDING_VIEW", "PCA_VIEW", "LEVEL_VIEW", "PCA_COMPONENTS", "LOGMEL_FRAMES",
            "LOGMEL_DIM", "view_names", "view_members", "view_metric", "representation",
            "window_views", "stft_statistics", "level_statistics", "logmel_blocks", "fit_pca",
            "pca_from_moments", "pca_residual"]
 
+#: Config names of the embedder's single branches (``branch_<input>``, the ASD frontend's
+#: inputs, :attr:`edge.frontend.AsdFrontendParams.input_shapes`).
+BRANCH_VIEWS = ("branch_spectrogram", "branch_spectrum")
 #: The views a config may ask for, in the order they are scored.
-VIEWS = ("embedding", "branches", "stft_statistics", "level_statistics", "pca_residual")
+VIEWS = ("embedding", "branches", *BRANCH_VIEWS, "stft_statistics", "level_statistics",
+         "pca_residual")
 #: The one view a calibration made before views existed has (scored without normalisation).
 EMBEDDING_VIEW = "embedding"
 #: The view scored by its distance to a principal subspace instead of nearest neighbours.
@@ -311,6 +322,10 @@ def _check(views: Sequence[str]) -> tuple[str, ...]:
     if unknown or not views or len(set(views)) != len(views):
         raise ValueError(f"views {list(views)}: expected one or more distinct names of "
                          f"{', '.join(VIEWS)}")
+    both = [v for v in BRANCH_VIEWS if v in views]
+    if both and "branches" in views:
+        raise ValueError(f"views {list(views)}: 'branches' already holds {', '.join(both)}; "
+                         f"name either all branches or single ones")
     return tuple(v for v in VIEWS if v in views)
 
 
@@ -342,18 +357,28 @@ def view_names(embedder, views: Sequence[str]) -> tuple[str, ...]:
     Returns
     -------
     tuple of str
-        ``"embedding"``, ``"branch_<input>"`` for every branch, ``"stft_statistics"``,
-        ``"level_statistics"``, ``"pca_residual"``, in that order, as far as asked for.
+        ``"embedding"``, ``"branch_<input>"`` for every branch (``"branches"``) or for the
+        one named, ``"stft_statistics"``, ``"level_statistics"``, ``"pca_residual"``, in that
+        order, as far as asked for.
 
     Raises
     ------
     ValueError
-        An unknown, repeated or missing view name, or a model whose members do not split
-        into its branches.
+        An unknown, repeated or missing view name, ``"branches"`` together with a single
+        branch, a single branch the model does not have, or a model whose members do not
+        split into its branches.
     """
     out: list[str] = []
     for v in _check(views):
-        out += list(_branch_slices(embedder)) if v == "branches" else [v]
+        if v == "branches":
+            out += list(_branch_slices(embedder))
+        elif v in BRANCH_VIEWS:
+            if v not in _branch_slices(embedder):
+                raise ValueError(f"view {v!r}: model {embedder.model_id} has the branches "
+                                 f"{', '.join(_branch_slices(embedder))}")
+            out.append(v)
+        else:
+            out.append(v)
     return tuple(out)
 
 

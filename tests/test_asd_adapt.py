@@ -73,7 +73,7 @@ def test_adapt_cli_writes_a_bundle_and_its_calibration(tmp_path, data_dir, mimii
     assert meta["site_recordings"] == [str(f) for f in site]
     cal = Calibration.load(info["calibration"], emb.sha256)  # made for this very model
     assert cal.calibration_id == info["calibration_id"] and info["windows"] == 3
-    assert cal.view_names == ("embedding", "branch_spectrogram", "branch_spectrum",
-                              "stft_statistics", "level_statistics", "pca_residual")
+    assert cal.view_names == ("branch_spectrum", "stft_statistics", "level_statistics",
+                              "pca_residual")  # the node's default views
     assert sorted(p.name for p in out.iterdir()) == ["press3.json", "press3.tflite",
                                                      "press3_calibration.npz"]

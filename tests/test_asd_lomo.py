@@ -265,14 +265,16 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
     assert rep["protocol"] == "leave-one-machine-out"
     assert set(rep["types"]) == {"fan", "pump"}
     # the node's default views and, from the same model, the embedding alone, the views
-    # without the level statistics and the views averaged directly; two baselines
+    # without the level statistics and with the embedding and every branch in place of the
+    # spectrum branch; not the views averaged directly, which with one view per
+    # representation is the node's score again; two baselines
     assert set(rep["systems"]) == {"ours (int8)", "ours (int8), embedding view only",
                                    "ours (int8), views without level_statistics",
-                                   "ours (int8), mean over views", "ours (float)",
+                                   "ours (int8), embedding and every branch", "ours (float)",
                                    "ours, site-adapted (int8)",
                                    "DCASE 2023 AE baseline (calibration clips)",
                                    "STFT mean/std + cosine (no learning)"}
-    assert rep["node"]["views"] == ["embedding", "branches", "stft_statistics", "level_statistics",
+    assert rep["node"]["views"] == ["branch_spectrum", "stft_statistics", "level_statistics",
                                     "pca_residual"]
     fan, pump = rep["types"]["fan"], rep["types"]["pump"]
     assert fan["counts"]["train_types"] == ["pump"] and fan["counts"]["train_clips"] == 6
@@ -298,18 +300,17 @@ def test_lomo_cli_end_to_end(data_dir, tmp_path):
         assert s["types"] == ["fan", "pump"]
     for t in ("fan", "pump"):
         ours = rep["types"][t]["systems"]
-        assert ours["ours (int8)"]["meta"]["views"] == ["embedding", "branch_spectrogram",
-                                                        "branch_spectrum", "stft_statistics",
+        assert ours["ours (int8)"]["meta"]["views"] == ["branch_spectrum", "stft_statistics",
                                                         "level_statistics", "pca_residual"]
         assert ours["ours (int8), embedding view only"]["meta"]["views"] == ["embedding"]
         assert ours["ours (int8), views without level_statistics"]["meta"]["views"] == [
-            "embedding", "branch_spectrogram", "branch_spectrum", "stft_statistics",
-            "pca_residual"]
+            "branch_spectrum", "stft_statistics", "pca_residual"]
         assert ours["ours (int8)"]["meta"]["view_fusion"] == "representations"
-        direct = ours["ours (int8), mean over views"]
-        assert direct["meta"]["view_fusion"] == "views"
-        assert direct["meta"]["views"] == ours["ours (int8)"]["meta"]["views"]
-        assert direct["test_scores"] != ours["ours (int8)"]["test_scores"]
+        every = ours["ours (int8), embedding and every branch"]
+        assert every["meta"]["view_fusion"] == "representations"
+        assert every["meta"]["views"] == ["embedding", "branch_spectrogram", "branch_spectrum",
+                                          "stft_statistics", "level_statistics", "pca_residual"]
+        assert every["test_scores"] != ours["ours (int8)"]["test_scores"]
         # the embedding-spread check: the held-out type's normal clips, and the training
         # clips in the bundle's training report
         counts = rep["types"][t]["counts"]

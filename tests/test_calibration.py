@@ -44,6 +44,9 @@ def test_anomalous_fan_scores_higher_than_normal(embedder, site_fan, site_calibr
 
 
 ALL_VIEWS = ("embedding", "branches", "stft_statistics")  # the nearest-neighbour views
+#: Every view, the embedder's through the embedding and both branches (the default until
+#: 2026-12-02).
+EVERY_VIEW = ("embedding", "branches", "stft_statistics", "level_statistics", "pca_residual")
 
 
 def test_views_each_normalised_on_held_out_calibration_scores(tmp_path, embedder, site_fan):
@@ -158,10 +161,9 @@ def test_views_combine_per_representation_and_old_artifacts_keep_their_fusion(tm
     existed is read as the plain mean over views it was thresholded with."""
     from edge.backend import LOG_DISTANCE_FLOOR, LOG_STD_FLOOR, _min_distance_to_normalised
     from edge.views import LEVEL_VIEW, PCA_VIEW, pca_residual, representation, window_views
-    from firmware_config.schema import DEFAULT_ASD_VIEWS
 
     w = collect_windows([FileSource([f]).blocks() for f in site_fan["calibration"]], embedder,
-                        10.0, 2.0, views=DEFAULT_ASD_VIEWS)
+                        10.0, 2.0, views=EVERY_VIEW)
     cal = fit_calibration(w, embedder, 16, "mst-iqr", {}, 10.0, 2.0)
     assert cal.view_fusion == "representations"
     assert [representation(v) for v in cal.view_names] == [
@@ -200,6 +202,50 @@ def test_views_combine_per_representation_and_old_artifacts_keep_their_fusion(tm
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(CalibrationError, match="unknown view_fusion 'max'"):
         Calibration.load(tmp_path / "bad.npz")
+
+
+def test_single_branch_view_is_the_embedders_only_vote(embedder, site_fan):
+    """The node's default views keep the embedder's spectrum branch alone: its vector is that
+    branch's slice of the embedding, it is the embedder's one representation beside the
+    STFT statistics, level statistics and PCA residual, so a window's score is exp of the
+    mean of the four views' z. Naming ``branches`` with a single branch, or a branch the
+    model lacks, is refused, in the config and at calibration."""
+    from types import SimpleNamespace
+
+    from pydantic import ValidationError
+
+    from edge.backend import normalised_view_score, view_distance
+    from edge.views import representation, view_names, window_views
+    from firmware_config.schema import DEFAULT_ASD_VIEWS, AsdSection
+
+    assert view_names(embedder, DEFAULT_ASD_VIEWS) == (
+        "branch_spectrum", "stft_statistics", "level_statistics", "pca_residual")
+    y = load_audio(site_fan["abnormal"][0])[:160000]
+    vec = window_views(embedder, y, ("embedding", "branch_spectrum"))
+    half = embedder.embedding_dim // 2  # two branches, spectrum last
+    np.testing.assert_array_equal(vec["branch_spectrum"], vec["embedding"][half:])
+
+    w = collect_windows([FileSource([f]).blocks() for f in site_fan["calibration"]], embedder,
+                        10.0, 2.0, views=DEFAULT_ASD_VIEWS)
+    cal = fit_calibration(w, embedder, 16, "fpr", {}, 10.0, 2.0)
+    assert cal.view_names == view_names(embedder, DEFAULT_ASD_VIEWS)
+    assert len({representation(v) for v in cal.view_names}) == 4
+    vec = window_views(embedder, y, cal.view_names)
+    z = {v: (np.log(view_distance(v, vec[v], cal.views[v], int(n["members"]))[0] + 1e-6)
+             - n["log_mean"]) / n["log_std"] for v, n in cal.view_norms.items()}
+    assert float(cal.score_views(vec)[0]) == pytest.approx(np.exp(np.mean(list(z.values()))),
+                                                          rel=1e-4)
+    assert float(cal.score_views(vec)[0]) == pytest.approx(float(normalised_view_score(
+        {v: view_distance(v, vec[v], cal.views[v], 1) for v in z}, cal.view_norms)[0]), rel=1e-5)
+
+    with pytest.raises(ValueError, match="'branches' already holds branch_spectrum"):
+        view_names(embedder, ("branches", "branch_spectrum", "stft_statistics"))
+    with pytest.raises(ValidationError, match="'branches' already holds branch_spectrum"):
+        AsdSection(views=["branches", "branch_spectrum"])
+    one_branch = SimpleNamespace(metadata={"inputs": ["spectrogram"]}, n_members=1,
+                                 embedding_dim=64, model_id="spectrogram-only")
+    with pytest.raises(ValueError, match="spectrogram-only has the branches branch_spectrogram"):
+        view_names(one_branch, ("branch_spectrum",))
 
 
 def test_level_view_hears_a_machine_running_quieter(tmp_path, embedder, site_fan):

@@ -79,7 +79,7 @@ from edge.audio import load_audio
 from edge.frontend import asd_features
 from edge.model import AsdEmbedder
 from edge.pipeline import Windower
-from edge.views import LEVEL_VIEW, representation, view_names, window_views
+from edge.views import BRANCH_VIEWS, LEVEL_VIEW, representation, view_names, window_views
 from firmware_config.defaults import DEFAULT_CONFIG
 from firmware_config.fileio import atomic_write_bytes, atomic_write_json
 from firmware_config.schema import load_config
@@ -89,6 +89,7 @@ from trainer.asd_baselines import StftStatsBaseline
 from trainer.asd_lomo_data import LomoSplit, list_typed_clips, lomo_split
 from trainer.asd_lomo_report import (
     OURS_EMBEDDING_ONLY,
+    OURS_EVERY_EMBEDDER_VIEW,
     OURS_MEAN_OVER_VIEWS,
     OURS_WITHOUT_LEVEL,
     bootstrap_ci,
@@ -165,7 +166,10 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
     when they are more than the embedding the embedding alone (:data:`OURS_EMBEDDING_ONLY`),
     when they hold the level statistics the others alone (:data:`OURS_WITHOUT_LEVEL`), when
     they span several representations the node's views averaged directly instead of per
-    representation (:data:`OURS_MEAN_OVER_VIEWS`, the fusion before 2026-11-30),
+    representation (:data:`OURS_MEAN_OVER_VIEWS`, the fusion before 2026-11-30; only when
+    a representation has several views), when they keep a single branch of the embedder the
+    embedding and every branch in its place (:data:`OURS_EVERY_EMBEDDER_VIEW`, the views
+    before 2026-12-02),
     and the float model before int8 conversion with the node's views (:data:`OURS_FLOAT`),
     all from the same trained model. ``adapted``: site
     adaptation (:mod:`trainer.asd_adapt`): the calibration clips join the training data,
@@ -206,8 +210,14 @@ def _run_ours(cfg, split: LomoSplit, waves: dict[Path, np.ndarray], node, n_clus
         if LEVEL_VIEW in a.views and len(a.views) > 1:
             runs.append((OURS_WITHOUT_LEVEL, emb, tuple(v for v in a.views if v != LEVEL_VIEW),
                          fusion))
-        if len({representation(v) for v in view_names(emb, a.views)}) > 1:
+        reps = [representation(v) for v in view_names(emb, a.views)]
+        if 1 < len(set(reps)) < len(reps):  # the fusions differ
             runs.append((OURS_MEAN_OVER_VIEWS, emb, tuple(a.views), "views"))
+        if any(v in BRANCH_VIEWS for v in a.views):
+            runs.append((OURS_EVERY_EMBEDDER_VIEW, emb,
+                         ("embedding", "branches",
+                          *(v for v in a.views if v not in (*BRANCH_VIEWS, "embedding"))),
+                         fusion))
         runs.append((OURS_FLOAT, _FloatEmbedder(model, emb), tuple(a.views), fusion))
     spreads: dict[int, dict | None] = {}  # per embedder: the runs of one bundle share it
     for name, embedder, views, view_fusion in runs:

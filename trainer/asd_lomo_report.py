@@ -23,7 +23,8 @@ import numpy as np
 from trainer.asd_metrics import dcase_section_metrics, official_score
 from trainer.asd_plots import plot_section_lines
 
-__all__ = ["OURS_EMBEDDING_ONLY", "OURS_WITHOUT_LEVEL", "OURS_MEAN_OVER_VIEWS", "type_metrics",
+__all__ = ["OURS_EMBEDDING_ONLY", "OURS_WITHOUT_LEVEL", "OURS_MEAN_OVER_VIEWS",
+           "OURS_EVERY_EMBEDDER_VIEW", "type_metrics",
            "rates_at_threshold", "bootstrap_metrics", "bootstrap_ci", "lomo_markdown",
            "seeds_summary", "seeds_markdown"]
 
@@ -36,6 +37,10 @@ OURS_WITHOUT_LEVEL = "ours (int8), views without level_statistics"
 #: The same int8 model and views, combined by the plain mean over views (the node's fusion
 #: before 2026-11-30, ``edge.backend.VIEW_FUSIONS``) instead of over representations.
 OURS_MEAN_OVER_VIEWS = "ours (int8), mean over views"
+#: The same int8 model with the node's views, but the embedding and every branch in place of
+#: the single branch the node keeps (``edge.views.BRANCH_VIEWS``): the default before
+#: 2026-12-02, measured against the single branch in the same run.
+OURS_EVERY_EMBEDDER_VIEW = "ours (int8), embedding and every branch"
 
 
 # --------------------------------------------------------------------------- metrics
@@ -355,7 +360,9 @@ def lomo_markdown(rep: dict[str, Any]) -> str:
         "and then over representations, as `edge.backend.normalised_view_score` describes; "
         f"`{OURS_EMBEDDING_ONLY}`: the same model scored by its embedding alone; "
         f"`{OURS_WITHOUT_LEVEL}`: by the node's views but the level statistics; "
-        f"`{OURS_MEAN_OVER_VIEWS}`: by the node's views averaged directly); a "
+        f"`{OURS_MEAN_OVER_VIEWS}`: by the node's views averaged directly; "
+        f"`{OURS_EVERY_EMBEDDER_VIEW}`: by the node's views with the embedding and every "
+        "branch in place of its single branch); a "
         "clip's score is its highest window score. The DCASE 2023 autoencoder baseline is "
         "trained on the same calibration clips only (threshold on its in-sample scores); the "
         "STFT baseline (per-bin mean and std of the log-magnitude STFT, Hann 1024, hop 512, "
