@@ -40,6 +40,7 @@ The keyword frontend (log-Mel frames and segments) is :mod:`edge.kws_frontend`; 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ __all__ = [
     "fix_length",
     "frame_signal",
     "magnitude_spectrogram",
+    "centred_magnitude",
     "temporal_mean_normalisation",
     "magnitude_spectrum",
     "asd_features",
@@ -302,6 +304,47 @@ def magnitude_spectrogram(y: np.ndarray, n_fft: int = 1024, hop_length: int = 51
     return np.abs(np.fft.rfft(frames * window, axis=-1)).astype(np.float32)
 
 
+def centred_magnitude(y: np.ndarray, n_fft: int, hop_length: int,
+                      magnitude: np.ndarray | None = None) -> np.ndarray:
+    """Magnitude STFT of centred frames: ``y`` zero-padded by ``n_fft // 2`` at both ends.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,), float32
+    n_fft, hop_length : int
+        Window and hop in samples.
+    magnitude : np.ndarray, shape (1 + (n_samples - n_fft) // hop_length, n_fft // 2 + 1), optional
+        ``magnitude_spectrogram(y, n_fft, hop_length)``, if already computed. Where
+        ``hop_length`` divides ``n_fft // 2``, centred frame ``t + (n_fft // 2) / hop_length``
+        is frame ``t`` of it, so only the frames that reach into the padding are computed.
+
+    Returns
+    -------
+    np.ndarray, shape (1 + n_samples // hop_length, n_fft // 2 + 1), float32
+        Equal to ``magnitude_spectrogram(np.pad(y, n_fft // 2), n_fft, hop_length)``.
+
+    Raises
+    ------
+    ValueError
+        If ``magnitude`` does not have the shape of ``y``'s spectrogram.
+    """
+    half = n_fft // 2
+    padded = np.pad(y, (half, half))
+    if magnitude is None or half % hop_length:
+        return magnitude_spectrogram(padded, n_fft, hop_length)
+    want = (1 + (len(y) - n_fft) // hop_length, half + 1)
+    if magnitude.shape != want:
+        raise ValueError(f"magnitude: expected the spectrogram of the {len(y)} samples, shape "
+                         f"{want}, got {magnitude.shape}")
+    k = half // hop_length                      # centred frames before the first whole one
+    after = (k + len(magnitude)) * hop_length   # where the centred frames after it start
+    parts = [magnitude_spectrogram(padded[:(k - 1) * hop_length + n_fft], n_fft, hop_length),
+             magnitude]
+    if len(padded) - after >= n_fft:
+        parts.append(magnitude_spectrogram(padded[after:], n_fft, hop_length))
+    return np.concatenate(parts)
+
+
 def temporal_mean_normalisation(spec: np.ndarray) -> np.ndarray:
     """Subtract each frequency bin's temporal mean (TMN, thesis Section 5.3.1).
 
@@ -336,8 +379,8 @@ def magnitude_spectrum(y: np.ndarray, band: slice | None = None) -> np.ndarray:
     return np.abs(np.fft.rfft(y, axis=-1)[..., band]).astype(np.float32)
 
 
-def asd_features(y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams()
-                 ) -> dict[str, np.ndarray]:
+def asd_features(y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams(), *,
+                 magnitude: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every ASD model input for one clip or a batch of clips.
 
     Parameters
@@ -346,6 +389,10 @@ def asd_features(y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams()
         16 kHz mono waveform(s) in [-1, 1]. A 1-D signal is padded or cut to
         ``params.clip_samples``; a 2-D batch must already have that length.
     params : AsdFrontendParams
+    magnitude : np.ndarray, shape ([batch,] n_frames, n_bins), float32, keyword-only, optional
+        ``magnitude_spectrogram(y, params.n_fft, params.hop_length)`` of the padded or cut
+        clip, when the caller has it already (the node's other views use it too); computed
+        here otherwise.
 
     Returns
     -------
@@ -362,7 +409,8 @@ def asd_features(y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams()
     Raises
     ------
     ValueError
-        If a batch has the wrong clip length or the input is not 1-D/2-D.
+        If a batch has the wrong clip length, the input is not 1-D/2-D, or ``magnitude``
+        does not have the main spectrogram's shape.
     """
     y = np.asarray(y, dtype=np.float32)
     if y.ndim == 1:
@@ -371,8 +419,17 @@ def asd_features(y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams()
         raise ValueError(
             f"expected shape (n,) or (batch, {params.clip_samples}), got {y.shape}"
         )
-    out = {name: temporal_mean_normalisation(magnitude_spectrogram(y, n_fft, hop))
-           for name, (n_fft, hop) in params.spectrogram_inputs.items()}
+    out = {}
+    for name, (n_fft, hop) in params.spectrogram_inputs.items():
+        if name == "spectrogram" and magnitude is not None:
+            want = y.shape[:-1] + params.input_shapes[name]
+            if magnitude.shape != want:
+                raise ValueError(f"magnitude: expected the clip's spectrogram of shape {want}, "
+                                 f"got {magnitude.shape}")
+            spec = magnitude
+        else:
+            spec = magnitude_spectrogram(y, n_fft, hop)
+        out[name] = temporal_mean_normalisation(spec)
     dft = magnitude_spectrum(y, params.spectrum_slice)
     if params.spectrum_compression == "log1p":
         dft = np.log1p(dft, out=dft)
@@ -420,6 +477,7 @@ def _mel_to_hz(m):
     return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
 
 
+@functools.lru_cache(maxsize=16)
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
                    norm: str | None = None) -> np.ndarray:
     """Triangular mel filterbank (Slaney scale).
@@ -437,6 +495,8 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
     Returns
     -------
     np.ndarray, shape (n_mels, n_fft // 2 + 1), float32
+        Read-only: built once per set of arguments and shared (the node's PCA residual view
+        asks for it every window).
     """
     if norm not in (None, "slaney"):
         raise ValueError(f"norm must be None or 'slaney', got {norm!r}")
@@ -449,7 +509,9 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
     weights = np.maximum(0, np.minimum(lower, upper))
     if norm == "slaney":
         weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
-    return weights.astype(np.float32)
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 def stacked_logmel(y: np.ndarray, *, sample_rate: int = 16000, n_fft: int = 1024,
@@ -488,17 +550,23 @@ def stacked_logmel(y: np.ndarray, *, sample_rate: int = 16000, n_fft: int = 1024
 
 
 def logmel_frames(y: np.ndarray, *, sample_rate: int = 16000, n_fft: int = 1024,
-                  hop_length: int = 512, n_mels: int = 128) -> np.ndarray:
-    """The frames :func:`stacked_logmel` stacks (parameters there).
+                  hop_length: int = 512, n_mels: int = 128,
+                  magnitude: np.ndarray | None = None) -> np.ndarray:
+    """The frames :func:`stacked_logmel` stacks (other parameters there).
+
+    Parameters
+    ----------
+    magnitude : np.ndarray, shape (1 + (n_samples - n_fft) // hop_length, n_fft // 2 + 1), float32, optional
+        ``magnitude_spectrogram(y, n_fft, hop_length)`` (frames not centred), when the
+        caller has it already. Where ``hop_length`` divides ``n_fft // 2`` these are the
+        centred frames but the first and last few, so only those are computed here.
 
     Returns
     -------
     np.ndarray, shape (1 + n_samples // hop_length, n_mels), float32
         Centred frames, in dB (power re 1), at least -156.5 dB.
     """
-    half = n_fft // 2
-    mag = magnitude_spectrogram(np.pad(np.asarray(y, np.float32), (half, half)), n_fft,
-                                hop_length)
+    mag = centred_magnitude(np.asarray(y, np.float32), n_fft, hop_length, magnitude)
     fb = mel_filterbank(sample_rate, n_fft, n_mels, 0.0, sample_rate / 2.0, norm="slaney")
     mel = np.square(mag) @ fb.T  # (frames, n_mels)
     return (10.0 * np.log10(np.maximum(mel, np.finfo(np.float64).eps))).astype(np.float32)

@@ -58,7 +58,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edge.frontend import as_mono, logmel_frames, magnitude_spectrogram
+from edge.frontend import as_mono, asd_features, logmel_frames, magnitude_spectrogram
 from edge.levels import SILENCE_DBFS, frame_rms_dbfs
 
 __all__ = ["VIEWS", "BRANCH_VIEWS", "EMBEDDING_VIEW", "PCA_VIEW", "LEVEL_VIEW",
@@ -98,7 +98,7 @@ def _checked_waveform(waveform: np.ndarray, need: int, what: str, name: str = ""
 
 
 def stft_statistics(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int = 512,
-                    floor: float = 1e-5) -> np.ndarray:
+                    floor: float = 1e-5, magnitude: np.ndarray | None = None) -> np.ndarray:
     """Per-bin mean and standard deviation over time of the log-magnitude STFT, L2-normalised.
 
     Parameters
@@ -111,6 +111,9 @@ def stft_statistics(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int 
         STFT hop in samples, 512.
     floor : float, keyword-only
         Magnitude floor before the logarithm (-100 dB re 1).
+    magnitude : np.ndarray, shape (1 + (n_samples - n_fft) // hop_length, n_fft // 2 + 1), float32, keyword-only, optional
+        The waveform's :func:`edge.frontend.magnitude_spectrogram`, when the caller has it
+        already (:func:`window_views` computes it once for every view and the embedder).
 
     Returns
     -------
@@ -123,11 +126,15 @@ def stft_statistics(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int 
     Raises
     ------
     ValueError
-        If the waveform is not 1-D, not finite, or shorter than ``n_fft``.
+        If the waveform is not 1-D, not finite, or shorter than ``n_fft``, or ``magnitude``
+        has not the shape of its spectrogram.
     """
     y = _checked_waveform(waveform, n_fft, "the STFT statistics", "n_fft = ")
-    mag = magnitude_spectrogram(y, n_fft, hop_length)  # (frames, bins)
+    mag = magnitude_spectrogram(y, n_fft, hop_length) if magnitude is None else magnitude
     sounding = frame_rms_dbfs(y, n_fft, hop_length) >= SILENCE_DBFS
+    if mag.shape != (len(sounding), n_fft // 2 + 1):
+        raise ValueError(f"magnitude: expected the spectrogram of the {len(y)} samples, shape "
+                         f"{(len(sounding), n_fft // 2 + 1)}, got {mag.shape}")
     if sounding.any():
         mag = mag[sounding]
     log_mag = 20.0 * np.log10(np.maximum(mag, floor))
@@ -178,7 +185,7 @@ def level_statistics(waveform: np.ndarray, *, n_fft: int = 1024,
 
 
 def logmel_blocks(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int = 512,
-                  sample_rate: int = 16000) -> np.ndarray:
+                  sample_rate: int = 16000, magnitude: np.ndarray | None = None) -> np.ndarray:
     """A window's log-mel frames in non-overlapping blocks of :data:`LOGMEL_FRAMES`.
 
     The DCASE 2023 autoencoder baseline's input vectors (:func:`edge.frontend.stacked_logmel`:
@@ -200,6 +207,10 @@ def logmel_blocks(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int = 
         STFT window and hop in samples.
     sample_rate : int, keyword-only
         Hz.
+    magnitude : np.ndarray, float32, keyword-only, optional
+        The waveform's :func:`edge.frontend.magnitude_spectrogram` (frames not centred),
+        when the caller has it already; the centred frames are cut from it
+        (:func:`edge.frontend.centred_magnitude`).
 
     Returns
     -------
@@ -209,13 +220,14 @@ def logmel_blocks(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int = 
     Raises
     ------
     ValueError
-        If the waveform is not 1-D, not finite, or too short.
+        If the waveform is not 1-D, not finite, or too short, or ``magnitude`` has not the
+        shape of its spectrogram.
     """
     y = _checked_waveform(waveform, max(n_fft, (LOGMEL_FRAMES - 1) * hop_length),
                           "the log-mel blocks")
     # every LOGMEL_FRAMES-th stacked vector: the frames cut into consecutive blocks
     frames = logmel_frames(y, sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
-                           n_mels=LOGMEL_DIM // LOGMEL_FRAMES)
+                           n_mels=LOGMEL_DIM // LOGMEL_FRAMES, magnitude=magnitude)
     n_blocks = len(frames) // LOGMEL_FRAMES
     blocks = np.ascontiguousarray(frames[:n_blocks * LOGMEL_FRAMES].reshape(n_blocks, LOGMEL_DIM))
     half = n_fft // 2  # the frames' samples: centred, as logmel_frames pads
@@ -419,6 +431,10 @@ def view_metric(name: str) -> str:
 def window_views(embedder, window: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
     """The vectors of one window in the named views.
 
+    One magnitude STFT of the window serves the embedder's main spectrogram input, the STFT
+    statistics and the log-mel blocks (:func:`edge.frontend.centred_magnitude`), with the
+    same numbers as each computing its own: the node's anomaly path computed it three times.
+
     Parameters
     ----------
     embedder : edge.model.AsdEmbedder
@@ -435,7 +451,16 @@ def window_views(embedder, window: np.ndarray, names: Sequence[str]) -> dict[str
         80 kB per 10 s window; dB values in steps of at most 0.125 dB, a rounding error far
         below the residuals of tens of dB squared).
     """
-    emb = embedder.embed(window)
+    fe = embedder.frontend
+    window = as_mono(window, np.float32)
+    # One STFT for the embedder's main spectrogram input and the views that read it (the
+    # views check the window themselves, a short one included).
+    mag = (magnitude_spectrogram(window, fe.n_fft, fe.hop_length)
+           if len(window) >= fe.n_fft else None)
+    if len(window) == fe.clip_samples:
+        emb = embedder.embed_features(asd_features(window, fe, magnitude=mag))
+    else:  # the embedder pads or cuts the window to its clip length
+        emb = embedder.embed(window)
     out: dict[str, np.ndarray] = {}
     slices = _branch_slices(embedder) if any(n.startswith("branch_") for n in names) else {}
     for name in names:
@@ -444,15 +469,14 @@ def window_views(embedder, window: np.ndarray, names: Sequence[str]) -> dict[str
         elif name in slices:
             out[name] = emb[slices[name]]
         elif name == "stft_statistics":
-            fe = embedder.frontend
-            out[name] = stft_statistics(window, n_fft=fe.n_fft, hop_length=fe.hop_length)
+            out[name] = stft_statistics(window, n_fft=fe.n_fft, hop_length=fe.hop_length,
+                                        magnitude=mag)
         elif name == LEVEL_VIEW:
-            fe = embedder.frontend
             out[name] = level_statistics(window, n_fft=fe.n_fft, hop_length=fe.hop_length)
         elif name == PCA_VIEW:  # float16: a calibration keeps every window's blocks
-            fe = embedder.frontend
             out[name] = logmel_blocks(window, n_fft=fe.n_fft, hop_length=fe.hop_length,
-                                      sample_rate=fe.sample_rate).reshape(-1).astype(np.float16)
+                                      sample_rate=fe.sample_rate,
+                                      magnitude=mag).reshape(-1).astype(np.float16)
         else:
             raise ValueError(f"unknown view {name!r} for model {embedder.model_id}")
     return out

@@ -248,6 +248,26 @@ def test_single_branch_view_is_the_embedders_only_vote(embedder, site_fan):
         view_names(one_branch, ("branch_spectrum",))
 
 
+def test_window_views_share_one_stft_and_keep_each_views_numbers(embedder, site_fan):
+    """window_views computes one STFT for the embedder's spectrogram input and for the views
+    that read it; every view is still exactly what its own function gives for the window,
+    on a 10 s window and on a shorter one that the embedder pads."""
+    from edge.views import (level_statistics, logmel_blocks, stft_statistics, view_names,
+                            window_views)
+
+    names = view_names(embedder, ("embedding", "branches", "stft_statistics",
+                                  "level_statistics", "pca_residual"))
+    for n_samples in (160000, 120000):
+        y = load_audio(site_fan["abnormal"][1])[:n_samples]
+        vec = window_views(embedder, y, names)
+        assert set(vec) == set(names)
+        np.testing.assert_array_equal(vec["embedding"], embedder.embed(y))
+        np.testing.assert_array_equal(vec["stft_statistics"], stft_statistics(y))
+        np.testing.assert_array_equal(vec["level_statistics"], level_statistics(y))
+        np.testing.assert_array_equal(vec["pca_residual"],
+                                      logmel_blocks(y).reshape(-1).astype(np.float16))
+
+
 def test_level_view_hears_a_machine_running_quieter(tmp_path, embedder, site_fan):
     """The level statistics on a real fan the model never heard: a window's frame levels
     shift by the gain in dB, digital silence is left out, a window is held out against the

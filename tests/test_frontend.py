@@ -103,3 +103,37 @@ def test_spectrum_on_the_int8_grid(clip):
     assert AsdFrontendParams.from_dict(d).spectrum_step is None
     with pytest.raises(ValueError, match="spectrum_step"):
         AsdFrontendParams(spectrum_step=0)
+
+
+@pytest.mark.parametrize("n_samples, hop", [(160000, 512), (159999, 512), (5000, 512),
+                                            (33333, 256), (33333, 128), (33333, 768)])
+def test_centred_frames_cut_from_the_uncentred_spectrogram(clip, n_samples, hop):
+    """With the uncentred spectrogram given, the centred one is it plus the frames that reach
+    into the padding, the same numbers as computing it whole; where the hop does not divide
+    n_fft / 2 (768) it is computed whole. A spectrogram of another length is refused."""
+    from edge.frontend import centred_magnitude, logmel_frames
+
+    y = clip[:n_samples]
+    whole = magnitude_spectrogram(np.pad(y, (512, 512)), 1024, hop)
+    given = magnitude_spectrogram(y, 1024, hop)
+    cut = centred_magnitude(y, 1024, hop, given)
+    assert cut.shape == whole.shape == (1 + n_samples // hop, 513)
+    np.testing.assert_array_equal(cut, whole)
+    np.testing.assert_array_equal(logmel_frames(y, hop_length=hop, magnitude=given),
+                                  logmel_frames(y, hop_length=hop))
+    if hop != 768:
+        with pytest.raises(ValueError, match="magnitude"):
+            centred_magnitude(y, 1024, hop, given[1:])
+
+
+def test_features_reuse_a_given_spectrogram(clip):
+    """asd_features takes the caller's spectrogram of the clip for its main input (the node's
+    views share one STFT) and gives the same features; one of another shape is refused."""
+    p = AsdFrontendParams()
+    y = clip[: p.clip_samples]
+    mag = magnitude_spectrogram(y, p.n_fft, p.hop_length)
+    shared, own = asd_features(y, p, magnitude=mag), asd_features(y, p)
+    for name in own:
+        np.testing.assert_array_equal(shared[name], own[name])
+    with pytest.raises(ValueError, match="magnitude: expected the clip's spectrogram"):
+        asd_features(y, p, magnitude=mag[:-1])

@@ -40,6 +40,10 @@ def test_mel_filterbank_matches_librosa():
     ref = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=64, fmin=0.0, fmax=8000.0,
                               htk=False, norm=None)
     np.testing.assert_allclose(ours, ref, atol=1e-6)
+    # built once and shared between callers: nobody may change it in place
+    assert mel_filterbank(16000, 1024, 64, 0.0, 8000.0) is ours
+    with pytest.raises(ValueError, match="read-only"):
+        ours *= 2
 
 
 def test_logmel_shape_level_and_streaming_equals_batch(words):
