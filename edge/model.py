@@ -13,6 +13,7 @@ embedders. Interpreters come from :mod:`edge.tflite`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import numpy as np
 
 from edge import speech_embedding
 from edge.backend import Calibration, normalize_members
-from edge.tflite import ModelError, dequantize, load_interpreter_class, make_interpreter, quantize
+from edge.tflite import (ModelError, branch_model, dequantize, load_interpreter_class,
+                         make_interpreter, quantize)
 from edge.frontend import AsdFrontendParams, asd_features
 from edge.kws_frontend import (KwsFrontendParams, KwsStreamFrontend, kws_logmel, kws_segments,
                                segment_starts)
@@ -146,6 +148,7 @@ class AsdEmbedder:
         if int(self._output["shape"][-1]) != self.embedding_dim:
             raise ModelError(f"{path}: output has {self._output['shape'][-1]} dimensions, "
                              f"metadata says {self.embedding_dim}")
+        self._branches: dict[str, Any] = {}   # input name -> that branch's own interpreter
 
     def embed_features(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Embed one clip's features.
@@ -166,6 +169,62 @@ class AsdEmbedder:
         self._interp.invoke()
         out = dequantize(self._interp.get_tensor(self._output["index"])[0], self._output)
         return normalize_members(out, self.n_members)
+
+    def embed_branch(self, features: dict[str, np.ndarray], name: str) -> np.ndarray:
+        """One branch's embedding, running that branch alone.
+
+        The branch is cut out of the model once, at the first call
+        (:func:`edge.tflite.branch_model`): same weights, same int8 values as the branch's
+        slice of :meth:`embed_features`'s output before its normalisation, at about a fifth
+        of the time for the spectrum branch of the default embedder.
+
+        Parameters
+        ----------
+        features : dict of str -> np.ndarray, float32
+            One clip's inputs (:func:`edge.frontend.asd_features`); only ``features[name]``
+            is read.
+        name : str
+            The branch's input, one of ``metadata["inputs"]`` (``"spectrum"``,
+            ``"spectrogram"``).
+
+        Returns
+        -------
+        np.ndarray, shape (embedding_dim // n_branches,), float32
+            Not normalised (the backend normalises each view).
+
+        Raises
+        ------
+        ModelError
+            An ensemble, a model with one branch or without ``name``, a model file that
+            changed since it was loaded, or a graph whose branches cannot be told apart.
+        """
+        runner = self._branches.get(name)
+        if runner is None:
+            runner = self._branches[name] = self._branch_interpreter(name)
+        d = runner.get_input_details()[0]
+        runner.set_tensor(d["index"], quantize(features[name][None], d))
+        runner.invoke()
+        out = runner.get_output_details()[0]
+        return dequantize(runner.get_tensor(out["index"])[0], out)
+
+    def _branch_interpreter(self, name: str):
+        inputs = list(self.metadata["inputs"])
+        if self.n_members != 1 or len(inputs) < 2 or name not in inputs:
+            raise ModelError(f"model {self.model_id} (inputs {inputs}, {self.n_members} "
+                             f"ensemble members) has no branch {name!r} to run alone")
+        content = self.path.read_bytes()
+        if hashlib.sha256(content).hexdigest() != self.sha256:
+            raise ModelError(f"{self.path} changed since it was loaded; load it again")
+        interp = make_interpreter(self.path, self.num_threads, content=branch_model(
+            content, inputs.index(name), len(inputs), str(self.path)))
+        shape = tuple(interp.get_input_details()[0]["shape"][1:])
+        width = int(interp.get_output_details()[0]["shape"][-1])
+        if shape != self.frontend.input_shapes[name] or width * len(inputs) != self.embedding_dim:
+            raise ModelError(f"{self.path}: the branch cut for {name!r} reads shape {shape} "
+                             f"and gives {width} dimensions; expected "
+                             f"{self.frontend.input_shapes[name]} and "
+                             f"{self.embedding_dim // len(inputs)}")
+        return interp
 
     def embed(self, waveform: np.ndarray) -> np.ndarray:
         """Embed one clip of 16 kHz mono audio (padded/cut to the model's clip length).

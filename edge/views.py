@@ -33,7 +33,9 @@ Views (``asd.views`` of the node config)
         never heard, the spectrogram branch was the weakest view on every type (pump source
         AUC 23-60 over five draws, below chance on four), and the embedding, which
         concatenates it, pulled the embedder's vote down with it (README, "The spectrum
-        branch alone").
+        branch alone"). A single branch without the embedding runs cut out of the model
+        (:meth:`edge.model.AsdEmbedder.embed_branch`): the spectrum branch is about a fifth
+        of the embedder's time.
     ``stft_statistics``
         Per-bin mean and standard deviation over time of the window's log-magnitude STFT
         (:func:`stft_statistics`): no learning at all.
@@ -457,18 +459,24 @@ def window_views(embedder, window: np.ndarray, names: Sequence[str]) -> dict[str
     # views check the window themselves, a short one included).
     mag = (magnitude_spectrogram(window, fe.n_fft, fe.hop_length)
            if len(window) >= fe.n_fft else None)
-    if len(window) == fe.clip_samples:
-        emb = embedder.embed_features(asd_features(window, fe, magnitude=mag))
-    else:  # the embedder pads or cuts the window to its clip length
-        emb = embedder.embed(window)
-    out: dict[str, np.ndarray] = {}
     slices = _branch_slices(embedder) if any(n.startswith("branch_") for n in names) else {}
-    for name in names:
-        if name == EMBEDDING_VIEW:
-            out[name] = emb
-        elif name in slices:
-            out[name] = emb[slices[name]]
-        elif name == "stft_statistics":
+    branches = [n for n in names if n in slices]
+    out: dict[str, np.ndarray] = {}
+    if EMBEDDING_VIEW in names or branches:
+        # the embedder pads or cuts the window to its clip length
+        feats = asd_features(window, fe, magnitude=mag if len(window) == fe.clip_samples
+                             else None)
+        if EMBEDDING_VIEW not in names and len(branches) == 1 and embedder.n_members == 1:
+            # one branch scored alone: run only it (the default's spectrum branch, a fifth
+            # of the embedder's time); the backend normalises it as it would the slice
+            out[branches[0]] = embedder.embed_branch(feats, branches[0][len("branch_"):])
+        else:
+            emb = embedder.embed_features(feats)
+            out.update({n: emb[slices[n]] for n in branches})
+            if EMBEDDING_VIEW in names:
+                out[EMBEDDING_VIEW] = emb
+    for name in (n for n in names if n not in out):
+        if name == "stft_statistics":
             out[name] = stft_statistics(window, n_fft=fe.n_fft, hop_length=fe.hop_length,
                                         magnitude=mag)
         elif name == LEVEL_VIEW:

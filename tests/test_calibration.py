@@ -224,6 +224,14 @@ def test_single_branch_view_is_the_embedders_only_vote(embedder, site_fan):
     vec = window_views(embedder, y, ("embedding", "branch_spectrum"))
     half = embedder.embedding_dim // 2  # two branches, spectrum last
     np.testing.assert_array_equal(vec["branch_spectrum"], vec["embedding"][half:])
+    # Scored alone, the branch runs cut out of the model: the same int8 values, so the same
+    # direction as the slice (the backend normalises each view), and not the other branch's.
+    alone = window_views(embedder, y, ("branch_spectrum",))["branch_spectrum"]
+    assert alone.shape == (half,)
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    np.testing.assert_allclose(unit(alone), unit(vec["branch_spectrum"]), atol=1e-6)
+    other = window_views(embedder, y, ("branch_spectrogram",))["branch_spectrogram"]
+    np.testing.assert_allclose(unit(other), unit(vec["embedding"][:half]), atol=1e-6)
 
     w = collect_windows([FileSource([f]).blocks() for f in site_fan["calibration"]], embedder,
                         10.0, 2.0, views=DEFAULT_ASD_VIEWS)

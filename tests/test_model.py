@@ -131,6 +131,51 @@ def test_shipped_bundle(embedder):
     assert e.shape == (256,) and np.linalg.norm(e) == pytest.approx(1, abs=1e-5)
 
 
+def test_one_branch_runs_cut_out_of_the_model(tmp_path, embedder, default_model, mimii):
+    """A branch cut out of the int8 embedder (edge.tflite.branch_model) runs that branch's
+    operators alone and gives its slice of the embedding, in direction; what cannot be cut
+    is refused with the reason, and so is a model file changed since it was loaded."""
+    from edge.audio import load_audio
+    from edge.frontend import asd_features
+    from edge.tflite import branch_model
+
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    for path in mimii["abnormal"][:2]:
+        feats = asd_features(load_audio(path), embedder.frontend)
+        whole = embedder.embed_features(feats)
+        np.testing.assert_allclose(unit(embedder.embed_branch(feats, "spectrum")),
+                                   unit(whole[128:]), atol=1e-6)
+        np.testing.assert_allclose(unit(embedder.embed_branch(feats, "spectrogram")),
+                                   unit(whole[:128]), atol=1e-6)
+    # the spectrum branch keeps its 3 convolutions and 5 dense layers, none of the
+    # spectrogram branch's 20 convolutions and 8 residual additions, and no concatenation
+    from collections import Counter
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    def ops(model: bytes) -> Counter:
+        return Counter(o["op_name"] for o in Interpreter(model_content=model)._get_ops_details())
+
+    whole_ops = ops(default_model.read_bytes())
+    assert (whole_ops["CONV_2D"], whole_ops["FULLY_CONNECTED"], whole_ops["CONCATENATION"]) \
+        == (23, 6, 1)
+    cut = ops(branch_model(default_model.read_bytes(), 1, 2))
+    assert (cut["CONV_2D"], cut["FULLY_CONNECTED"], cut["ADD"], cut["CONCATENATION"]) \
+        == (3, 5, 0, 0)
+    with pytest.raises(ModelError, match="has no branch 'level'"):
+        embedder.embed_branch(feats, "level")
+    with pytest.raises(ModelError, match="not the concatenation of 2 branch embeddings"):
+        branch_model((ROOT / "models" / "kws_default.tflite").read_bytes(), 0, 2, "kws")
+    with pytest.raises(ModelError, match="not the concatenation of 3"):
+        branch_model(default_model.read_bytes(), 0, 3)
+    shutil.copy(default_model, tmp_path / "m.tflite")
+    shutil.copy(default_model.with_suffix(".json"), tmp_path / "m.json")
+    moved = AsdEmbedder(tmp_path / "m.tflite")
+    (tmp_path / "m.tflite").write_bytes(b"changed")
+    with pytest.raises(ModelError, match="changed since it was loaded"):
+        moved.embed_branch(feats, "spectrum")
+
+
 def test_node_path_never_imports_tensorflow(default_model):
     """Loading the bundle, the frontend, scoring and MQTT code must run on LiteRT alone."""
     import subprocess
@@ -141,6 +186,8 @@ def test_node_path_never_imports_tensorflow(default_model):
         "import edge.node, edge.mqtt, edge.audio, calibration.calibrate, firmware_config.schema\n"
         f"from edge.model import load_bundle\nm = load_bundle({str(default_model)!r})\n"
         "m.embed(np.zeros(160000, np.float32))\n"
+        "from edge.frontend import asd_features\n"
+        "m.embed_branch(asd_features(np.ones(160000, np.float32) * 1e-3, m.frontend), 'spectrum')\n"
         "bad = sorted(k for k in sys.modules if k == 'tensorflow' or k.startswith('tensorflow.')"
         " or k == 'keras')\n"
         "print('TF' if bad else 'OK', bad[:5])\n")

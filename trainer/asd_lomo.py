@@ -122,8 +122,9 @@ OURS_FLOAT = "ours (float)"
 
 class _FloatEmbedder:
     """The float Keras model behind the int8 bundle ``emb``, with the bundle's interface
-    (``embed``, ``frontend``, ``metadata``, ``embedding_dim``, ``n_members``, ``model_id``,
-    ``sha256``), so that it is calibrated and scored exactly as the node scores the bundle."""
+    (``embed``, ``embed_features``, ``embed_branch``, ``frontend``, ``metadata``,
+    ``embedding_dim``, ``n_members``, ``model_id``, ``sha256``), so that it is calibrated and
+    scored exactly as the node scores the bundle."""
 
     def __init__(self, model, emb: AsdEmbedder):
         self.model = model
@@ -131,12 +132,22 @@ class _FloatEmbedder:
         self.embedding_dim, self.n_members = emb.embedding_dim, emb.n_members
         self.model_id, self.sha256 = f"{emb.model_id}-float", emb.sha256
 
-    def embed(self, waveform: np.ndarray) -> np.ndarray:
+    def embed_features(self, features: dict[str, np.ndarray]) -> np.ndarray:
         from trainer.train import float_embeddings
 
-        feats = asd_features(waveform, self.frontend)
-        return float_embeddings(self.model, {n: v[None] for n, v in feats.items()},
+        return float_embeddings(self.model, {n: v[None] for n, v in features.items()},
                                 self.n_members)[0]
+
+    def embed(self, waveform: np.ndarray) -> np.ndarray:
+        return self.embed_features(asd_features(waveform, self.frontend))
+
+    def embed_branch(self, features: dict[str, np.ndarray], name: str) -> np.ndarray:
+        """The branch's slice of the whole float output (the bundle runs the branch alone;
+        the backend normalises each view, so the two score alike)."""
+        inputs = list(self.metadata["inputs"])
+        width = self.embedding_dim // len(inputs)
+        b = inputs.index(name)
+        return self.embed_features(features)[b * width:(b + 1) * width]
 
 
 # --------------------------------------------------------------------------- systems
