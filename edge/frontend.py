@@ -313,7 +313,8 @@ def centred_magnitude(y: np.ndarray, n_fft: int, hop_length: int,
     y : np.ndarray, shape (n_samples,), float32
     n_fft, hop_length : int
         Window and hop in samples.
-    magnitude : np.ndarray, shape (1 + (n_samples - n_fft) // hop_length, n_fft // 2 + 1), optional
+    magnitude : np.ndarray, float32, optional
+        Shape ``(1 + (n_samples - n_fft) // hop_length, n_fft // 2 + 1)``:
         ``magnitude_spectrogram(y, n_fft, hop_length)``, if already computed. Where
         ``hop_length`` divides ``n_fft // 2``, centred frame ``t + (n_fft // 2) / hop_length``
         is frame ``t`` of it, so only the frames that reach into the padding are computed.
@@ -556,7 +557,8 @@ def logmel_frames(y: np.ndarray, *, sample_rate: int = 16000, n_fft: int = 1024,
 
     Parameters
     ----------
-    magnitude : np.ndarray, shape (1 + (n_samples - n_fft) // hop_length, n_fft // 2 + 1), float32, optional
+    magnitude : np.ndarray, float32, optional
+        Shape ``(1 + (n_samples - n_fft) // hop_length, n_fft // 2 + 1)``:
         ``magnitude_spectrogram(y, n_fft, hop_length)`` (frames not centred), when the
         caller has it already. Where ``hop_length`` divides ``n_fft // 2`` these are the
         centred frames but the first and last few, so only those are computed here.

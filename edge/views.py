@@ -113,9 +113,10 @@ def stft_statistics(waveform: np.ndarray, *, n_fft: int = 1024, hop_length: int 
         STFT hop in samples, 512.
     floor : float, keyword-only
         Magnitude floor before the logarithm (-100 dB re 1).
-    magnitude : np.ndarray, shape (1 + (n_samples - n_fft) // hop_length, n_fft // 2 + 1), float32, keyword-only, optional
-        The waveform's :func:`edge.frontend.magnitude_spectrogram`, when the caller has it
-        already (:func:`window_views` computes it once for every view and the embedder).
+    magnitude : np.ndarray, float32, keyword-only, optional
+        Shape ``(1 + (n_samples - n_fft) // hop_length, n_fft // 2 + 1)``: the waveform's
+        :func:`edge.frontend.magnitude_spectrogram`, when the caller has it already
+        (:func:`window_views` computes it once for every view and the embedder).
 
     Returns
     -------
@@ -436,6 +437,9 @@ def window_views(embedder, window: np.ndarray, names: Sequence[str]) -> dict[str
     One magnitude STFT of the window serves the embedder's main spectrogram input, the STFT
     statistics and the log-mel blocks (:func:`edge.frontend.centred_magnitude`), with the
     same numbers as each computing its own: the node's anomaly path computed it three times.
+    A single branch asked for without the embedding runs alone
+    (:meth:`edge.model.AsdEmbedder.embed_branch`): the same direction as its slice of the
+    embedding, for a fifth of the time with the spectrum branch.
 
     Parameters
     ----------
@@ -452,6 +456,13 @@ def window_views(embedder, window: np.ndarray, names: Sequence[str]) -> dict[str
         :func:`logmel_blocks`, flattened, as float16 (a calibration keeps every window's:
         80 kB per 10 s window; dB values in steps of at most 0.125 dB, a rounding error far
         below the residuals of tens of dB squared).
+
+    Raises
+    ------
+    ValueError
+        A view cannot be computed from the window (too short, not finite) or is unknown.
+    edge.tflite.ModelError
+        A single branch cannot be cut out of the model.
     """
     fe = embedder.frontend
     window = as_mono(window, np.float32)
