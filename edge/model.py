@@ -27,6 +27,7 @@ from edge.tflite import (ModelError, branch_model, dequantize, load_interpreter_
 from edge.frontend import AsdFrontendParams, asd_features
 from edge.kws_frontend import (KwsFrontendParams, KwsStreamFrontend, kws_logmel, kws_segments,
                                segment_starts)
+from edge.views import prepare_views
 from firmware_config.fileio import sha256_file
 
 __all__ = ["ModelError", "BUNDLE_SCHEMA", "load_interpreter_class", "AsdEmbedder", "KwsEmbedder",
@@ -198,14 +199,22 @@ class AsdEmbedder:
             An ensemble, a model with one branch or without ``name``, a model file that
             changed since it was loaded, or a graph whose branches cannot be told apart.
         """
-        runner = self._branches.get(name)
-        if runner is None:
-            runner = self._branches[name] = self._branch_interpreter(name)
+        runner = self.prepare_branch(name)
         d = runner.get_input_details()[0]
         runner.set_tensor(d["index"], quantize(features[name][None], d))
         runner.invoke()
         out = runner.get_output_details()[0]
         return dequantize(runner.get_tensor(out["index"])[0], out)
+
+    def prepare_branch(self, name: str):
+        """Cut the branch ``name`` out of the model now, if it is not yet (see
+        :meth:`embed_branch`, which raises what this raises), and return its interpreter.
+        The node does it when it loads its model and calibration, so that a model it cannot
+        be cut from is refused then, not at the first window."""
+        runner = self._branches.get(name)
+        if runner is None:
+            runner = self._branches[name] = self._branch_interpreter(name)
+        return runner
 
     def _branch_interpreter(self, name: str):
         inputs = list(self.metadata["inputs"])
@@ -536,5 +545,10 @@ def load_asd(cfg, running=None):
                          f"model's {fe.sample_rate} Hz")
     cal_path = cfg.resolve(a.calibration)
     if cal_path.exists() or a.auto_calibration_seconds == 0:
-        return embedder, Calibration.load(cal_path, embedder.sha256)
+        calibration = Calibration.load(cal_path, embedder.sha256)
+        try:  # the branch the views run alone is cut now, not at the first window
+            prepare_views(embedder, calibration.view_names)
+        except ModelError as exc:
+            raise ModelError(f"asd.model: {exc}") from None
+        return embedder, calibration
     return embedder, None

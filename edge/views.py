@@ -65,7 +65,7 @@ from edge.levels import SILENCE_DBFS, frame_rms_dbfs
 
 __all__ = ["VIEWS", "BRANCH_VIEWS", "EMBEDDING_VIEW", "PCA_VIEW", "LEVEL_VIEW",
            "PCA_COMPONENTS", "LOGMEL_FRAMES", "LOGMEL_DIM", "view_names", "view_members",
-           "view_metric", "representation", "window_views", "stft_statistics",
+           "view_metric", "representation", "prepare_views", "window_views", "stft_statistics",
            "level_statistics", "logmel_blocks", "fit_pca", "pca_from_moments", "pca_residual"]
 
 #: Config names of the embedder's single branches (``branch_<input>``, the ASD frontend's
@@ -431,6 +431,34 @@ def view_metric(name: str) -> str:
     return {PCA_VIEW: "subspace", LEVEL_VIEW: "euclidean"}.get(name, "cosine")
 
 
+def _branch_alone(embedder, names: Sequence[str]) -> str | None:
+    """The input of the one branch :func:`window_views` runs alone for ``names``, if any."""
+    branches = [n for n in names if n.startswith("branch_")]
+    if EMBEDDING_VIEW in names or len(branches) != 1 or embedder.n_members != 1:
+        return None
+    return branches[0][len("branch_"):]
+
+
+def prepare_views(embedder, names: Sequence[str]) -> None:
+    """Cut out now the branch that :func:`window_views` runs alone for ``names``, if any
+    (:meth:`edge.model.AsdEmbedder.prepare_branch`).
+
+    Parameters
+    ----------
+    embedder : edge.model.AsdEmbedder
+    names : sequence of str
+        Scored view names (:func:`view_names`).
+
+    Raises
+    ------
+    edge.tflite.ModelError
+        The branch cannot be cut out of the model.
+    """
+    alone = _branch_alone(embedder, names)
+    if alone is not None:
+        embedder.prepare_branch(alone)
+
+
 def window_views(embedder, window: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
     """The vectors of one window in the named views.
 
@@ -477,10 +505,11 @@ def window_views(embedder, window: np.ndarray, names: Sequence[str]) -> dict[str
         # the embedder pads or cuts the window to its clip length
         feats = asd_features(window, fe, magnitude=mag if len(window) == fe.clip_samples
                              else None)
-        if EMBEDDING_VIEW not in names and len(branches) == 1 and embedder.n_members == 1:
+        alone = _branch_alone(embedder, names)
+        if alone is not None:
             # one branch scored alone: run only it (the default's spectrum branch, a fifth
             # of the embedder's time); the backend normalises it as it would the slice
-            out[branches[0]] = embedder.embed_branch(feats, branches[0][len("branch_"):])
+            out[branches[0]] = embedder.embed_branch(feats, alone)
         else:
             emb = embedder.embed_features(feats)
             out.update({n: emb[slices[n]] for n in branches})

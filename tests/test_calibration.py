@@ -276,6 +276,33 @@ def test_window_views_share_one_stft_and_keep_each_views_numbers(embedder, site_
                                       logmel_blocks(y).reshape(-1).astype(np.float16))
 
 
+def test_node_cuts_its_branch_when_it_loads(tmp_path, default_model, calibration_file,
+                                            site_fan):
+    """With the default views the node cuts the spectrum branch out of its model when it
+    loads model and calibration (edge.model.load_asd), not at the first window: a model
+    file replaced afterwards does not stop it scoring, with the score the whole model gives."""
+    import os
+    import shutil
+
+    from edge.model import load_asd
+    from edge.views import window_views
+    from firmware_config.schema import load_config
+
+    model = tmp_path / "asd.tflite"
+    shutil.copy(default_model, model)
+    shutil.copy(default_model.with_suffix(".json"), model.with_suffix(".json"))
+    cfg = load_config(write_config_doc(tmp_path / "node.yaml", default_config_doc(
+        asd={"model": str(model), "calibration": str(calibration_file)})))
+    embedder, cal = load_asd(cfg)
+    assert "branch_spectrum" in cal.view_names and "embedding" not in cal.view_names
+    (tmp_path / "new.tflite").write_bytes(b"another model, flashed")
+    os.replace(tmp_path / "new.tflite", model)   # atomically, as a flash writes it
+    y = load_audio(site_fan["abnormal"][0])[:160000]
+    score = float(cal.score_views(window_views(embedder, y, cal.view_names))[0])
+    with_slice = window_views(embedder, y, ("embedding", *cal.view_names))
+    assert score == pytest.approx(float(cal.score_views(with_slice)[0]), rel=1e-5)
+
+
 def test_level_view_hears_a_machine_running_quieter(tmp_path, embedder, site_fan):
     """The level statistics on a real fan the model never heard: a window's frame levels
     shift by the gain in dB, digital silence is left out, a window is held out against the
