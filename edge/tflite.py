@@ -87,13 +87,26 @@ def without_runtime_noise():
 def make_interpreter(path: Path, num_threads: int, input_shape=None, *,
                      content: bytes | None = None):
     """A ready interpreter; ``input_shape`` first resizes its (only) input tensor.
-    ``content``: the flatbuffer itself (:func:`branch_model`), ``path`` then only names it."""
+
+    ``content``: the flatbuffer itself (:func:`branch_model`), ``path`` then only names it.
+    Without it the file is read into memory, not mapped: the runtime maps a ``model_path``
+    and reads its weights and shapes from the file for as long as the interpreter lives, so
+    overwriting the model in place (``cp new.tflite models/``, an editor) under a running
+    node made its next inference fail on garbage, or killed the process with SIGBUS when the
+    file had shrunk. A private copy costs the file's size (2.6 MB for the default anomaly
+    embedder), which the mapped pages cost too once an inference touched them.
+
+    Raises
+    ------
+    ModelError
+        If the file cannot be read or the runtime rejects the model.
+    """
     Interpreter = load_interpreter_class()
     try:
+        if content is None:
+            content = Path(path).read_bytes()
         with without_runtime_noise():   # the XNNPACK delegate is created in allocate_tensors
-            interp = (Interpreter(model_content=content, num_threads=num_threads)
-                      if content is not None
-                      else Interpreter(model_path=str(path), num_threads=num_threads))
+            interp = Interpreter(model_content=content, num_threads=num_threads)
             if input_shape is not None:
                 interp.resize_tensor_input(interp.get_input_details()[0]["index"], input_shape)
             interp.allocate_tensors()

@@ -176,6 +176,34 @@ def test_one_branch_runs_cut_out_of_the_model(tmp_path, embedder, default_model,
         moved.embed_branch(feats, "spectrum")
 
 
+
+def test_a_loaded_model_survives_its_file_rewritten_in_place(tmp_path, default_model, mimii,
+                                                             data_dir):
+    """A node holds its models in memory: a model file overwritten in place under it (``cp``
+    over the bundle, an editor) leaves its next inference as it was. The runtime maps a
+    ``model_path`` and read the overwritten bytes: the anomaly embedder then failed in
+    RESHAPE ("159543 != 0"), and a file that shrank killed the process with SIGBUS."""
+    from edge.audio import load_audio
+    from edge.model import load_bundle
+
+    clip = load_audio(mimii["abnormal"][0])
+    word = load_audio(sorted((data_dir / "kws" / "speech_commands_test" / "stop")
+                             .glob("*.flac"))[0])
+    kws = ROOT / "models" / "kws_speech.tflite"
+    kws_meta = json.loads(kws.with_suffix(".json").read_text())
+    files = [default_model, default_model.with_suffix(".json"), kws, kws.with_suffix(".json"),
+             ROOT / "models" / kws_meta["frontend"]["mel_model"]]
+    for f in files:
+        shutil.copy(f, tmp_path / f.name)
+    asd = load_bundle(tmp_path / default_model.name)
+    spotter = load_bundle(tmp_path / kws.name)
+    before = asd.embed(clip), spotter.embed_wave(word)
+    for f in files:  # same length, other bytes: no SIGBUS even if the bug comes back
+        (tmp_path / f.name).write_bytes(bytes(f.stat().st_size))
+    after = asd.embed(clip), spotter.embed_wave(word)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
+
 def test_node_path_never_imports_tensorflow(default_model):
     """Loading the bundle, the frontend, scoring and MQTT code must run on LiteRT alone."""
     import subprocess
