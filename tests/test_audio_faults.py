@@ -288,7 +288,12 @@ def test_stalled_server_counts_as_lost_and_does_not_stall_the_loop(vm):
         os.kill(vm.proc.pid, signal.SIGSTOP)
         try:
             t_lost = consumer.wait_fault(active=True, timeout=4)
-            time.sleep(1.5)  # the watchdog hangs closing the stream; the loop must not
+            # the watchdog hangs closing the stream; the loop must not: an empty block every
+            # 0.5 s. Wait for three of them (at most 3 s), not a fixed 1.5 s, where the
+            # third one arrived a few milliseconds late on a loaded machine.
+            while sum(t > t_lost for t, _ in consumer.blocks) < 3 \
+                    and time.monotonic() < t_lost + 3.0:
+                time.sleep(0.05)
         finally:
             os.kill(vm.proc.pid, signal.SIGCONT)
         gaps = np.diff([t_lost] + [t for t, _ in consumer.blocks if t > t_lost])
