@@ -176,7 +176,6 @@ def test_one_branch_runs_cut_out_of_the_model(tmp_path, embedder, default_model,
         moved.embed_branch(feats, "spectrum")
 
 
-
 def test_a_loaded_model_survives_its_file_rewritten_in_place(tmp_path, default_model, mimii,
                                                              data_dir):
     """A node holds its models in memory: a model file overwritten in place under it (``cp``
@@ -203,6 +202,7 @@ def test_a_loaded_model_survives_its_file_rewritten_in_place(tmp_path, default_m
     after = asd.embed(clip), spotter.embed_wave(word)
     np.testing.assert_array_equal(after[0], before[0])
     np.testing.assert_array_equal(after[1], before[1])
+
 
 def test_node_path_never_imports_tensorflow(default_model):
     """Loading the bundle, the frontend, scoring and MQTT code must run on LiteRT alone."""
