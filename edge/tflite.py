@@ -1,7 +1,7 @@
 """The TFLite runtime: which interpreter the node uses and how one is made.
 
-``ai-edge-litert`` (the maintained TFLite runtime) first, then ``tflite_runtime``, then
-``tensorflow.lite``; the node never imports TensorFlow unless both are missing. Every model
+``ai-edge-litert`` (the maintained TFLite runtime, in every install of the project), else
+``tflite_runtime``; the node never imports TensorFlow. Every model
 (:mod:`edge.model`, :mod:`edge.speech_embedding`) is opened with :func:`make_interpreter`.
 
 Contents
@@ -46,12 +46,6 @@ def load_interpreter_class():
     try:
         from tflite_runtime.interpreter import Interpreter  # type: ignore
         return Interpreter
-    except ImportError:
-        pass
-    try:  # last resort on a workstation; a node has ai-edge-litert and never gets here
-        import importlib
-
-        return importlib.import_module("tensorflow").lite.Interpreter
     except ImportError as exc:
         raise ModelError("no TFLite runtime: install ai-edge-litert "
                          "(pip install 'hark[edge]')") from exc
@@ -138,13 +132,9 @@ def _flatbuffer_utils():
     try:
         from ai_edge_litert import schema_py_generated as schema
         from ai_edge_litert.tools import flatbuffer_utils
-    except ImportError:
-        try:  # a workstation without ai-edge-litert
-            from tensorflow.lite.python import schema_py_generated as schema
-            from tensorflow.lite.tools import flatbuffer_utils
-        except ImportError as exc:
-            raise ModelError("cutting a branch out of a model needs ai-edge-litert "
-                             "(pip install 'hark[edge]')") from exc
+    except ImportError as exc:
+        raise ModelError("cutting a branch out of a model needs ai-edge-litert "
+                         "(pip install 'hark[edge]')") from exc
     return flatbuffer_utils, schema
 
 
