@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -381,7 +381,8 @@ def magnitude_spectrum(y: np.ndarray, band: slice | None = None) -> np.ndarray:
 
 
 def asd_features(y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams(), *,
-                 magnitude: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 magnitude: np.ndarray | None = None,
+                 inputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Every ASD model input for one clip or a batch of clips.
 
     Parameters
@@ -394,6 +395,10 @@ def asd_features(y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams(),
         ``magnitude_spectrogram(y, params.n_fft, params.hop_length)`` of the padded or cut
         clip, when the caller has it already (the node's other views use it too); computed
         here otherwise.
+    inputs : sequence of str, keyword-only, optional
+        Only these inputs (names of :attr:`AsdFrontendParams.input_shapes`; the result keeps
+        model input order); default: every one. A node that runs one branch alone computes
+        that branch's input only.
 
     Returns
     -------
@@ -410,8 +415,8 @@ def asd_features(y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams(),
     Raises
     ------
     ValueError
-        If a batch has the wrong clip length, the input is not 1-D/2-D, or ``magnitude``
-        does not have the main spectrogram's shape.
+        If a batch has the wrong clip length, the input is not 1-D/2-D, ``magnitude``
+        does not have the main spectrogram's shape, or ``inputs`` names no model input.
     """
     y = np.asarray(y, dtype=np.float32)
     if y.ndim == 1:
@@ -420,8 +425,15 @@ def asd_features(y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams(),
         raise ValueError(
             f"expected shape (n,) or (batch, {params.clip_samples}), got {y.shape}"
         )
+    wanted = list(params.input_shapes) if inputs is None else list(inputs)
+    unknown = sorted(set(wanted) - set(params.input_shapes))
+    if unknown:
+        raise ValueError(f"inputs: {unknown} are not inputs of this frontend "
+                         f"({list(params.input_shapes)})")
     out = {}
     for name, (n_fft, hop) in params.spectrogram_inputs.items():
+        if name not in wanted:
+            continue
         if name == "spectrogram" and magnitude is not None:
             want = y.shape[:-1] + params.input_shapes[name]
             if magnitude.shape != want:
@@ -431,6 +443,8 @@ def asd_features(y: np.ndarray, params: AsdFrontendParams = AsdFrontendParams(),
         else:
             spec = magnitude_spectrogram(y, n_fft, hop)
         out[name] = temporal_mean_normalisation(spec)
+    if "spectrum" not in wanted:
+        return out
     dft = magnitude_spectrum(y, params.spectrum_slice)
     if params.spectrum_compression == "log1p":
         dft = np.log1p(dft, out=dft)

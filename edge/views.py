@@ -502,10 +502,11 @@ def window_views(embedder, window: np.ndarray, names: Sequence[str]) -> dict[str
     branches = [n for n in names if n in slices]
     out: dict[str, np.ndarray] = {}
     if EMBEDDING_VIEW in names or branches:
-        # the embedder pads or cuts the window to its clip length
-        feats = asd_features(window, fe, magnitude=mag if len(window) == fe.clip_samples
-                             else None)
+        # the embedder pads or cuts the window to its clip length; a branch run alone needs
+        # its own input only
         alone = _branch_alone(embedder, names)
+        feats = asd_features(window, fe, magnitude=mag if len(window) == fe.clip_samples
+                             else None, inputs=None if alone is None else (alone,))
         if alone is not None:
             # one branch scored alone: run only it (the default's spectrum branch, a fifth
             # of the embedder's time); the backend normalises it as it would the slice

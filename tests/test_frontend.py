@@ -137,3 +137,10 @@ def test_features_reuse_a_given_spectrogram(clip):
         np.testing.assert_array_equal(shared[name], own[name])
     with pytest.raises(ValueError, match="magnitude: expected the clip's spectrogram"):
         asd_features(y, p, magnitude=mag[:-1])
+    # a branch run alone asks for its own input only: the same numbers, nothing else
+    for name in own:
+        alone = asd_features(y, p, magnitude=mag, inputs=(name,))
+        assert list(alone) == [name]
+        np.testing.assert_array_equal(alone[name], own[name])
+    with pytest.raises(ValueError, match=r"inputs: \['level'\] are not inputs"):
+        asd_features(y, p, inputs=("level",))

@@ -143,11 +143,15 @@ class _FloatEmbedder:
 
     def embed_branch(self, features: dict[str, np.ndarray], name: str) -> np.ndarray:
         """The branch's slice of the whole float output (the bundle runs the branch alone;
-        the backend normalises each view, so the two score alike)."""
+        the backend normalises each view, so the two score alike). Only ``features[name]``
+        is read, as by the bundle: the other branches get zeros, which the slice does not
+        depend on (the branches meet only in the final concatenation)."""
         inputs = list(self.metadata["inputs"])
         width = self.embedding_dim // len(inputs)
         b = inputs.index(name)
-        return self.embed_features(features)[b * width:(b + 1) * width]
+        full = {n: features[n] if n == name
+                else np.zeros(self.frontend.input_shapes[n], np.float32) for n in inputs}
+        return self.embed_features(full)[b * width:(b + 1) * width]
 
 
 # --------------------------------------------------------------------------- systems
