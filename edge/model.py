@@ -40,6 +40,21 @@ SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def _read_metadata(tflite_path: Path) -> dict[str, Any]:
+    """A bundle's checked metadata (see :func:`_read_bundle`)."""
+    return _read_bundle(tflite_path)[0]
+
+
+def _read_bundle(tflite_path: Path) -> tuple[dict[str, Any], bytes]:
+    """A bundle's metadata and its model's bytes, read once and checked against the
+    metadata's ``tflite_sha256``, so that an interpreter made from them runs exactly what was
+    checked: a file replaced between a check and a second read would otherwise run unchecked.
+
+    Raises
+    ------
+    ModelError
+        A missing or unreadable file, invalid or incomplete metadata, another schema, or
+        bytes whose SHA-256 is not the metadata's.
+    """
     meta_path = tflite_path.with_suffix(".json")
     if tflite_path.is_dir():
         raise ModelError(f"{tflite_path} is a folder, not a model file (name the .tflite "
@@ -59,11 +74,15 @@ def _read_metadata(tflite_path: Path) -> dict[str, Any]:
     if meta["schema"] != BUNDLE_SCHEMA:
         raise ModelError(f"model metadata {meta_path}: schema {meta['schema']} is not "
                          f"supported (expected {BUNDLE_SCHEMA})")
-    digest = sha256_file(tflite_path)
+    try:
+        content = tflite_path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {tflite_path}: {exc}") from exc
+    digest = hashlib.sha256(content).hexdigest()
     if digest != meta["tflite_sha256"]:
         raise ModelError(f"model {tflite_path} does not match its metadata: sha256 {digest[:12]}… "
                          f"!= {meta['tflite_sha256'][:12]}… (corrupt or replaced file)")
-    return meta
+    return meta, content
 
 
 def _missing_model_hint(path: Path) -> str:
@@ -107,7 +126,7 @@ class AsdEmbedder:
 
     def __init__(self, tflite_path: str | Path, num_threads: int = 1):
         path = Path(tflite_path)
-        meta = _read_metadata(path)
+        meta, content = _read_bundle(path)
         if meta["task"] != "asd":
             raise ModelError(f"{path} is {_a(meta['task'])} model, expected an 'asd' model")
         self.path = path
@@ -129,7 +148,8 @@ class AsdEmbedder:
             raise ModelError(f"model metadata {path.with_suffix('.json')}: inputs "
                              f"{meta['inputs']} do not match its frontend's {list(expected)}")
         self.num_threads = num_threads
-        self._interp = make_interpreter(path, num_threads)
+        self._content = content   # what was checked and loaded; branches are cut from it
+        self._interp = make_interpreter(path, num_threads, content=content)
         inputs = {d["name"]: d for d in self._interp.get_input_details()}
         self._inputs = {}
         for name, shape in expected.items():
@@ -196,8 +216,9 @@ class AsdEmbedder:
         Raises
         ------
         ModelError
-            An ensemble, a model with one branch or without ``name``, a model file that
-            changed since it was loaded, or a graph whose branches cannot be told apart.
+            An ensemble, a model with one branch or without ``name``, or a graph whose
+            branches cannot be told apart. The branch is cut from the bytes loaded, whatever
+            the file holds now.
         """
         runner = self.prepare_branch(name)
         d = runner.get_input_details()[0]
@@ -221,11 +242,8 @@ class AsdEmbedder:
         if self.n_members != 1 or len(inputs) < 2 or name not in inputs:
             raise ModelError(f"model {self.model_id} (inputs {inputs}, {self.n_members} "
                              f"ensemble members) has no branch {name!r} to run alone")
-        content = self.path.read_bytes()
-        if hashlib.sha256(content).hexdigest() != self.sha256:
-            raise ModelError(f"{self.path} changed since it was loaded; load it again")
         interp = make_interpreter(self.path, self.num_threads, content=branch_model(
-            content, inputs.index(name), len(inputs), str(self.path)))
+            self._content, inputs.index(name), len(inputs), str(self.path)))
         shape = tuple(interp.get_input_details()[0]["shape"][1:])
         width = int(interp.get_output_details()[0]["shape"][-1])
         if shape != self.frontend.input_shapes[name] or width * len(inputs) != self.embedding_dim:
@@ -292,7 +310,7 @@ class KwsEmbedder:
 
     def __init__(self, tflite_path: str | Path, num_threads: int = 1, segment_hop: int | None = None):
         path = Path(tflite_path)
-        meta = _read_metadata(path)
+        meta, content = _read_bundle(path)
         if meta["task"] != "kws":
             raise ModelError(f"{path} is {_a(meta['task'])} model, expected a 'kws' model")
         self.path, self.metadata = path, meta
@@ -308,7 +326,7 @@ class KwsEmbedder:
                              f"got {self.segment_hop}")
         self.frame_seconds = self.frontend.frame_seconds
         self.num_threads = num_threads
-        self._interp = make_interpreter(path, num_threads)
+        self._interp = make_interpreter(path, num_threads, content=content)
         self._input = self._interp.get_input_details()[0]
         self._output = self._interp.get_output_details()[0]
         T, F = self.frontend.segment_frames, self.frontend.n_mels
