@@ -39,11 +39,6 @@ BUNDLE_SCHEMA = 1
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
-def _read_metadata(tflite_path: Path) -> dict[str, Any]:
-    """A bundle's checked metadata (see :func:`_read_bundle`)."""
-    return _read_bundle(tflite_path)[0]
-
-
 def _read_bundle(tflite_path: Path) -> tuple[dict[str, Any], bytes]:
     """A bundle's metadata and its model's bytes, read once and checked against the
     metadata's ``tflite_sha256``, so that an interpreter made from them runs exactly what was
@@ -509,14 +504,15 @@ def load_bundle(tflite_path: str | Path, task: str | None = None, num_threads: i
             all(getattr(running, k) == v for k, v in wanted.items()) \
             and sha256_file(path) == running.sha256:
         return running
-    meta = _read_metadata(path)
+    meta, content = _read_bundle(path)
     meta_task = meta["task"]
     if task is not None and meta_task != task:
         raise ModelError(f"{path} is {_a(meta_task)} model, expected {_a(task)} model")
     if meta_task == "asd":
         return AsdEmbedder(path, num_threads=num_threads)
     if meta_task == "kws" and meta.get("representation") == speech_embedding.REPRESENTATION:
-        return speech_embedding.SpeechEmbedder(path, meta, num_threads=num_threads, **kwargs)
+        return speech_embedding.SpeechEmbedder(path, meta, num_threads=num_threads,
+                                               content=content, **kwargs)
     if meta_task == "kws":
         return KwsEmbedder(path, num_threads=num_threads, **kwargs)
     raise ModelError(f"{path}: unknown model task {meta_task!r}")

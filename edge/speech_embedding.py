@@ -145,6 +145,9 @@ class SpeechEmbedder:
     num_threads : int
     segment_hop : int, optional
         Mel frames (10 ms) between embedding windows, 1..76; default: the bundle's (8).
+    content : bytes, optional
+        The embedding model's bytes as :func:`edge.model.load_bundle` read and checked them
+        (the interpreter runs them); default: read from ``tflite_path`` (unchecked).
 
     Attributes
     ----------
@@ -194,7 +197,7 @@ class SpeechEmbedder:
     max_wait_frames = None
 
     def __init__(self, tflite_path: str | Path, metadata: dict[str, Any], num_threads: int = 1,
-                 segment_hop: int | None = None):
+                 segment_hop: int | None = None, *, content: bytes | None = None):
         path = Path(tflite_path)
         self.path, self.metadata = path, metadata
         self.model_id, self.sha256 = metadata["model_id"], metadata["tflite_sha256"]
@@ -235,7 +238,7 @@ class SpeechEmbedder:
                                       [1, (MEL_CHUNK - 1) * MEL_HOP + MEL_WINDOW])
         self._mel_in = self._mel.get_input_details()[0]["index"]
         self._mel_out = self._mel.get_output_details()[0]["index"]
-        self._emb = make_interpreter(path, num_threads)
+        self._emb = make_interpreter(path, num_threads, content=content)
         self._emb_in = self._emb.get_input_details()[0]
         self._emb_out = self._emb.get_output_details()[0]
         if tuple(self._emb_in["shape"][1:3]) != (WINDOW_FRAMES, 32):
