@@ -96,6 +96,7 @@ def test_background_command_refits_enrolled_keywords_and_later_enrollments(tmp_p
     assert r.returncode == 0, r.stderr
     before = EnrolledKeywords.load(keywords)
     assert before.details["computer"]["threshold_source"] == "generic-fit"
+    assert f"python -m calibration background --config {cfg} --minutes 60" in r.stderr
 
     site = tmp_path / "site.flac"
     minutes = _site_recording(data_dir, site)
@@ -117,6 +118,7 @@ def test_background_command_refits_enrolled_keywords_and_later_enrollments(tmp_p
     r = _run("enroll", "--config", cfg, "--keyword", "alexa", "--from", *shots)
     assert r.returncode == 0, r.stderr
     assert "thresholds fitted on the site background" in r.stderr
+    assert "calibration background" not in r.stderr  # no advice to record what it has
     both = EnrolledKeywords.load(keywords)
     assert {k: d["threshold_source"] for k, d in both.details.items()} == \
         {"alexa": "site-fit", "computer": "site-fit"}
