@@ -13,7 +13,6 @@ embedders. Interpreters come from :mod:`edge.tflite`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 from edge import speech_embedding
 from edge.backend import Calibration, normalize_members
 from edge.tflite import (ModelError, branch_model, dequantize, load_interpreter_class,
-                         make_interpreter, quantize)
+                         make_interpreter, quantize, read_model_bytes)
 from edge.frontend import AsdFrontendParams, asd_features
 from edge.kws_frontend import (KwsFrontendParams, KwsStreamFrontend, kws_logmel, kws_segments,
                                segment_starts)
@@ -47,8 +46,24 @@ def _read_bundle(tflite_path: Path) -> tuple[dict[str, Any], bytes]:
     Raises
     ------
     ModelError
-        A missing or unreadable file, invalid or incomplete metadata, another schema, or
-        bytes whose SHA-256 is not the metadata's.
+        A missing or unreadable file, invalid or incomplete metadata (:func:`_read_metadata`),
+        or bytes whose SHA-256 is not the metadata's.
+    """
+    meta = _read_metadata(tflite_path)
+    content, digest = read_model_bytes(tflite_path)
+    if digest != meta["tflite_sha256"]:
+        raise ModelError(f"model {tflite_path} does not match its metadata: sha256 {digest[:12]}… "
+                         f"!= {meta['tflite_sha256'][:12]}… (corrupt or replaced file)")
+    return meta, content
+
+
+def _read_metadata(tflite_path: Path) -> dict[str, Any]:
+    """A bundle's metadata, its model file present, not yet read (:func:`_read_bundle`).
+
+    Raises
+    ------
+    ModelError
+        A missing model or metadata file, invalid JSON, a missing field or another schema.
     """
     meta_path = tflite_path.with_suffix(".json")
     if tflite_path.is_dir():
@@ -69,15 +84,7 @@ def _read_bundle(tflite_path: Path) -> tuple[dict[str, Any], bytes]:
     if meta["schema"] != BUNDLE_SCHEMA:
         raise ModelError(f"model metadata {meta_path}: schema {meta['schema']} is not "
                          f"supported (expected {BUNDLE_SCHEMA})")
-    try:
-        content = tflite_path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read model file {tflite_path}: {exc}") from exc
-    digest = hashlib.sha256(content).hexdigest()
-    if digest != meta["tflite_sha256"]:
-        raise ModelError(f"model {tflite_path} does not match its metadata: sha256 {digest[:12]}… "
-                         f"!= {meta['tflite_sha256'][:12]}… (corrupt or replaced file)")
-    return meta, content
+    return meta
 
 
 def _missing_model_hint(path: Path) -> str:
@@ -504,13 +511,14 @@ def load_bundle(tflite_path: str | Path, task: str | None = None, num_threads: i
             all(getattr(running, k) == v for k, v in wanted.items()) \
             and sha256_file(path) == running.sha256:
         return running
-    meta, content = _read_bundle(path)
+    meta = _read_metadata(path)  # which embedder; each reads and checks the model itself
     meta_task = meta["task"]
     if task is not None and meta_task != task:
         raise ModelError(f"{path} is {_a(meta_task)} model, expected {_a(task)} model")
     if meta_task == "asd":
         return AsdEmbedder(path, num_threads=num_threads)
     if meta_task == "kws" and meta.get("representation") == speech_embedding.REPRESENTATION:
+        meta, content = _read_bundle(path)
         return speech_embedding.SpeechEmbedder(path, meta, num_threads=num_threads,
                                                content=content, **kwargs)
     if meta_task == "kws":

@@ -44,8 +44,7 @@ from typing import Any
 import numpy as np
 
 from edge.keywords import NO_ONSET_WEIGHTING, check_onset_weighting, check_shot_fusion
-from edge.tflite import ModelError, dequantize, make_interpreter, quantize
-from firmware_config.fileio import sha256_file
+from edge.tflite import ModelError, dequantize, make_interpreter, quantize, read_model_bytes
 
 __all__ = ["REPRESENTATION", "RAW_DIM", "MEL_HOP", "MEL_WINDOW", "WINDOW_FRAMES", "PAD_SAMPLES",
            "SpeechEmbeddingParams", "SpeechEmbedder", "SpeechEmbeddingStream"]
@@ -111,8 +110,10 @@ class SpeechEmbeddingParams:
         return {"kind": REPRESENTATION, **asdict(self)}
 
 
-def _checked_file(path: Path, sha256: str, what: str, meta_path: Path, hint: str = "") -> Path:
-    """``path``, after checking it exists and has the SHA-256 the bundle's metadata records.
+def _checked_file(path: Path, sha256: str, what: str, meta_path: Path,
+                  hint: str = "") -> bytes:
+    """The bytes of ``path``, read once and checked against the SHA-256 the bundle's metadata
+    records (the interpreter is made from them, so it runs what was checked).
 
     Raises
     ------
@@ -121,11 +122,11 @@ def _checked_file(path: Path, sha256: str, what: str, meta_path: Path, hint: str
     """
     if not path.is_file():
         raise ModelError(f"{meta_path}: its {what} {path} is missing{hint}")
-    digest = sha256_file(path)
+    content, digest = read_model_bytes(path)
     if digest != sha256:
         raise ModelError(f"{what} {path} does not match {meta_path}: sha256 "
                          f"{digest[:12]}… != {sha256[:12]}…")
-    return path
+    return content
 
 
 class SpeechEmbedder:
@@ -206,10 +207,10 @@ class SpeechEmbedder:
             self.frontend = SpeechEmbeddingParams.from_dict(metadata["frontend"])
         except (TypeError, ValueError) as exc:
             raise ModelError(f"model metadata {meta_path}: {exc}") from exc
-        mel_path = _checked_file(path.parent / self.frontend.mel_model,
-                                 self.frontend.mel_sha256, "mel model", meta_path,
-                                 " (a speech_embedding bundle is .tflite, .json, the mel "
-                                 "model and, for enrollment, its generic negatives .npz)")
+        mel_path = path.parent / self.frontend.mel_model
+        mel_content = _checked_file(mel_path, self.frontend.mel_sha256, "mel model", meta_path,
+                                    " (a speech_embedding bundle is .tflite, .json, the mel "
+                                    "model and, for enrollment, its generic negatives .npz)")
         self.segment_hop = int(segment_hop or self.frontend.segment_hop)
         if not 1 <= self.segment_hop <= WINDOW_FRAMES:
             raise ModelError(f"segment_hop must be 1..{WINDOW_FRAMES} mel frames for a "
@@ -235,7 +236,8 @@ class SpeechEmbedder:
             self.confirm_frames, self.max_wait_frames = 1, 2
         self.num_threads = num_threads
         self._mel = make_interpreter(mel_path, num_threads,
-                                      [1, (MEL_CHUNK - 1) * MEL_HOP + MEL_WINDOW])
+                                      [1, (MEL_CHUNK - 1) * MEL_HOP + MEL_WINDOW],
+                                      content=mel_content)
         self._mel_in = self._mel.get_input_details()[0]["index"]
         self._mel_out = self._mel.get_output_details()[0]["index"]
         self._emb = make_interpreter(path, num_threads, content=content)
@@ -260,9 +262,9 @@ class SpeechEmbedder:
                 not isinstance(head.get("sha256"), str):
             raise ModelError(f"model metadata {meta_path}: head must be {{model: file name, "
                              f"sha256: ...}}, got {head!r}")
-        head_path = _checked_file(self.path.parent / head["model"], head["sha256"], "head",
-                                  meta_path)
-        interp = make_interpreter(head_path, num_threads)
+        head_path = self.path.parent / head["model"]
+        interp = make_interpreter(head_path, num_threads, content=_checked_file(
+            head_path, head["sha256"], "head", meta_path))
         d_in, d_out = interp.get_input_details()[0], interp.get_output_details()[0]
         if tuple(d_in["shape"]) != (1, RAW_DIM) or \
                 tuple(d_out["shape"]) != (1, self.embedding_dim):

@@ -6,7 +6,7 @@
 
 Contents
 --------
-ModelError, load_interpreter_class, make_interpreter, without_runtime_noise
+ModelError, load_interpreter_class, read_model_bytes, make_interpreter, without_runtime_noise
 quantize, dequantize
     Float arrays to and from an int8 tensor with its (scale, zero point).
 branch_model
@@ -16,6 +16,7 @@ branch_model
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 import tempfile
@@ -25,7 +26,8 @@ import numpy as np
 
 from firmware_config.errors import HarkError
 
-__all__ = ["ModelError", "load_interpreter_class", "make_interpreter", "without_runtime_noise",
+__all__ = ["ModelError", "load_interpreter_class", "read_model_bytes", "make_interpreter",
+           "without_runtime_noise",
            "quantize", "dequantize", "branch_model"]
 
 #: What the runtime prints on stderr for every interpreter, however well things go.
@@ -76,6 +78,23 @@ def without_runtime_noise():
             if kept:
                 sys.stderr.write(kept)
                 sys.stderr.flush()
+
+
+def read_model_bytes(path: Path) -> tuple[bytes, str]:
+    """A model file's bytes, read once, and their SHA-256 (hex): the caller checks the digest
+    against its metadata and makes the interpreter from these bytes
+    (:func:`make_interpreter` ``content=``), so that it runs what was checked.
+
+    Raises
+    ------
+    ModelError
+        If the file cannot be read.
+    """
+    try:
+        content = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc}") from exc
+    return content, hashlib.sha256(content).hexdigest()
 
 
 def make_interpreter(path: Path, num_threads: int, input_shape=None, *,
