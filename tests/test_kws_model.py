@@ -231,3 +231,71 @@ def test_highpass_equals_scipy_butterworth():
     state = np.zeros(2)  # blockwise with carried state = whole signal
     blocks = np.concatenate([highpass(y[i:i + 777], p, state) for i in range(0, len(y), 777)])
     np.testing.assert_allclose(blocks, ref, atol=1e-5)
+
+
+def test_teacher_frame_index_takes_the_frame_nearest_the_segment_centre():
+    from trainer.kws_train import teacher_frame_index
+
+    p = KwsFrontendParams()  # 16 ms frames, 16-frame segments: a segment at s is centred
+    # at (s + 7.5) * 16 ms; speech_embedding frame k at k * 80 ms
+    starts = np.array([-12, 3, 12, 21, 100])
+    # centres -72 ms, 168 ms, 312 ms, 456 ms, 1720 ms -> frames -0.9 (clipped to 0), 2.1,
+    # 3.9, 5.7 and 21.5 (clipped to the last of 10)
+    np.testing.assert_array_equal(teacher_frame_index(starts, 10, p, 0.08), [0, 2, 4, 6, 9])
+    with pytest.raises(ValueError, match="no frame"):
+        teacher_frame_index(starts, 0, p)
+
+
+def test_batch_teacher_targets_follow_the_forward_segments(words):
+    """With a teacher, every forward word segment gets the teacher frame of the clean word
+    nearest its centre; time-reversed and no-speech segments get none."""
+    from edge.model import load_bundle
+    from trainer.kws_train import KwsTrainConfig, KwsTrainingSet, teacher_frame_index
+    from edge.kws_frontend import segment_starts
+
+    teacher = load_bundle(ROOT / "models" / "kws_speech.tflite", task="kws")
+    p = KwsFrontendParams()
+    y = words["stop"][0]
+    y = y[speech_interval(y).slice(16000)]
+    m, frames = kws_logmel(y, p), teacher.embed_wave(y)
+    assert frames.shape == (1 + len(y) // 1280, 96)
+    background = [kws_logmel(words["yes"][1] * 0.01, p)]
+    cfg = KwsTrainConfig(batch_size=4, no_speech_fraction=0.25)
+    data = KwsTrainingSet([("stop", m)], background, cfg, p, [frames], teacher.frame_seconds)
+    x, yl, w, t, has_t = data.batch(np.random.default_rng(0), augment=False, teacher=True)
+    starts = segment_starts(len(m), cfg.segment_hop_train, p)[:data.n_positions]
+    n = len(starts)
+    want = frames[teacher_frame_index(starts, len(frames), p, 0.08)]
+    assert len(x) == len(t) == len(has_t) > 6 * n
+    for i in range(3):  # three words, each forward then reversed, then the no-speech rows
+        fwd, rev = slice(2 * i * n, (2 * i + 1) * n), slice((2 * i + 1) * n, (2 * i + 2) * n)
+        np.testing.assert_array_equal(t[fwd], want)
+        assert has_t[fwd].min() == 1 and has_t[rev].max() == 0
+    assert has_t[6 * n:].max() == 0
+    x2, y2, w2 = data.batch(np.random.default_rng(0), augment=False)  # no teacher: as before
+    np.testing.assert_array_equal(x2, x)
+    with pytest.raises(ValueError, match="no teacher"):
+        KwsTrainingSet([("stop", m)], background, cfg, p).batch(np.random.default_rng(0),
+                                                                teacher=True)
+
+
+def test_train_kws_cli_with_a_teacher(tmp_path, data_dir):
+    """Role (b) of issue 13 end to end: the speech_embedding bundle as teacher; the bundle
+    records which teacher it learned from."""
+    pytest.importorskip("tensorflow")
+    r = subprocess.run([sys.executable, "-m", "trainer", "train-kws", "--data", str(data_dir),
+                        "--config", str(ROOT / "trainer/configs/kws_distilled.yaml"),
+                        "--steps", "2", "--max-words", "30", "--out", str(tmp_path),
+                        "--name", "tiny_distilled", "--quiet"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "teacher models/kws_speech.tflite" in r.stderr
+    meta = json.loads((tmp_path / "tiny_distilled.json").read_text())
+    shipped = json.loads((ROOT / "models" / "kws_speech.json").read_text())
+    assert meta["teacher"]["sha256"] == shipped["tflite_sha256"]
+    assert meta["embedding_dim"] == 128  # the exported model is the log-Mel embedder alone
+    r = subprocess.run([sys.executable, "-m", "trainer", "train-kws", "--data", str(data_dir),
+                        "--teacher", str(ROOT / "models" / "kws_default.tflite"), "--steps", "1",
+                        "--max-words", "5", "--out", str(tmp_path), "--quiet"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "expected a speech_embedding bundle" in r.stderr

@@ -90,16 +90,33 @@ def cmd_train_kws(args) -> int:
     if args.max_words:
         rng = np.random.default_rng(cfg.seed)
         train = [train[i] for i in sorted(rng.permutation(len(train))[:args.max_words])]
+    if args.teacher is not None:
+        cfg.teacher = args.teacher
+    teacher, extra = None, {}
+    if cfg.teacher:
+        from edge.model import load_bundle
+        from edge.speech_embedding import SpeechEmbedder
+
+        teacher_path = Path(cfg.teacher)
+        teacher_path = teacher_path if teacher_path.is_absolute() else ROOT / teacher_path
+        teacher = load_bundle(teacher_path, task="kws")
+        if not isinstance(teacher, SpeechEmbedder):
+            raise ValueError(f"teacher {teacher_path}: expected a speech_embedding bundle "
+                             "(such as models/kws_speech.tflite)")
+        extra["teacher"] = {"model": teacher_path.name, "model_id": teacher.model_id,
+                            "sha256": teacher.sha256, "weight": cfg.teacher_weight}
     data = KwsTrainingSet.from_recordings(train, load_background(data_dir, "train"), cfg,
-                                          progress=not args.quiet)
+                                          progress=not args.quiet, teacher=teacher)
     print(f"training on {data.n_words} words ({len(data.vocabulary)} distinct, training "
           f"speakers only; held out: {', '.join(cfg.exclude_words) or 'none'}), "
-          f"{len(data.classes)} keyword classes, N_pos = {data.n_positions}", file=sys.stderr)
+          f"{len(data.classes)} keyword classes, N_pos = {data.n_positions}"
+          + (f", teacher {cfg.teacher} (weight {cfg.teacher_weight})" if teacher else ""),
+          file=sys.stderr)
     model, history = train_kws(cfg, data, progress=not args.quiet)
     path = export_kws_bundle(model, data, cfg, args.out,
                              extra={"mode": "generic", "final_loss": history[-1],
                                     "loss_history": history,
-                                    "speaker_split": "sha1(speaker) % 100: train < 70"})
+                                    "speaker_split": "sha1(speaker) % 100: train < 70"} | extra)
     if args.keras_out:
         Path(args.keras_out).parent.mkdir(parents=True, exist_ok=True)
         model.save(args.keras_out)
@@ -273,6 +290,8 @@ def main(argv=None) -> int:
     k.add_argument("--steps", type=int, help="override the config's steps")
     k.add_argument("--batch-size", dest="batch_size", type=int)
     k.add_argument("--seed", type=int)
+    k.add_argument("--teacher", help="a speech_embedding bundle whose frames the embedder also "
+                   "learns to match (overrides the config's teacher; '' for none)")
     k.add_argument("--max-words", dest="max_words", type=int,
                    help="train on a random subset of this many recordings (quick runs)")
     k.add_argument("--keras-out", help="also save the float Keras model here (.keras)")

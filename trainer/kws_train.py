@@ -17,6 +17,14 @@ position target). Batches draw words uniformly over classes (random oversampling
 noise from the background recordings at a random SNR (log-Mel power domain; not in the
 thesis, whose data are clean, but the node's are not), SpecAugment masks, and mixup with a
 uniform coefficient.
+
+With a ``teacher`` (issue 13's role (b), a recipe option: ``trainer/configs/kws_distilled.yaml``)
+the embedder also learns to match a speech_embedding bundle (:mod:`edge.speech_embedding`,
+Lin et al. 2020): a segment's embedding sequence, averaged over its ``T`` frames and mapped by
+a trainable linear projection to 96 dimensions, is pulled towards the teacher's standardised
+frame of the *clean* word nearest the segment's centre (cosine distance, the DTW's metric;
+:func:`teacher_frame_index`). The projection is used in training only; the exported bundle is
+the same log-Mel embedder as without a teacher.
 """
 from __future__ import annotations
 
@@ -36,7 +44,7 @@ from firmware_config.fileio import atomic_write_json
 log = logging.getLogger(__name__)
 
 __all__ = ["KwsTrainConfig", "load_kws_train_config", "KwsTrainingSet", "train_kws",
-           "export_kws_bundle", "train_per_deployment", "NO_SPEECH"]
+           "export_kws_bundle", "train_per_deployment", "teacher_frame_index", "NO_SPEECH"]
 
 NO_SPEECH = "_no_speech_"
 
@@ -98,6 +106,8 @@ class KwsTrainConfig:
     representative_segments: int = 400
     seed: int = 0
     model: dict = field(default_factory=dict)
+    teacher: str = ""
+    teacher_weight: float = 1.0
 
 
 def load_kws_train_config(path: str | Path) -> KwsTrainConfig:
@@ -114,6 +124,43 @@ def _add_noise_db(speech_db: np.ndarray, noise_db: np.ndarray, snr_db: float) ->
     return (10 * np.log10(s + gain * n + 1e-10)).astype(np.float32)
 
 
+def teacher_frame_index(starts, n_teacher_frames: int,
+                        params: KwsFrontendParams = KwsFrontendParams(),
+                        teacher_frame_seconds: float = 0.08) -> np.ndarray:
+    """The teacher frame nearest each segment's centre.
+
+    Log-Mel frame ``j`` is centred at ``j * params.frame_seconds`` (centred STFT), so a
+    segment starting at frame ``s`` is centred at ``(s + (T - 1) / 2) * frame_seconds``;
+    teacher frame ``k`` is centred at ``k * teacher_frame_seconds``. Centres before the
+    first or after the last teacher frame take that frame.
+
+    Parameters
+    ----------
+    starts : array-like of int, shape (n_segments,)
+        First log-Mel frame of each segment (may be negative; :func:`segment_starts`).
+    n_teacher_frames : int
+        Teacher frames of the word (at least 1).
+    params : KwsFrontendParams
+    teacher_frame_seconds : float
+        Seconds between teacher frames (0.08 for speech_embedding).
+
+    Returns
+    -------
+    np.ndarray, shape (n_segments,), int64, in ``[0, n_teacher_frames)``
+
+    Raises
+    ------
+    ValueError
+        ``n_teacher_frames`` below 1.
+    """
+    if n_teacher_frames < 1:
+        raise ValueError("the teacher gave no frame for this word")
+    centre = (np.asarray(starts, np.float64) + (params.segment_frames - 1) / 2) \
+        * params.frame_seconds
+    k = np.rint(centre / teacher_frame_seconds).astype(np.int64)
+    return np.clip(k, 0, n_teacher_frames - 1)
+
+
 class KwsTrainingSet:
     """Words as log-Mel frames, background log-Mel, and the batch generator.
 
@@ -125,6 +172,13 @@ class KwsTrainingSet:
         Log-Mel frames of background recordings (no speech), each (n_frames, n_mels).
     cfg : KwsTrainConfig
     params : KwsFrontendParams
+    teacher_frames : list of np.ndarray, optional
+        Per word (same order as ``words``) the teacher's standardised frames of the clean
+        trimmed word, shape (n_teacher_frames, teacher_dim), float32, one every
+        ``teacher_frame_seconds``, frame ``k`` centred ``k * teacher_frame_seconds`` after
+        the word's first sample (:meth:`edge.speech_embedding.SpeechEmbedder.embed_wave`).
+    teacher_frame_seconds : float
+        0.08 for speech_embedding.
 
     Attributes
     ----------
@@ -137,14 +191,22 @@ class KwsTrainingSet:
     """
 
     def __init__(self, words, background, cfg: KwsTrainConfig,
-                 params: KwsFrontendParams = KwsFrontendParams()):
+                 params: KwsFrontendParams = KwsFrontendParams(), teacher_frames=None,
+                 teacher_frame_seconds: float = 0.08):
         if not words:
             raise ValueError("no training words")
+        if teacher_frames is not None and len(teacher_frames) != len(words):
+            raise ValueError(f"teacher_frames has {len(teacher_frames)} entries for "
+                             f"{len(words)} words")
         if not background:
             raise ValueError("no background recordings for the no-speech class")
         self.cfg, self.params = cfg, params
         self.vocabulary = sorted({w for w, _ in words})
         self.by_word = {w: [m for ww, m in words if ww == w] for w in self.vocabulary}
+        self.teacher_by_word = None if teacher_frames is None else {
+            w: [t for (ww, _), t in zip(words, teacher_frames) if ww == w]
+            for w in self.vocabulary}
+        self.teacher_frame_seconds = teacher_frame_seconds
         self.background = [b for b in background if len(b) >= params.segment_frames]
         if not self.background:
             raise ValueError("background recordings are all shorter than one segment")
@@ -159,7 +221,8 @@ class KwsTrainingSet:
     # -- construction from recordings --------------------------------------------------
     @classmethod
     def from_recordings(cls, utterances, background_waves, cfg: KwsTrainConfig,
-                        params: KwsFrontendParams = KwsFrontendParams(), progress: bool = True):
+                        params: KwsFrontendParams = KwsFrontendParams(), progress: bool = True,
+                        teacher=None):
         """Load, trim (voice activity) and featurise recordings.
 
         Parameters
@@ -167,10 +230,12 @@ class KwsTrainingSet:
         utterances : list of trainer.kws_data.Utterance
         background_waves : list of np.ndarray
             16 kHz background recordings (see :func:`trainer.kws_data.load_background`).
+        teacher : edge.speech_embedding.SpeechEmbedder, optional
+            Also embed every clean trimmed word with it (the teacher's targets).
         """
         from tqdm import tqdm
 
-        words = []
+        words, teacher_frames = [], []
         skipped = 0
         for u in tqdm(utterances, desc="words", unit="file", disable=not progress):
             y = load_audio(u.path, params.sample_rate)
@@ -180,10 +245,14 @@ class KwsTrainingSet:
                 continue
             y = y[iv.slice(params.sample_rate)][: int(cfg.max_word_seconds * params.sample_rate)]
             words.append((u.word, kws_logmel(y, params)))
+            if teacher is not None:
+                teacher_frames.append(teacher.embed_wave(y))
         if skipped:
             log.info("skipped %d recordings without speech", skipped)
         background = [kws_logmel(b, params) for b in background_waves]
-        return cls(words, background, cfg, params)
+        if teacher is None:
+            return cls(words, background, cfg, params)
+        return cls(words, background, cfg, params, teacher_frames, teacher.frame_seconds)
 
     # -- batches -------------------------------------------------------------------------
     def _background_crop(self, n_frames: int, rng) -> np.ndarray:
@@ -207,8 +276,16 @@ class KwsTrainingSet:
                 s[t0:t0 + w, :] = floor
         return segs
 
-    def batch(self, rng, augment: bool = True):
+    def batch(self, rng, augment: bool = True, teacher: bool = False):
         """One training batch.
+
+        Parameters
+        ----------
+        rng : np.random.Generator
+        augment : bool
+            Noise, SpecAugment and mixup.
+        teacher : bool
+            Also return the teacher's targets (the set must have ``teacher_frames``).
 
         Returns
         -------
@@ -217,23 +294,44 @@ class KwsTrainingSet:
             Keyword labels then position labels.
         w : np.ndarray, shape (n_segments,), float32
             ``1 / (N_seg(x) * n_samples)``, so that ``sum(w * loss)`` is eq. 73.
+        t : np.ndarray, shape (n_segments, teacher_dim), float32
+            Only with ``teacher``: the teacher's frame of the clean word nearest each
+            segment's centre (:func:`teacher_frame_index`); mixed up like ``y``.
+        has_t : np.ndarray, shape (n_segments,), float32
+            Only with ``teacher``: 1 where ``t`` is a target (forward word segments, mixed
+            only with such), else 0 (time-reversed and no-speech segments).
         """
+        if teacher and self.teacher_by_word is None:
+            raise ValueError("this training set has no teacher frames")
         from trainer.losses import relative_position_labels
 
         cfg, p = self.cfg, self.params
         K, P = len(self.classes), self.n_positions
         uniform = np.full(P, 1.0 / P, np.float32)
-        xs, ys, ws = [], [], []
+        xs, ys, ws, ts, hs = [], [], [], [], []
         n_no = max(1, int(round(cfg.batch_size * cfg.no_speech_fraction)))
         n_samples = 0
+        t_dim = 0
+        if teacher:
+            t_dim = next(iter(self.teacher_by_word.values()))[0].shape[1]
         for _ in range(cfg.batch_size - n_no):
             wi = rng.integers(len(self.vocabulary))
             items = self.by_word[self.vocabulary[wi]]
-            m = items[rng.integers(len(items))]
+            j = rng.integers(len(items))
+            m = items[j]
             if augment and rng.random() < cfg.noise_probability:
                 m = _add_noise_db(m, self._background_crop(len(m), rng), rng.uniform(*cfg.snr_db))
-            segs = kws_segments(m, segment_starts(len(m), cfg.segment_hop_train, p), p)[:P]
+            starts = segment_starts(len(m), cfg.segment_hop_train, p)[:P]
+            segs = kws_segments(m, starts, p)
             n = len(segs)
+            if teacher:
+                frames = self.teacher_by_word[self.vocabulary[wi]][j]
+                ts.append(frames[teacher_frame_index(starts, len(frames), p,
+                                                     self.teacher_frame_seconds)])
+                hs.append(np.ones(n, np.float32))
+                if cfg.reversed_segments:
+                    ts.append(np.zeros((n, t_dim), np.float32))
+                    hs.append(np.zeros(n, np.float32))
             lab = np.zeros((n, K + P), np.float32)
             lab[:, wi] = 1.0
             lab[:, K:] = relative_position_labels(n, P)
@@ -255,8 +353,13 @@ class KwsTrainingSet:
             lab[:, K - 1] = 1.0
             lab[:, K:] = uniform
             xs.append(segs); ys.append(lab); ws.append(np.full(n, 1.0 / n, np.float32))
+            if teacher:
+                ts.append(np.zeros((n, t_dim), np.float32))
+                hs.append(np.zeros(n, np.float32))
             n_samples += 1
         x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws) / n_samples
+        t = np.concatenate(ts) if teacher else None
+        has_t = np.concatenate(hs) if teacher else None
         if augment:
             x = self._spec_augment(x, rng)
             if rng.random() < cfg.mixup_probability:
@@ -265,6 +368,11 @@ class KwsTrainingSet:
                 x = lam[:, None, None] * x + (1 - lam[:, None, None]) * x[perm]
                 y = lam[:, None] * y + (1 - lam[:, None]) * y[perm]
                 w = lam * w + (1 - lam) * w[perm]
+                if teacher:
+                    t = lam[:, None] * t + (1 - lam[:, None]) * t[perm]
+                    has_t = has_t * has_t[perm]
+        if teacher:
+            return x.astype(np.float32), y, w.astype(np.float32), t.astype(np.float32), has_t
         return x.astype(np.float32), y, w.astype(np.float32)
 
     def representative(self, n: int, rng) -> np.ndarray:
@@ -278,7 +386,13 @@ class KwsTrainingSet:
 
 
 def train_kws(cfg: KwsTrainConfig, data: KwsTrainingSet, progress: bool = True):
-    """Train the TACos embedder; returns ``(keras model, loss history per 50 steps)``."""
+    """Train the TACos embedder; returns ``(keras model, loss history per 50 steps)``.
+
+    When ``data`` has teacher frames and ``cfg.teacher_weight > 0`` the loss of a batch is
+    ``sum(w * L_TACos) + teacher_weight * sum(w h (1 - cos(P mean_T(e), t))) / sum(w h)``
+    (``h``: the batch's ``has_t``; ``P``: a linear projection trained alongside and not
+    exported); the history then holds the total.
+    """
     import tensorflow as tf
     from tqdm import tqdm
 
@@ -296,23 +410,43 @@ def train_kws(cfg: KwsTrainConfig, data: KwsTrainingSet, progress: bool = True):
     variables = model.trainable_variables + [loss_fn.centers]
     T, F = data.params.segment_frames, data.params.n_mels
     width = len(data.classes) + data.n_positions
+    use_teacher = data.teacher_by_word is not None and cfg.teacher_weight > 0
+    t_dim = 1
+    if use_teacher:
+        t_dim = next(iter(data.teacher_by_word.values()))[0].shape[1]
+        projection = tf.keras.layers.Dense(t_dim, use_bias=False, name="teacher_projection")
+        projection.build((None, mp.embedding_dim))
+        variables += projection.trainable_variables
 
     @tf.function(input_signature=[tf.TensorSpec((None, T, F), tf.float32),
                                   tf.TensorSpec((None, width), tf.float32),
+                                  tf.TensorSpec((None,), tf.float32),
+                                  tf.TensorSpec((None, t_dim), tf.float32),
                                   tf.TensorSpec((None,), tf.float32)])
-    def step(x, y, w):
+    def step(x, y, w, t, has_t):
         with tf.GradientTape() as tape:
             emb = model(x, training=True)
             loss = tf.reduce_sum(w * loss_fn(y, emb))
+            if use_teacher:  # cosine distance of the projected segment to the teacher frame
+                e = tf.math.l2_normalize(projection(tf.reduce_mean(emb, axis=1)), -1)
+                cos = tf.reduce_sum(e * tf.math.l2_normalize(t, -1), -1)
+                wt = w * has_t
+                loss += cfg.teacher_weight * tf.reduce_sum(wt * (1.0 - cos)) \
+                    / tf.maximum(tf.reduce_sum(wt), 1e-9)
         grads = tape.gradient(loss, variables)
         opt.apply_gradients(zip(grads, variables))
         return loss
 
     history, window = [], []
-    bar = tqdm(total=cfg.steps, desc="training TACos", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.steps, desc="training TACos" + (" with a teacher" if use_teacher else ""),
+               unit="step", disable=not progress)
     for i in range(cfg.steps):
-        x, y, w = data.batch(rng)
-        window.append(float(step(x, y, w)))
+        if use_teacher:
+            x, y, w, t, has_t = data.batch(rng, teacher=True)
+        else:
+            x, y, w = data.batch(rng)
+            t, has_t = np.zeros((len(x), 1), np.float32), np.zeros(len(x), np.float32)
+        window.append(float(step(x, y, w, t, has_t)))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(window):.3f}", scale=f"{float(loss_fn.scale.numpy()):.1f}")
         if len(window) == 50 or i == cfg.steps - 1:
