@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chat
 import numpy as np
 
 from edge.model import load_bundle
+from edge.speech_embedding import SpeechEmbedder
 from firmware_config.errors import HarkError
 from trainer import (
     asd_adapt,
@@ -94,9 +95,6 @@ def cmd_train_kws(args) -> int:
         cfg.teacher = args.teacher
     teacher, extra = None, {}
     if cfg.teacher:
-        from edge.model import load_bundle
-        from edge.speech_embedding import SpeechEmbedder
-
         teacher_path = Path(cfg.teacher)
         teacher_path = teacher_path if teacher_path.is_absolute() else ROOT / teacher_path
         teacher = load_bundle(teacher_path, task="kws")
