@@ -182,6 +182,8 @@ class KwsTrainingSet:
 
     Attributes
     ----------
+    teacher_dim : int
+        Dimension of the teacher's frames (96), 0 without a teacher.
     vocabulary : list of str
         Word classes, sorted.
     classes : list of str
@@ -207,6 +209,7 @@ class KwsTrainingSet:
             w: [t for (ww, _), t in zip(words, teacher_frames) if ww == w]
             for w in self.vocabulary}
         self.teacher_frame_seconds = teacher_frame_seconds
+        self.teacher_dim = 0 if teacher_frames is None else int(teacher_frames[0].shape[1])
         self.background = [b for b in background if len(b) >= params.segment_frames]
         if not self.background:
             raise ValueError("background recordings are all shorter than one segment")
@@ -311,9 +314,7 @@ class KwsTrainingSet:
         xs, ys, ws, ts, hs = [], [], [], [], []
         n_no = max(1, int(round(cfg.batch_size * cfg.no_speech_fraction)))
         n_samples = 0
-        t_dim = 0
-        if teacher:
-            t_dim = next(iter(self.teacher_by_word.values()))[0].shape[1]
+        t_dim = self.teacher_dim
         for _ in range(cfg.batch_size - n_no):
             wi = rng.integers(len(self.vocabulary))
             items = self.by_word[self.vocabulary[wi]]
@@ -411,9 +412,8 @@ def train_kws(cfg: KwsTrainConfig, data: KwsTrainingSet, progress: bool = True):
     T, F = data.params.segment_frames, data.params.n_mels
     width = len(data.classes) + data.n_positions
     use_teacher = data.teacher_by_word is not None and cfg.teacher_weight > 0
-    t_dim = 1
+    t_dim = data.teacher_dim if use_teacher else 1
     if use_teacher:
-        t_dim = next(iter(data.teacher_by_word.values()))[0].shape[1]
         projection = tf.keras.layers.Dense(t_dim, use_bias=False, name="teacher_projection")
         projection.build((None, mp.embedding_dim))
         variables += projection.trainable_variables
