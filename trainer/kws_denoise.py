@@ -345,8 +345,7 @@ def finetune(cfg: DenoiseConfig, base: SpeechEmbedder, data: DenoisingSet,
     def step(x, t):
         with tf.GradientTape() as tape:
             e = (student(x, training=True) - mean_t) / scale_t
-            cos = tf.reduce_sum(tf.math.l2_normalize(e, -1) * tf.math.l2_normalize(t, -1), -1)
-            loss = tf.reduce_mean(1.0 - cos)
+            loss = tf.reduce_mean(1.0 + keras.losses.cosine_similarity(t, e))  # 1 - cosine
         opt.apply_gradients(zip(tape.gradient(loss, student.trainable_variables),
                                 student.trainable_variables))
         return loss

@@ -452,9 +452,8 @@ def train_head(cfg: HeadConfig, data: HeadTrainingSet, progress: bool = True):
             if use_tacos:
                 loss += tf.reduce_sum(w * loss_fn(y, tf.reshape(emb, (-1, 1, RAW_DIM))))
             if use_teacher:  # cosine distance to the clean recording's pretrained frame
-                cos = tf.reduce_sum(tf.math.l2_normalize(emb, -1) * tf.math.l2_normalize(t, -1),
-                                    -1)
-                loss += cfg.teacher_weight * tf.reduce_sum(w * (1.0 - cos))
+                dist = 1.0 + tf.keras.losses.cosine_similarity(t, emb)  # keras: minus the cosine
+                loss += cfg.teacher_weight * tf.reduce_sum(w * dist)
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 

@@ -428,10 +428,11 @@ def train_kws(cfg: KwsTrainConfig, data: KwsTrainingSet, progress: bool = True):
             emb = model(x, training=True)
             loss = tf.reduce_sum(w * loss_fn(y, emb))
             if use_teacher:  # cosine distance of the projected segment to the teacher frame
-                e = tf.math.l2_normalize(projection(tf.reduce_mean(emb, axis=1)), -1)
-                cos = tf.reduce_sum(e * tf.math.l2_normalize(t, -1), -1)
+                # keras' cosine_similarity is minus the cosine: 1 + it is the distance
+                dist = 1.0 + tf.keras.losses.cosine_similarity(
+                    t, projection(tf.reduce_mean(emb, axis=1)))
                 wt = w * has_t
-                loss += cfg.teacher_weight * tf.reduce_sum(wt * (1.0 - cos)) \
+                loss += cfg.teacher_weight * tf.reduce_sum(wt * dist) \
                     / tf.maximum(tf.reduce_sum(wt), 1e-9)
         grads = tape.gradient(loss, variables)
         opt.apply_gradients(zip(grads, variables))
