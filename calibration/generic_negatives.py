@@ -21,13 +21,24 @@ utterance that contains one of the keyword's words is cut out with the frames th
 the wake-word recordings (the evaluation's keywords), its speakers or its test recordings is
 in it.
 
+One hour of machine noise and train-split speech is not the audio a node will hear, and a
+threshold fitted on it does not give the same rate elsewhere: on the wake-word evaluation the
+fits for 1 false alarm per hour gave 0.49 per hour. So ``python -m trainer
+calibrate-kws-thresholds`` measures, on its hours of val-split negatives and calibration
+keywords (none of them an evaluation keyword, speaker or recording), how much more the fit
+must ask of this hour to give the target there, and stores that factor in the entry
+(``rate_factor``; :func:`trainer.kws_thresholds.generic_rate_factor`). Enrollment asks the
+fit for ``rate_factor`` times the configured rate (:attr:`GenericNegatives.rate_factor`).
+Rebuilding the hour drops the factor (1 until it is measured again).
+
 File format (``numpy.savez_compressed``, no pickles): ``frames`` int8 ``(n_frames, D)``, each
 frame a unit vector times 127 (the DTW compares frames by cosine, so the length is not
 needed); ``lengths`` int64 ``(S,)``, frames per stream; ``frame_seconds`` float64, the frame
 step; per utterance placed in a stream, ``utt_stream`` int64, ``utt_text`` str (the word or
 sentence, lower case), ``utt_onset_s`` and ``utt_offset_s`` float64. The bundle's metadata
 key ``generic_negatives`` names the file with its SHA-256 and the model (``tflite_sha256``)
-and standardisation (``normalisation_sha256``) it was embedded with.
+and standardisation (``normalisation_sha256``) it was embedded with, and optionally the
+measured ``rate_factor`` (a positive number).
 """
 from __future__ import annotations
 
@@ -35,8 +46,9 @@ import functools
 import hashlib
 import io
 import json
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -108,11 +120,15 @@ class GenericNegatives:
     frame_seconds : float
     utterances : list of (int, str, float, float)
         ``(stream, text, onset_s, offset_s)`` of every word or sentence placed in a stream.
+    rate_factor : float
+        What the threshold fit on this hour asks for, per false alarm per hour the node is
+        configured for (module docstring; 1 when not measured).
     """
 
     frames: list
     frame_seconds: float
     utterances: list
+    rate_factor: float = 1.0
 
     @property
     def hours(self) -> float:
@@ -228,8 +244,9 @@ def load_generic_negatives(embedder) -> GenericNegatives | None:
     Raises
     ------
     edge.model.ModelError
-        The entry is malformed, the file is missing, altered or not a negatives file, or it
-        was embedded with another model or standardisation than the bundle's.
+        The entry is malformed (or its ``rate_factor`` is not a positive number), the file
+        is missing, altered or not a negatives file, or it was embedded with another model or
+        standardisation than the bundle's.
     """
     entry = embedder.metadata.get(METADATA_KEY)
     if not entry:
@@ -245,5 +262,11 @@ def load_generic_negatives(embedder) -> GenericNegatives | None:
         raise ModelError(f"model metadata {meta_path}: its {METADATA_KEY} were embedded with "
                          "another model or standardisation (rebuild them: python -m trainer "
                          f"build-kws-negatives --model {embedder.path})")
-    return _read(str(Path(embedder.path).parent / entry["file"]), entry["sha256"],
-                 int(embedder.embedding_dim))
+    factor = entry.get("rate_factor", 1.0)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or \
+            not (math.isfinite(factor) and factor > 0):
+        raise ModelError(f"model metadata {meta_path}: {METADATA_KEY}.rate_factor must be a "
+                         f"positive number, got {factor!r}")
+    g = _read(str(Path(embedder.path).parent / entry["file"]), entry["sha256"],
+              int(embedder.embedding_dim))
+    return replace(g, rate_factor=float(factor))

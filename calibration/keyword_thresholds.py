@@ -21,7 +21,8 @@ so thresholds are set on what the spotter compares.
 
 Decision thresholds, in this order: fitted on the site's background when it lasts at least
 :data:`SITE_FIT_MIN_HOURS` (``"site-fit"``); else fitted the same way on the bundle's generic
-negative hour (``"generic-fit"``, :mod:`calibration.generic_negatives`); else the bundle's
+negative hour, asking it for the rate times the factor the bundle measured for it
+(``"generic-fit"``, :mod:`calibration.generic_negatives`); else the bundle's
 table, and so on below. The table (thesis 6.3.6 tunes one global threshold on validation
 data): a KWS bundle calibrated with ``python -m trainer calibrate-kws-thresholds`` carries,
 per false-alarm rate, the threshold that gave that rate on hours of negative audio for the median
@@ -441,7 +442,8 @@ def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(
         ``site-fit``: the tail fit on the site background (:func:`tail_fit_threshold`);
         ``generic-fit``: the same fit on the bundle's generic negatives with the keyword's
         utterances cut out (:mod:`calibration.generic_negatives`), when at least
-        :data:`SITE_FIT_MIN_HOURS` of them remain;
+        :data:`SITE_FIT_MIN_HOURS` of them remain, for the rate times their measured
+        ``rate_factor``;
         ``calibrated``: the model's calibrated threshold for the rate
         (:func:`calibrated_threshold`);
         ``fa-rate``: a gamma fit (:func:`fa_rate_threshold`), for models without a table
@@ -483,7 +485,8 @@ def keyword_threshold(embedder, keyword: str, templates: list, extra_negatives=(
         if g_hours >= SITE_FIT_MIN_HOURS:
             g_costs = np.concatenate([event_costs(matching_costs(f, query)[0], templates, norms,
                                                   embedder.shot_fusion) for f in g_frames])
-            thr = tail_fit_threshold(g_costs, g_hours, false_alarms_per_hour)
+            # the rate times the factor measured for this hour (1 when not measured)
+            thr = tail_fit_threshold(g_costs, g_hours, false_alarms_per_hour * generic.rate_factor)
             if thr is not None:
                 return thr, "generic-fit", int(len(g_costs)), g_hours, norms
     table = embedder.metadata.get("threshold_calibration")

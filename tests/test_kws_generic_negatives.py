@@ -84,9 +84,11 @@ def test_a_bundle_with_broken_generic_negatives_is_refused(tmp_path):
     with pytest.raises(ModelError, match="neg.npz are missing .*build-kws-negatives"):
         load_generic_negatives(load_bundle(model, "kws"))
     meta = json.loads(model.with_suffix(".json").read_text())
-    for entry, what in (({"file": "neg.npz"}, "must name file, sha256"),
-                        ({**meta["generic_negatives"], "tflite_sha256": "0" * 64},
-                         "embedded with another model")):
+    good = meta["generic_negatives"]
+    for entry, what in [({"file": "neg.npz"}, "must name file, sha256"),
+                        ({**good, "tflite_sha256": "0" * 64}, "embedded with another model")] + \
+            [({**good, "rate_factor": f}, r"rate_factor must be a positive number, got")
+             for f in (0, -1.0, float("nan"), "2", True, None)]:
         model.with_suffix(".json").write_text(json.dumps({**meta, "generic_negatives": entry}))
         with pytest.raises(ModelError, match=what):
             load_generic_negatives(load_bundle(model, "kws"))
@@ -101,6 +103,8 @@ def test_enrollment_fits_each_keyword_on_the_shipped_generic_hour(data_dir):
     bundle = load_bundle(BUNDLE, "kws")
     g = load_generic_negatives(bundle)
     assert g is not None and g.hours >= 0.9
+    # measured by calibrate-kws-thresholds on val-split audio (trainer.kws_thresholds)
+    assert g.rate_factor == bundle.metadata["generic_negatives"]["rate_factor"] > 1.0
     table = calibrated_threshold(bundle.metadata["threshold_calibration"], 1.0)
     got = {}
     for kw in ("computer", "alexa"):
@@ -111,7 +115,8 @@ def test_enrollment_fits_each_keyword_on_the_shipped_generic_hour(data_dir):
         costs = np.concatenate([event_costs(matching_costs(f, q)[0], e.templates[kw],
                                             e.cost_norms[kw], bundle.shot_fusion)
                                 for f in frames])
-        assert e.thresholds[kw] == pytest.approx(tail_fit_threshold(costs, hours, 1.0))
+        assert e.thresholds[kw] == pytest.approx(tail_fit_threshold(costs, hours,
+                                                                    g.rate_factor))
         assert e.details[kw]["negative_seconds"] == pytest.approx(3600 * hours, rel=1e-3)
         got[kw] = e.thresholds[kw]
     # each keyword its own value (2026-12-01: computer -2.61, alexa -2.26; the table -2.80)

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from calibration.enroll import enroll_keyword
+from calibration.generic_negatives import load_generic_negatives
 from calibration.keyword_thresholds import calibrated_threshold
 from edge.audio import load_audio
 from edge.model import load_bundle
+from trainer.kws_thresholds import RATE_FACTORS, generic_rate_factor, write_calibration
 
 TABLE = {"rates": [0.1, 1.0, 10.0], "threshold": {"0.1": 0.2, "1.0": 0.3, "10.0": 0.4}}
 
@@ -24,6 +26,34 @@ def test_calibrated_threshold_interpolates_in_log_rate():
     assert calibrated_threshold({"rates": [1.0]}, 1.0) is None           # malformed
     assert calibrated_threshold({"rates": [1.0], "threshold": {"1.0": "x"}}, 1.0) is None
     assert calibrated_threshold({"rates": [0.0], "threshold": {"0.0": 0.3}}, 1.0) is None
+
+
+def _events(rng, hours, shift=0.0, per_hour=3000):
+    """Event costs with an exponential lower tail (scale 0.3), ``per_hour`` per hour."""
+    return shift - rng.exponential(0.3, size=int(hours * per_hour)), hours
+
+
+def test_generic_rate_factor_is_the_largest_ask_that_keeps_the_target():
+    """Negatives like the generic hour need no factor; harder ones (lower costs) a smaller
+    ask, easier ones a larger; the factor chosen keeps the pooled rate, the next does not."""
+    rng = np.random.default_rng(0)
+    got = {}
+    for shift in (-0.3, 0.0, 0.3):
+        generic = [_events(rng, 20.0) for _ in range(3)]
+        negatives = [_events(rng, 10.0, shift) for _ in range(3)]
+        factor, rates = generic_rate_factor(generic, negatives)
+        assert factor in RATE_FACTORS
+        r = [rates[str(f)] for f in RATE_FACTORS]
+        assert r == sorted(r)  # a larger ask, a looser threshold, more false alarms
+        i = RATE_FACTORS.index(factor)
+        assert r[i] <= 1.0 < r[i + 1]
+        got[shift] = factor
+    assert 0.6 < got[0.0] < 1.5  # 0.77: 30 false alarms expected at 1, counted
+    assert got[-0.3] < 0.5 and got[0.3] > 2.0
+    with pytest.raises(ValueError, match="same keywords"):
+        generic_rate_factor([_events(rng, 1.0)], [])
+    with pytest.raises(ValueError, match="increasing"):
+        generic_rate_factor([_events(rng, 1.0)], [_events(rng, 1.0)], factors=(2.0, 1.0))
 
 
 def test_enrollment_takes_the_models_table(tmp_path, kws_model, data_dir):
@@ -90,3 +120,19 @@ def test_a_new_bundles_first_table_is_in_the_units_the_node_compares(tmp_path, d
         tables.append(json.loads((d / "kws_speech.json").read_text())["threshold_calibration"])
     assert tables[0]["threshold"] == tables[1]["threshold"]
     assert tables[1]["threshold"]["1.0"] < -1.0  # z-normalised, not a raw cosine cost
+    # the generic hour's rate factor, measured on the same keywords and negatives
+    meta = json.loads((d / "kws_speech.json").read_text())
+    entry = meta["generic_negatives"]
+    assert entry["rate_factor"] in RATE_FACTORS
+    assert entry["rate_factor_measured"]["keywords"] == 2
+    assert load_generic_negatives(load_bundle(d / "kws_speech.tflite", "kws")).rate_factor == \
+        entry["rate_factor"]
+    # measured on another hour than the bundle now has: not written
+    entry.pop("rate_factor")
+    (d / "kws_speech.json").write_text(json.dumps(meta))
+    table = {**tables[1], "keywords": {"stop": {}, "left": {}},
+             "generic_fit": {"rate_factor": 4.0, "target": 1.0, "pooled_rates": {},
+                             "sha256": "0" * 64}}
+    write_calibration(d / "kws_speech.tflite", table)
+    assert "rate_factor" not in json.loads((d / "kws_speech.json").read_text())[
+        "generic_negatives"]

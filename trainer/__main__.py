@@ -142,8 +142,10 @@ def cmd_calibrate_kws_thresholds(args) -> int:
     if not args.dry_run:
         path = kws_thresholds.write_calibration(args.model, table)
         print(f"wrote threshold_calibration to {path}", file=sys.stderr)
+    fit = table.get("generic_fit")
     print(json.dumps({k: table[k] for k in ("threshold", "threshold_iqr", "negative_hours")} |
-                     {"keywords": len(table["keywords"])}, indent=2))
+                     {"keywords": len(table["keywords"])} |
+                     ({"generic_rate_factor": fit["rate_factor"]} if fit else {}), indent=2))
     return 0
 
 
@@ -193,15 +195,16 @@ def _vocabulary_summary(folder) -> dict:
 
 
 def _calibrate_speech_table(path, data_dir, seed: int, quiet: bool) -> None:
-    """The threshold table of a speech_embedding bundle (the node's thresholds and cost
-    normalisation need it): 2 h of val negatives, the held-out real calibration words; then
-    its generic negative hour (:mod:`trainer.kws_negatives`), which sets the thresholds of
-    keywords enrolled without a site recording."""
+    """The generic negative hour of a speech_embedding bundle (:mod:`trainer.kws_negatives`),
+    which sets the thresholds of keywords enrolled without a site recording; then its
+    threshold table (the node's thresholds and cost normalisation need it) on 2 h of val
+    negatives and the held-out real calibration words, which also measure the hour's
+    ``rate_factor`` (:func:`trainer.kws_thresholds.generic_rate_factor`)."""
+    kws_negatives.build_generic_negatives(path, data_dir, progress=not quiet)
     table = kws_thresholds.calibrate_thresholds(
         path, data_dir, hours=2.0, n_synthetic=0,
         real_keywords=kws_thresholds.PRETRAINED_REAL_KEYWORDS, seed=seed, progress=not quiet)
     kws_thresholds.write_calibration(path, table)
-    kws_negatives.build_generic_negatives(path, data_dir, progress=not quiet)
 
 
 def cmd_train_kws_head(args) -> int:
@@ -300,7 +303,8 @@ def main(argv=None) -> int:
     kws_eval.add_cli_arguments(e)
     c = sub.add_parser("calibrate-kws-thresholds",
                        help="learn how the node turns kws.false_alarms_per_hour into keyword "
-                            "thresholds, on hours of negatives; write it into the KWS bundle")
+                            "thresholds, on hours of negatives (and, for a bundle with a generic "
+                            "negative hour, the hour's rate_factor); write it into the KWS bundle")
     c.add_argument("--model", default=str(ROOT / "models" / "kws_speech.tflite"),
                    help="KWS bundle (default: %(default)s); its .json gets the table")
     c.add_argument("--data", default=default_data_dir(),

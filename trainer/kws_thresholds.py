@@ -25,9 +25,19 @@ for every keyword (:func:`calibration.keyword_thresholds.calibrated_threshold`):
 The table lives in the KWS bundle's metadata (``threshold_calibration``), so a retrained model
 is recalibrated with it. Per-keyword thresholds stay in the table's report for inspection.
 
+A bundle with a generic negative hour (:mod:`calibration.generic_negatives`) sets each
+keyword's threshold by a fit on that hour instead. The same calibration keywords and negatives
+measure how that fit transfers (:func:`generic_rate_factor`): for each factor of
+:data:`RATE_FACTORS`, every keyword's threshold fitted on the hour for the node's default rate
+(1 false alarm per hour) times the factor, and the false alarms per hour those thresholds give
+on the val negatives, pooled over the keywords. The largest factor whose pooled rate keeps the
+target is stored with the hour (``rate_factor``); enrollment asks the fit for that multiple of
+the configured rate.
+
 Contents
 --------
-RATES, REAL_KEYWORDS, calibration_keywords, calibrate_thresholds, write_calibration
+RATES, REAL_KEYWORDS, RATE_FACTORS, calibration_keywords, generic_rate_factor,
+calibrate_thresholds, write_calibration
 """
 from __future__ import annotations
 
@@ -40,7 +50,10 @@ import numpy as np
 from tqdm import tqdm
 
 from calibration.enroll import ShotError, enroll_keyword
-from calibration.keyword_thresholds import keyword_cost_norms, trace_event_costs
+from calibration.generic_negatives import (METADATA_KEY as GENERIC_KEY,
+                                           load_generic_negatives)
+from calibration.keyword_thresholds import (keyword_cost_norms, tail_fit_threshold,
+                                            trace_event_costs)
 from edge.audio import load_audio
 from edge.model import load_bundle
 from firmware_config.fileio import atomic_write_json
@@ -50,11 +63,15 @@ from trainer.kws_tts import ESPEAK_VOICES, random_phrases, speak
 from trainer.kws_wakeword import WAKEWORD_KEYWORDS, WakewordConfig, negative_streams
 
 __all__ = ["RATES", "REAL_KEYWORDS", "PRETRAINED_REAL_KEYWORDS", "ROOM_SOUND_SECONDS",
-           "ROOM_SOUND_DBFS", "with_room_sound", "calibration_keywords", "calibrate_thresholds",
-           "write_calibration"]
+           "ROOM_SOUND_DBFS", "RATE_FACTORS", "with_room_sound", "calibration_keywords",
+           "generic_rate_factor", "calibrate_thresholds", "write_calibration"]
 
 #: False alarms per hour the table covers (a node's target is interpolated in log-rate).
 RATES = (0.1, 0.3, 1.0, 3.0, 10.0)
+#: Multiples of the target rate the generic fit is tried with (about 9 % apart, 1/4 to 8).
+RATE_FACTORS = tuple(float(round(f, 4)) for f in np.geomspace(0.25, 8.0, 41))
+#: The rate the generic fit's transfer is measured at (the node's default).
+RATE_FACTOR_TARGET = 1.0
 #: Real words held out of the TACos embedder's training and not evaluation keywords.
 REAL_KEYWORDS = ("stop", "left")
 #: Real calibration words for a pretrained embedder, which heard none of this data: every
@@ -129,6 +146,63 @@ def calibration_keywords(data_dir: Path, n_synthetic: int, shots: int = 5, seed:
     return out
 
 
+def generic_rate_factor(generic: list[tuple[np.ndarray, float]],
+                        negatives: list[tuple[np.ndarray, float]],
+                        target: float = RATE_FACTOR_TARGET,
+                        factors: tuple[float, ...] = RATE_FACTORS,
+                        ) -> tuple[float, dict[str, float]]:
+    """How much more the generic fit must ask than ``target`` to give it on other audio.
+
+    For each factor, every keyword's threshold is the lower-tail fit
+    (:func:`calibration.keyword_thresholds.tail_fit_threshold`) to its event costs on the
+    generic hour for ``target * factor`` false alarms per hour; its false alarms are its
+    events on the other negatives below that threshold. The rate pooled over the keywords
+    (their false alarms over their hours together) rises with the factor; the answer is the
+    largest factor whose pooled rate is at most ``target`` (the smallest factor when none is).
+
+    Parameters
+    ----------
+    generic : list of (np.ndarray, float)
+        Per calibration keyword, its event costs on the generic hour (shape (n_events,),
+        normalised units) and that audio's hours.
+    negatives : list of (np.ndarray, float)
+        Per keyword in the same order, its event costs on the other negatives and their hours.
+    target : float
+        False alarms per hour (> 0).
+    factors : tuple of float
+        The factors tried, increasing, each > 0.
+
+    Returns
+    -------
+    factor : float
+    pooled_rates : dict str -> float
+        Pooled false alarms per hour on the negatives at each factor (keys ``str(factor)``).
+
+    Raises
+    ------
+    ValueError
+        No keyword, lists of different lengths, a non-positive target or factor, or factors
+        not increasing.
+    """
+    f = np.asarray(factors, np.float64)
+    if not generic or len(generic) != len(negatives):
+        raise ValueError(f"need event costs of the same keywords on both audios, got "
+                         f"{len(generic)} and {len(negatives)} keywords")
+    if not target > 0 or not len(f) or np.any(f <= 0) or np.any(np.diff(f) <= 0):
+        raise ValueError(f"target and factors must be > 0 and the factors increasing, got "
+                         f"{target!r} and {factors!r}")
+    hours = sum(h for _, h in negatives)
+    rates = {}
+    for x in f:
+        alarms = 0
+        for (g, g_hours), (n, _) in zip(generic, negatives):
+            thr = tail_fit_threshold(g, g_hours, target * x)
+            alarms += 0 if thr is None else int(np.sum(np.asarray(n) < thr))
+        rates[str(float(x))] = alarms / hours
+    kept = [float(x) for x in f if rates[str(float(x))] <= target]
+    return (max(kept) if kept else float(f[0])), rates
+
+
 def calibrate_thresholds(model_path: str | Path, data_dir: str | Path, *, hours: float = 1.0,
                          n_synthetic: int = 12, seed: int = 0,
                          real_keywords: tuple[str, ...] = REAL_KEYWORDS,
@@ -157,7 +231,17 @@ def calibrate_thresholds(model_path: str | Path, data_dir: str | Path, *, hours:
         ``method``, ``rates``, ``threshold`` (median per rate), ``threshold_iqr``
         (interquartile range per rate), ``keywords`` (per keyword: its threshold per rate
         and the shipped-negative gamma threshold for 1 FA/h, for comparison), ``skipped``
-        (keyword -> why), ``negative_hours``, ``seed``.
+        (keyword -> why), ``negative_hours``, ``seed``; for a bundle with a generic
+        negative hour also ``generic_fit``: ``rate_factor`` (:func:`generic_rate_factor`),
+        ``pooled_rates``, ``target`` and the hour's ``sha256``.
+
+    Raises
+    ------
+    ValueError
+        An evaluation keyword among ``real_keywords``.
+    edge.model.ModelError
+        The bundle's generic negatives are broken
+        (:func:`calibration.generic_negatives.load_generic_negatives`).
     """
     data_dir = Path(data_dir).resolve()
     bundle = load_bundle(model_path, task="kws")
@@ -173,6 +257,8 @@ def calibrate_thresholds(model_path: str | Path, data_dir: str | Path, *, hours:
     neg_hours = sum(s.duration_s for s in neg) / 3600.0
     frames = [bundle.embed_wave(s.audio) for s in tqdm(neg, desc="embedding negatives",
                                                        disable=not progress, leave=False)]
+    generic = load_generic_negatives(bundle)
+    transfer: list[tuple[tuple[np.ndarray, float], tuple[np.ndarray, float]]] = []
     per_kw: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for kw, waves in tqdm(shots.items(), desc="calibrating thresholds", disable=not progress):
@@ -189,6 +275,11 @@ def calibrate_thresholds(model_path: str | Path, data_dir: str | Path, *, hours:
         costs = np.sort(np.concatenate([trace_event_costs(f, templates, norms, bundle.shot_fusion,
                                                           weights)
                                         for f in frames]))
+        if generic is not None:  # the same keyword's events on the generic hour
+            pieces, g_hours = generic.without(kw)
+            g = np.concatenate([trace_event_costs(f, templates, norms, bundle.shot_fusion,
+                                                  weights) for f in pieces])
+            transfer.append(((g, g_hours), (costs, neg_hours)))
         thr = {}
         for rate in RATES:
             k = int(math.floor(rate * neg_hours))  # events allowed below the threshold
@@ -197,20 +288,33 @@ def calibrate_thresholds(model_path: str | Path, data_dir: str | Path, *, hours:
                       round(float(e.thresholds[kw]), 5) if e.details[kw].get(
                           "threshold_source") == "fa-rate" else None}
     table = {str(r): [v["threshold"][str(r)] for v in per_kw.values()] for r in RATES}
-    return {"method": "median over calibration keywords of the threshold giving each rate on "
-                      "hours of negatives (trainer/kws_thresholds.py)",
-            "rates": list(RATES),
-            "threshold": {r: round(float(np.median(v)), 5) for r, v in table.items()},
-            "threshold_iqr": {r: round(float(np.subtract(*np.quantile(v, [0.75, 0.25]))), 5)
-                              for r, v in table.items()},
-            "negative_hours": round(neg_hours, 3), "keywords": per_kw, "skipped": skipped,
-            "seed": seed}
+    out = {"method": "median over calibration keywords of the threshold giving each rate on "
+                     "hours of negatives (trainer/kws_thresholds.py)",
+           "rates": list(RATES),
+           "threshold": {r: round(float(np.median(v)), 5) for r, v in table.items()},
+           "threshold_iqr": {r: round(float(np.subtract(*np.quantile(v, [0.75, 0.25]))), 5)
+                             for r, v in table.items()},
+           "negative_hours": round(neg_hours, 3), "keywords": per_kw, "skipped": skipped,
+           "seed": seed}
+    if transfer:
+        factor, pooled = generic_rate_factor([g for g, _ in transfer], [n for _, n in transfer])
+        out["generic_fit"] = {"rate_factor": factor, "target": RATE_FACTOR_TARGET,
+                              "pooled_rates": {k: round(v, 4) for k, v in pooled.items()},
+                              "sha256": bundle.metadata[GENERIC_KEY]["sha256"]}
+    return out
 
 
 def write_calibration(model_path: str | Path, table: dict[str, Any]) -> Path:
-    """Store ``table`` as ``threshold_calibration`` in the bundle's JSON (atomically)."""
+    """Store ``table`` as ``threshold_calibration`` in the bundle's JSON (atomically), and its
+    ``generic_fit`` factor as the generic negatives' ``rate_factor`` when they are still the
+    hour it was measured on."""
     meta_path = Path(model_path).with_suffix(".json")
     meta = json.loads(meta_path.read_text())
+    fit, entry = table.get("generic_fit"), meta.get(GENERIC_KEY)
+    if fit and entry and entry.get("sha256") == fit["sha256"]:
+        entry["rate_factor"] = fit["rate_factor"]
+        entry["rate_factor_measured"] = {k: fit[k] for k in ("target", "pooled_rates")} | {
+            "negative_hours": table["negative_hours"], "keywords": len(table["keywords"])}
     meta["threshold_calibration"] = {k: table[k] for k in ("method", "rates", "threshold",
                                                            "threshold_iqr", "negative_hours",
                                                            "seed")}
