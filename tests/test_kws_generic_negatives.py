@@ -145,15 +145,18 @@ def test_build_kws_negatives_tiny(tmp_path, data_dir, capsys):
     rc = main(["build-kws-negatives", "--model", str(model), "--data", str(data_dir),
                "--hours", "0.03", "--seed", "3", "--quiet"])
     assert rc == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     meta = json.loads(model.with_suffix(".json").read_text())
     entry = meta["generic_negatives"]
+    # a new hour: the shipped hour's measured factor does not carry over
+    assert "rate_factor" not in entry and "calibrate-kws-thresholds" in captured.err
     assert entry["file"] == out["file"] == "kws_speech_negatives.npz"
     assert 0.03 <= entry["hours"] < 0.1 and entry["seed"] == 3  # whole 90 s streams
     assert set(entry["excluded_words"]) >= {"alexa", "computer", "smart_mirror", "view_glass"}
     assert sum(entry["composition"].values()) == entry["streams"]
     g = load_generic_negatives(load_bundle(model, "kws"))
-    assert sum(len(f) for f in g.frames) == entry["frames"]
+    assert sum(len(f) for f in g.frames) == entry["frames"] and g.rate_factor == 1.0
     texts = [t for _, t, *_ in g.utterances]
     assert texts and not any(w in t for t in texts for w in ("alexa", "computer", "mirror"))
     assert g.hours < SITE_FIT_MIN_HOURS  # too short to fit on: enrollment takes the table

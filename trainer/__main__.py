@@ -155,6 +155,9 @@ def cmd_build_kws_negatives(args) -> int:
                                                   seed=args.seed, progress=not args.quiet)
     print(json.dumps({k: entry[k] for k in ("file", "sha256", "hours", "streams", "frames",
                                             "composition")}, indent=2))
+    print(f"note: thresholds fitted on this hour ask it for the configured rate as it is until "
+          f"its rate_factor is measured: python -m trainer calibrate-kws-thresholds --model "
+          f"{args.model} (with the options the bundle was calibrated with)", file=sys.stderr)
     return 0
 
 
