@@ -71,7 +71,7 @@ def tensorflow_mappings(pid: int) -> tuple[set[str], set[str]]:
     tensorflow : set of str
         Paths of mapped TensorFlow files (empty: TensorFlow was not loaded).
     runtime : set of str
-        Paths of mapped ai-edge-litert / tflite_runtime files.
+        Paths of mapped ai-edge-litert files.
     """
     tf, rt = set(), set()
     try:
@@ -85,7 +85,7 @@ def tensorflow_mappings(pid: int) -> tuple[set[str], set[str]]:
             continue
         path = parts[5].strip()
         name = os.path.basename(path)
-        if "/ai_edge_litert/" in path or "/tflite_runtime/" in path:
+        if "/ai_edge_litert/" in path:
             rt.add(path)
         elif ("/site-packages/tensorflow/" in path or "/dist-packages/tensorflow/" in path
               or name.startswith("libtensorflow") or name.startswith("_pywrap_tensorflow")):

@@ -1,7 +1,7 @@
 """The TFLite runtime: which interpreter the node uses and how one is made.
 
-``ai-edge-litert`` (the maintained TFLite runtime, in every install of the project), else
-``tflite_runtime``; the node never imports TensorFlow. Every model
+``ai-edge-litert`` (the maintained TFLite runtime, in every install of the project) and
+nothing else; the node never imports TensorFlow. Every model
 (:mod:`edge.model`, :mod:`edge.speech_embedding`) is opened with :func:`make_interpreter`.
 
 Contents
@@ -39,18 +39,19 @@ class ModelError(HarkError, RuntimeError):
 
 
 def load_interpreter_class():
-    """Return the TFLite ``Interpreter`` class from the best available runtime."""
+    """Return ai-edge-litert's TFLite ``Interpreter`` class.
+
+    Raises
+    ------
+    ModelError
+        ai-edge-litert is not installed (the message says how to install it).
+    """
     try:
         from ai_edge_litert.interpreter import Interpreter
-        return Interpreter
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore
-        return Interpreter
     except ImportError as exc:
         raise ModelError("no TFLite runtime: install ai-edge-litert "
                          "(pip install 'hark[edge]')") from exc
+    return Interpreter
 
 
 @contextlib.contextmanager

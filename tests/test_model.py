@@ -225,3 +225,21 @@ def test_node_path_never_imports_tensorflow(default_model):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("OK"), r.stdout
+
+
+def test_the_only_runtime_is_ai_edge_litert(monkeypatch):
+    """No other TFLite runtime is tried: without ai-edge-litert the error says what to install
+    (a tflite_runtime that happens to be installed is not used)."""
+    import sys
+    import types
+
+    from edge.tflite import load_interpreter_class
+
+    assert load_interpreter_class().__module__.startswith("ai_edge_litert")
+    other = types.ModuleType("tflite_runtime.interpreter")
+    other.Interpreter = object
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", types.ModuleType("tflite_runtime"))
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", other)
+    with pytest.raises(ModelError, match=r"install ai-edge-litert \(pip install 'hark\[edge\]'\)"):
+        load_interpreter_class()
